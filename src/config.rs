@@ -1,0 +1,645 @@
+//! `targets.toml`: the schema, parsing with located errors, and validation.
+//!
+//! Everything a running keel needs to know about its targets comes from here. Parsing is pure
+//! (text in, [`Config`] or a list of [`ConfigError`]s out) so `keel check` and `keel serve`
+//! report the same problems the same way.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The configuration `keel serve` uses when given none: one 1 GiB sparse-file LUN under
+/// `./keel-data`, on 127.0.0.1:3260.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[server]
+portals = ["127.0.0.1:3260"]
+data_dir = "keel-data"
+
+[[target]]
+name = "iqn.2026-11.io.keel:default"
+alias = "default"
+
+[[target.lun]]
+lun = 0
+file = "default-lun0.img"
+size = "1GiB"
+"#;
+
+/// The default iSCSI port (RFC 7143 §13.5.1... IANA: 3260).
+pub const DEFAULT_PORT: u16 = 3260;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default, rename = "target")]
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    portals: Option<Vec<Spanned<String>>>,
+    data_dir: Option<String>,
+    max_recv_data_segment_length: Option<Spanned<u32>>,
+    max_burst_length: Option<Spanned<u32>>,
+    first_burst_length: Option<Spanned<u32>>,
+    max_outstanding_r2t: Option<Spanned<u32>>,
+    immediate_data: Option<bool>,
+    initial_r2t: Option<bool>,
+    queue_depth: Option<Spanned<u32>>,
+    nop_interval_secs: Option<u64>,
+    nop_timeout_secs: Option<Spanned<u64>>,
+    login_timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: Spanned<String>,
+    alias: Option<String>,
+    portal_group_tag: Option<Spanned<u16>>,
+    #[serde(default, rename = "lun")]
+    luns: Vec<RawLun>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLun {
+    lun: Spanned<u64>,
+    file: Option<Spanned<String>>,
+    block: Option<Spanned<String>>,
+    size: Option<Spanned<SizeValue>>,
+    block_size: Option<Spanned<u32>>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// A size written as a number of bytes or a string with a unit ("1GiB", "256M").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Session-wide iSCSI settings: what keel offers in login negotiation, and its timers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IscsiSettings {
+    /// Our MaxRecvDataSegmentLength (declared to the initiator).
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub max_outstanding_r2t: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    /// Commands in flight per session: the CmdSN window.
+    pub queue_depth: u32,
+    /// Idle time before keel pings the initiator with a NOP-In (0: never).
+    pub nop_interval_secs: u64,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub nop_timeout_secs: u64,
+    /// How long a connection may take from accept to full feature phase.
+    pub login_timeout_secs: u64,
+}
+
+impl Default for IscsiSettings {
+    fn default() -> Self {
+        IscsiSettings {
+            max_recv_data_segment_length: 256 * 1024,
+            max_burst_length: 1024 * 1024,
+            first_burst_length: 256 * 1024,
+            max_outstanding_r2t: 8,
+            immediate_data: true,
+            initial_r2t: false,
+            queue_depth: 128,
+            nop_interval_secs: 10,
+            nop_timeout_secs: 15,
+            login_timeout_secs: 15,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub portals: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub iscsi: IscsiSettings,
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetConfig {
+    pub name: String,
+    pub alias: Option<String>,
+    pub portal_group_tag: u16,
+    pub luns: Vec<LunConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunConfig {
+    pub lun: u64,
+    pub backing: Backing,
+    pub block_size: u32,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// A regular file, created sparse at `create_size` bytes when missing.
+    File { path: PathBuf, create_size: Option<u64> },
+    /// An existing block device.
+    Block { path: PathBuf },
+}
+
+/// One problem in a configuration file, with its line when known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// All problems found in one file; displays one per line, prefixed with the file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source_name: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match e.line {
+                Some(line) => write!(f, "{}:{line}: {}", self.source_name, e.message)?,
+                None => write!(f, "{}: {}", self.source_name, e.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Line number (1-based) of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|s| s.bytes().filter(|&b| b == b'\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source_name: name.clone(),
+        errors: vec![ConfigError {
+            line: None,
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(&text, &name)
+}
+
+/// Parses and validates configuration text; `source_name` names it in errors.
+pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        source_name: source_name.to_string(),
+        errors,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        fail(vec![ConfigError {
+            line,
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    let mut v = Validator {
+        text,
+        errors: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(fail(v.errors))
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            line: Some(line_of(self.text, at.span().start)),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let data_dir = PathBuf::from(raw.server.data_dir.clone().unwrap_or_else(|| "/var/lib/keel".into()));
+        let portals = self.portals(&raw.server);
+        let iscsi = self.iscsi(&raw.server);
+        let mut names = BTreeSet::new();
+        let mut targets = Vec::new();
+        for t in raw.targets {
+            let name = t.name.get_ref().clone();
+            if let Err(why) = check_iscsi_name(&name) {
+                self.error(&t.name, format!("target name {name:?}: {why}"));
+            }
+            if !names.insert(name.to_ascii_lowercase()) {
+                self.error(&t.name, format!("target {name:?} is declared twice"));
+            }
+            let portal_group_tag = match &t.portal_group_tag {
+                Some(tag) if *tag.get_ref() == 0 => {
+                    self.error(tag, "portal_group_tag must be between 1 and 65535");
+                    1
+                }
+                Some(tag) => *tag.get_ref(),
+                None => 1,
+            };
+            if t.luns.is_empty() {
+                self.error(&t.name, format!("target {name:?} has no [[target.lun]]"));
+            }
+            let mut numbers = BTreeSet::new();
+            let mut luns = Vec::new();
+            for l in t.luns {
+                if !numbers.insert(*l.lun.get_ref()) {
+                    self.error(&l.lun, format!("target {name:?}: LUN {} is declared twice", l.lun.get_ref()));
+                }
+                if let Some(lun) = self.lun(&name, l, &data_dir) {
+                    luns.push(lun);
+                }
+            }
+            targets.push(TargetConfig {
+                name,
+                alias: t.alias,
+                portal_group_tag,
+                luns,
+            });
+        }
+        Config {
+            portals,
+            data_dir,
+            iscsi,
+            targets,
+        }
+    }
+
+    fn portals(&mut self, server: &RawServer) -> Vec<SocketAddr> {
+        let Some(list) = &server.portals else {
+            return vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))];
+        };
+        let mut out = Vec::new();
+        for p in list {
+            match parse_portal(p.get_ref()) {
+                Ok(addr) => out.push(addr),
+                Err(why) => self.error(p, why),
+            }
+        }
+        if out.is_empty() && self.errors.is_empty() {
+            self.errors.push(ConfigError {
+                line: None,
+                message: "server.portals is empty: keel would listen nowhere".into(),
+            });
+        }
+        out
+    }
+
+    fn iscsi(&mut self, s: &RawServer) -> IscsiSettings {
+        let d = IscsiSettings::default();
+        let mut range = |v: &Option<Spanned<u32>>, default: u32, lo: u32, hi: u32, key: &str| match v {
+            Some(x) if (lo..=hi).contains(x.get_ref()) => *x.get_ref(),
+            Some(x) => {
+                self.error(x, format!("{key} must be between {lo} and {hi}"));
+                default
+            }
+            None => default,
+        };
+        // Ranges from RFC 7143 §13 (segment and burst lengths 512..2^24-1).
+        let settings = IscsiSettings {
+            max_recv_data_segment_length: range(&s.max_recv_data_segment_length, d.max_recv_data_segment_length, 512, 16_777_215, "max_recv_data_segment_length"),
+            max_burst_length: range(&s.max_burst_length, d.max_burst_length, 512, 16_777_215, "max_burst_length"),
+            first_burst_length: range(&s.first_burst_length, d.first_burst_length, 512, 16_777_215, "first_burst_length"),
+            max_outstanding_r2t: range(&s.max_outstanding_r2t, d.max_outstanding_r2t, 1, 65535, "max_outstanding_r2t"),
+            queue_depth: range(&s.queue_depth, d.queue_depth, 1, 4096, "queue_depth"),
+            immediate_data: s.immediate_data.unwrap_or(d.immediate_data),
+            initial_r2t: s.initial_r2t.unwrap_or(d.initial_r2t),
+            nop_interval_secs: s.nop_interval_secs.unwrap_or(d.nop_interval_secs),
+            nop_timeout_secs: d.nop_timeout_secs,
+            login_timeout_secs: d.login_timeout_secs,
+        };
+        let mut secs = |v: &Option<Spanned<u64>>, default: u64, key: &str| match v {
+            Some(x) if (1..=3600).contains(x.get_ref()) => *x.get_ref(),
+            Some(x) => {
+                self.error(x, format!("{key} must be between 1 and 3600 seconds"));
+                default
+            }
+            None => default,
+        };
+        let settings = IscsiSettings {
+            nop_timeout_secs: secs(&s.nop_timeout_secs, d.nop_timeout_secs, "nop_timeout_secs"),
+            login_timeout_secs: secs(&s.login_timeout_secs, d.login_timeout_secs, "login_timeout_secs"),
+            ..settings
+        };
+        if settings.first_burst_length > settings.max_burst_length {
+            if let Some(x) = &s.first_burst_length {
+                self.error(x, "first_burst_length may not exceed max_burst_length (RFC 7143 §13.14)");
+            }
+        }
+        settings
+    }
+
+    fn lun(&mut self, target: &str, l: RawLun, data_dir: &Path) -> Option<LunConfig> {
+        let number = *l.lun.get_ref();
+        let what = format!("target {target:?} LUN {number}");
+        if number > 16383 {
+            self.error(&l.lun, format!("{what}: LUN numbers go up to 16383"));
+        }
+        let block_size = match &l.block_size {
+            Some(b) if matches!(b.get_ref(), 512 | 4096) => *b.get_ref(),
+            Some(b) => {
+                self.error(b, format!("{what}: block_size must be 512 or 4096"));
+                512
+            }
+            None => 512,
+        };
+        let create_size = match &l.size {
+            None => None,
+            Some(s) => match parse_size(s.get_ref()) {
+                Ok(0) => {
+                    self.error(s, format!("{what}: size must be more than 0"));
+                    None
+                }
+                Ok(bytes) if bytes % block_size as u64 != 0 => {
+                    self.error(s, format!("{what}: size {bytes} is not a multiple of the block size {block_size}"));
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+                Err(why) => {
+                    self.error(s, format!("{what}: {why}"));
+                    None
+                }
+            },
+        };
+        let backing = match (&l.file, &l.block) {
+            (Some(file), None) => {
+                let path = data_dir.join(file.get_ref());
+                if file.get_ref().is_empty() {
+                    self.error(file, format!("{what}: file is empty"));
+                    return None;
+                }
+                Backing::File { path, create_size }
+            }
+            (None, Some(block)) => {
+                if let Some(s) = &l.size {
+                    self.error(s, format!("{what}: size applies to files only; a block device has its own size"));
+                }
+                Backing::Block {
+                    path: PathBuf::from(block.get_ref()),
+                }
+            }
+            (Some(file), Some(_)) => {
+                self.error(file, format!("{what}: give either file or block, not both"));
+                return None;
+            }
+            (None, None) => {
+                self.error(&l.lun, format!("{what}: needs file = \"...\" or block = \"/dev/...\""));
+                return None;
+            }
+        };
+        Some(LunConfig {
+            lun: number,
+            backing,
+            block_size,
+            read_only: l.read_only,
+        })
+    }
+}
+
+/// Parses `"1GiB"`, `"256M"`, `"4096"` or a bare integer; units are binary (K = 1024).
+fn parse_size(value: &SizeValue) -> Result<u64, String> {
+    let text = match value {
+        SizeValue::Bytes(b) => return Ok(*b),
+        SizeValue::Text(t) => t.trim(),
+    };
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("size {text:?} does not start with a number"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("size {text:?} has an unknown unit (use B, KiB, MiB, GiB or TiB)")),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Parses a portal: `IP:port`, `[IPv6]:port`, or an address without a port (3260).
+fn parse_portal(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    // Host names resolve once, at load time.
+    match (text, DEFAULT_PORT).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) if !text.contains(':') => Ok(addr),
+        _ => match text.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => Ok(addr),
+            _ => Err(format!("portal {text:?} is not an address like \"127.0.0.1:3260\" or \"[::1]:3260\"")),
+        },
+    }
+}
+
+/// Checks an iSCSI name (RFC 7143 §4.2.7): `iqn.`, `eui.` or `naa.` format, at most 223
+/// bytes, lower case. Returns why it is not valid.
+pub fn check_iscsi_name(name: &str) -> Result<(), String> {
+    if name.len() > 223 {
+        return Err("longer than 223 bytes".into());
+    }
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err("iSCSI names are lower case (RFC 7143 §4.2.7.1)".into());
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
+    if let Some(rest) = name.strip_prefix("iqn.") {
+        // iqn.yyyy-mm.reversed.domain[:anything]
+        let date_ok = rest.len() >= 8
+            && rest.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && rest.as_bytes()[4] == b'-'
+            && rest.as_bytes()[5..7].iter().all(u8::is_ascii_digit)
+            && rest.as_bytes()[7] == b'.';
+        if !date_ok {
+            return Err("an iqn name starts with iqn.yyyy-mm. followed by a reversed domain".into());
+        }
+        if !name.chars().all(allowed) {
+            return Err("only letters, digits, '.', '-' and ':' are allowed".into());
+        }
+        Ok(())
+    } else if let Some(hex) = name.strip_prefix("eui.") {
+        if hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err("an eui name is eui. followed by 16 hex digits".into())
+        }
+    } else if let Some(hex) = name.strip_prefix("naa.") {
+        if matches!(hex.len(), 16 | 32) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err("a naa name is naa. followed by 16 or 32 hex digits".into())
+        }
+    } else {
+        Err("must start with iqn., eui. or naa.".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[server]
+portals = ["127.0.0.1:3260", "[::1]:3261"]
+data_dir = "/var/lib/keel"
+
+[[target]]
+name = "iqn.2026-11.org.example:disk0"
+alias = "disk0"
+
+[[target.lun]]
+lun = 0
+file = "/var/lib/keel/disk0.img"
+size = "1GiB"
+
+[[target.lun]]
+lun = 1
+block = "/dev/sdx"
+"#;
+
+    #[test]
+    fn the_documented_shape_parses() {
+        let c = parse(EXAMPLE, "t.toml").unwrap();
+        assert_eq!(c.portals.len(), 2);
+        assert_eq!(c.portals[1].port(), 3261);
+        let t = &c.targets[0];
+        assert_eq!(t.name, "iqn.2026-11.org.example:disk0");
+        assert_eq!(t.portal_group_tag, 1);
+        assert_eq!(
+            t.luns[0].backing,
+            Backing::File {
+                path: "/var/lib/keel/disk0.img".into(),
+                create_size: Some(1 << 30)
+            }
+        );
+        assert_eq!(t.luns[1].backing, Backing::Block { path: "/dev/sdx".into() });
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid_and_relative_files_live_in_data_dir() {
+        let c = parse(EMBEDDED_DEFAULT, "default").unwrap();
+        assert_eq!(c.portals, vec!["127.0.0.1:3260".parse().unwrap()]);
+        assert_eq!(
+            c.targets[0].luns[0].backing,
+            Backing::File {
+                path: "keel-data/default-lun0.img".into(),
+                create_size: Some(1 << 30)
+            }
+        );
+    }
+
+    #[test]
+    fn errors_are_located_and_all_reported() {
+        let text = r#"
+[[target]]
+name = "iqn.2026-11.org.example:a"
+[[target.lun]]
+lun = 0
+file = "a.img"
+size = "12Q"
+[[target.lun]]
+lun = 0
+block = "/dev/x"
+size = "1GiB"
+[[target]]
+name = "IQN.bad"
+[[target.lun]]
+lun = 70000
+"#;
+        let errs = parse(text, "bad.toml").unwrap_err();
+        let shown = errs.to_string();
+        assert!(shown.contains("bad.toml:7: target \"iqn.2026-11.org.example:a\" LUN 0: size \"12Q\" has an unknown unit"), "{shown}");
+        assert!(shown.contains("bad.toml:9:") && shown.contains("declared twice"), "{shown}");
+        assert!(shown.contains("bad.toml:11:") && shown.contains("size applies to files only"), "{shown}");
+        assert!(shown.contains("bad.toml:13:") && shown.contains("lower case"), "{shown}");
+        assert!(shown.contains("LUN numbers go up to 16383"), "{shown}");
+        assert!(shown.contains("needs file"), "{shown}");
+    }
+
+    #[test]
+    fn syntax_errors_and_typos_have_lines() {
+        let errs = parse("[server]\nportals = [\"127.0.0.1:3260\"]\nportal = 1\n", "x").unwrap_err();
+        assert_eq!(errs.errors[0].line, Some(3), "{errs}");
+        assert!(errs.errors[0].message.contains("unknown field `portal`"), "{errs}");
+        let errs = parse("[server\n", "x").unwrap_err();
+        assert_eq!(errs.errors[0].line, Some(1));
+    }
+
+    #[test]
+    fn sizes_and_portals() {
+        assert_eq!(parse_size(&SizeValue::Text("256MiB".into())), Ok(256 << 20));
+        assert_eq!(parse_size(&SizeValue::Text("4096".into())), Ok(4096));
+        assert_eq!(parse_size(&SizeValue::Text("2 G".into())), Ok(2 << 30));
+        assert_eq!(parse_size(&SizeValue::Bytes(512)), Ok(512));
+        assert!(parse_size(&SizeValue::Text("99999999999T".into())).is_err());
+        assert!(parse_size(&SizeValue::Text("GiB".into())).is_err());
+        assert_eq!(parse_portal("10.0.0.1"), Ok("10.0.0.1:3260".parse().unwrap()));
+        assert_eq!(parse_portal("[::1]"), Ok("[::1]:3260".parse().unwrap()));
+        assert!(parse_portal("not an address:x").is_err());
+    }
+
+    #[test]
+    fn iscsi_names() {
+        assert!(check_iscsi_name("iqn.2026-11.org.example:disk0").is_ok());
+        assert!(check_iscsi_name("eui.02004567A425678D".to_ascii_lowercase().as_str()).is_ok());
+        assert!(check_iscsi_name("naa.52004567ba64678d").is_ok());
+        assert!(check_iscsi_name("iqn.26-11.x").is_err());
+        assert!(check_iscsi_name("iqn.2026-11.org.example:disk 0").is_err());
+        assert!(check_iscsi_name("target0").is_err());
+    }
+
+    #[test]
+    fn settings_are_range_checked() {
+        let errs = parse("[server]\nmax_burst_length = 100\nfirst_burst_length = 20000000\n", "x").unwrap_err();
+        assert_eq!(errs.errors.len(), 2, "{errs}");
+        let c = parse("[server]\nqueue_depth = 32\n", "x").unwrap();
+        assert_eq!(c.iscsi.queue_depth, 32);
+        assert!(c.targets.is_empty());
+    }
+}
