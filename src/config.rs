@@ -153,7 +153,10 @@ pub struct LunConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backing {
     /// A regular file, created sparse at `create_size` bytes when missing.
-    File { path: PathBuf, create_size: Option<u64> },
+    File {
+        path: PathBuf,
+        create_size: Option<u64>,
+    },
     /// An existing block device.
     Block { path: PathBuf },
 }
@@ -257,7 +260,12 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let data_dir = PathBuf::from(raw.server.data_dir.clone().unwrap_or_else(|| "/var/lib/keel".into()));
+        let data_dir = PathBuf::from(
+            raw.server
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| "/var/lib/keel".into()),
+        );
         let portals = self.portals(&raw.server);
         let iscsi = self.iscsi(&raw.server);
         let mut names = BTreeSet::new();
@@ -285,7 +293,10 @@ impl Validator<'_> {
             let mut luns = Vec::new();
             for l in t.luns {
                 if !numbers.insert(*l.lun.get_ref()) {
-                    self.error(&l.lun, format!("target {name:?}: LUN {} is declared twice", l.lun.get_ref()));
+                    self.error(
+                        &l.lun,
+                        format!("target {name:?}: LUN {} is declared twice", l.lun.get_ref()),
+                    );
                 }
                 if let Some(lun) = self.lun(&name, l, &data_dir) {
                     luns.push(lun);
@@ -328,20 +339,45 @@ impl Validator<'_> {
 
     fn iscsi(&mut self, s: &RawServer) -> IscsiSettings {
         let d = IscsiSettings::default();
-        let mut range = |v: &Option<Spanned<u32>>, default: u32, lo: u32, hi: u32, key: &str| match v {
-            Some(x) if (lo..=hi).contains(x.get_ref()) => *x.get_ref(),
-            Some(x) => {
-                self.error(x, format!("{key} must be between {lo} and {hi}"));
-                default
-            }
-            None => default,
-        };
+        let mut range =
+            |v: &Option<Spanned<u32>>, default: u32, lo: u32, hi: u32, key: &str| match v {
+                Some(x) if (lo..=hi).contains(x.get_ref()) => *x.get_ref(),
+                Some(x) => {
+                    self.error(x, format!("{key} must be between {lo} and {hi}"));
+                    default
+                }
+                None => default,
+            };
         // Ranges from RFC 7143 §13 (segment and burst lengths 512..2^24-1).
         let settings = IscsiSettings {
-            max_recv_data_segment_length: range(&s.max_recv_data_segment_length, d.max_recv_data_segment_length, 512, 16_777_215, "max_recv_data_segment_length"),
-            max_burst_length: range(&s.max_burst_length, d.max_burst_length, 512, 16_777_215, "max_burst_length"),
-            first_burst_length: range(&s.first_burst_length, d.first_burst_length, 512, 16_777_215, "first_burst_length"),
-            max_outstanding_r2t: range(&s.max_outstanding_r2t, d.max_outstanding_r2t, 1, 65535, "max_outstanding_r2t"),
+            max_recv_data_segment_length: range(
+                &s.max_recv_data_segment_length,
+                d.max_recv_data_segment_length,
+                512,
+                16_777_215,
+                "max_recv_data_segment_length",
+            ),
+            max_burst_length: range(
+                &s.max_burst_length,
+                d.max_burst_length,
+                512,
+                16_777_215,
+                "max_burst_length",
+            ),
+            first_burst_length: range(
+                &s.first_burst_length,
+                d.first_burst_length,
+                512,
+                16_777_215,
+                "first_burst_length",
+            ),
+            max_outstanding_r2t: range(
+                &s.max_outstanding_r2t,
+                d.max_outstanding_r2t,
+                1,
+                65535,
+                "max_outstanding_r2t",
+            ),
             queue_depth: range(&s.queue_depth, d.queue_depth, 1, 4096, "queue_depth"),
             immediate_data: s.immediate_data.unwrap_or(d.immediate_data),
             initial_r2t: s.initial_r2t.unwrap_or(d.initial_r2t),
@@ -359,13 +395,20 @@ impl Validator<'_> {
         };
         let settings = IscsiSettings {
             nop_timeout_secs: secs(&s.nop_timeout_secs, d.nop_timeout_secs, "nop_timeout_secs"),
-            login_timeout_secs: secs(&s.login_timeout_secs, d.login_timeout_secs, "login_timeout_secs"),
+            login_timeout_secs: secs(
+                &s.login_timeout_secs,
+                d.login_timeout_secs,
+                "login_timeout_secs",
+            ),
             ..settings
         };
-        if settings.first_burst_length > settings.max_burst_length {
-            if let Some(x) = &s.first_burst_length {
-                self.error(x, "first_burst_length may not exceed max_burst_length (RFC 7143 §13.14)");
-            }
+        if let Some(x) = &s.first_burst_length
+            && settings.first_burst_length > settings.max_burst_length
+        {
+            self.error(
+                x,
+                "first_burst_length may not exceed max_burst_length (RFC 7143 §13.14)",
+            );
         }
         settings
     }
@@ -386,21 +429,23 @@ impl Validator<'_> {
         };
         let create_size = match &l.size {
             None => None,
-            Some(s) => match parse_size(s.get_ref()) {
-                Ok(0) => {
-                    self.error(s, format!("{what}: size must be more than 0"));
-                    None
+            Some(s) => {
+                match parse_size(s.get_ref()) {
+                    Ok(0) => {
+                        self.error(s, format!("{what}: size must be more than 0"));
+                        None
+                    }
+                    Ok(bytes) if bytes % block_size as u64 != 0 => {
+                        self.error(s, format!("{what}: size {bytes} is not a multiple of the block size {block_size}"));
+                        None
+                    }
+                    Ok(bytes) => Some(bytes),
+                    Err(why) => {
+                        self.error(s, format!("{what}: {why}"));
+                        None
+                    }
                 }
-                Ok(bytes) if bytes % block_size as u64 != 0 => {
-                    self.error(s, format!("{what}: size {bytes} is not a multiple of the block size {block_size}"));
-                    None
-                }
-                Ok(bytes) => Some(bytes),
-                Err(why) => {
-                    self.error(s, format!("{what}: {why}"));
-                    None
-                }
-            },
+            }
         };
         let backing = match (&l.file, &l.block) {
             (Some(file), None) => {
@@ -413,7 +458,12 @@ impl Validator<'_> {
             }
             (None, Some(block)) => {
                 if let Some(s) = &l.size {
-                    self.error(s, format!("{what}: size applies to files only; a block device has its own size"));
+                    self.error(
+                        s,
+                        format!(
+                            "{what}: size applies to files only; a block device has its own size"
+                        ),
+                    );
                 }
                 Backing::Block {
                     path: PathBuf::from(block.get_ref()),
@@ -424,7 +474,10 @@ impl Validator<'_> {
                 return None;
             }
             (None, None) => {
-                self.error(&l.lun, format!("{what}: needs file = \"...\" or block = \"/dev/...\""));
+                self.error(
+                    &l.lun,
+                    format!("{what}: needs file = \"...\" or block = \"/dev/...\""),
+                );
                 return None;
             }
         };
@@ -443,7 +496,9 @@ fn parse_size(value: &SizeValue) -> Result<u64, String> {
         SizeValue::Bytes(b) => return Ok(*b),
         SizeValue::Text(t) => t.trim(),
     };
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     let number: u64 = number
         .parse()
@@ -454,7 +509,11 @@ fn parse_size(value: &SizeValue) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("size {text:?} has an unknown unit (use B, KiB, MiB, GiB or TiB)")),
+        _ => {
+            return Err(format!(
+                "size {text:?} has an unknown unit (use B, KiB, MiB, GiB or TiB)"
+            ));
+        }
     };
     number
         .checked_mul(1u64 << shift)
@@ -466,7 +525,10 @@ fn parse_portal(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    if let Ok(ip) = text.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>() {
+    if let Ok(ip) = text
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
     // Host names resolve once, at load time.
@@ -474,7 +536,9 @@ fn parse_portal(text: &str) -> Result<SocketAddr, String> {
         Ok(Some(addr)) if !text.contains(':') => Ok(addr),
         _ => match text.to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(addr)) => Ok(addr),
-            _ => Err(format!("portal {text:?} is not an address like \"127.0.0.1:3260\" or \"[::1]:3260\"")),
+            _ => Err(format!(
+                "portal {text:?} is not an address like \"127.0.0.1:3260\" or \"[::1]:3260\""
+            )),
         },
     }
 }
@@ -497,7 +561,9 @@ pub fn check_iscsi_name(name: &str) -> Result<(), String> {
             && rest.as_bytes()[5..7].iter().all(u8::is_ascii_digit)
             && rest.as_bytes()[7] == b'.';
         if !date_ok {
-            return Err("an iqn name starts with iqn.yyyy-mm. followed by a reversed domain".into());
+            return Err(
+                "an iqn name starts with iqn.yyyy-mm. followed by a reversed domain".into(),
+            );
         }
         if !name.chars().all(allowed) {
             return Err("only letters, digits, '.', '-' and ':' are allowed".into());
@@ -558,7 +624,12 @@ block = "/dev/sdx"
                 create_size: Some(1 << 30)
             }
         );
-        assert_eq!(t.luns[1].backing, Backing::Block { path: "/dev/sdx".into() });
+        assert_eq!(
+            t.luns[1].backing,
+            Backing::Block {
+                path: "/dev/sdx".into()
+            }
+        );
     }
 
     #[test]
@@ -595,18 +666,34 @@ lun = 70000
         let errs = parse(text, "bad.toml").unwrap_err();
         let shown = errs.to_string();
         assert!(shown.contains("bad.toml:7: target \"iqn.2026-11.org.example:a\" LUN 0: size \"12Q\" has an unknown unit"), "{shown}");
-        assert!(shown.contains("bad.toml:9:") && shown.contains("declared twice"), "{shown}");
-        assert!(shown.contains("bad.toml:11:") && shown.contains("size applies to files only"), "{shown}");
-        assert!(shown.contains("bad.toml:13:") && shown.contains("lower case"), "{shown}");
+        assert!(
+            shown.contains("bad.toml:9:") && shown.contains("declared twice"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("bad.toml:11:") && shown.contains("size applies to files only"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("bad.toml:13:") && shown.contains("lower case"),
+            "{shown}"
+        );
         assert!(shown.contains("LUN numbers go up to 16383"), "{shown}");
         assert!(shown.contains("needs file"), "{shown}");
     }
 
     #[test]
     fn syntax_errors_and_typos_have_lines() {
-        let errs = parse("[server]\nportals = [\"127.0.0.1:3260\"]\nportal = 1\n", "x").unwrap_err();
+        let errs = parse(
+            "[server]\nportals = [\"127.0.0.1:3260\"]\nportal = 1\n",
+            "x",
+        )
+        .unwrap_err();
         assert_eq!(errs.errors[0].line, Some(3), "{errs}");
-        assert!(errs.errors[0].message.contains("unknown field `portal`"), "{errs}");
+        assert!(
+            errs.errors[0].message.contains("unknown field `portal`"),
+            "{errs}"
+        );
         let errs = parse("[server\n", "x").unwrap_err();
         assert_eq!(errs.errors[0].line, Some(1));
     }
@@ -619,7 +706,10 @@ lun = 70000
         assert_eq!(parse_size(&SizeValue::Bytes(512)), Ok(512));
         assert!(parse_size(&SizeValue::Text("99999999999T".into())).is_err());
         assert!(parse_size(&SizeValue::Text("GiB".into())).is_err());
-        assert_eq!(parse_portal("10.0.0.1"), Ok("10.0.0.1:3260".parse().unwrap()));
+        assert_eq!(
+            parse_portal("10.0.0.1"),
+            Ok("10.0.0.1:3260".parse().unwrap())
+        );
         assert_eq!(parse_portal("[::1]"), Ok("[::1]:3260".parse().unwrap()));
         assert!(parse_portal("not an address:x").is_err());
     }
@@ -636,7 +726,11 @@ lun = 70000
 
     #[test]
     fn settings_are_range_checked() {
-        let errs = parse("[server]\nmax_burst_length = 100\nfirst_burst_length = 20000000\n", "x").unwrap_err();
+        let errs = parse(
+            "[server]\nmax_burst_length = 100\nfirst_burst_length = 20000000\n",
+            "x",
+        )
+        .unwrap_err();
         assert_eq!(errs.errors.len(), 2, "{errs}");
         let c = parse("[server]\nqueue_depth = 32\n", "x").unwrap();
         assert_eq!(c.iscsi.queue_depth, 32);

@@ -31,7 +31,10 @@ impl FileBackend {
             let size = create_size.ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!("{} does not exist and no size was given to create it", path.display()),
+                    format!(
+                        "{} does not exist and no size was given to create it",
+                        path.display()
+                    ),
                 )
             })?;
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -46,7 +49,10 @@ impl FileBackend {
         if !meta.file_type().is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file (use `block =` for devices)", path.display()),
+                format!(
+                    "{} is not a regular file (use `block =` for devices)",
+                    path.display()
+                ),
             ));
         }
         Ok(FileBackend {
@@ -103,7 +109,10 @@ impl BlockBackend for FileBackend {
     fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<'_, ()> {
         if self.read_only {
             return Box::pin(async {
-                Err(io::Error::new(io::ErrorKind::PermissionDenied, "medium is read-only"))
+                Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "medium is read-only",
+                ))
             });
         }
         Box::pin(self.blocking(move |file| {
@@ -138,7 +147,10 @@ mod tests {
         let path = dir.path().join("sub/disk.img");
         let backend = FileBackend::open_file(&path, Some(1 << 20), false).unwrap();
         assert_eq!(backend.size_bytes(), 1 << 20);
-        backend.write_at(4096, Bytes::from(vec![7u8; 512]), true).await.unwrap();
+        backend
+            .write_at(4096, Bytes::from(vec![7u8; 512]), true)
+            .await
+            .unwrap();
         backend.flush().await.unwrap();
         assert_eq!(backend.read_at(4096, 512).await.unwrap(), vec![7u8; 512]);
         // Reopening keeps the size and the data; the size argument does not resize.
@@ -161,6 +173,10 @@ mod tests {
         let path = dir.path().join("ro.img");
         FileBackend::open_file(&path, Some(4096), false).unwrap();
         let ro = FileBackend::open_file(&path, None, true).unwrap();
-        assert!(ro.write_at(0, Bytes::from_static(b"x"), false).await.is_err());
+        assert!(
+            ro.write_at(0, Bytes::from_static(b"x"), false)
+                .await
+                .is_err()
+        );
     }
 }

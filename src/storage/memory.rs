@@ -72,9 +72,15 @@ mod tests {
     #[tokio::test]
     async fn reads_back_what_was_written_and_refuses_the_end() {
         let m = MemoryBackend::new(4096);
-        m.write_at(512, Bytes::from_static(b"hello"), false).await.unwrap();
+        m.write_at(512, Bytes::from_static(b"hello"), false)
+            .await
+            .unwrap();
         assert_eq!(&m.read_at(512, 5).await.unwrap()[..], b"hello");
         assert!(m.read_at(4094, 4).await.is_err());
-        assert!(m.write_at(u64::MAX, Bytes::from_static(b"x"), false).await.is_err());
+        assert!(
+            m.write_at(u64::MAX, Bytes::from_static(b"x"), false)
+                .await
+                .is_err()
+        );
     }
 }

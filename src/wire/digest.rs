@@ -5,7 +5,9 @@
 
 /// CRC32C (Castagnoli) of the given slices, in order; hardware-accelerated where available.
 pub fn crc32c(parts: &[&[u8]]) -> u32 {
-    parts.iter().fold(0, |crc, part| crc32c::crc32c_append(crc, part))
+    parts
+        .iter()
+        .fold(0, |crc, part| crc32c::crc32c_append(crc, part))
 }
 
 /// The 4 digest bytes as they appear on the wire.

@@ -82,7 +82,11 @@ impl Decoder for PduCodec {
         let header_digest = if self.limits.header_digest { 4 } else { 0 };
         let data_len = data_len as usize;
         let padded_data = data_len + padding(data_len);
-        let data_digest = if self.limits.data_digest && data_len > 0 { 4 } else { 0 };
+        let data_digest = if self.limits.data_digest && data_len > 0 {
+            4
+        } else {
+            0
+        };
         let total = BHS_LEN + ahs_len + header_digest + padded_data + data_digest;
         if src.len() < total {
             src.reserve(total - src.len());
@@ -230,7 +234,11 @@ mod tests {
     fn frames_byte_by_byte_with_digests() {
         for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
             let wire = encoded(&nop(b"hello"), hd, dd);
-            let mut codec = PduCodec::new(FrameLimits { header_digest: hd, data_digest: dd, max_data_segment: 8192 });
+            let mut codec = PduCodec::new(FrameLimits {
+                header_digest: hd,
+                data_digest: dd,
+                max_data_segment: 8192,
+            });
             let mut buf = BytesMut::new();
             let mut got = None;
             for b in wire.iter() {
@@ -247,7 +255,11 @@ mod tests {
 
     #[test]
     fn corrupt_header_digest_is_fatal_and_corrupt_data_digest_is_flagged() {
-        let limits = FrameLimits { header_digest: true, data_digest: true, max_data_segment: 8192 };
+        let limits = FrameLimits {
+            header_digest: true,
+            data_digest: true,
+            max_data_segment: 8192,
+        };
         let mut wire = encoded(&nop(b"hello"), true, true);
         wire[10] ^= 1;
         assert!(matches!(
@@ -265,8 +277,13 @@ mod tests {
         let mut bhs = [0u8; BHS_LEN];
         bhs[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
         let mut buf = BytesMut::from(&bhs[..]);
-        let err = PduCodec::new(FrameLimits::LOGIN).decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::Wire(WireError::DataSegmentTooLong { .. })));
+        let err = PduCodec::new(FrameLimits::LOGIN)
+            .decode(&mut buf)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::Wire(WireError::DataSegmentTooLong { .. })
+        ));
     }
 
     #[test]

@@ -397,8 +397,8 @@ impl Request {
                 (h, p.data.clone())
             }
             Request::Text(p) => {
-                let flags = (if p.final_bit { 0x80 } else { 0 })
-                    | (if p.continue_bit { 0x40 } else { 0 });
+                let flags =
+                    (if p.final_bit { 0x80 } else { 0 }) | (if p.continue_bit { 0x40 } else { 0 });
                 let mut h = header(Opcode::TextRequest, flags, p.data.len());
                 h[8..16].copy_from_slice(&p.lun);
                 put32(&mut h, 16, p.itt);
@@ -696,8 +696,8 @@ impl Reply {
                 (h, p.data.clone(), StatSnUse::Advance, p.sn)
             }
             Reply::Text(p) => {
-                let flags = (if p.final_bit { 0x80 } else { 0 })
-                    | (if p.continue_bit { 0x40 } else { 0 });
+                let flags =
+                    (if p.final_bit { 0x80 } else { 0 }) | (if p.continue_bit { 0x40 } else { 0 });
                 let mut h = header(Opcode::TextResponse, flags, p.data.len());
                 h[8..16].copy_from_slice(&p.lun);
                 put32(&mut h, 16, p.itt);
@@ -909,16 +909,25 @@ mod tests {
     fn request() -> impl Strategy<Value = Request> {
         let cdb = proptest::collection::vec(any::<u8>(), 16..=48).prop_map(Bytes::from);
         prop_oneof![
-            (any::<bool>(), any::<[u8; 8]>(), any::<u32>(), any::<u32>(), any::<u32>(), bytes())
-                .prop_map(|(immediate, lun, itt, ttt, cmd_sn, data)| Request::NopOut(NopOut {
-                    immediate,
-                    lun,
-                    itt,
-                    ttt,
-                    cmd_sn,
-                    exp_stat_sn: cmd_sn ^ 1,
-                    data
-                })),
+            (
+                any::<bool>(),
+                any::<[u8; 8]>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                bytes()
+            )
+                .prop_map(|(immediate, lun, itt, ttt, cmd_sn, data)| Request::NopOut(
+                    NopOut {
+                        immediate,
+                        lun,
+                        itt,
+                        ttt,
+                        cmd_sn,
+                        exp_stat_sn: cmd_sn ^ 1,
+                        data
+                    }
+                )),
             (
                 any::<(bool, bool, bool, bool)>(),
                 0u8..8,
@@ -929,7 +938,15 @@ mod tests {
                 bytes()
             )
                 .prop_map(
-                    |((immediate, final_bit, read, write), attr, lun, (itt, len, sn), cdb, bidi, data)| {
+                    |(
+                        (immediate, final_bit, read, write),
+                        attr,
+                        lun,
+                        (itt, len, sn),
+                        cdb,
+                        bidi,
+                        data,
+                    )| {
                         Request::ScsiCommand(ScsiCommand {
                             immediate,
                             final_bit,
@@ -947,9 +964,12 @@ mod tests {
                         })
                     }
                 ),
-            (any::<(bool, u8, [u8; 8])>(), any::<(u32, u32, u32, u32, u32)>()).prop_map(
-                |((immediate, f, lun), (itt, rtt, sn, rsn, dsn))| Request::TaskMgmt(
-                    TaskMgmtRequest {
+            (
+                any::<(bool, u8, [u8; 8])>(),
+                any::<(u32, u32, u32, u32, u32)>()
+            )
+                .prop_map(|((immediate, f, lun), (itt, rtt, sn, rsn, dsn))| {
+                    Request::TaskMgmt(TaskMgmtRequest {
                         immediate,
                         function: f & 0x7f,
                         lun,
@@ -958,28 +978,33 @@ mod tests {
                         cmd_sn: sn,
                         exp_stat_sn: sn,
                         ref_cmd_sn: rsn,
-                        exp_data_sn: dsn
-                    }
-                )
-            ),
-            (any::<(bool, bool, u8, u8, u8, u8)>(), any::<([u8; 6], u16, u32, u16, u32)>(), bytes())
-                .prop_map(|((t, c, csg, nsg, vmax, vmin), (isid, tsih, itt, cid, sn), data)| {
-                    Request::Login(LoginRequest {
-                        transit: t,
-                        continue_bit: c,
-                        csg: csg & 3,
-                        nsg: nsg & 3,
-                        version_max: vmax,
-                        version_min: vmin,
-                        isid,
-                        tsih,
-                        itt,
-                        cid,
-                        cmd_sn: sn,
-                        exp_stat_sn: sn,
-                        data,
+                        exp_data_sn: dsn,
                     })
                 }),
+            (
+                any::<(bool, bool, u8, u8, u8, u8)>(),
+                any::<([u8; 6], u16, u32, u16, u32)>(),
+                bytes()
+            )
+                .prop_map(
+                    |((t, c, csg, nsg, vmax, vmin), (isid, tsih, itt, cid, sn), data)| {
+                        Request::Login(LoginRequest {
+                            transit: t,
+                            continue_bit: c,
+                            csg: csg & 3,
+                            nsg: nsg & 3,
+                            version_max: vmax,
+                            version_min: vmin,
+                            isid,
+                            tsih,
+                            itt,
+                            cid,
+                            cmd_sn: sn,
+                            exp_stat_sn: sn,
+                            data,
+                        })
+                    }
+                ),
             (any::<(bool, bool, bool, [u8; 8], u32, u32, u32)>(), bytes()).prop_map(
                 |((i, f, c, lun, itt, ttt, sn), data)| Request::Text(TextRequest {
                     immediate: i,
@@ -1049,19 +1074,35 @@ mod tests {
 
     #[test]
     fn target_replies_round_trip() {
-        let sn = SeqNums { stat_sn: 5, exp_cmd_sn: 6, max_cmd_sn: 70 };
+        let sn = SeqNums {
+            stat_sn: 5,
+            exp_cmd_sn: 6,
+            max_cmd_sn: 70,
+        };
         let replies = vec![
-            Reply::NopIn(NopIn { lun: [0; 8], itt: 1, ttt: u32::MAX, sn, data: Bytes::from_static(b"ping") }),
+            Reply::NopIn(NopIn {
+                lun: [0; 8],
+                itt: 1,
+                ttt: u32::MAX,
+                sn,
+                data: Bytes::from_static(b"ping"),
+            }),
             Reply::ScsiResponse(ScsiResponsePdu {
                 underflow: true,
                 status: 2,
                 itt: 3,
                 sn,
                 residual: 512,
-                sense: Bytes::from_static(&[0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0]),
+                sense: Bytes::from_static(&[
+                    0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0,
+                ]),
                 ..Default::default()
             }),
-            Reply::TaskMgmt(TaskMgmtResponse { response: 0, itt: 4, sn }),
+            Reply::TaskMgmt(TaskMgmtResponse {
+                response: 0,
+                itt: 4,
+                sn,
+            }),
             Reply::Login(LoginResponse {
                 transit: true,
                 csg: 1,
@@ -1073,11 +1114,47 @@ mod tests {
                 data: Bytes::from_static(b"A=B\0"),
                 ..Default::default()
             }),
-            Reply::Text(TextResponse { final_bit: true, continue_bit: false, lun: [0; 8], itt: 9, ttt: u32::MAX, sn, data: Bytes::new() }),
-            Reply::Logout(LogoutResponse { response: 0, itt: 10, sn, time2wait: 2, time2retain: 20 }),
-            Reply::R2t(R2t { lun: [0, 1, 0, 0, 0, 0, 0, 0], itt: 11, ttt: 12, sn, r2t_sn: 1, buffer_offset: 8192, desired_length: 65536 }),
-            Reply::Async(AsyncMessage { lun: [0; 8], sn, event: 1, vendor_code: 0, parameter1: 0, parameter2: 0, parameter3: 5, data: Bytes::new() }),
-            Reply::Reject(Reject { reason: 9, sn, data_sn: 0, data: Bytes::from(vec![0u8; 48]) }),
+            Reply::Text(TextResponse {
+                final_bit: true,
+                continue_bit: false,
+                lun: [0; 8],
+                itt: 9,
+                ttt: u32::MAX,
+                sn,
+                data: Bytes::new(),
+            }),
+            Reply::Logout(LogoutResponse {
+                response: 0,
+                itt: 10,
+                sn,
+                time2wait: 2,
+                time2retain: 20,
+            }),
+            Reply::R2t(R2t {
+                lun: [0, 1, 0, 0, 0, 0, 0, 0],
+                itt: 11,
+                ttt: 12,
+                sn,
+                r2t_sn: 1,
+                buffer_offset: 8192,
+                desired_length: 65536,
+            }),
+            Reply::Async(AsyncMessage {
+                lun: [0; 8],
+                sn,
+                event: 1,
+                vendor_code: 0,
+                parameter1: 0,
+                parameter2: 0,
+                parameter3: 5,
+                data: Bytes::new(),
+            }),
+            Reply::Reject(Reject {
+                reason: 9,
+                sn,
+                data_sn: 0,
+                data: Bytes::from(vec![0u8; 48]),
+            }),
         ];
         for reply in replies {
             let out = reply.encode();
@@ -1088,11 +1165,22 @@ mod tests {
     #[test]
     fn stat_sn_use_follows_the_rfc() {
         let sn = SeqNums::default();
-        let ping = Reply::NopIn(NopIn { lun: [0; 8], itt: u32::MAX, ttt: 1, sn, data: Bytes::new() });
+        let ping = Reply::NopIn(NopIn {
+            lun: [0; 8],
+            itt: u32::MAX,
+            ttt: 1,
+            sn,
+            data: Bytes::new(),
+        });
         assert_eq!(ping.encode().stat_sn, StatSnUse::Peek);
-        let data_only = Reply::DataIn(DataIn { ..Default::default() });
+        let data_only = Reply::DataIn(DataIn {
+            ..Default::default()
+        });
         assert_eq!(data_only.encode().stat_sn, StatSnUse::Unused);
-        let with_status = Reply::DataIn(DataIn { status: Some(0), ..Default::default() });
+        let with_status = Reply::DataIn(DataIn {
+            status: Some(0),
+            ..Default::default()
+        });
         assert_eq!(with_status.encode().stat_sn, StatSnUse::Advance);
     }
 
@@ -1100,9 +1188,19 @@ mod tests {
     fn extended_cdb_comes_back_whole() {
         let cdb: Vec<u8> = (0..32).collect();
         let req = Request::ScsiCommand(ScsiCommand {
-            immediate: false, final_bit: true, read: true, write: false, attr: 1, lun: [0; 8], itt: 1,
-            expected_length: 512, cmd_sn: 1, exp_stat_sn: 1, cdb: Bytes::from(cdb.clone()),
-            bidi_read_length: None, data: Bytes::new(),
+            immediate: false,
+            final_bit: true,
+            read: true,
+            write: false,
+            attr: 1,
+            lun: [0; 8],
+            itt: 1,
+            expected_length: 512,
+            cmd_sn: 1,
+            exp_stat_sn: 1,
+            cdb: Bytes::from(cdb.clone()),
+            bidi_read_length: None,
+            data: Bytes::new(),
         });
         let (head, _) = req.encode();
         assert_eq!(head.len() % 4, 0);

@@ -76,11 +76,20 @@ mod tests {
 
     #[test]
     fn rejects_malformed_items() {
-        assert!(matches!(parse(b"NoEquals\0"), Err(TextError::MissingEquals(_))));
+        assert!(matches!(
+            parse(b"NoEquals\0"),
+            Err(TextError::MissingEquals(_))
+        ));
         assert!(matches!(parse(b"=v\0"), Err(TextError::BadKey(_))));
         let long_key = format!("{}=1", "K".repeat(64));
-        assert!(matches!(parse(long_key.as_bytes()), Err(TextError::BadKey(_))));
-        assert!(matches!(parse(&[0xff, b'=', b'1']), Err(TextError::NotUtf8)));
+        assert!(matches!(
+            parse(long_key.as_bytes()),
+            Err(TextError::BadKey(_))
+        ));
+        assert!(matches!(
+            parse(&[0xff, b'=', b'1']),
+            Err(TextError::NotUtf8)
+        ));
     }
 
     proptest! {

@@ -1,0 +1,1118 @@
+//! One TCP connection: login, then a discovery or normal session, until logout, error,
+//! reinstatement or shutdown.
+//!
+//! Ownership: the reader (this task) owns the session state — the task table, the CmdSN
+//! order, R2T bookkeeping. Commands run as their own tokio tasks and hand their reply PDUs to
+//! the writer task, which owns the socket's write half and StatSN, and stamps ExpCmdSN and
+//! MaxCmdSN from the shared [`CmdWindow`] as each PDU leaves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tracing::{Instrument, debug, info, warn};
+
+use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, SessionType, status};
+use super::params::{self, Negotiated};
+use super::response::{CommandInfo, DataInLimits, reply_pdus};
+use super::session::{SessionGuard, SessionKey};
+use super::text_exchange::{TextExchange, TextStep};
+use super::window::CmdWindow;
+use super::{Context, Target};
+use crate::scsi::{Nexus, ScsiRequest, TaskAttr, cdb};
+use crate::wire::framing::{BufQueue, FrameError, frame_parts};
+use crate::wire::{
+    self, DataOut, FrameLimits, LoginRequest, LogoutRequest, LogoutResponse, NopIn, NopOut, OutPdu,
+    PduCodec, R2t, RESERVED_TAG, Reject, Reply, Request, ScsiCommand, SeqNums, StatSnUse,
+    TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, WireError, text,
+};
+
+/// Reject reasons (RFC 7143 §11.17.1).
+mod reject {
+    pub const DATA_DIGEST_ERROR: u8 = 0x02;
+    pub const SNACK_REJECT: u8 = 0x03;
+    pub const PROTOCOL_ERROR: u8 = 0x04;
+    pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    pub const TASK_IN_PROGRESS: u8 = 0x07;
+    pub const INVALID_PDU_FIELD: u8 = 0x09;
+}
+
+/// Task management function codes (§11.5.1) and responses (§11.6.1).
+mod tmf {
+    pub const ABORT_TASK: u8 = 1;
+    pub const ABORT_TASK_SET: u8 = 2;
+    pub const CLEAR_ACA: u8 = 3;
+    pub const CLEAR_TASK_SET: u8 = 4;
+    pub const LOGICAL_UNIT_RESET: u8 = 5;
+    pub const TARGET_WARM_RESET: u8 = 6;
+    pub const TARGET_COLD_RESET: u8 = 7;
+    pub const TASK_REASSIGN: u8 = 8;
+
+    pub const COMPLETE: u8 = 0;
+    pub const NO_TASK: u8 = 1;
+    pub const NO_LUN: u8 = 2;
+    pub const REASSIGN_NOT_SUPPORTED: u8 = 4;
+    pub const NOT_SUPPORTED: u8 = 5;
+}
+
+/// The largest write keel buffers for one command. The SCSI layer refuses transfers beyond
+/// its own maximum anyway; this bounds memory against an absurd ExpectedDataTransferLength.
+const MAX_WRITE_BUFFER: u32 = 32 << 20;
+
+/// How long the end of a session waits for commands still running in the backend.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Serves one accepted connection to its end.
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!("conn", %peer);
+    async move {
+        match run(stream, &ctx).await {
+            Ok(()) => debug!("connection closed"),
+            Err(e) => info!("connection ended: {e}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), FrameError> {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr()?;
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FramedRead::with_capacity(rd, PduCodec::new(FrameLimits::LOGIN), 64 * 1024);
+
+    let login_time = Duration::from_secs(ctx.settings.login_timeout_secs);
+    let login = tokio::select! {
+        r = tokio::time::timeout(login_time, login_phase(&mut reader, &mut wr, ctx)) => match r {
+            Ok(r) => r?,
+            Err(_) => {
+                info!("login did not complete within {login_time:?}; dropping the connection");
+                return Ok(());
+            }
+        },
+        _ = ctx.shutdown.cancelled() => return Ok(()),
+    };
+    let Some(LoggedIn {
+        outcome,
+        guard,
+        stat_sn,
+    }) = login
+    else {
+        return Ok(());
+    };
+
+    let params = outcome.params;
+    reader.decoder_mut().limits = FrameLimits {
+        header_digest: params.header_digest,
+        data_digest: params.data_digest,
+        max_data_segment: params.target_max_recv,
+    };
+    let target = outcome
+        .target
+        .as_ref()
+        .and_then(|t| ctx.targets.get(&t.name));
+    let span = tracing::info_span!(
+        "session",
+        initiator = %outcome.initiator_name,
+        isid = %hex(&outcome.isid),
+        tsih = guard.tsih,
+        target = %target.as_ref().map(|t| t.name.as_str()).unwrap_or("discovery"),
+    );
+    info!(parent: &span, header_digest = params.header_digest, data_digest = params.data_digest,
+          max_recv = params.initiator_max_recv, max_burst = params.max_burst, "logged in");
+
+    let window = Arc::new(CmdWindow::new(outcome.cmd_sn, ctx.settings.queue_depth));
+    let (out_tx, out_rx) = mpsc::channel(1024);
+    let writer = tokio::spawn(
+        write_loop(
+            wr,
+            out_rx,
+            stat_sn,
+            window.clone(),
+            params.header_digest,
+            params.data_digest,
+        )
+        .instrument(span.clone()),
+    );
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let nexus = target.as_ref().map(|t| {
+        Arc::new(Nexus {
+            initiator_port: format!("{},i,0x{}", outcome.initiator_name, hex(&outcome.isid)).into(),
+            target_port: format!("{},t,0x{:04x}", t.name, t.portal_group_tag).into(),
+            relative_port: t.portal_group_tag,
+        })
+    });
+    let mut session = Session {
+        ctx,
+        guard: &guard,
+        outcome: &outcome,
+        params,
+        target,
+        nexus,
+        window,
+        out: out_tx,
+        tasks: HashMap::new(),
+        ahead: HashMap::new(),
+        done_tx,
+        text: TextExchange::default(),
+        next_ttt: 0,
+        local,
+    };
+    let result = session
+        .full_feature(&mut reader, done_rx)
+        .instrument(span.clone())
+        .await;
+    session.drain().instrument(span.clone()).await;
+    if let (Some(target), Some(nexus)) = (&session.target, &session.nexus) {
+        target.device.nexus_lost(nexus);
+    }
+    drop(session);
+    // All senders are gone once the commands have drained: the writer flushes and exits.
+    match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Ok(Ok(Err(e))) => debug!(parent: &span, "writer: {e}"),
+        Err(_) => debug!(parent: &span, "writer did not finish in time"),
+        _ => {}
+    }
+    info!(parent: &span, "session ended");
+    drop(guard);
+    result
+}
+
+struct LoggedIn<'a> {
+    outcome: LoginOutcome,
+    guard: SessionGuard<'a>,
+    /// The StatSN the first full-feature response will carry.
+    stat_sn: u32,
+}
+
+async fn login_phase<'a>(
+    reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
+    wr: &mut OwnedWriteHalf,
+    ctx: &'a Arc<Context>,
+) -> Result<Option<LoggedIn<'a>>, FrameError> {
+    let mut machine = LoginMachine::new(&ctx.settings);
+    let mut stat_sn: u32 = 1;
+    let mut first = true;
+    let find = |name: &str| {
+        ctx.targets.get(name).map(|t| LoginTarget {
+            name: t.name.clone(),
+            alias: t.alias.clone(),
+            portal_group_tag: t.portal_group_tag,
+        })
+    };
+    loop {
+        let Some(raw) = reader.next().await else {
+            return Ok(None);
+        };
+        let raw = raw?;
+        let req = match Request::decode(&raw.bhs, &raw.ahs, raw.data) {
+            Ok(Request::Login(req)) => req,
+            Ok(other) => {
+                info!(
+                    "PDU {:?} before login completed; closing",
+                    opcode_name(&other)
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                info!("undecodable PDU during login: {e}");
+                return Ok(None);
+            }
+        };
+        if first && req.tsih != 0 {
+            // Adding a connection to an existing session (MC/S) arrives with a later issue.
+            let status = if ctx.sessions.tsih_exists(req.tsih) {
+                status::TOO_MANY_CONNECTIONS
+            } else {
+                status::SESSION_DOES_NOT_EXIST
+            };
+            send_login(
+                wr,
+                login::failure_response(&req, status),
+                &mut stat_sn,
+                &req,
+                ctx,
+            )
+            .await?;
+            info!(tsih = req.tsih, "login to an existing session refused");
+            return Ok(None);
+        }
+        first = false;
+        match machine.step(&req, &find) {
+            LoginStep::Respond(response) => {
+                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
+            }
+            LoginStep::Fail(response, why) => {
+                info!(
+                    status = format!(
+                        "0x{:02x}{:02x}",
+                        response.status_class, response.status_detail
+                    ),
+                    "login refused: {why}"
+                );
+                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
+                return Ok(None);
+            }
+            LoginStep::Complete(mut response, outcome) => {
+                let key = SessionKey {
+                    initiator: outcome.initiator_name.clone(),
+                    isid: outcome.isid,
+                    target: outcome
+                        .target
+                        .as_ref()
+                        .map(|t| t.name.clone())
+                        .unwrap_or_default(),
+                };
+                let Some(guard) = ctx.sessions.admit(key).await else {
+                    let r = login::failure_response(&req, status::OUT_OF_RESOURCES);
+                    send_login(wr, r, &mut stat_sn, &req, ctx).await?;
+                    return Ok(None);
+                };
+                response.tsih = guard.tsih;
+                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
+                return Ok(Some(LoggedIn {
+                    outcome: *outcome,
+                    guard,
+                    stat_sn,
+                }));
+            }
+        }
+    }
+}
+
+async fn send_login(
+    wr: &mut OwnedWriteHalf,
+    mut response: wire::LoginResponse,
+    stat_sn: &mut u32,
+    req: &LoginRequest,
+    ctx: &Context,
+) -> std::io::Result<()> {
+    response.sn = SeqNums {
+        stat_sn: *stat_sn,
+        exp_cmd_sn: req.cmd_sn,
+        max_cmd_sn: req.cmd_sn.wrapping_add(ctx.settings.queue_depth.max(1) - 1),
+    };
+    *stat_sn = stat_sn.wrapping_add(1);
+    let pdu = Reply::Login(response).encode();
+    let mut parts = Vec::new();
+    frame_parts(&pdu.header, &pdu.data, false, false, &mut parts);
+    let mut queue = BufQueue::default();
+    for p in parts {
+        queue.push(p);
+    }
+    wr.write_all_buf(&mut queue).await
+}
+
+/// A command the session knows about, from arrival to its last reply.
+struct Task {
+    lun: u64,
+    /// Set once the task must not send its replies (aborted).
+    aborted: Arc<AtomicBool>,
+    state: TaskState,
+}
+
+enum TaskState {
+    /// A write still receiving its data.
+    Collecting(Box<WriteCollect>),
+    /// Running in the SCSI layer; the handle resolves when the task has finished.
+    Running(Option<JoinHandle<()>>),
+}
+
+/// A write collecting immediate, unsolicited and solicited data (RFC 7143 §4.2.3.2).
+struct WriteCollect {
+    command: ScsiCommand,
+    buffer: BytesMut,
+    received: u32,
+    unsolicited_next: u32,
+    unsolicited_end: u32,
+    next_r2t_offset: u32,
+    r2t_sn: u32,
+    outstanding: Vec<OutstandingR2t>,
+}
+
+struct OutstandingR2t {
+    ttt: u32,
+    next: u32,
+    end: u32,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session<'a> {
+    ctx: &'a Arc<Context>,
+    guard: &'a SessionGuard<'a>,
+    outcome: &'a LoginOutcome,
+    params: Negotiated,
+    target: Option<Arc<Target>>,
+    nexus: Option<Arc<Nexus>>,
+    window: Arc<CmdWindow>,
+    out: mpsc::Sender<OutPdu>,
+    tasks: HashMap<u32, Task>,
+    /// Commands that arrived ahead of ExpCmdSN, waiting for the gap to fill.
+    ahead: HashMap<u32, (Request, [u8; wire::BHS_LEN])>,
+    done_tx: mpsc::UnboundedSender<u32>,
+    text: TextExchange,
+    next_ttt: u32,
+    local: SocketAddr,
+}
+
+impl Session<'_> {
+    async fn full_feature(
+        &mut self,
+        reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
+        mut done_rx: mpsc::UnboundedReceiver<u32>,
+    ) -> Result<(), FrameError> {
+        let interval = self.ctx.settings.nop_interval_secs;
+        let idle_limit = Duration::from_secs(if interval == 0 {
+            86_400 * 365
+        } else {
+            interval
+        });
+        let ping_timeout = Duration::from_secs(self.ctx.settings.nop_timeout_secs);
+        let mut last_heard = Instant::now();
+        let mut ping: Option<(u32, Instant)> = None;
+        loop {
+            let deadline = match ping {
+                Some((_, deadline)) => deadline,
+                None => last_heard + idle_limit,
+            };
+            tokio::select! {
+                biased;
+                _ = self.guard.cancel.cancelled() => {
+                    info!("session replaced or reset; closing");
+                    return Ok(());
+                }
+                _ = self.ctx.shutdown.cancelled() => {
+                    info!("server shutting down; closing the session");
+                    return Ok(());
+                }
+                Some(itt) = done_rx.recv() => {
+                    self.tasks.remove(&itt);
+                }
+                pdu = reader.next() => {
+                    let raw = match pdu {
+                        None => return Ok(()),
+                        Some(Ok(raw)) => raw,
+                        Some(Err(FrameError::Wire(WireError::DataSegmentTooLong { len, max }))) => {
+                            warn!("data segment of {len} bytes exceeds MaxRecvDataSegmentLength {max}; closing");
+                            if let Some(header) = reader.read_buffer().get(..wire::BHS_LEN) {
+                                let mut bhs = [0u8; wire::BHS_LEN];
+                                bhs.copy_from_slice(header);
+                                self.reject(reject::PROTOCOL_ERROR, &bhs).await;
+                            }
+                            return Ok(());
+                        }
+                        Some(Err(e)) => return Err(e),
+                    };
+                    last_heard = Instant::now();
+                    ping = None;
+                    if let Flow::Close = self.on_pdu(raw).await {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if ping.is_some() {
+                        warn!("no answer to NOP-In within {ping_timeout:?}; dropping the connection");
+                        return Ok(());
+                    }
+                    let ttt = self.allocate_ttt();
+                    self.send(Reply::NopIn(NopIn { lun: [0; 8], itt: RESERVED_TAG, ttt, sn: SeqNums::default(), data: Bytes::new() })).await;
+                    ping = Some((ttt, Instant::now() + ping_timeout));
+                }
+            }
+        }
+    }
+
+    async fn on_pdu(&mut self, raw: wire::RawPdu) -> Flow {
+        if !raw.data_digest_ok {
+            // §7.8: discard the PDU and tell the initiator; at ERL 0 it recovers at session level.
+            warn!("data digest error; PDU rejected");
+            self.reject(reject::DATA_DIGEST_ERROR, &raw.bhs).await;
+            return Flow::Continue;
+        }
+        let request = match Request::decode(&raw.bhs, &raw.ahs, raw.data) {
+            Ok(r) => r,
+            Err(WireError::UnknownOpcode(op)) => {
+                warn!("unknown opcode 0x{op:02x}; rejected");
+                self.reject(reject::COMMAND_NOT_SUPPORTED, &raw.bhs).await;
+                return Flow::Continue;
+            }
+            Err(e) => {
+                warn!("malformed PDU: {e}; rejected");
+                self.reject(reject::INVALID_PDU_FIELD, &raw.bhs).await;
+                return Flow::Continue;
+            }
+        };
+        let ordered = match &request {
+            Request::NopOut(p) if p.itt == RESERVED_TAG => None,
+            Request::NopOut(p) => Some((p.immediate, p.cmd_sn)),
+            Request::ScsiCommand(p) => Some((p.immediate, p.cmd_sn)),
+            Request::TaskMgmt(p) => Some((p.immediate, p.cmd_sn)),
+            Request::Text(p) => Some((p.immediate, p.cmd_sn)),
+            Request::Logout(p) => Some((p.immediate, p.cmd_sn)),
+            Request::Login(_) | Request::DataOut(_) | Request::Snack(_) => None,
+        };
+        let is_command = matches!(request, Request::ScsiCommand(_));
+        match ordered {
+            None => self.execute(request, &raw.bhs).await,
+            Some((true, _)) => {
+                if is_command {
+                    self.window.occupy();
+                }
+                self.execute(request, &raw.bhs).await
+            }
+            Some((false, cmd_sn)) => {
+                let exp = self.window.exp_cmd_sn();
+                if cmd_sn == exp {
+                    self.window.accept(is_command);
+                    if let Flow::Close = self.execute(request, &raw.bhs).await {
+                        return Flow::Close;
+                    }
+                    // Commands that arrived early may now run, in CmdSN order.
+                    while let Some((next, bhs)) = self.ahead.remove(&self.window.exp_cmd_sn()) {
+                        self.window.accept(matches!(next, Request::ScsiCommand(_)));
+                        if let Flow::Close = self.execute(next, &bhs).await {
+                            return Flow::Close;
+                        }
+                    }
+                    Flow::Continue
+                } else if wire::sn_lt(exp, cmd_sn)
+                    && wire::sn_le(cmd_sn, self.window.max_cmd_sn())
+                    && self.ahead.len() < self.ctx.settings.queue_depth as usize
+                {
+                    self.ahead.insert(cmd_sn, (request, raw.bhs));
+                    Flow::Continue
+                } else {
+                    // §4.2.2.1: outside the window (or a duplicate): silently ignored.
+                    debug!(cmd_sn, exp, "command outside the CmdSN window ignored");
+                    Flow::Continue
+                }
+            }
+        }
+    }
+
+    async fn execute(&mut self, request: Request, bhs: &[u8; wire::BHS_LEN]) -> Flow {
+        let discovery = self.outcome.session_type == SessionType::Discovery;
+        match request {
+            Request::NopOut(p) => self.on_nop_out(p).await,
+            Request::Text(p) => return self.on_text(p, bhs).await,
+            Request::Logout(p) => return self.on_logout(p).await,
+            Request::ScsiCommand(p) if !discovery => self.on_command(p, bhs).await,
+            Request::DataOut(p) if !discovery => self.on_data_out(p, bhs).await,
+            Request::TaskMgmt(p) if !discovery => self.on_task_mgmt(p).await,
+            Request::Snack(_) => {
+                // SNACK needs ErrorRecoveryLevel > 0; keel negotiates 0.
+                self.reject(reject::SNACK_REJECT, bhs).await;
+            }
+            Request::Login(_) => {
+                warn!("Login Request in full feature phase; rejected");
+                self.reject(reject::PROTOCOL_ERROR, bhs).await;
+            }
+            other => {
+                if let Request::ScsiCommand(_) = other {
+                    self.window.complete();
+                }
+                warn!(
+                    "{} not allowed in a discovery session; rejected",
+                    opcode_name(&other)
+                );
+                self.reject(reject::PROTOCOL_ERROR, bhs).await;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_nop_out(&mut self, p: NopOut) {
+        if p.itt == RESERVED_TAG {
+            // The answer to one of our pings: nothing to send back.
+            return;
+        }
+        // §11.19: echo the ping data back, trimmed to what the initiator can receive.
+        let max = self.params.initiator_max_recv as usize;
+        let data = p.data.slice(..p.data.len().min(max));
+        self.send(Reply::NopIn(NopIn {
+            lun: p.lun,
+            itt: p.itt,
+            ttt: RESERVED_TAG,
+            sn: SeqNums::default(),
+            data,
+        }))
+        .await;
+    }
+
+    async fn on_command(&mut self, cmd: ScsiCommand, bhs: &[u8; wire::BHS_LEN]) {
+        if self.tasks.contains_key(&cmd.itt) {
+            warn!(
+                itt = cmd.itt,
+                "command reuses the tag of a task in progress; rejected"
+            );
+            self.window.complete();
+            self.reject(reject::TASK_IN_PROGRESS, bhs).await;
+            return;
+        }
+        let edtl = cmd.expected_length;
+        let immediate_len = cmd.data.len() as u32;
+        if immediate_len > 0
+            && (!cmd.write
+                || !self.params.immediate_data
+                || immediate_len > edtl
+                || immediate_len > self.params.first_burst)
+        {
+            warn!(
+                itt = cmd.itt,
+                immediate_len, edtl, "immediate data not allowed here; rejected"
+            );
+            self.window.complete();
+            self.reject(reject::PROTOCOL_ERROR, bhs).await;
+            return;
+        }
+        let lun = cdb::decode_lun(cmd.lun).unwrap_or(u64::MAX);
+        let mut task = Task {
+            lun,
+            aborted: Arc::new(AtomicBool::new(false)),
+            state: TaskState::Running(None),
+        };
+        if !cmd.write || edtl == 0 || edtl > MAX_WRITE_BUFFER {
+            // No data to collect (or too much to buffer: the SCSI layer refuses it).
+            let itt = cmd.itt;
+            let data = cmd.data.clone();
+            self.start(&mut task, cmd, data, 0);
+            self.tasks.insert(itt, task);
+            return;
+        }
+        let unsolicited_end = if cmd.final_bit || self.params.initial_r2t {
+            immediate_len
+        } else {
+            self.params.first_burst.min(edtl)
+        };
+        let mut buffer = BytesMut::zeroed(edtl as usize);
+        buffer[..cmd.data.len()].copy_from_slice(&cmd.data);
+        let mut collect = Box::new(WriteCollect {
+            command: ScsiCommand {
+                data: Bytes::new(),
+                ..cmd
+            },
+            buffer,
+            received: immediate_len,
+            unsolicited_next: immediate_len,
+            unsolicited_end,
+            next_r2t_offset: unsolicited_end,
+            r2t_sn: 0,
+            outstanding: Vec::new(),
+        });
+        let itt = collect.command.itt;
+        if collect.received == edtl {
+            self.finish_collect(&mut task, *collect);
+        } else {
+            self.issue_r2ts(&mut collect).await;
+            task.state = TaskState::Collecting(collect);
+        }
+        self.tasks.insert(itt, task);
+    }
+
+    /// Sends R2Ts until MaxOutstandingR2T are outstanding or all data is asked for.
+    async fn issue_r2ts(&mut self, c: &mut WriteCollect) {
+        let edtl = c.command.expected_length;
+        while c.outstanding.len() < self.params.max_outstanding_r2t as usize
+            && c.next_r2t_offset < edtl
+        {
+            let length = self.params.max_burst.min(edtl - c.next_r2t_offset);
+            let ttt = self.allocate_ttt();
+            let r2t = R2t {
+                lun: c.command.lun,
+                itt: c.command.itt,
+                ttt,
+                sn: SeqNums::default(),
+                r2t_sn: c.r2t_sn,
+                buffer_offset: c.next_r2t_offset,
+                desired_length: length,
+            };
+            c.outstanding.push(OutstandingR2t {
+                ttt,
+                next: c.next_r2t_offset,
+                end: c.next_r2t_offset + length,
+            });
+            c.r2t_sn += 1;
+            c.next_r2t_offset += length;
+            self.send(Reply::R2t(r2t)).await;
+        }
+    }
+
+    async fn on_data_out(&mut self, d: DataOut, bhs: &[u8; wire::BHS_LEN]) {
+        let Some(task) = self.tasks.get_mut(&d.itt) else {
+            debug!(itt = d.itt, "Data-Out for a task that is gone; ignored");
+            return;
+        };
+        let TaskState::Collecting(c) = &mut task.state else {
+            debug!(
+                itt = d.itt,
+                "Data-Out for a task not expecting data; ignored"
+            );
+            return;
+        };
+        let len = d.data.len() as u32;
+        let start = d.buffer_offset;
+        let end = start.saturating_add(len);
+        let in_order = if d.ttt == RESERVED_TAG {
+            // Unsolicited data: in order, within the first burst (§4.2.5.2, DataPDUInOrder=Yes).
+            let ok = start == c.unsolicited_next && end <= c.unsolicited_end;
+            if ok {
+                c.unsolicited_next = end;
+            }
+            ok
+        } else {
+            match c.outstanding.iter_mut().position(|r| r.ttt == d.ttt) {
+                Some(i) if start == c.outstanding[i].next && end <= c.outstanding[i].end => {
+                    c.outstanding[i].next = end;
+                    if end == c.outstanding[i].end {
+                        c.outstanding.remove(i);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !in_order {
+            warn!(
+                itt = d.itt,
+                offset = start,
+                len,
+                ttt = d.ttt,
+                "Data-Out out of order or out of range; rejected"
+            );
+            self.reject(reject::PROTOCOL_ERROR, bhs).await;
+            return;
+        }
+        c.buffer[start as usize..end as usize].copy_from_slice(&d.data);
+        c.received += len;
+        let complete = c.received == c.command.expected_length;
+        let needs_r2t = c.outstanding.len() < self.params.max_outstanding_r2t as usize
+            && c.next_r2t_offset < c.command.expected_length;
+        if complete {
+            let Some(mut task) = self.tasks.remove(&d.itt) else {
+                return;
+            };
+            let TaskState::Collecting(c) =
+                std::mem::replace(&mut task.state, TaskState::Running(None))
+            else {
+                return;
+            };
+            self.finish_collect(&mut task, *c);
+            self.tasks.insert(d.itt, task);
+        } else if needs_r2t {
+            let Some(mut task) = self.tasks.remove(&d.itt) else {
+                return;
+            };
+            if let TaskState::Collecting(c) = &mut task.state {
+                self.issue_r2ts(c).await;
+            }
+            self.tasks.insert(d.itt, task);
+        }
+    }
+
+    fn finish_collect(&mut self, task: &mut Task, c: WriteCollect) {
+        let WriteCollect {
+            command,
+            buffer,
+            r2t_sn,
+            ..
+        } = c;
+        self.start(task, command, buffer.freeze(), r2t_sn);
+    }
+
+    /// Hands the command to the SCSI layer on its own tokio task.
+    fn start(&mut self, task: &mut Task, cmd: ScsiCommand, data_out: Bytes, r2t_count: u32) {
+        let info = CommandInfo {
+            itt: cmd.itt,
+            lun: cmd.lun,
+            expected_length: cmd.expected_length,
+            read: cmd.read,
+            write: cmd.write,
+            r2t_count,
+        };
+        let limits = DataInLimits {
+            max_segment: self.params.initiator_max_recv,
+            max_burst: self.params.max_burst,
+        };
+        let (Some(target), Some(nexus)) = (self.target.clone(), self.nexus.clone()) else {
+            return;
+        };
+        let request = ScsiRequest {
+            nexus,
+            lun: task.lun,
+            cdb: cmd.cdb,
+            data_out,
+            expected_in: if cmd.read { cmd.expected_length } else { 0 },
+            attr: task_attr(cmd.attr),
+        };
+        let out = self.out.clone();
+        let window = self.window.clone();
+        let done = self.done_tx.clone();
+        let aborted = task.aborted.clone();
+        let handle = tokio::spawn(
+            async move {
+                let outcome = target.device.execute(request).await;
+                window.complete();
+                // Tell the reader first: once the reply is out, the initiator may reuse the tag.
+                let _ = done.send(info.itt);
+                if aborted.load(Ordering::Acquire) {
+                    return;
+                }
+                for reply in reply_pdus(&info, &outcome, limits) {
+                    if out.send(reply.encode()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        task.state = TaskState::Running(Some(handle));
+    }
+
+    async fn on_task_mgmt(&mut self, p: TaskMgmtRequest) {
+        let lun = cdb::decode_lun(p.lun).unwrap_or(u64::MAX);
+        let Some(target) = self.target.clone() else {
+            return;
+        };
+        let Some(nexus) = self.nexus.clone() else {
+            return;
+        };
+        info!(
+            function = p.function,
+            lun,
+            referenced = p.referenced_tag,
+            "task management"
+        );
+        let (response, waits) = match p.function {
+            tmf::ABORT_TASK => {
+                match self.tasks.get(&p.referenced_tag) {
+                    Some(task) if task.lun == lun => {
+                        let waits =
+                            self.abort_where(|t, itt| itt == p.referenced_tag && t.lun == lun);
+                        (tmf::COMPLETE, waits)
+                    }
+                    _ => {
+                        // §11.5.1: a task we never saw is "complete" if its CmdSN was already
+                        // covered by the window; otherwise it does not exist.
+                        let seen = wire::sn_lt(p.ref_cmd_sn, self.window.exp_cmd_sn())
+                            && wire::sn_lt(p.ref_cmd_sn, p.cmd_sn.wrapping_add(1));
+                        (if seen { tmf::COMPLETE } else { tmf::NO_TASK }, Vec::new())
+                    }
+                }
+            }
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => {
+                if target.device.lun(lun).is_none() {
+                    (tmf::NO_LUN, Vec::new())
+                } else {
+                    (tmf::COMPLETE, self.abort_where(|t, _| t.lun == lun))
+                }
+            }
+            tmf::LOGICAL_UNIT_RESET => {
+                let waits = self.abort_where(|t, _| t.lun == lun);
+                if target.device.reset_lun(lun, &nexus) {
+                    (tmf::COMPLETE, waits)
+                } else {
+                    (tmf::NO_LUN, waits)
+                }
+            }
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
+                let waits = self.abort_where(|_, _| true);
+                target.device.reset_all(&nexus);
+                (tmf::COMPLETE, waits)
+            }
+            tmf::TASK_REASSIGN => (tmf::REASSIGN_NOT_SUPPORTED, Vec::new()),
+            tmf::CLEAR_ACA => (tmf::NOT_SUPPORTED, Vec::new()),
+            _ => (tmf::NOT_SUPPORTED, Vec::new()),
+        };
+        let reply = Reply::TaskMgmt(TaskMgmtResponse {
+            response,
+            itt: p.itt,
+            sn: SeqNums::default(),
+        });
+        let out = self.out.clone();
+        let cold = p.function == tmf::TARGET_COLD_RESET;
+        let ctx = self.ctx.clone();
+        let target_name = target.name.clone();
+        // The response waits until the aborted tasks have really finished (SAM-5 §7.2): a
+        // write acknowledged as aborted must not land afterwards.
+        tokio::spawn(
+            async move {
+                for handle in waits {
+                    let _ = tokio::time::timeout(DRAIN_WAIT, handle).await;
+                }
+                let _ = out.send(reply.encode()).await;
+                if cold {
+                    // §11.5.1: a cold reset also ends every session to the target, this one too.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ctx.sessions.cancel_target(&target_name);
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Aborts the matching tasks: collecting ones are dropped at once, running ones are told
+    /// not to reply; returns the handles to wait on.
+    fn abort_where(&mut self, matches: impl Fn(&Task, u32) -> bool) -> Vec<JoinHandle<()>> {
+        let itts: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(itt, t)| matches(t, **itt))
+            .map(|(itt, _)| *itt)
+            .collect();
+        let mut waits = Vec::new();
+        for itt in itts {
+            let Some(task) = self.tasks.get_mut(&itt) else {
+                continue;
+            };
+            task.aborted.store(true, Ordering::Release);
+            match &mut task.state {
+                TaskState::Collecting(_) => {
+                    self.tasks.remove(&itt);
+                    self.window.complete();
+                }
+                TaskState::Running(handle) => {
+                    if let Some(h) = handle.take() {
+                        waits.push(h);
+                    }
+                }
+            }
+        }
+        waits
+    }
+
+    async fn on_text(&mut self, p: TextRequest, bhs: &[u8; wire::BHS_LEN]) -> Flow {
+        let max = self.params.initiator_max_recv;
+        let chunk = match self.text.receive(p.continue_bit, p.ttt, &p.data) {
+            TextStep::NeedMore => super::text_exchange::TextChunk {
+                data: Bytes::new(),
+                final_bit: false,
+                continue_bit: false,
+                ttt: self.allocate_ttt(),
+            },
+            TextStep::Continue => self.text.next_chunk(max),
+            TextStep::Error => {
+                self.reject(reject::PROTOCOL_ERROR, bhs).await;
+                return Flow::Continue;
+            }
+            TextStep::Request(data) => {
+                let pairs = match text::parse(&data) {
+                    Ok(pairs) => pairs,
+                    Err(e) => {
+                        warn!("bad text request: {e}");
+                        self.reject(reject::PROTOCOL_ERROR, bhs).await;
+                        return Flow::Continue;
+                    }
+                };
+                let answer = self.text_answer(&pairs);
+                self.text.respond(answer, max)
+            }
+        };
+        self.send(Reply::Text(TextResponse {
+            final_bit: chunk.final_bit,
+            continue_bit: chunk.continue_bit,
+            lun: p.lun,
+            itt: p.itt,
+            ttt: chunk.ttt,
+            sn: SeqNums::default(),
+            data: chunk.data,
+        }))
+        .await;
+        Flow::Continue
+    }
+
+    /// Answers a full-feature text request: SendTargets (§6.3.1, Appendix C); keys that can't
+    /// be renegotiated here are refused.
+    fn text_answer(&self, pairs: &[(String, String)]) -> Bytes {
+        let mut answer: Vec<(String, String)> = Vec::new();
+        for (key, value) in pairs {
+            if key == "SendTargets" {
+                let targets: Vec<Arc<Target>> = match (self.outcome.session_type, value.as_str()) {
+                    (SessionType::Discovery, "All") => self.ctx.targets.list(),
+                    (SessionType::Discovery, name) => {
+                        self.ctx.targets.get(name).into_iter().collect()
+                    }
+                    // In a normal session only the session's own target is reported.
+                    (SessionType::Normal, _) => self.target.clone().into_iter().collect(),
+                };
+                for t in targets {
+                    answer.push(("TargetName".into(), t.name.clone()));
+                    // The address the initiator reached us on, never the bind address.
+                    answer.push((
+                        "TargetAddress".into(),
+                        format!("{},{}", self.local, t.portal_group_tag),
+                    ));
+                }
+            } else if params::lookup(key).is_some() {
+                answer.push((key.clone(), "Reject".into()));
+            } else {
+                answer.push((key.clone(), "NotUnderstood".into()));
+            }
+        }
+        text::encode(&answer)
+    }
+
+    async fn on_logout(&mut self, p: LogoutRequest) -> Flow {
+        // Reason 0: close the session; 1: close this connection; 2: remove it for recovery,
+        // which needs ErrorRecoveryLevel 2 (§11.14.1).
+        let response = match p.reason {
+            0 => 0,
+            1 if p.cid == self.outcome.cid => 0,
+            1 => 1,
+            _ => 2,
+        };
+        if response == 0 {
+            // Everything in flight completes before the session goes (§11.14).
+            self.drain().await;
+        }
+        self.send(Reply::Logout(LogoutResponse {
+            response,
+            itt: p.itt,
+            sn: SeqNums::default(),
+            time2wait: 0,
+            time2retain: 0,
+        }))
+        .await;
+        if response == 0 {
+            info!("logged out");
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Waits (bounded) for every running command to finish; drops writes still collecting.
+    async fn drain(&mut self) {
+        let mut handles = Vec::new();
+        for (_, task) in self.tasks.drain() {
+            match task.state {
+                TaskState::Collecting(_) => self.window.complete(),
+                TaskState::Running(Some(h)) => handles.push(h),
+                TaskState::Running(None) => {}
+            }
+        }
+        for h in handles {
+            if tokio::time::timeout(DRAIN_WAIT, h).await.is_err() {
+                warn!("a command did not finish within {DRAIN_WAIT:?}");
+            }
+        }
+    }
+
+    fn allocate_ttt(&mut self) -> u32 {
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        self.next_ttt
+    }
+
+    async fn send(&self, reply: Reply) {
+        let _ = self.out.send(reply.encode()).await;
+    }
+
+    async fn reject(&self, reason: u8, bhs: &[u8; wire::BHS_LEN]) {
+        self.send(Reply::Reject(Reject {
+            reason,
+            sn: SeqNums::default(),
+            data_sn: 0,
+            data: Bytes::copy_from_slice(bhs),
+        }))
+        .await;
+    }
+}
+
+/// Writes PDUs as they come, many per system call, stamping StatSN, ExpCmdSN and MaxCmdSN.
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<OutPdu>,
+    mut stat_sn: u32,
+    window: Arc<CmdWindow>,
+    header_digest: bool,
+    data_digest: bool,
+) -> std::io::Result<()> {
+    const MAX_BATCH_PDUS: usize = 64;
+    const MAX_BATCH_BYTES: usize = 4 << 20;
+    let mut queue = BufQueue::default();
+    let mut parts = Vec::with_capacity(4);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(mut pdu) = next.take() {
+            let sn = SeqNums {
+                stat_sn: if pdu.stat_sn == StatSnUse::Unused {
+                    0
+                } else {
+                    stat_sn
+                },
+                exp_cmd_sn: window.exp_cmd_sn(),
+                max_cmd_sn: window.max_cmd_sn(),
+            };
+            sn.stamp(&mut pdu.header);
+            if pdu.stat_sn == StatSnUse::Advance {
+                stat_sn = stat_sn.wrapping_add(1);
+            }
+            frame_parts(
+                &pdu.header,
+                &pdu.data,
+                header_digest,
+                data_digest,
+                &mut parts,
+            );
+            for part in parts.drain(..) {
+                queue.push(part);
+            }
+            count += 1;
+            if count < MAX_BATCH_PDUS && bytes::Buf::remaining(&queue) < MAX_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        wr.write_all_buf(&mut queue).await?;
+    }
+    wr.shutdown().await
+}
+
+fn task_attr(attr: u8) -> TaskAttr {
+    match attr {
+        0 => TaskAttr::Untagged,
+        1 => TaskAttr::Simple,
+        2 => TaskAttr::Ordered,
+        3 => TaskAttr::HeadOfQueue,
+        4 => TaskAttr::Aca,
+        _ => TaskAttr::Simple,
+    }
+}
+
+fn opcode_name(r: &Request) -> &'static str {
+    match r {
+        Request::NopOut(_) => "NOP-Out",
+        Request::ScsiCommand(_) => "SCSI Command",
+        Request::TaskMgmt(_) => "Task Management Request",
+        Request::Login(_) => "Login Request",
+        Request::Text(_) => "Text Request",
+        Request::DataOut(_) => "Data-Out",
+        Request::Logout(_) => "Logout Request",
+        Request::Snack(_) => "SNACK",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

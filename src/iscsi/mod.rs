@@ -1,0 +1,84 @@
+//! The iSCSI protocol (RFC 7143): login and negotiation, discovery, sessions and their
+//! connections, the CmdSN window, R2T/Data-In sequencing, task management, NOP and logout.
+//! Knows nothing about SCSI commands: it hands CDBs to a [`crate::scsi::TargetDevice`].
+
+pub mod connection;
+pub mod login;
+pub mod params;
+pub mod response;
+pub mod session;
+pub mod text_exchange;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IscsiSettings;
+use crate::scsi::TargetDevice;
+
+pub use session::SessionRegistry;
+
+/// A target as the iSCSI layer sees it: a name, a portal group, and its logical units.
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    pub alias: Option<String>,
+    pub portal_group_tag: u16,
+    pub device: Arc<TargetDevice>,
+}
+
+/// The targets this server presents. Logins look targets up here at login time, so targets
+/// can be added and removed while other sessions run.
+#[derive(Debug, Default)]
+pub struct TargetRegistry {
+    targets: RwLock<BTreeMap<String, Arc<Target>>>,
+}
+
+impl TargetRegistry {
+    pub fn insert(&self, target: Arc<Target>) {
+        self.write().insert(target.name.clone(), target);
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<Target>> {
+        self.write().remove(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Target>> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Target>> {
+        self.read().values().cloned().collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Target>>> {
+        self.targets.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Target>>> {
+        self.targets.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub struct Context {
+    pub settings: IscsiSettings,
+    pub targets: TargetRegistry,
+    pub sessions: SessionRegistry,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    pub fn new(settings: IscsiSettings) -> Self {
+        Context {
+            settings,
+            targets: TargetRegistry::default(),
+            sessions: SessionRegistry::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}

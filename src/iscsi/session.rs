@@ -1,0 +1,187 @@
+//! Sessions across connections: TSIH allocation and session reinstatement (RFC 7143 §6.3.5).
+//!
+//! A session is identified by (InitiatorName, ISID, TargetName). A new login with the same
+//! triple and TSIH 0 replaces the old session: the old one is cancelled and the new login
+//! completes once it has gone (bounded wait).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub initiator: String,
+    pub isid: [u8; 6],
+    /// Empty for discovery sessions.
+    pub target: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    tsih: u16,
+    /// Cancelling it ends the session's connection.
+    cancel: CancellationToken,
+    /// Cancelled by the session's guard when it has ended.
+    gone: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    inner: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    sessions: HashMap<SessionKey, Entry>,
+    last_tsih: u16,
+}
+
+/// Held by a running session; dropping it deregisters the session.
+#[derive(Debug)]
+pub struct SessionGuard<'a> {
+    registry: &'a SessionRegistry,
+    key: SessionKey,
+    pub tsih: u16,
+    pub cancel: CancellationToken,
+    gone: CancellationToken,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        if inner
+            .sessions
+            .get(&self.key)
+            .is_some_and(|e| e.tsih == self.tsih)
+        {
+            inner.sessions.remove(&self.key);
+        }
+        self.gone.cancel();
+    }
+}
+
+/// How long a reinstating login waits for the old session to finish its in-flight work.
+const REINSTATE_WAIT: Duration = Duration::from_secs(10);
+
+impl SessionRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new session, first ending any session with the same key. Returns `None`
+    /// only if every TSIH is taken.
+    pub async fn admit(&self, key: SessionKey) -> Option<SessionGuard<'_>> {
+        let old = self
+            .lock()
+            .sessions
+            .get(&key)
+            .map(|e| (e.cancel.clone(), e.gone.clone()));
+        if let Some((cancel, gone)) = old {
+            tracing::info!(initiator = %key.initiator, target = %key.target, "reinstating session: ending the old one");
+            cancel.cancel();
+            if tokio::time::timeout(REINSTATE_WAIT, gone.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::warn!("old session did not end in time; replacing it anyway");
+            }
+        }
+        let mut inner = self.lock();
+        let tsih = inner.allocate_tsih()?;
+        let cancel = CancellationToken::new();
+        let gone = CancellationToken::new();
+        inner.sessions.insert(
+            key.clone(),
+            Entry {
+                tsih,
+                cancel: cancel.clone(),
+                gone: gone.clone(),
+            },
+        );
+        Some(SessionGuard {
+            registry: self,
+            key,
+            tsih,
+            cancel,
+            gone,
+        })
+    }
+
+    /// Whether a session with this TSIH exists.
+    pub fn tsih_exists(&self, tsih: u16) -> bool {
+        self.lock().sessions.values().any(|e| e.tsih == tsih)
+    }
+
+    /// Ends every session to `target` (TARGET COLD RESET).
+    pub fn cancel_target(&self, target: &str) {
+        for (key, entry) in self.lock().sessions.iter() {
+            if key.target == target {
+                entry.cancel.cancel();
+            }
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+}
+
+impl Registry {
+    fn allocate_tsih(&mut self) -> Option<u16> {
+        for _ in 0..=u16::MAX {
+            self.last_tsih = self.last_tsih.wrapping_add(1);
+            // TSIH 0 means "new session" on the wire, so it is never assigned.
+            let candidate = self.last_tsih;
+            if candidate != 0 && !self.sessions.values().any(|e| e.tsih == candidate) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(isid: u8) -> SessionKey {
+        SessionKey {
+            initiator: "iqn.x:i".into(),
+            isid: [isid, 0, 0, 0, 0, 1],
+            target: "iqn.t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tsihs_are_unique_and_freed() {
+        let reg = SessionRegistry::default();
+        let a = reg.admit(key(1)).await.unwrap();
+        let b = reg.admit(key(2)).await.unwrap();
+        assert_ne!(a.tsih, b.tsih);
+        assert_ne!(a.tsih, 0);
+        assert!(reg.tsih_exists(a.tsih));
+        drop(a);
+        assert_eq!(reg.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn same_key_reinstates_the_old_session() {
+        let reg = std::sync::Arc::new(SessionRegistry::default());
+        let old = reg.admit(key(1)).await.unwrap();
+        let old_cancel = old.cancel.clone();
+        let reg2 = reg.clone();
+        let waiter = tokio::spawn(async move {
+            let new = reg2.admit(key(1)).await.unwrap();
+            assert!(reg2.tsih_exists(new.tsih));
+            new.tsih
+        });
+        old_cancel.cancelled().await;
+        let old_tsih = old.tsih;
+        drop(old);
+        let new_tsih = waiter.await.unwrap();
+        assert_ne!(new_tsih, old_tsih);
+        assert_eq!(reg.count(), 0);
+    }
+}

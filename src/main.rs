@@ -1,0 +1,124 @@
+//! The `keel` command: serve targets, or check a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keel::config;
+use keel::server::Server;
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "A userspace iSCSI target")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the targets of a configuration (or the embedded default: one 1 GiB file LUN under
+    /// ./keel-data on 127.0.0.1:3260).
+    Serve {
+        /// Path to targets.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and report every problem with its line.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                let luns: usize = c.targets.iter().map(|t| t.luns.len()).sum();
+                println!(
+                    "{}: OK ({} targets, {} LUNs, portals {:?})",
+                    config.display(),
+                    c.targets.len(),
+                    luns,
+                    c.portals
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config } => {
+            let loaded = match &config {
+                Some(path) => config::load(path),
+                None => {
+                    eprintln!(
+                        "keel: no --config given; serving the embedded default (see `keel serve --help`)"
+                    );
+                    config::parse(config::EMBEDDED_DEFAULT, "embedded default")
+                }
+            };
+            let config = match loaded {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                // Storage syscalls run on the blocking pool; bound it so a slow disk queues
+                // work instead of spawning threads without limit.
+                .max_blocking_threads(64)
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("keel: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keel: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    let server = Server::bind(&config).await?;
+    server.run(shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            // Without signal handlers, ctrl-c is the only way to stop cleanly.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! A logical unit: identity, geometry, medium state, per-nexus unit attentions.
+//!
+//! The medium (backend) can appear, and the unit can go offline, while commands run: the state
+//! sits behind a std `RwLock` held only to copy an `Arc` out, never across an await.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::storage::BlockBackend;
+
+use super::sense::Sense;
+use super::ua::UnitAttentions;
+
+/// INQUIRY PRODUCT REVISION LEVEL reported by every logical unit.
+pub const PRODUCT_REVISION: &str = "0001";
+/// INQUIRY T10 VENDOR IDENTIFICATION.
+pub const VENDOR: &str = "KEEL";
+/// INQUIRY PRODUCT IDENTIFICATION.
+pub const PRODUCT: &str = "VIRTUAL-DISK";
+/// IEEE company identifier placed in NAA designators (locally administered value).
+pub const NAA_COMPANY_ID: u32 = 0x0A_4B45;
+
+/// What the logical unit tells initiators about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LuIdentity {
+    pub lun: u64,
+    /// iSCSI target IQN, used for identity derivation and VPD 0x83.
+    pub target_name: String,
+    /// INQUIRY vendor, at most 8 ASCII characters.
+    pub vendor: String,
+    /// At most 16 characters.
+    pub product: String,
+    /// At most 4 characters.
+    pub revision: String,
+    /// VPD 0x80 unit serial number (ASCII).
+    pub serial: String,
+    /// VPD 0x83 NAA designator (NAA 6, IEEE Registered Extended).
+    pub naa: [u8; 16],
+}
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, 64 bit. Identities derive from it and must never change between versions, so it
+/// is spelled out here rather than borrowed from a hasher whose output may change.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(FNV_OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// The hash input for `(target_name, lun)` under a domain label, so the serial and the NAA
+/// draw independent bits: `label NUL target_name NUL lun(8 bytes big endian)`.
+fn identity_hash(label: &str, target_name: &str, lun: u64) -> u64 {
+    let mut input = Vec::with_capacity(label.len() + target_name.len() + 10);
+    input.extend_from_slice(label.as_bytes());
+    input.push(0);
+    input.extend_from_slice(target_name.as_bytes());
+    input.push(0);
+    input.extend_from_slice(&lun.to_be_bytes());
+    fnv1a64(&input)
+}
+
+/// NAA 6 (IEEE Registered Extended, SPC-4 §7.8.6.6.6): NAA nibble, 24-bit company id, 36-bit
+/// vendor specific identifier, 64-bit vendor specific identifier extension.
+fn naa_registered_extended(company_id: u32, vendor_specific: u64, extension: u64) -> [u8; 16] {
+    // The first 64 bits: 4 NAA + 24 company + 36 vendor specific.
+    let head = (0x6u64 << 60)
+        | (u64::from(company_id & 0x00FF_FFFF) << 36)
+        | (vendor_specific & 0x0000_000F_FFFF_FFFF);
+    let mut naa = [0u8; 16];
+    naa[..8].copy_from_slice(&head.to_be_bytes());
+    naa[8..].copy_from_slice(&extension.to_be_bytes());
+    naa
+}
+
+impl LuIdentity {
+    /// Stable identity derived only from `(target_name, lun)`, so every cluster node presents
+    /// the same one. Serial: 16 uppercase hex digits of FNV-1a 64; NAA: company id
+    /// [`NAA_COMPANY_ID`], then 36 bits of a second hash and the 64 serial bits.
+    pub fn derived(target_name: &str, lun: u64) -> Self {
+        let serial_hash = identity_hash("serial", target_name, lun);
+        let naa_hash = identity_hash("naa", target_name, lun);
+        LuIdentity {
+            lun,
+            target_name: target_name.to_string(),
+            vendor: VENDOR.to_string(),
+            product: PRODUCT.to_string(),
+            revision: PRODUCT_REVISION.to_string(),
+            serial: format!("{serial_hash:016X}"),
+            naa: naa_registered_extended(NAA_COMPANY_ID, naa_hash, serial_hash),
+        }
+    }
+}
+
+/// Whether the medium can be accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The volume is still being provisioned; initiators should retry.
+    BecomingReady,
+    /// Taken offline; initiators should give up.
+    Offline,
+}
+
+#[derive(Debug)]
+struct MediumState {
+    readiness: Readiness,
+    backend: Option<Arc<dyn BlockBackend>>,
+}
+
+/// One logical unit of a [`super::TargetDevice`].
+#[derive(Debug)]
+pub struct LogicalUnit {
+    identity: LuIdentity,
+    block_size: u32,
+    read_only: bool,
+    medium: RwLock<MediumState>,
+    /// D_SENSE of the control mode page: descriptor-format sense for CHECK CONDITION.
+    descriptor_sense: AtomicBool,
+    unit_attentions: UnitAttentions,
+}
+
+impl LogicalUnit {
+    /// A unit with `backend`, or becoming ready without one (a volume still being
+    /// provisioned).
+    ///
+    /// # Panics
+    /// If `block_size` is not a power of two between 512 and 65536: that is a configuration
+    /// error the caller must reject first, and every LBA computation relies on it.
+    pub fn new(
+        identity: LuIdentity,
+        block_size: u32,
+        backend: Option<Arc<dyn BlockBackend>>,
+        read_only: bool,
+    ) -> Self {
+        assert!(
+            block_size.is_power_of_two() && (512..=65536).contains(&block_size),
+            "unsupported logical block size {block_size}"
+        );
+        let readiness = if backend.is_some() {
+            Readiness::Ready
+        } else {
+            Readiness::BecomingReady
+        };
+        LogicalUnit {
+            identity,
+            block_size,
+            read_only,
+            medium: RwLock::new(MediumState { readiness, backend }),
+            descriptor_sense: AtomicBool::new(false),
+            unit_attentions: UnitAttentions::new(),
+        }
+    }
+
+    pub fn identity(&self) -> &LuIdentity {
+        &self.identity
+    }
+
+    pub fn lun(&self) -> u64 {
+        self.identity.lun
+    }
+
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, MediumState> {
+        // Writers only assign fields, so a poisoned lock still holds a consistent state.
+        self.medium.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, MediumState> {
+        self.medium.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.state().readiness
+    }
+
+    /// Attaches the medium and becomes ready.
+    pub fn set_ready(&self, backend: Arc<dyn BlockBackend>) {
+        let mut state = self.state_mut();
+        state.backend = Some(backend);
+        state.readiness = Readiness::Ready;
+    }
+
+    /// Refuses media access from now on (commands already running finish). The backend is
+    /// kept so that [`LogicalUnit::flush`] still reaches it at shutdown.
+    pub fn set_offline(&self) {
+        self.state_mut().readiness = Readiness::Offline;
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Capacity in logical blocks (a partial trailing block is not addressable); 0 without a
+    /// backend.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.state()
+            .backend
+            .as_ref()
+            .map_or(0, |b| b.size_bytes() / u64::from(self.block_size))
+    }
+
+    /// Whether writes are refused: configured read-only, or the backend is.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only || self.state().backend.as_ref().is_some_and(|b| b.read_only())
+    }
+
+    /// The sense a media-access command gets now, `None` when ready.
+    pub fn not_ready_sense(&self) -> Option<Sense> {
+        match self.readiness() {
+            Readiness::Ready => None,
+            Readiness::BecomingReady => Some(Sense::not_ready_becoming_ready()),
+            Readiness::Offline => Some(Sense::not_ready_manual_intervention()),
+        }
+    }
+
+    /// The backend for a media-access command, or the not-ready sense. Readiness and backend
+    /// are read together so a concurrent state change cannot split them.
+    pub fn medium(&self) -> Result<Arc<dyn BlockBackend>, Sense> {
+        let state = self.state();
+        match (state.readiness, &state.backend) {
+            (Readiness::Ready, Some(backend)) => Ok(Arc::clone(backend)),
+            (Readiness::Offline, _) => Err(Sense::not_ready_manual_intervention()),
+            _ => Err(Sense::not_ready_becoming_ready()),
+        }
+    }
+
+    /// Flushes the backend, if any (used at shutdown).
+    pub async fn flush(&self) -> std::io::Result<()> {
+        let backend = self.state().backend.clone();
+        match backend {
+            Some(backend) => backend.flush().await,
+            None => Ok(()),
+        }
+    }
+
+    /// D_SENSE: whether CHECK CONDITION carries descriptor-format sense.
+    pub fn descriptor_sense(&self) -> bool {
+        self.descriptor_sense.load(Ordering::Relaxed)
+    }
+
+    /// Sets D_SENSE (for a future MODE SELECT of the control mode page).
+    pub fn set_descriptor_sense(&self, descriptor: bool) {
+        self.descriptor_sense.store(descriptor, Ordering::Relaxed);
+    }
+
+    pub fn unit_attentions(&self) -> &UnitAttentions {
+        &self.unit_attentions
+    }
+
+    /// Returns the mode parameters to their defaults, as a logical unit reset requires
+    /// (SAM-5 §6.3.3 d).
+    pub fn reset_mode_parameters(&self) {
+        self.set_descriptor_sense(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryBackend;
+
+    #[test]
+    fn fnv1a_matches_the_published_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn derived_identity_is_stable_and_distinct() {
+        let a = LuIdentity::derived("iqn.2026-01.org.example:disk0", 0);
+        let again = LuIdentity::derived("iqn.2026-01.org.example:disk0", 0);
+        let b = LuIdentity::derived("iqn.2026-01.org.example:disk0", 1);
+        let c = LuIdentity::derived("iqn.2026-01.org.example:disk1", 0);
+        assert_eq!(a, again);
+        assert_ne!(a.serial, b.serial);
+        assert_ne!(a.serial, c.serial);
+        assert_ne!(a.naa, b.naa);
+        assert_eq!(a.serial.len(), 16);
+        assert!(
+            a.serial
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+        );
+        assert_eq!(
+            (a.vendor.as_str(), a.product.as_str()),
+            ("KEEL", "VIRTUAL-DISK")
+        );
+        assert_eq!(a.revision, PRODUCT_REVISION);
+        // NAA 6, company id 0x0A4B45 in the next 24 bits, serial hash as the extension.
+        assert_eq!(a.naa[0], 0x60);
+        assert_eq!(&a.naa[1..3], &[0xA4, 0xB4]);
+        assert_eq!(a.naa[3] >> 4, 0x5);
+        assert_eq!(
+            format!(
+                "{:016X}",
+                u64::from_be_bytes(a.naa[8..].try_into().unwrap())
+            ),
+            a.serial
+        );
+    }
+
+    #[test]
+    fn derived_identity_never_changes() {
+        // Pinned values: initiators (multipath, /dev/disk/by-id, filesystems) key on these. If
+        // this test fails, the derivation changed and every deployed volume would change
+        // identity.
+        let id = LuIdentity::derived("iqn.2026-01.org.example:disk0", 3);
+        assert_eq!(id.serial, "2E97C6918615E47D");
+        assert_eq!(
+            id.naa,
+            [
+                0x60, 0xA4, 0xB4, 0x56, 0x2F, 0x45, 0x7E, 0x03, 0x2E, 0x97, 0xC6, 0x91, 0x86, 0x15,
+                0xE4, 0x7D
+            ]
+        );
+        // And they come from the documented input layout.
+        let serial_input = b"serial\0iqn.2026-01.org.example:disk0\0\0\0\0\0\0\0\0\x03";
+        assert_eq!(id.serial, format!("{:016X}", fnv1a64(serial_input)));
+        let naa_input = b"naa\0iqn.2026-01.org.example:disk0\0\0\0\0\0\0\0\0\x03";
+        let vsi = fnv1a64(naa_input) & 0xF_FFFF_FFFF;
+        assert_eq!(u64::from(id.naa[3] & 0x0F) << 32, vsi & 0xF_0000_0000);
+        assert_eq!(
+            u32::from_be_bytes(id.naa[4..8].try_into().unwrap()),
+            vsi as u32
+        );
+    }
+
+    #[test]
+    fn readiness_transitions() {
+        let id = LuIdentity::derived("iqn.t", 0);
+        let lu = LogicalUnit::new(id, 512, None, false);
+        assert_eq!(lu.readiness(), Readiness::BecomingReady);
+        assert_eq!(lu.capacity_blocks(), 0);
+        assert_eq!(lu.medium().unwrap_err(), Sense::not_ready_becoming_ready());
+        lu.set_ready(Arc::new(MemoryBackend::new(4096 + 100)));
+        assert_eq!(lu.readiness(), Readiness::Ready);
+        assert_eq!(lu.capacity_blocks(), 8);
+        assert!(lu.medium().is_ok());
+        lu.set_offline();
+        assert_eq!(
+            lu.not_ready_sense(),
+            Some(Sense::not_ready_manual_intervention())
+        );
+        assert_eq!(
+            lu.medium().unwrap_err(),
+            Sense::not_ready_manual_intervention()
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "unsupported logical block size")]
+    fn odd_block_sizes_are_refused() {
+        LogicalUnit::new(LuIdentity::derived("iqn.t", 0), 520, None, false);
+    }
+}

@@ -1,0 +1,107 @@
+//! Transport-agnostic SCSI target: logical units, I_T nexus identity, SPC/SBC emulation.
+//!
+//! Knows nothing about iSCSI. The transport hands a [`ScsiRequest`] (CDB, write data already
+//! collected) to a [`TargetDevice`] and gets a [`ScsiResponse`] back (status, read data,
+//! encoded sense). Residual accounting is the transport's job: it compares what it expected
+//! with `data_in.len()` (reads) and `data_out_used` (writes).
+
+pub mod cdb;
+pub mod lu;
+pub mod opcodes;
+pub mod sbc;
+pub mod sense;
+pub mod spc;
+pub mod target;
+pub mod ua;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use lu::{LogicalUnit, LuIdentity, Readiness};
+pub use sense::{Sense, SenseKey};
+pub use target::TargetDevice;
+
+/// One I_T nexus (SAM-5 §4.6): who is talking to which target port. Everything a logical unit
+/// keeps per initiator (unit attentions, later reservations) is keyed by this.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Nexus {
+    /// SCSI initiator port name, e.g. `iqn.1993-08.org.debian:01:abc,i,0x23d000000001`.
+    pub initiator_port: Arc<str>,
+    /// SCSI target port name, e.g. `iqn.2026-11.org.example:disk0,t,0x0001`.
+    pub target_port: Arc<str>,
+    /// Relative target port identifier (VPD 0x83 designator type 4); equals the portal
+    /// group tag for iSCSI.
+    pub relative_port: u16,
+}
+
+/// SAM-5 task attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskAttr {
+    Untagged,
+    Simple,
+    Ordered,
+    HeadOfQueue,
+    Aca,
+}
+
+/// SAM-5 status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ScsiStatus {
+    Good = 0x00,
+    CheckCondition = 0x02,
+    ConditionMet = 0x04,
+    Busy = 0x08,
+    ReservationConflict = 0x18,
+    TaskSetFull = 0x28,
+    AcaActive = 0x30,
+    TaskAborted = 0x40,
+}
+
+/// A command as the transport delivers it.
+#[derive(Clone, Debug)]
+pub struct ScsiRequest {
+    pub nexus: Arc<Nexus>,
+    pub lun: u64,
+    /// The CDB, 6 to 260 bytes (the transport strips any padding beyond the CDB it received).
+    pub cdb: Bytes,
+    /// Write data, as much as the initiator sent (its expected transfer length).
+    pub data_out: Bytes,
+    /// How many bytes of read data the initiator expects (its expected transfer length).
+    pub expected_in: u32,
+    pub attr: TaskAttr,
+}
+
+/// The outcome of a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiResponse {
+    pub status: ScsiStatus,
+    /// Read data (already cut to the CDB's allocation length; the transport cuts it further to
+    /// the initiator's expected length and reports the residual).
+    pub data_in: Bytes,
+    /// Encoded sense data (fixed or descriptor format) for CHECK CONDITION.
+    pub sense: Option<Bytes>,
+    /// How many bytes of write data the command needed per its CDB (for write residuals).
+    pub data_out_used: u32,
+}
+
+impl ScsiResponse {
+    pub fn good(data_in: Bytes) -> Self {
+        ScsiResponse {
+            status: ScsiStatus::Good,
+            data_in,
+            sense: None,
+            data_out_used: 0,
+        }
+    }
+
+    pub fn status(status: ScsiStatus) -> Self {
+        ScsiResponse {
+            status,
+            data_in: Bytes::new(),
+            sense: None,
+            data_out_used: 0,
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The command table: what the target knows about each opcode before running it.
+//!
+//! Dispatch looks a CDB up here first (by opcode, then service action for opcodes that carry
+//! one) and applies the generic checks the entry asks for (unit attention reporting,
+//! readiness, CONTROL byte) before calling the handler. The shape follows FreeBSD CTL's
+//! `ctl_cmd_table` and tgt's device type templates: one static row per opcode.
+
+use super::sense::Sense;
+
+/// Operation codes (SPC-4 Annex D / SBC-3 §5).
+pub mod op {
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    pub const REQUEST_SENSE: u8 = 0x03;
+    pub const READ_6: u8 = 0x08;
+    pub const WRITE_6: u8 = 0x0A;
+    pub const INQUIRY: u8 = 0x12;
+    pub const MODE_SENSE_6: u8 = 0x1A;
+    pub const START_STOP_UNIT: u8 = 0x1B;
+    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    pub const READ_10: u8 = 0x28;
+    pub const WRITE_10: u8 = 0x2A;
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const READ_16: u8 = 0x88;
+    pub const WRITE_16: u8 = 0x8A;
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
+    pub const REPORT_LUNS: u8 = 0xA0;
+    pub const READ_12: u8 = 0xA8;
+    pub const WRITE_12: u8 = 0xAA;
+
+    /// SERVICE ACTION IN(16) service actions.
+    pub const SA_READ_CAPACITY_16: u8 = 0x10;
+}
+
+/// Which handler runs the command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handler {
+    TestUnitReady,
+    RequestSense,
+    Inquiry,
+    ReportLuns,
+    ModeSense,
+    /// Accepted and completed with GOOD: meaningless for a fixed, non-removable disk
+    /// (START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL).
+    NoOp,
+    ReadCapacity10,
+    ReadCapacity16,
+    ReadWrite,
+    SynchronizeCache,
+}
+
+/// Direction of the data phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDirection {
+    None,
+    /// Target to initiator (read data).
+    In,
+    /// Initiator to target (write data).
+    Out,
+}
+
+/// One row of the command table.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandInfo {
+    pub name: &'static str,
+    pub handler: Handler,
+    pub direction: DataDirection,
+    /// CDB length in bytes (where the CONTROL byte is).
+    pub cdb_len: usize,
+    /// Runs while the logical unit is becoming ready or offline (no medium needed).
+    pub allowed_not_ready: bool,
+    /// Reports (and so clears) a pending unit attention instead of running. INQUIRY, REPORT
+    /// LUNS and REQUEST SENSE do not (SAM-5 §5.14 / SPC-4 §5.14).
+    pub reports_unit_attention: bool,
+}
+
+/// A table slot: nothing, a command, or a list of service actions (taken from CDB byte 1,
+/// bits 4-0).
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Unsupported,
+    Command(CommandInfo),
+    ServiceActions(&'static [(u8, CommandInfo)]),
+}
+
+const fn command(
+    name: &'static str,
+    handler: Handler,
+    direction: DataDirection,
+    cdb_len: usize,
+    allowed_not_ready: bool,
+    reports_unit_attention: bool,
+) -> CommandInfo {
+    CommandInfo {
+        name,
+        handler,
+        direction,
+        cdb_len,
+        allowed_not_ready,
+        reports_unit_attention,
+    }
+}
+
+/// A command that needs the medium and reports unit attentions: the common case.
+const fn media(name: &'static str, handler: Handler, dir: DataDirection, len: usize) -> Slot {
+    Slot::Command(command(name, handler, dir, len, false, true))
+}
+
+/// A command that works without a medium and reports unit attentions.
+const fn any_state(name: &'static str, handler: Handler, dir: DataDirection, len: usize) -> Slot {
+    Slot::Command(command(name, handler, dir, len, true, true))
+}
+
+/// A command that works without a medium and never reports unit attentions.
+const fn no_ua(name: &'static str, handler: Handler, dir: DataDirection, len: usize) -> Slot {
+    Slot::Command(command(name, handler, dir, len, true, false))
+}
+
+static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 1] = [(
+    op::SA_READ_CAPACITY_16,
+    command(
+        "READ CAPACITY(16)",
+        Handler::ReadCapacity16,
+        DataDirection::In,
+        16,
+        false,
+        true,
+    ),
+)];
+
+static TABLE: [Slot; 256] = build_table();
+
+const fn build_table() -> [Slot; 256] {
+    use DataDirection::{In, None, Out};
+    use Handler::*;
+    let mut t = [Slot::Unsupported; 256];
+    t[op::TEST_UNIT_READY as usize] = media("TEST UNIT READY", TestUnitReady, None, 6);
+    t[op::REQUEST_SENSE as usize] = no_ua("REQUEST SENSE", RequestSense, In, 6);
+    t[op::READ_6 as usize] = media("READ(6)", ReadWrite, In, 6);
+    t[op::WRITE_6 as usize] = media("WRITE(6)", ReadWrite, Out, 6);
+    t[op::INQUIRY as usize] = no_ua("INQUIRY", Inquiry, In, 6);
+    t[op::MODE_SENSE_6 as usize] = any_state("MODE SENSE(6)", ModeSense, In, 6);
+    t[op::START_STOP_UNIT as usize] = any_state("START STOP UNIT", NoOp, None, 6);
+    t[op::PREVENT_ALLOW_MEDIUM_REMOVAL as usize] =
+        any_state("PREVENT ALLOW MEDIUM REMOVAL", NoOp, None, 6);
+    t[op::READ_CAPACITY_10 as usize] = media("READ CAPACITY(10)", ReadCapacity10, In, 10);
+    t[op::READ_10 as usize] = media("READ(10)", ReadWrite, In, 10);
+    t[op::WRITE_10 as usize] = media("WRITE(10)", ReadWrite, Out, 10);
+    t[op::SYNCHRONIZE_CACHE_10 as usize] =
+        media("SYNCHRONIZE CACHE(10)", SynchronizeCache, None, 10);
+    t[op::MODE_SENSE_10 as usize] = any_state("MODE SENSE(10)", ModeSense, In, 10);
+    t[op::READ_16 as usize] = media("READ(16)", ReadWrite, In, 16);
+    t[op::WRITE_16 as usize] = media("WRITE(16)", ReadWrite, Out, 16);
+    t[op::SYNCHRONIZE_CACHE_16 as usize] =
+        media("SYNCHRONIZE CACHE(16)", SynchronizeCache, None, 16);
+    t[op::SERVICE_ACTION_IN_16 as usize] = Slot::ServiceActions(&SERVICE_ACTION_IN_16);
+    t[op::REPORT_LUNS as usize] = no_ua("REPORT LUNS", ReportLuns, In, 12);
+    t[op::READ_12 as usize] = media("READ(12)", ReadWrite, In, 12);
+    t[op::WRITE_12 as usize] = media("WRITE(12)", ReadWrite, Out, 12);
+    t
+}
+
+/// Finds the command for a CDB. Errors: INVALID COMMAND OPERATION CODE for an unknown (or
+/// missing) opcode; INVALID FIELD IN CDB pointing at the SERVICE ACTION field for an unknown
+/// service action of a known opcode (SPC-4 §4.3.4.2).
+pub fn lookup(cdb: &[u8]) -> Result<&'static CommandInfo, Sense> {
+    let opcode = *cdb.first().ok_or_else(Sense::invalid_opcode)?;
+    match &TABLE[usize::from(opcode)] {
+        Slot::Unsupported => Err(Sense::invalid_opcode()),
+        Slot::Command(info) => Ok(info),
+        Slot::ServiceActions(actions) => {
+            let service_action = cdb.get(1).map_or(0, |b| b & 0x1F);
+            actions
+                .iter()
+                .find(|(sa, _)| *sa == service_action)
+                .map(|(_, info)| info)
+                .ok_or_else(|| Sense::invalid_field_in_cdb(1, Some(4)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_row_matches_its_group_length() {
+        for opcode in 0..=255u8 {
+            if let Slot::Command(info) = &TABLE[usize::from(opcode)] {
+                assert_eq!(Some(info.cdb_len), super::super::cdb::cdb_length(opcode));
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_by_opcode_and_service_action() {
+        assert_eq!(lookup(&[op::INQUIRY]).unwrap().handler, Handler::Inquiry);
+        assert!(!lookup(&[op::INQUIRY]).unwrap().reports_unit_attention);
+        assert!(lookup(&[op::READ_10]).unwrap().reports_unit_attention);
+        assert!(!lookup(&[op::READ_10]).unwrap().allowed_not_ready);
+        assert_eq!(
+            lookup(&[op::SERVICE_ACTION_IN_16, 0x10]).unwrap().handler,
+            Handler::ReadCapacity16
+        );
+        // The top three bits of byte 1 are not part of the service action.
+        assert!(lookup(&[op::SERVICE_ACTION_IN_16, 0xF0]).is_ok());
+        let err = lookup(&[op::SERVICE_ACTION_IN_16, 0x11]).unwrap_err();
+        assert_eq!(err.field_pointer, Some((true, 1, Some(4))));
+        assert_eq!(lookup(&[0xFF]).unwrap_err(), Sense::invalid_opcode());
+        assert_eq!(lookup(&[]).unwrap_err(), Sense::invalid_opcode());
+    }
+}

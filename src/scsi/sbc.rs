@@ -1,0 +1,237 @@
+//! SBC-3 block commands: READ CAPACITY, READ/WRITE, SYNCHRONIZE CACHE.
+//!
+//! Handlers take the medium snapshot once ([`LogicalUnit::medium`]) and check every LBA
+//! against that snapshot's capacity with checked arithmetic before touching it.
+
+use bytes::Bytes;
+
+use super::cdb::{self, RwCdb};
+use super::lu::LogicalUnit;
+use super::sense::Sense;
+use crate::storage::BlockBackend;
+
+/// Largest single READ/WRITE accepted, in bytes (reported in the block limits VPD page as
+/// MAXIMUM TRANSFER LENGTH in blocks). Bounds the memory one command can pin.
+pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+
+/// Addressable blocks of `backend` (a partial trailing block is not addressable).
+fn capacity_blocks(backend: &dyn BlockBackend, block_size: u32) -> u64 {
+    backend.size_bytes() / u64::from(block_size.max(1))
+}
+
+/// READ CAPACITY(10) parameter data (SBC-3 §5.15.2): last LBA, or FFFFFFFFh when it does not
+/// fit (the initiator then asks READ CAPACITY(16)), and the block length.
+pub fn read_capacity10_data(blocks: u64, block_size: u32) -> [u8; 8] {
+    let last_lba = u32::try_from(blocks.saturating_sub(1)).unwrap_or(u32::MAX);
+    let mut data = [0u8; 8];
+    data[0..4].copy_from_slice(&last_lba.to_be_bytes());
+    data[4..8].copy_from_slice(&block_size.to_be_bytes());
+    data
+}
+
+/// READ CAPACITY(16) parameter data (SBC-3 §5.16.2): 32 bytes. No protection, one logical
+/// block per physical block, LBPME/LBPRZ clear (no thin provisioning yet).
+pub fn read_capacity16_data(blocks: u64, block_size: u32) -> [u8; 32] {
+    let mut data = [0u8; 32];
+    data[0..8].copy_from_slice(&blocks.saturating_sub(1).to_be_bytes());
+    data[8..12].copy_from_slice(&block_size.to_be_bytes());
+    data
+}
+
+pub fn read_capacity10(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
+    cdb::decode_read_capacity10(raw_cdb)?;
+    let backend = lu.medium()?;
+    let blocks = capacity_blocks(backend.as_ref(), lu.block_size());
+    Ok(Bytes::copy_from_slice(&read_capacity10_data(
+        blocks,
+        lu.block_size(),
+    )))
+}
+
+pub fn read_capacity16(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
+    let alloc_len = cdb::decode_read_capacity16(raw_cdb)?;
+    let backend = lu.medium()?;
+    let blocks = capacity_blocks(backend.as_ref(), lu.block_size());
+    let data = read_capacity16_data(blocks, lu.block_size());
+    let len = usize::try_from(alloc_len).map_or(data.len(), |a| a.min(data.len()));
+    Ok(Bytes::copy_from_slice(&data[..len]))
+}
+
+/// SBC-3 §4.5: the addressed range must lie on the medium. The starting LBA must exist even
+/// for a zero-length transfer.
+pub fn check_lba_range(lba: u64, blocks: u64, capacity: u64) -> Result<(), Sense> {
+    let end = lba.checked_add(blocks);
+    if lba >= capacity || end.is_none_or(|end| end > capacity) {
+        return Err(Sense::lba_out_of_range());
+    }
+    Ok(())
+}
+
+/// Bytes a transfer of `blocks` moves, refused (INVALID FIELD IN CDB at the TRANSFER LENGTH
+/// field) above [`MAX_TRANSFER_BYTES`], as the block limits page announces (SBC-3 §6.5.3).
+fn transfer_bytes(rw: &RwCdb, opcode: u8, block_size: u32) -> Result<usize, Sense> {
+    let bytes = u64::from(rw.blocks) * u64::from(block_size);
+    if bytes > u64::from(MAX_TRANSFER_BYTES) {
+        let field = cdb::rw_transfer_length_offset(opcode);
+        return Err(Sense::invalid_field_in_cdb(field, Some(7)));
+    }
+    usize::try_from(bytes).map_err(|_| Sense::invalid_cdb())
+}
+
+/// Write data a CDB asks for, in bytes (for the transport's residual accounting): 0 for
+/// anything but a well-formed WRITE, saturating at `u32::MAX`.
+pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> u32 {
+    match cdb::decode_rw(raw_cdb) {
+        Ok(rw) if rw.is_write => {
+            let bytes = u64::from(rw.blocks) * u64::from(block_size);
+            u32::try_from(bytes).unwrap_or(u32::MAX)
+        }
+        _ => 0,
+    }
+}
+
+/// READ/WRITE 6/10/12/16. Returns the read data (empty for writes).
+///
+/// Write data shorter than the CDB's transfer length is refused with INVALID FIELD IN CDB
+/// (05/24/00) without writing anything: Linux LIO rejects a WRITE whose expected data
+/// transfer length underflows the CDB the same way (target_cmd_size_check), and a partial
+/// write of the range would be worse than none. Extra data beyond the transfer length is
+/// ignored (the transport reports it as residual via `data_out_used`).
+pub async fn read_write(
+    lu: &LogicalUnit,
+    raw_cdb: &[u8],
+    data_out: &Bytes,
+) -> Result<Bytes, Sense> {
+    let rw = cdb::decode_rw(raw_cdb)?;
+    let opcode = raw_cdb.first().copied().unwrap_or(0);
+    let backend = lu.medium()?;
+    if rw.is_write && lu.is_read_only() {
+        return Err(Sense::write_protected());
+    }
+    let block_size = lu.block_size();
+    let capacity = capacity_blocks(backend.as_ref(), block_size);
+    check_lba_range(rw.lba, u64::from(rw.blocks), capacity)?;
+    let len = transfer_bytes(&rw, opcode, block_size)?;
+    if rw.is_write && data_out.len() < len {
+        let field = cdb::rw_transfer_length_offset(opcode);
+        return Err(Sense::invalid_field_in_cdb(field, Some(7)));
+    }
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let offset = rw
+        .lba
+        .checked_mul(u64::from(block_size))
+        .ok_or_else(Sense::lba_out_of_range)?;
+    if rw.is_write {
+        let data = data_out.slice(..len);
+        backend
+            .write_at(offset, data, rw.fua)
+            .await
+            .map_err(|error| {
+                tracing::warn!(
+                    backend = %backend.describe(), lba = rw.lba, blocks = rw.blocks, %error,
+                    "write failed"
+                );
+                Sense::medium_error_write().with_info(rw.lba)
+            })?;
+        Ok(Bytes::new())
+    } else {
+        let data = backend.read_at(offset, len).await.map_err(|error| {
+            tracing::warn!(
+                backend = %backend.describe(), lba = rw.lba, blocks = rw.blocks, %error,
+                "read failed"
+            );
+            Sense::medium_error_read().with_info(rw.lba)
+        })?;
+        if data.len() != len {
+            tracing::warn!(
+                backend = %backend.describe(), lba = rw.lba, wanted = len, got = data.len(),
+                "short read"
+            );
+            return Err(Sense::medium_error_read().with_info(rw.lba));
+        }
+        Ok(data)
+    }
+}
+
+/// SYNCHRONIZE CACHE(10)/(16) (SBC-3 §5.22/§5.23). The range is checked, then the whole
+/// backend is flushed (no per-range flush exists). IMMED is honoured by simply completing
+/// after the flush, which SBC-3 permits.
+pub async fn synchronize_cache(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<(), Sense> {
+    let sync = cdb::decode_sync_cache(raw_cdb)?;
+    let backend = lu.medium()?;
+    let capacity = capacity_blocks(backend.as_ref(), lu.block_size());
+    check_lba_range(sync.lba, u64::from(sync.blocks), capacity)?;
+    backend.flush().await.map_err(|error| {
+        tracing::warn!(backend = %backend.describe(), %error, "flush failed");
+        Sense::medium_error_write()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_capacity10_boundaries() {
+        assert_eq!(
+            read_capacity10_data(2048, 512),
+            [0, 0, 0x07, 0xFF, 0, 0, 2, 0]
+        );
+        // Last LBA FFFFFFFEh still fits; beyond, FFFFFFFFh says "use READ CAPACITY(16)".
+        assert_eq!(
+            &read_capacity10_data(0xFFFF_FFFF, 512)[..4],
+            &[0xFF, 0xFF, 0xFF, 0xFE]
+        );
+        assert_eq!(&read_capacity10_data(1 << 32, 512)[..4], &[0xFF; 4]);
+        assert_eq!(
+            &read_capacity10_data(1 << 40, 4096)[..8],
+            &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x10, 0]
+        );
+    }
+
+    #[test]
+    fn read_capacity16_layout() {
+        let d = read_capacity16_data((1 << 33) + 1, 4096);
+        assert_eq!(&d[0..8], &(1u64 << 33).to_be_bytes());
+        assert_eq!(&d[8..12], &[0, 0, 0x10, 0]);
+        assert!(d[12..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn lba_range_checks() {
+        assert!(check_lba_range(0, 8, 8).is_ok());
+        assert!(check_lba_range(7, 1, 8).is_ok());
+        assert!(check_lba_range(7, 0, 8).is_ok());
+        assert_eq!(check_lba_range(7, 2, 8), Err(Sense::lba_out_of_range()));
+        assert_eq!(check_lba_range(8, 0, 8), Err(Sense::lba_out_of_range()));
+        assert_eq!(
+            check_lba_range(u64::MAX, 2, u64::MAX),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(check_lba_range(0, 0, 0), Err(Sense::lba_out_of_range()));
+    }
+
+    #[test]
+    fn data_out_needed_counts_write_bytes_only() {
+        use crate::scsi::opcodes::op;
+        assert_eq!(
+            data_out_needed(&[op::WRITE_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
+            2048
+        );
+        assert_eq!(
+            data_out_needed(&[op::WRITE_6, 0, 0, 0, 0, 0], 4096),
+            256 * 4096
+        );
+        assert_eq!(
+            data_out_needed(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
+            0
+        );
+        assert_eq!(data_out_needed(&[op::WRITE_10, 0], 512), 0);
+        let mut w16 = [0u8; 16];
+        w16[0] = op::WRITE_16;
+        w16[10..14].copy_from_slice(&[0xFF; 4]);
+        assert_eq!(data_out_needed(&w16, 4096), u32::MAX);
+    }
+}

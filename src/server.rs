@@ -1,0 +1,144 @@
+//! The composition root: builds targets and logical units from a [`Config`], listens on the
+//! portals, serves connections, and shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Backing, Config};
+use crate::iscsi::{Context, Target, connection};
+use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
+use crate::storage::{BlockBackend, FileBackend};
+
+/// A server with its listeners bound, ready to run.
+pub struct Server {
+    ctx: Arc<Context>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    /// Opens every LUN's backend and binds every portal. Fails with a clear message if a
+    /// backend cannot be opened or a portal cannot be bound.
+    pub async fn bind(config: &Config) -> Result<Server> {
+        let ctx = Arc::new(Context::new(config.iscsi.clone()));
+        for t in &config.targets {
+            let device = Arc::new(TargetDevice::new(&t.name));
+            for l in &t.luns {
+                let backend: Arc<dyn BlockBackend> = match &l.backing {
+                    Backing::File { path, create_size } => Arc::new(
+                        FileBackend::open_file(path, *create_size, l.read_only).with_context(
+                            || {
+                                format!(
+                                    "target {} LUN {}: cannot open {}",
+                                    t.name,
+                                    l.lun,
+                                    path.display()
+                                )
+                            },
+                        )?,
+                    ),
+                    Backing::Block { path } => Arc::new(
+                        FileBackend::open_block_device(path, l.read_only).with_context(|| {
+                            format!(
+                                "target {} LUN {}: cannot open {}",
+                                t.name,
+                                l.lun,
+                                path.display()
+                            )
+                        })?,
+                    ),
+                };
+                if !backend.size_bytes().is_multiple_of(l.block_size as u64) {
+                    warn!(target = %t.name, lun = l.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), l.block_size);
+                }
+                info!(target = %t.name, lun = l.lun, backend = %backend.describe(), bytes = backend.size_bytes(), "LUN ready");
+                let lu = LogicalUnit::new(
+                    LuIdentity::derived(&t.name, l.lun),
+                    l.block_size,
+                    Some(backend),
+                    l.read_only,
+                );
+                device.add_lun(Arc::new(lu));
+            }
+            ctx.targets.insert(Arc::new(Target {
+                name: t.name.clone(),
+                alias: t.alias.clone(),
+                portal_group_tag: t.portal_group_tag,
+                device,
+            }));
+        }
+        let mut listeners = Vec::new();
+        for portal in &config.portals {
+            let listener = TcpListener::bind(portal)
+                .await
+                .with_context(|| format!("cannot listen on {portal}"))?;
+            info!(portal = %listener.local_addr()?, "listening");
+            listeners.push(listener);
+        }
+        Ok(Server { ctx, listeners })
+    }
+
+    /// The addresses actually bound (useful when a portal asked for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The shared context (targets, sessions), for tests and the admin interface.
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
+    /// Serves until `shutdown` resolves: then stops accepting, lets every session finish its
+    /// in-flight commands, and flushes every backend.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let tracker = TaskTracker::new();
+        for listener in self.listeners {
+            let ctx = self.ctx.clone();
+            let connections = tracker.clone();
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => {
+                                connections.spawn(connection::serve(stream, ctx.clone()));
+                            }
+                            Err(e) => {
+                                // Out of descriptors and the like: back off instead of spinning.
+                                warn!("accept failed: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        },
+                        _ = ctx.shutdown.cancelled() => break,
+                    }
+                }
+            });
+        }
+        shutdown.await;
+        info!("shutting down: no new connections; finishing in-flight commands");
+        self.ctx.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(40), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish in time");
+        }
+        for target in self.ctx.targets.list() {
+            for lu in target.device.luns() {
+                if let Err(e) = lu.flush().await {
+                    warn!(target = %target.name, lun = lu.identity().lun, "flush at shutdown failed: {e}");
+                }
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
