@@ -1,0 +1,102 @@
+//! Bad input gets an answer or a closed connection, never a crash, and never disturbs other
+//! sessions.
+
+mod common;
+
+use common::{Initiator, Keel, TARGET, pattern};
+use keel::wire::{Request, ScsiCommand};
+
+async fn honest_session(keel: &Keel, isid: u8) -> Initiator {
+    let mut i = Initiator::connect(keel.addr).await;
+    i.isid[5] = isid;
+    i.login(Some(TARGET), &[]).await;
+    i.clear_unit_attention().await;
+    i
+}
+
+async fn still_serves(i: &mut Initiator, seed: u64) {
+    let data = pattern(65536, seed);
+    assert_eq!(i.write10(seed as u32 * 128, &data).await.status, 0);
+    let r = i.read10(seed as u32 * 128, 128).await;
+    assert!(r.status == 0 && r.data == data);
+}
+
+#[tokio::test]
+async fn garbage_on_a_fresh_connection_is_dropped() {
+    let keel = Keel::start("16MiB", "").await;
+    let mut honest = honest_session(&keel, 1).await;
+    for seed in 0..20u64 {
+        let mut bad = Initiator::connect(keel.addr).await;
+        let _ = bad.send_raw(&pattern(48 * 3 + seed as usize, seed)).await;
+        bad.expect_closed().await;
+        still_serves(&mut honest, seed).await;
+    }
+    assert!(keel.is_running());
+    keel.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_data_segment_closes_only_that_connection() {
+    let keel = Keel::start("16MiB", "").await;
+    let mut honest = honest_session(&keel, 1).await;
+    let mut bad = honest_session(&keel, 2).await;
+    // A NOP-Out claiming 16 MB of data, far beyond the negotiated MaxRecvDataSegmentLength.
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x40;
+    bhs[1] = 0x80;
+    bhs[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    bhs[16..20].copy_from_slice(&1u32.to_be_bytes());
+    bad.send_raw(&bhs).await.unwrap();
+    bad.expect_closed().await;
+    still_serves(&mut honest, 3).await;
+    keel.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_command_harms_no_one() {
+    let keel = Keel::start("16MiB", "").await;
+    let mut honest = honest_session(&keel, 1).await;
+    for round in 0..5u8 {
+        let mut bad = honest_session(&keel, 10 + round).await;
+        // A 1 MiB write that sends its command and then vanishes.
+        let cmd = Request::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: false,
+            write: true,
+            attr: 1,
+            lun: [0; 8],
+            itt: 1,
+            expected_length: 1 << 20,
+            cmd_sn: bad.cmd_sn,
+            exp_stat_sn: bad.exp_stat_sn,
+            cdb: bytes::Bytes::from(vec![0x2a, 0, 0, 0, 0, 0, 0, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]),
+            bidi_read_length: None,
+            data: bytes::Bytes::new(),
+        });
+        bad.send(&cmd).await;
+        drop(bad);
+        still_serves(&mut honest, round as u64 + 5).await;
+    }
+    // A fresh session still logs in afterwards.
+    let mut late = honest_session(&keel, 99).await;
+    still_serves(&mut late, 20).await;
+    keel.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_pdus_are_rejected_in_session() {
+    let keel = Keel::start("16MiB", "").await;
+    let mut i = honest_session(&keel, 1).await;
+    // An opcode no initiator may send.
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x1c;
+    bhs[1] = 0x80;
+    i.send_raw(&bhs).await.unwrap();
+    match i.recv().await {
+        Some(keel::wire::Reply::Reject(r)) => assert_eq!((r.reason, &r.data[..]), (0x05, &bhs[..])),
+        other => panic!("expected a Reject, got {other:?}"),
+    }
+    still_serves(&mut i, 1).await;
+    keel.stop().await;
+}
