@@ -633,6 +633,18 @@ block = "/dev/sdx"
     }
 
     #[test]
+    fn the_shipped_example_documents_a_valid_file() {
+        let text = include_str!("../targets.toml.example");
+        let c = parse(text, "targets.toml.example").unwrap();
+        assert_eq!(c.targets[0].luns.len(), 2);
+        assert_eq!(
+            c.iscsi,
+            IscsiSettings::default(),
+            "the example shows the defaults"
+        );
+    }
+
+    #[test]
     fn the_embedded_default_is_valid_and_relative_files_live_in_data_dir() {
         let c = parse(EMBEDDED_DEFAULT, "default").unwrap();
         assert_eq!(c.portals, vec!["127.0.0.1:3260".parse().unwrap()]);

@@ -236,3 +236,62 @@ async fn shutdown_with_a_session_open_is_clean() {
     keel.stop().await;
     i.expect_closed().await;
 }
+
+#[tokio::test]
+async fn aborting_a_command_that_never_arrived_unblocks_the_ones_behind_it() {
+    let keel = Keel::start("1MiB", "").await;
+    let mut i = Initiator::connect(keel.addr).await;
+    i.login(Some(TARGET), &[]).await;
+    i.clear_unit_attention().await;
+    // CmdSN n is "lost"; n+1 (a TEST UNIT READY) arrives and must wait for it.
+    let lost = i.cmd_sn;
+    i.cmd_sn += 1;
+    let itt = i.next_itt();
+    let tur = Request::ScsiCommand(keel::wire::ScsiCommand {
+        immediate: false,
+        final_bit: true,
+        read: false,
+        write: false,
+        attr: 1,
+        lun: [0; 8],
+        itt,
+        expected_length: 0,
+        cmd_sn: i.cmd_sn,
+        exp_stat_sn: i.exp_stat_sn,
+        cdb: Bytes::from(vec![0u8; 16]),
+        bidi_read_length: None,
+        data: Bytes::new(),
+    });
+    i.cmd_sn += 1;
+    i.send(&tur).await;
+    // ABORT TASK for the lost one (§11.5.1: RefCmdSN in the window, below the TMF's CmdSN).
+    let tmf_itt = i.next_itt();
+    let abort = Request::TaskMgmt(TaskMgmtRequest {
+        immediate: true,
+        function: 1,
+        lun: [0; 8],
+        itt: tmf_itt,
+        referenced_tag: 0x5555,
+        cmd_sn: i.cmd_sn,
+        exp_stat_sn: i.exp_stat_sn,
+        ref_cmd_sn: lost,
+        exp_data_sn: 0,
+    });
+    i.send(&abort).await;
+    let mut got_tmf = false;
+    let mut got_tur = false;
+    while !(got_tmf && got_tur) {
+        match i.recv().await {
+            Some(Reply::TaskMgmt(r)) => {
+                assert_eq!((r.itt, r.response), (tmf_itt, 0));
+                got_tmf = true;
+            }
+            Some(Reply::ScsiResponse(r)) => {
+                assert_eq!((r.itt, r.status), (itt, 0));
+                got_tur = true;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    keel.stop().await;
+}

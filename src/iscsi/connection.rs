@@ -6,10 +6,10 @@
 //! the writer task, which owns the socket's write half and StatSN, and stamps ExpCmdSN and
 //! MaxCmdSN from the shared [`CmdWindow`] as each PDU leaves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -18,19 +18,20 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, SessionType, status};
 use super::params::{self, Negotiated};
 use super::response::{CommandInfo, DataInLimits, reply_pdus};
-use super::session::{SessionGuard, SessionKey};
+use super::session::{AdmitError, SessionGuard, SessionKey};
 use super::text_exchange::{TextExchange, TextStep};
 use super::window::CmdWindow;
 use super::{Context, Target};
-use crate::scsi::{Nexus, ScsiRequest, TaskAttr, cdb};
+use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Sense, SenseKey, TaskAttr, cdb};
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{
     self, DataOut, FrameLimits, LoginRequest, LogoutRequest, LogoutResponse, NopIn, NopOut, OutPdu,
@@ -66,12 +67,16 @@ mod tmf {
     pub const NOT_SUPPORTED: u8 = 5;
 }
 
-/// The largest write keel buffers for one command. The SCSI layer refuses transfers beyond
-/// its own maximum anyway; this bounds memory against an absurd ExpectedDataTransferLength.
-const MAX_WRITE_BUFFER: u32 = 32 << 20;
+/// The largest write keel buffers for one command: what the SCSI layer accepts in one
+/// transfer. A larger ExpectedDataTransferLength is not buffered; the SCSI layer refuses the
+/// command.
+const MAX_WRITE_BUFFER: u32 = crate::scsi::sbc::MAX_TRANSFER_BYTES;
 
-/// How long the end of a session waits for commands still running in the backend.
-const DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// How often a session waiting for commands stuck in the backend says so.
+const DRAIN_REPORT: Duration = Duration::from_secs(30);
+
+/// A socket that accepts nothing for this long belongs to a dead or stuck initiator.
+const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// Serves one accepted connection to its end.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
@@ -168,6 +173,8 @@ async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), FrameError> {
         out: out_tx,
         tasks: HashMap::new(),
         ahead: HashMap::new(),
+        skip: HashSet::new(),
+        running: TaskTracker::new(),
         done_tx,
         text: TextExchange::default(),
         next_ttt: 0,
@@ -278,10 +285,18 @@ async fn login_phase<'a>(
                         .map(|t| t.name.clone())
                         .unwrap_or_default(),
                 };
-                let Some(guard) = ctx.sessions.admit(key).await else {
-                    let r = login::failure_response(&req, status::OUT_OF_RESOURCES);
-                    send_login(wr, r, &mut stat_sn, &req, ctx).await?;
-                    return Ok(None);
+                let guard = match ctx.sessions.admit(key).await {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        let status = match e {
+                            // Temporary: the initiator retries and finds the old session gone.
+                            AdmitError::OldSessionBusy => status::SERVICE_UNAVAILABLE,
+                            AdmitError::NoTsih => status::OUT_OF_RESOURCES,
+                        };
+                        let r = login::failure_response(&req, status);
+                        send_login(wr, r, &mut stat_sn, &req, ctx).await?;
+                        return Ok(None);
+                    }
                 };
                 response.tsih = guard.tsih;
                 send_login(wr, response, &mut stat_sn, &req, ctx).await?;
@@ -321,16 +336,38 @@ async fn send_login(
 /// A command the session knows about, from arrival to its last reply.
 struct Task {
     lun: u64,
-    /// Set once the task must not send its replies (aborted).
-    aborted: Arc<AtomicBool>,
+    /// Whether the task replies or was aborted: decided once, atomically, by whichever comes
+    /// first (its completion or a task management function), so an initiator never sees both
+    /// a status and a successful abort for the same task.
+    fate: Arc<AtomicU8>,
+    /// Cancelled when the task's work is over (its replies handed to the writer, or its
+    /// abort settled): task management waits on it before reporting an abort.
+    finished: CancellationToken,
     state: TaskState,
+}
+
+/// Values of [`Task::fate`].
+const UNDECIDED: u8 = 0;
+const REPLYING: u8 = 1;
+const ABORTED: u8 = 2;
+
+fn decide(fate: &AtomicU8, to: u8) -> bool {
+    fate.compare_exchange(UNDECIDED, to, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 enum TaskState {
     /// A write still receiving its data.
     Collecting(Box<WriteCollect>),
-    /// Running in the SCSI layer; the handle resolves when the task has finished.
-    Running(Option<JoinHandle<()>>),
+    /// Running in the SCSI layer.
+    Running,
+}
+
+/// What a started task does: run in the SCSI layer, or answer at once with a failure the
+/// transport found.
+enum Work {
+    Execute(ScsiRequest),
+    Fail(ScsiResponse),
 }
 
 /// A write collecting immediate, unsolicited and solicited data (RFC 7143 §4.2.3.2).
@@ -340,6 +377,11 @@ struct WriteCollect {
     received: u32,
     unsolicited_next: u32,
     unsolicited_end: u32,
+    /// DataSN expected next in the unsolicited sequence (every sequence counts from 0).
+    unsolicited_data_sn: u32,
+    /// Set when a Data-Out was unusable (bad data digest, wrong DataSN): the task then ends
+    /// with CHECK CONDITION and this sense once all its data is in (RFC 7143 §7.8 b).
+    failure: Option<Sense>,
     next_r2t_offset: u32,
     r2t_sn: u32,
     outstanding: Vec<OutstandingR2t>,
@@ -349,6 +391,7 @@ struct OutstandingR2t {
     ttt: u32,
     next: u32,
     end: u32,
+    data_sn: u32,
 }
 
 enum Flow {
@@ -368,6 +411,10 @@ struct Session<'a> {
     tasks: HashMap<u32, Task>,
     /// Commands that arrived ahead of ExpCmdSN, waiting for the gap to fill.
     ahead: HashMap<u32, (Request, [u8; wire::BHS_LEN])>,
+    /// CmdSNs considered received without a command (aborted before arrival, §11.5.1).
+    skip: HashSet<u32>,
+    /// Every command task of the session, so its end can wait for all of them.
+    running: TaskTracker,
     done_tx: mpsc::UnboundedSender<u32>,
     text: TextExchange,
     next_ttt: u32,
@@ -443,9 +490,13 @@ impl Session<'_> {
 
     async fn on_pdu(&mut self, raw: wire::RawPdu) -> Flow {
         if !raw.data_digest_ok {
-            // §7.8: discard the PDU and tell the initiator; at ERL 0 it recovers at session level.
+            // §7.8: discard the payload and tell the initiator. A data PDU still counts toward
+            // its task, which then ends with CHECK CONDITION; other PDUs are simply dropped.
             warn!("data digest error; PDU rejected");
             self.reject(reject::DATA_DIGEST_ERROR, &raw.bhs).await;
+            if let Ok(Request::DataOut(d)) = Request::decode(&raw.bhs, &raw.ahs, raw.data) {
+                return self.on_data_out(d, &raw.bhs, false).await;
+            }
             return Flow::Continue;
         }
         let request = match Request::decode(&raw.bhs, &raw.ahs, raw.data) {
@@ -471,7 +522,7 @@ impl Session<'_> {
             Request::Login(_) | Request::DataOut(_) | Request::Snack(_) => None,
         };
         let is_command = matches!(request, Request::ScsiCommand(_));
-        match ordered {
+        let flow = match ordered {
             None => self.execute(request, &raw.bhs).await,
             Some((true, _)) => {
                 if is_command {
@@ -481,30 +532,42 @@ impl Session<'_> {
             }
             Some((false, cmd_sn)) => {
                 let exp = self.window.exp_cmd_sn();
-                if cmd_sn == exp {
-                    self.window.accept(is_command);
-                    if let Flow::Close = self.execute(request, &raw.bhs).await {
-                        return Flow::Close;
-                    }
-                    // Commands that arrived early may now run, in CmdSN order.
-                    while let Some((next, bhs)) = self.ahead.remove(&self.window.exp_cmd_sn()) {
-                        self.window.accept(matches!(next, Request::ScsiCommand(_)));
-                        if let Flow::Close = self.execute(next, &bhs).await {
-                            return Flow::Close;
-                        }
-                    }
-                    Flow::Continue
-                } else if wire::sn_lt(exp, cmd_sn)
-                    && wire::sn_le(cmd_sn, self.window.max_cmd_sn())
-                    && self.ahead.len() < self.ctx.settings.queue_depth as usize
-                {
-                    self.ahead.insert(cmd_sn, (request, raw.bhs));
-                    Flow::Continue
-                } else {
+                if !self.window.admits(cmd_sn) || self.ahead.contains_key(&cmd_sn) {
                     // §4.2.2.1: outside the window (or a duplicate): silently ignored.
                     debug!(cmd_sn, exp, "command outside the CmdSN window ignored");
-                    Flow::Continue
+                    return Flow::Continue;
                 }
+                if cmd_sn != exp {
+                    // Early: it runs once the commands before it have arrived.
+                    self.ahead.insert(cmd_sn, (request, raw.bhs));
+                    return Flow::Continue;
+                }
+                self.window.accept(is_command);
+                self.execute(request, &raw.bhs).await
+            }
+        };
+        match flow {
+            Flow::Close => Flow::Close,
+            // Commands that arrived early may run now, and so may those behind a CmdSN an
+            // ABORT TASK declared received.
+            Flow::Continue => self.run_ready().await,
+        }
+    }
+
+    /// Runs, in CmdSN order, the early commands whose turn has come, stepping over CmdSNs
+    /// that count as received without a command.
+    async fn run_ready(&mut self) -> Flow {
+        loop {
+            let exp = self.window.exp_cmd_sn();
+            if let Some((next, bhs)) = self.ahead.remove(&exp) {
+                self.window.accept(matches!(next, Request::ScsiCommand(_)));
+                if let Flow::Close = self.execute(next, &bhs).await {
+                    return Flow::Close;
+                }
+            } else if self.skip.remove(&exp) {
+                self.window.accept(false);
+            } else {
+                return Flow::Continue;
             }
         }
     }
@@ -516,8 +579,8 @@ impl Session<'_> {
             Request::Text(p) => return self.on_text(p, bhs).await,
             Request::Logout(p) => return self.on_logout(p).await,
             Request::ScsiCommand(p) if !discovery => self.on_command(p, bhs).await,
-            Request::DataOut(p) if !discovery => self.on_data_out(p, bhs).await,
-            Request::TaskMgmt(p) if !discovery => self.on_task_mgmt(p).await,
+            Request::DataOut(p) if !discovery => return self.on_data_out(p, bhs, true).await,
+            Request::TaskMgmt(p) if !discovery => return self.on_task_mgmt(p).await,
             Request::Snack(_) => {
                 // SNACK needs ErrorRecoveryLevel > 0; keel negotiates 0.
                 self.reject(reject::SNACK_REJECT, bhs).await;
@@ -587,14 +650,24 @@ impl Session<'_> {
         let lun = cdb::decode_lun(cmd.lun).unwrap_or(u64::MAX);
         let mut task = Task {
             lun,
-            aborted: Arc::new(AtomicBool::new(false)),
-            state: TaskState::Running(None),
+            fate: Arc::new(AtomicU8::new(UNDECIDED)),
+            finished: CancellationToken::new(),
+            state: TaskState::Running,
         };
+        let itt = cmd.itt;
+        if cmd.read && cmd.write {
+            // Bidirectional commands need a second buffer keel does not keep yet.
+            warn!(itt, "bidirectional command refused");
+            let refuse =
+                ScsiResponse::check_condition(&Sense::invalid_field_in_cdb(0, None), false);
+            self.start(&mut task, cmd, Work::Fail(refuse), 0);
+            self.tasks.insert(itt, task);
+            return;
+        }
         if !cmd.write || edtl == 0 || edtl > MAX_WRITE_BUFFER {
             // No data to collect (or too much to buffer: the SCSI layer refuses it).
-            let itt = cmd.itt;
-            let data = cmd.data.clone();
-            self.start(&mut task, cmd, data, 0);
+            let work = self.scsi_request(&task, &cmd, cmd.data.clone());
+            self.start(&mut task, cmd, work, 0);
             self.tasks.insert(itt, task);
             return;
         }
@@ -614,11 +687,12 @@ impl Session<'_> {
             received: immediate_len,
             unsolicited_next: immediate_len,
             unsolicited_end,
+            unsolicited_data_sn: 0,
+            failure: None,
             next_r2t_offset: unsolicited_end,
             r2t_sn: 0,
             outstanding: Vec::new(),
         });
-        let itt = collect.command.itt;
         if collect.received == edtl {
             self.finish_collect(&mut task, *collect);
         } else {
@@ -649,6 +723,7 @@ impl Session<'_> {
                 ttt,
                 next: c.next_r2t_offset,
                 end: c.next_r2t_offset + length,
+                data_sn: 0,
             });
             c.r2t_sn += 1;
             c.next_r2t_offset += length;
@@ -656,90 +731,142 @@ impl Session<'_> {
         }
     }
 
-    async fn on_data_out(&mut self, d: DataOut, bhs: &[u8; wire::BHS_LEN]) {
+    /// One Data-Out PDU; `intact` is false when its data digest failed (its bytes then only
+    /// count, and the task will fail). Data out of order, or with the wrong DataSN, ends the
+    /// connection: at ErrorRecoveryLevel 0 there is no recovering the sequence.
+    async fn on_data_out(&mut self, d: DataOut, bhs: &[u8; wire::BHS_LEN], intact: bool) -> Flow {
         let Some(task) = self.tasks.get_mut(&d.itt) else {
             debug!(itt = d.itt, "Data-Out for a task that is gone; ignored");
-            return;
+            return Flow::Continue;
         };
         let TaskState::Collecting(c) = &mut task.state else {
             debug!(
                 itt = d.itt,
                 "Data-Out for a task not expecting data; ignored"
             );
-            return;
+            return Flow::Continue;
         };
         let len = d.data.len() as u32;
         let start = d.buffer_offset;
         let end = start.saturating_add(len);
-        let in_order = if d.ttt == RESERVED_TAG {
-            // Unsolicited data: in order, within the first burst (§4.2.5.2, DataPDUInOrder=Yes).
-            let ok = start == c.unsolicited_next && end <= c.unsolicited_end;
+        // Data arrives in order (DataPDUInOrder=Yes): each PDU continues its sequence, the
+        // unsolicited burst or one R2T's, and numbers itself with the sequence's next DataSN.
+        let (in_order, expected_sn) = if d.ttt == RESERVED_TAG {
+            // The F bit ends the unsolicited burst, which must then be complete (§4.2.5.2).
+            let ok = start == c.unsolicited_next
+                && end <= c.unsolicited_end
+                && (!d.final_bit || end == c.unsolicited_end);
+            let expected = c.unsolicited_data_sn;
             if ok {
                 c.unsolicited_next = end;
+                c.unsolicited_data_sn += 1;
             }
-            ok
+            (ok, expected)
         } else {
             match c.outstanding.iter_mut().position(|r| r.ttt == d.ttt) {
                 Some(i) if start == c.outstanding[i].next && end <= c.outstanding[i].end => {
+                    let expected = c.outstanding[i].data_sn;
                     c.outstanding[i].next = end;
+                    c.outstanding[i].data_sn += 1;
                     if end == c.outstanding[i].end {
                         c.outstanding.remove(i);
                     }
-                    true
+                    (true, expected)
                 }
-                _ => false,
+                _ => (false, 0),
             }
         };
         if !in_order {
+            // The data stream cannot be followed any more; at ERL 0 the connection ends.
             warn!(
                 itt = d.itt,
                 offset = start,
                 len,
                 ttt = d.ttt,
-                "Data-Out out of order or out of range; rejected"
+                "Data-Out out of order or out of range; closing"
             );
             self.reject(reject::PROTOCOL_ERROR, bhs).await;
-            return;
+            return Flow::Close;
         }
-        c.buffer[start as usize..end as usize].copy_from_slice(&d.data);
-        c.received += len;
-        let complete = c.received == c.command.expected_length;
-        let needs_r2t = c.outstanding.len() < self.params.max_outstanding_r2t as usize
-            && c.next_r2t_offset < c.command.expected_length;
-        if complete {
-            let Some(mut task) = self.tasks.remove(&d.itt) else {
-                return;
-            };
-            let TaskState::Collecting(c) =
-                std::mem::replace(&mut task.state, TaskState::Running(None))
-            else {
-                return;
-            };
-            self.finish_collect(&mut task, *c);
-            self.tasks.insert(d.itt, task);
-        } else if needs_r2t {
-            let Some(mut task) = self.tasks.remove(&d.itt) else {
-                return;
-            };
-            if let TaskState::Collecting(c) = &mut task.state {
+        if d.data_sn != expected_sn {
+            // The offsets still tell where the data goes, so the stream stays in step: reject
+            // the PDU and fail the task, keeping the session.
+            warn!(
+                itt = d.itt,
+                data_sn = d.data_sn,
+                expected_sn,
+                "Data-Out with a wrong DataSN; the command will fail"
+            );
+            self.reject(reject::PROTOCOL_ERROR, bhs).await;
+            if let Some(Task {
+                state: TaskState::Collecting(c),
+                ..
+            }) = self.tasks.get_mut(&d.itt)
+            {
+                // ABORTED COMMAND, DATA PHASE ERROR.
+                c.failure
+                    .get_or_insert(Sense::new(SenseKey::AbortedCommand, 0x4b, 0x00));
+            }
+            return self.after_data_out(d.itt, len).await;
+        }
+        if intact {
+            c.buffer[start as usize..end as usize].copy_from_slice(&d.data);
+        } else {
+            // §13.7.1: ABORTED COMMAND, "protocol service CRC error".
+            c.failure
+                .get_or_insert(Sense::new(SenseKey::AbortedCommand, 0x47, 0x05));
+        }
+        self.after_data_out(d.itt, len).await
+    }
+
+    /// Counts `len` more bytes of a write's data: starts the command once all of it is in,
+    /// or asks for more with R2Ts when an R2T sequence has completed.
+    async fn after_data_out(&mut self, itt: u32, len: u32) -> Flow {
+        let Some(mut task) = self.tasks.remove(&itt) else {
+            return Flow::Continue;
+        };
+        if let TaskState::Collecting(c) = &mut task.state {
+            c.received += len;
+            if c.received == c.command.expected_length {
+                if let TaskState::Collecting(c) =
+                    std::mem::replace(&mut task.state, TaskState::Running)
+                {
+                    self.finish_collect(&mut task, *c);
+                }
+            } else {
                 self.issue_r2ts(c).await;
             }
-            self.tasks.insert(d.itt, task);
         }
+        self.tasks.insert(itt, task);
+        Flow::Continue
     }
 
     fn finish_collect(&mut self, task: &mut Task, c: WriteCollect) {
-        let WriteCollect {
-            command,
-            buffer,
-            r2t_sn,
-            ..
-        } = c;
-        self.start(task, command, buffer.freeze(), r2t_sn);
+        let work = if let Some(sense) = &c.failure {
+            Work::Fail(ScsiResponse::check_condition(sense, false))
+        } else {
+            self.scsi_request(task, &c.command, c.buffer.freeze())
+        };
+        self.start(task, c.command, work, c.r2t_sn);
     }
 
-    /// Hands the command to the SCSI layer on its own tokio task.
-    fn start(&mut self, task: &mut Task, cmd: ScsiCommand, data_out: Bytes, r2t_count: u32) {
+    fn scsi_request(&self, task: &Task, cmd: &ScsiCommand, data_out: Bytes) -> Work {
+        let Some(nexus) = self.nexus.clone() else {
+            // Only normal sessions reach here; a nexus exists.
+            return Work::Fail(ScsiResponse::status(crate::scsi::ScsiStatus::Busy));
+        };
+        Work::Execute(ScsiRequest {
+            nexus,
+            lun: task.lun,
+            cdb: cmd.cdb.clone(),
+            data_out,
+            expected_in: if cmd.read { cmd.expected_length } else { 0 },
+            attr: task_attr(cmd.attr),
+        })
+    }
+
+    /// Runs the command's work on its own tokio task, tracked by the session.
+    fn start(&mut self, task: &mut Task, cmd: ScsiCommand, work: Work, r2t_count: u32) {
         let info = CommandInfo {
             itt: cmd.itt,
             lun: cmd.lun,
@@ -752,28 +879,25 @@ impl Session<'_> {
             max_segment: self.params.initiator_max_recv,
             max_burst: self.params.max_burst,
         };
-        let (Some(target), Some(nexus)) = (self.target.clone(), self.nexus.clone()) else {
-            return;
-        };
-        let request = ScsiRequest {
-            nexus,
-            lun: task.lun,
-            cdb: cmd.cdb,
-            data_out,
-            expected_in: if cmd.read { cmd.expected_length } else { 0 },
-            attr: task_attr(cmd.attr),
-        };
+        let target = self.target.clone();
         let out = self.out.clone();
         let window = self.window.clone();
         let done = self.done_tx.clone();
-        let aborted = task.aborted.clone();
-        let handle = tokio::spawn(
+        let fate = task.fate.clone();
+        let finished = task.finished.clone();
+        self.running.spawn(
             async move {
-                let outcome = target.device.execute(request).await;
+                // Fires however this future ends, so nobody waits on it forever.
+                let _finished = finished.drop_guard();
+                let outcome = match (work, target) {
+                    (Work::Execute(request), Some(target)) => target.device.execute(request).await,
+                    (Work::Fail(response), _) => response,
+                    (Work::Execute(_), None) => ScsiResponse::status(crate::scsi::ScsiStatus::Busy),
+                };
                 window.complete();
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
                 let _ = done.send(info.itt);
-                if aborted.load(Ordering::Acquire) {
+                if !decide(&fate, REPLYING) {
                     return;
                 }
                 for reply in reply_pdus(&info, &outcome, limits) {
@@ -784,49 +908,58 @@ impl Session<'_> {
             }
             .in_current_span(),
         );
-        task.state = TaskState::Running(Some(handle));
+        task.state = TaskState::Running;
     }
 
-    async fn on_task_mgmt(&mut self, p: TaskMgmtRequest) {
+    async fn on_task_mgmt(&mut self, p: TaskMgmtRequest) -> Flow {
         let lun = cdb::decode_lun(p.lun).unwrap_or(u64::MAX);
-        let Some(target) = self.target.clone() else {
-            return;
+        let (Some(target), Some(nexus)) = (self.target.clone(), self.nexus.clone()) else {
+            return Flow::Continue;
         };
-        let Some(nexus) = self.nexus.clone() else {
-            return;
-        };
-        info!(
-            function = p.function,
-            lun,
-            referenced = p.referenced_tag,
-            "task management"
-        );
         let (response, waits) = match p.function {
             tmf::ABORT_TASK => {
-                match self.tasks.get(&p.referenced_tag) {
-                    Some(task) if task.lun == lun => {
-                        let waits =
-                            self.abort_where(|t, itt| itt == p.referenced_tag && t.lun == lun);
-                        (tmf::COMPLETE, waits)
+                if self.tasks.contains_key(&p.referenced_tag) {
+                    let (aborted, waits) =
+                        self.abort_where(|t, itt| itt == p.referenced_tag && t.lun == lun);
+                    // A task already replying has completed: there is nothing to abort.
+                    (
+                        if aborted > 0 {
+                            tmf::COMPLETE
+                        } else {
+                            tmf::NO_TASK
+                        },
+                        waits,
+                    )
+                } else {
+                    // §11.5.1: a task not received yet whose RefCmdSN lies in the command
+                    // window, before this request's CmdSN, counts as received and aborted
+                    // ("Function complete"); outside the window it does not exist (it already
+                    // completed, or never will arrive).
+                    let in_window = wire::sn_le(self.window.exp_cmd_sn(), p.ref_cmd_sn)
+                        && wire::sn_le(p.ref_cmd_sn, self.window.max_cmd_sn())
+                        && wire::sn_lt(p.ref_cmd_sn, p.cmd_sn);
+                    if in_window && self.ahead.remove(&p.ref_cmd_sn).is_none() {
+                        self.skip.insert(p.ref_cmd_sn);
                     }
-                    _ => {
-                        // §11.5.1: a task we never saw is "complete" if its CmdSN was already
-                        // covered by the window; otherwise it does not exist.
-                        let seen = wire::sn_lt(p.ref_cmd_sn, self.window.exp_cmd_sn())
-                            && wire::sn_lt(p.ref_cmd_sn, p.cmd_sn.wrapping_add(1));
-                        (if seen { tmf::COMPLETE } else { tmf::NO_TASK }, Vec::new())
-                    }
+                    (
+                        if in_window {
+                            tmf::COMPLETE
+                        } else {
+                            tmf::NO_TASK
+                        },
+                        Vec::new(),
+                    )
                 }
             }
             tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => {
                 if target.device.lun(lun).is_none() {
                     (tmf::NO_LUN, Vec::new())
                 } else {
-                    (tmf::COMPLETE, self.abort_where(|t, _| t.lun == lun))
+                    (tmf::COMPLETE, self.abort_where(|t, _| t.lun == lun).1)
                 }
             }
             tmf::LOGICAL_UNIT_RESET => {
-                let waits = self.abort_where(|t, _| t.lun == lun);
+                let (_, waits) = self.abort_where(|t, _| t.lun == lun);
                 if target.device.reset_lun(lun, &nexus) {
                     (tmf::COMPLETE, waits)
                 } else {
@@ -834,7 +967,7 @@ impl Session<'_> {
                 }
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
-                let waits = self.abort_where(|_, _| true);
+                let (_, waits) = self.abort_where(|_, _| true);
                 target.device.reset_all(&nexus);
                 (tmf::COMPLETE, waits)
             }
@@ -842,6 +975,13 @@ impl Session<'_> {
             tmf::CLEAR_ACA => (tmf::NOT_SUPPORTED, Vec::new()),
             _ => (tmf::NOT_SUPPORTED, Vec::new()),
         };
+        info!(
+            function = p.function,
+            lun,
+            referenced = p.referenced_tag,
+            response,
+            "task management"
+        );
         let reply = Reply::TaskMgmt(TaskMgmtResponse {
             response,
             itt: p.itt,
@@ -855,8 +995,10 @@ impl Session<'_> {
         // write acknowledged as aborted must not land afterwards.
         tokio::spawn(
             async move {
-                for handle in waits {
-                    let _ = tokio::time::timeout(DRAIN_WAIT, handle).await;
+                // No time limit: reporting an abort before the task's I/O is over would let a
+                // write land after the initiator was told it never would.
+                for finished in waits {
+                    finished.cancelled().await;
                 }
                 let _ = out.send(reply.encode()).await;
                 if cold {
@@ -867,46 +1009,54 @@ impl Session<'_> {
             }
             .in_current_span(),
         );
+        Flow::Continue
     }
 
-    /// Aborts the matching tasks: collecting ones are dropped at once, running ones are told
-    /// not to reply; returns the handles to wait on.
-    fn abort_where(&mut self, matches: impl Fn(&Task, u32) -> bool) -> Vec<JoinHandle<()>> {
+    /// Aborts the matching tasks that have not started replying: collecting ones are dropped
+    /// at once, running ones will not reply. Returns how many were aborted and the handles to
+    /// wait on before the abort may be reported.
+    fn abort_where(
+        &mut self,
+        matches: impl Fn(&Task, u32) -> bool,
+    ) -> (usize, Vec<CancellationToken>) {
         let itts: Vec<u32> = self
             .tasks
             .iter()
             .filter(|(itt, t)| matches(t, **itt))
             .map(|(itt, _)| *itt)
             .collect();
+        let mut aborted = 0;
         let mut waits = Vec::new();
         for itt in itts {
             let Some(task) = self.tasks.get_mut(&itt) else {
                 continue;
             };
-            task.aborted.store(true, Ordering::Release);
-            match &mut task.state {
-                TaskState::Collecting(_) => {
-                    self.tasks.remove(&itt);
-                    self.window.complete();
-                }
-                TaskState::Running(handle) => {
-                    if let Some(h) = handle.take() {
-                        waits.push(h);
-                    }
-                }
+            // Whatever its fate, a running task is waited for: it may still be writing.
+            if let TaskState::Running = task.state {
+                waits.push(task.finished.clone());
+            }
+            if !decide(&task.fate, ABORTED) {
+                // Already replying (or aborted by an earlier function): nothing more to do.
+                continue;
+            }
+            aborted += 1;
+            if let TaskState::Collecting(_) = task.state {
+                self.tasks.remove(&itt);
+                self.window.complete();
             }
         }
-        waits
+        (aborted, waits)
     }
 
     async fn on_text(&mut self, p: TextRequest, bhs: &[u8; wire::BHS_LEN]) -> Flow {
         let max = self.params.initiator_max_recv;
-        let chunk = match self.text.receive(p.continue_bit, p.ttt, &p.data) {
-            TextStep::NeedMore => super::text_exchange::TextChunk {
+        let fresh_ttt = self.allocate_ttt();
+        let chunk = match self.text.receive(p.continue_bit, p.ttt, &p.data, fresh_ttt) {
+            TextStep::NeedMore(ttt) => super::text_exchange::TextChunk {
                 data: Bytes::new(),
                 final_bit: false,
                 continue_bit: false,
-                ttt: self.allocate_ttt(),
+                ttt,
             },
             TextStep::Continue => self.text.next_chunk(max),
             TextStep::Error => {
@@ -923,7 +1073,7 @@ impl Session<'_> {
                     }
                 };
                 let answer = self.text_answer(&pairs);
-                self.text.respond(answer, max)
+                self.text.respond(answer, max, fresh_ttt)
             }
         };
         self.send(Reply::Text(TextResponse {
@@ -958,7 +1108,11 @@ impl Session<'_> {
                     // The address the initiator reached us on, never the bind address.
                     answer.push((
                         "TargetAddress".into(),
-                        format!("{},{}", self.local, t.portal_group_tag),
+                        format!(
+                            "{},{}",
+                            SocketAddr::new(self.local.ip().to_canonical(), self.local.port()),
+                            t.portal_group_tag
+                        ),
                     ));
                 }
             } else if params::lookup(key).is_some() {
@@ -999,21 +1153,26 @@ impl Session<'_> {
         }
     }
 
-    /// Waits (bounded) for every running command to finish; drops writes still collecting.
+    /// Waits for every command task of the session to finish (aborted ones too) and drops
+    /// writes still collecting data. There is no time limit: until the backend has finished
+    /// the old I/O, a replacement session must not start (its writes could be overtaken).
     async fn drain(&mut self) {
-        let mut handles = Vec::new();
         for (_, task) in self.tasks.drain() {
-            match task.state {
-                TaskState::Collecting(_) => self.window.complete(),
-                TaskState::Running(Some(h)) => handles.push(h),
-                TaskState::Running(None) => {}
+            if let TaskState::Collecting(_) = task.state {
+                self.window.complete();
             }
         }
-        for h in handles {
-            if tokio::time::timeout(DRAIN_WAIT, h).await.is_err() {
-                warn!("a command did not finish within {DRAIN_WAIT:?}");
-            }
+        self.running.close();
+        while tokio::time::timeout(DRAIN_REPORT, self.running.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                commands = self.running.len(),
+                "still waiting for commands stuck in the backend"
+            );
         }
+        self.running.reopen();
     }
 
     fn allocate_ttt(&mut self) -> u32 {
@@ -1024,8 +1183,14 @@ impl Session<'_> {
         self.next_ttt
     }
 
+    /// Queues a PDU for the writer; gives up if the session is being torn down meanwhile, so
+    /// a stuck socket cannot hold the reader.
     async fn send(&self, reply: Reply) {
-        let _ = self.out.send(reply.encode()).await;
+        tokio::select! {
+            _ = self.out.send(reply.encode()) => {}
+            _ = self.guard.cancel.cancelled() => {}
+            _ = self.ctx.shutdown.cancelled() => {}
+        }
     }
 
     async fn reject(&self, reason: u8, bhs: &[u8; wire::BHS_LEN]) {
@@ -1063,7 +1228,7 @@ async fn write_loop(
                     stat_sn
                 },
                 exp_cmd_sn: window.exp_cmd_sn(),
-                max_cmd_sn: window.max_cmd_sn(),
+                max_cmd_sn: window.announce(),
             };
             sn.stamp(&mut pdu.header);
             if pdu.stat_sn == StatSnUse::Advance {
@@ -1084,7 +1249,15 @@ async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        wr.write_all_buf(&mut queue).await?;
+        match tokio::time::timeout(WRITE_STALL, wr.write_all_buf(&mut queue)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the initiator accepted no data for {WRITE_STALL:?}"),
+                ));
+            }
+        }
     }
     wr.shutdown().await
 }

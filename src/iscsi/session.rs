@@ -62,17 +62,29 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
-/// How long a reinstating login waits for the old session to finish its in-flight work.
-const REINSTATE_WAIT: Duration = Duration::from_secs(10);
+/// How long a reinstating login waits for the old session to finish its in-flight work,
+/// inside open-iscsi's 15 s login timeout.
+const REINSTATE_WAIT: Duration = Duration::from_secs(12);
+
+/// Why a session could not be admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdmitError {
+    /// The session being replaced still has commands in the backend: running the new one
+    /// beside them could let an old write land after a new one.
+    OldSessionBusy,
+    /// Every TSIH is in use.
+    NoTsih,
+}
 
 impl SessionRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new session, first ending any session with the same key. Returns `None`
-    /// only if every TSIH is taken.
-    pub async fn admit(&self, key: SessionKey) -> Option<SessionGuard<'_>> {
+    /// Registers a new session, first ending any session with the same key and waiting until
+    /// all of its commands have finished (RFC 7143 §6.3.5: the old tasks end before the new
+    /// session runs).
+    pub async fn admit(&self, key: SessionKey) -> Result<SessionGuard<'_>, AdmitError> {
         let old = self
             .lock()
             .sessions
@@ -85,11 +97,14 @@ impl SessionRegistry {
                 .await
                 .is_err()
             {
-                tracing::warn!("old session did not end in time; replacing it anyway");
+                tracing::warn!(
+                    "old session still has commands in the backend; refusing the new login for now"
+                );
+                return Err(AdmitError::OldSessionBusy);
             }
         }
         let mut inner = self.lock();
-        let tsih = inner.allocate_tsih()?;
+        let tsih = inner.allocate_tsih().ok_or(AdmitError::NoTsih)?;
         let cancel = CancellationToken::new();
         let gone = CancellationToken::new();
         inner.sessions.insert(
@@ -100,7 +115,7 @@ impl SessionRegistry {
                 gone: gone.clone(),
             },
         );
-        Some(SessionGuard {
+        Ok(SessionGuard {
             registry: self,
             key,
             tsih,

@@ -12,15 +12,45 @@ pub struct CmdWindow {
     exp_cmd_sn: AtomicU32,
     in_flight: AtomicU32,
     depth: u32,
+    /// The highest MaxCmdSN ever sent: the initiator may use the window up to it (it ignores
+    /// lower values, §4.2.2.1), so commands are judged against it, not the live value.
+    advertised: AtomicU32,
 }
 
 impl CmdWindow {
     pub fn new(first_cmd_sn: u32, depth: u32) -> Self {
+        let depth = depth.max(1);
         CmdWindow {
             exp_cmd_sn: AtomicU32::new(first_cmd_sn),
             in_flight: AtomicU32::new(0),
-            depth: depth.max(1),
+            depth,
+            // What the login responses announced.
+            advertised: AtomicU32::new(first_cmd_sn.wrapping_add(depth - 1)),
         }
+    }
+
+    /// The MaxCmdSN to put in an outgoing PDU: the current window, never below what was
+    /// already announced.
+    pub fn announce(&self) -> u32 {
+        let current = self.max_cmd_sn();
+        let previous = self
+            .advertised
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |adv| {
+                crate::wire::sn_lt(adv, current).then_some(current)
+            })
+            .unwrap_or_else(|adv| adv);
+        if crate::wire::sn_lt(previous, current) {
+            current
+        } else {
+            previous
+        }
+    }
+
+    /// Whether a non-immediate command with this CmdSN is inside the window the initiator
+    /// was given: ExpCmdSN ..= announced MaxCmdSN.
+    pub fn admits(&self, cmd_sn: u32) -> bool {
+        crate::wire::sn_le(self.exp_cmd_sn(), cmd_sn)
+            && crate::wire::sn_le(cmd_sn, self.advertised.load(Ordering::Acquire))
     }
 
     pub fn exp_cmd_sn(&self) -> u32 {
@@ -78,6 +108,25 @@ mod tests {
         w.complete();
         w.complete();
         assert_eq!(w.in_flight(), 0);
+    }
+
+    #[test]
+    fn announced_window_never_shrinks_and_bounds_admission() {
+        let w = CmdWindow::new(1, 2);
+        assert_eq!(w.announce(), 2);
+        assert!(w.admits(1) && w.admits(2) && !w.admits(3) && !w.admits(0));
+        w.occupy(); // an immediate command takes a slot: the live window shrinks...
+        assert_eq!(w.max_cmd_sn(), 1);
+        // ...but what was announced stays valid.
+        assert_eq!(w.announce(), 2);
+        assert!(w.admits(2));
+        w.complete();
+        w.accept(true);
+        w.accept(true);
+        w.complete();
+        w.complete();
+        assert_eq!(w.announce(), 4);
+        assert!(w.admits(4) && !w.admits(2));
     }
 
     #[test]
