@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Initiator, Keel, TARGET, pattern};
-use keel::wire::{Request, ScsiCommand};
+use keel::wire::Request;
 
 async fn honest_session(keel: &Keel, isid: u8) -> Initiator {
     let mut i = Initiator::connect(keel.addr).await;
@@ -59,22 +59,13 @@ async fn a_connection_dropped_mid_command_harms_no_one() {
     for round in 0..5u8 {
         let mut bad = honest_session(&keel, 10 + round).await;
         // A 1 MiB write that sends its command and then vanishes.
-        let cmd = Request::ScsiCommand(ScsiCommand {
-            immediate: false,
-            final_bit: true,
-            read: false,
-            write: true,
-            attr: 1,
-            lun: [0; 8],
-            itt: 1,
-            expected_length: 1 << 20,
-            cmd_sn: bad.cmd_sn,
-            exp_stat_sn: bad.exp_stat_sn,
-            cdb: bytes::Bytes::from(vec![0x2a, 0, 0, 0, 0, 0, 0, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]),
-            bidi_read_length: None,
-            data: bytes::Bytes::new(),
-        });
-        bad.send(&cmd).await;
+        bad.send_command(
+            1,
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0x08, 0, 0, 0, 0, 0, 0, 0, 0],
+            1 << 20,
+            true,
+        )
+        .await;
         drop(bad);
         still_serves(&mut honest, round as u64 + 5).await;
     }
@@ -112,23 +103,13 @@ async fn solicited_write(keel: &Keel, isid: u8) -> (Initiator, keel::wire::R2t) 
     )
     .await;
     i.clear_unit_attention().await;
-    let cmd = Request::ScsiCommand(ScsiCommand {
-        immediate: false,
-        final_bit: true,
-        read: false,
-        write: true,
-        attr: 1,
-        lun: [0; 8],
-        itt: 77,
-        expected_length: 1024,
-        cmd_sn: i.cmd_sn,
-        exp_stat_sn: i.exp_stat_sn,
-        cdb: bytes::Bytes::from(vec![0x2a, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]),
-        bidi_read_length: None,
-        data: bytes::Bytes::new(),
-    });
-    i.cmd_sn += 1;
-    i.send(&cmd).await;
+    i.send_command(
+        77,
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+        1024,
+        true,
+    )
+    .await;
     match i.recv().await {
         Some(keel::wire::Reply::R2t(r)) => (i, r),
         other => panic!("expected an R2T, got {other:?}"),
@@ -197,23 +178,13 @@ async fn a_data_digest_error_fails_the_task_with_crc_sense() {
     )
     .await;
     i.clear_unit_attention().await;
-    let cmd = Request::ScsiCommand(ScsiCommand {
-        immediate: false,
-        final_bit: true,
-        read: false,
-        write: true,
-        attr: 1,
-        lun: [0; 8],
-        itt: 5,
-        expected_length: 512,
-        cmd_sn: i.cmd_sn,
-        exp_stat_sn: i.exp_stat_sn,
-        cdb: bytes::Bytes::from(vec![0x2a, 0, 0, 0, 0, 9, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
-        bidi_read_length: None,
-        data: bytes::Bytes::new(),
-    });
-    i.cmd_sn += 1;
-    i.send(&cmd).await;
+    i.send_command(
+        5,
+        &[0x2a, 0, 0, 0, 0, 9, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        512,
+        true,
+    )
+    .await;
     let Some(keel::wire::Reply::R2t(r2t)) = i.recv().await else {
         panic!("expected an R2T")
     };

@@ -247,23 +247,7 @@ async fn aborting_a_command_that_never_arrived_unblocks_the_ones_behind_it() {
     let lost = i.cmd_sn;
     i.cmd_sn += 1;
     let itt = i.next_itt();
-    let tur = Request::ScsiCommand(keel::wire::ScsiCommand {
-        immediate: false,
-        final_bit: true,
-        read: false,
-        write: false,
-        attr: 1,
-        lun: [0; 8],
-        itt,
-        expected_length: 0,
-        cmd_sn: i.cmd_sn,
-        exp_stat_sn: i.exp_stat_sn,
-        cdb: Bytes::from(vec![0u8; 16]),
-        bidi_read_length: None,
-        data: Bytes::new(),
-    });
-    i.cmd_sn += 1;
-    i.send(&tur).await;
+    i.send_command(itt, &[0u8; 6], 0, false).await;
     // ABORT TASK for the lost one (§11.5.1: RefCmdSN in the window, below the TMF's CmdSN).
     let tmf_itt = i.next_itt();
     let abort = Request::TaskMgmt(TaskMgmtRequest {

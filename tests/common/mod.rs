@@ -322,6 +322,30 @@ impl Initiator {
         keys
     }
 
+    /// Sends a bare SCSI Command PDU (no immediate data, F bit set) with the next CmdSN and
+    /// leaves the rest of the exchange to the caller.
+    pub async fn send_command(&mut self, itt: u32, cdb: &[u8], expected_length: u32, write: bool) {
+        let mut padded = BytesMut::from(cdb);
+        padded.resize(cdb.len().max(16), 0);
+        let cmd = Request::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: !write && expected_length > 0,
+            write,
+            attr: 1,
+            lun: [0; 8],
+            itt,
+            expected_length,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb: padded.freeze(),
+            bidi_read_length: None,
+            data: Bytes::new(),
+        });
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        self.send(&cmd).await;
+    }
+
     /// Sends a SCSI command and runs it to its status: immediate and unsolicited data as
     /// negotiated, Data-Out for every R2T, Data-In collected.
     pub async fn scsi(
