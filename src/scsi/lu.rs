@@ -4,10 +4,11 @@
 //! sits behind a std `RwLock` held only to copy an `Arc` out, never across an await.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::storage::BlockBackend;
 
+use super::mode::ModeValues;
 use super::sense::Sense;
 use super::ua::UnitAttentions;
 
@@ -119,6 +120,12 @@ pub struct LogicalUnit {
     /// D_SENSE of the control mode page: descriptor-format sense for CHECK CONDITION.
     descriptor_sense: AtomicBool,
     unit_attentions: UnitAttentions,
+    /// Control mode page SWP: software write protect (MODE SELECT).
+    software_write_protect: AtomicBool,
+    /// Caching mode page WCE: writes may complete from the volatile cache (MODE SELECT).
+    write_cache: AtomicBool,
+    /// Serializes MODE SELECT's read-modify-write of the mode values.
+    mode_lock: Mutex<()>,
 }
 
 impl LogicalUnit {
@@ -148,8 +155,11 @@ impl LogicalUnit {
             block_size,
             read_only,
             medium: RwLock::new(MediumState { readiness, backend }),
-            descriptor_sense: AtomicBool::new(false),
+            descriptor_sense: AtomicBool::new(ModeValues::DEFAULT.d_sense),
             unit_attentions: UnitAttentions::new(),
+            software_write_protect: AtomicBool::new(ModeValues::DEFAULT.swp),
+            write_cache: AtomicBool::new(ModeValues::DEFAULT.wce),
+            mode_lock: Mutex::new(()),
         }
     }
 
@@ -174,11 +184,27 @@ impl LogicalUnit {
         self.state().readiness
     }
 
-    /// Attaches the medium and becomes ready.
+    /// Attaches the medium and becomes ready. If that changes the capacity (a unit that was
+    /// becoming ready had none, or a new backend has another size), every nexus the unit knows
+    /// gets CAPACITY DATA HAS CHANGED (06/2A/09, SBC-3 §4.7): initiators then read the
+    /// capacity again.
     pub fn set_ready(&self, backend: Arc<dyn BlockBackend>) {
-        let mut state = self.state_mut();
-        state.backend = Some(backend);
-        state.readiness = Readiness::Ready;
+        let block_size = u64::from(self.block_size);
+        let new_blocks = backend.size_bytes() / block_size;
+        let old_blocks = {
+            let mut state = self.state_mut();
+            let old = state
+                .backend
+                .as_ref()
+                .map_or(0, |b| b.size_bytes() / block_size);
+            state.backend = Some(backend);
+            state.readiness = Readiness::Ready;
+            old
+        };
+        if old_blocks != new_blocks {
+            self.unit_attentions
+                .establish_all(&Sense::capacity_changed(), None);
+        }
     }
 
     /// Refuses media access from now on (commands already running finish). The backend is
@@ -200,9 +226,18 @@ impl LogicalUnit {
             .map_or(0, |b| b.size_bytes() / u64::from(self.block_size))
     }
 
-    /// Whether writes are refused: configured read-only, or the backend is.
+    /// Whether writes are refused: configured read-only, the backend is, or software write
+    /// protect (control mode page SWP) is set.
     pub fn is_read_only(&self) -> bool {
-        self.read_only || self.state().backend.as_ref().is_some_and(|b| b.read_only())
+        self.read_only
+            || self.software_write_protect.load(Ordering::Relaxed)
+            || self.state().backend.as_ref().is_some_and(|b| b.read_only())
+    }
+
+    /// Caching mode page WCE. When clear, every write must reach the medium before it
+    /// completes (as if FUA were set).
+    pub fn write_cache_enabled(&self) -> bool {
+        self.write_cache.load(Ordering::Relaxed)
     }
 
     /// The sense a media-access command gets now, `None` when ready.
@@ -248,10 +283,33 @@ impl LogicalUnit {
         &self.unit_attentions
     }
 
+    /// The changeable mode parameters now.
+    pub fn mode_values(&self) -> ModeValues {
+        ModeValues {
+            wce: self.write_cache.load(Ordering::Relaxed),
+            d_sense: self.descriptor_sense(),
+            swp: self.software_write_protect.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets the changeable mode parameters (MODE SELECT holds [`LogicalUnit::lock_mode`]).
+    pub fn set_mode_values(&self, values: ModeValues) {
+        self.write_cache.store(values.wce, Ordering::Relaxed);
+        self.set_descriptor_sense(values.d_sense);
+        self.software_write_protect
+            .store(values.swp, Ordering::Relaxed);
+    }
+
+    /// Serializes read-modify-write of the mode parameters. Never held across an await.
+    pub fn lock_mode(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.mode_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Returns the mode parameters to their defaults, as a logical unit reset requires
     /// (SAM-5 §6.3.3 d).
     pub fn reset_mode_parameters(&self) {
-        self.set_descriptor_sense(false);
+        let _guard = self.lock_mode();
+        self.set_mode_values(ModeValues::DEFAULT);
     }
 }
 

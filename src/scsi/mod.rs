@@ -13,6 +13,12 @@ pub mod sense;
 pub mod spc;
 pub mod target;
 pub mod ua;
+// --- management (issue3-mgmt) ---
+pub mod alua;
+pub mod log;
+pub mod maintenance;
+pub mod mode;
+// --- end management (issue3-mgmt) ---
 
 use std::sync::Arc;
 

@@ -32,6 +32,19 @@ pub mod op {
 
     /// SERVICE ACTION IN(16) service actions.
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
+
+    // --- management (issue3-mgmt) ---
+    pub const MODE_SELECT_6: u8 = 0x15;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
+    pub const LOG_SENSE: u8 = 0x4D;
+    pub const MODE_SELECT_10: u8 = 0x55;
+    pub const MAINTENANCE_IN: u8 = 0xA3;
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
+    /// MAINTENANCE IN service actions (SPC-4 §6.36, §6.35, §6.37).
+    pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0A;
+    pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
+    pub const SA_REPORT_SUPPORTED_TMFS: u8 = 0x0D;
+    // --- end management (issue3-mgmt) ---
 }
 
 /// Which handler runs the command.
@@ -49,6 +62,14 @@ pub enum Handler {
     ReadCapacity16,
     ReadWrite,
     SynchronizeCache,
+    // --- management (issue3-mgmt) ---
+    ReportSupportedOpcodes,
+    ReportSupportedTmfs,
+    ReportTargetPortGroups,
+    ModeSelect,
+    ReadDefectData,
+    LogSense,
+    // --- end management (issue3-mgmt) ---
 }
 
 /// Direction of the data phase.
@@ -130,6 +151,74 @@ static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 1] = [(
     ),
 )];
 
+// --- management (issue3-mgmt) ---
+/// MAINTENANCE IN (A3h) service actions, ascending. All of them describe the target rather
+/// than the medium, so they run while the unit is not ready (SPC-4 §4.3.4.2).
+static MAINTENANCE_IN: [(u8, CommandInfo); 3] = [
+    (
+        op::SA_REPORT_TARGET_PORT_GROUPS,
+        command(
+            "REPORT TARGET PORT GROUPS",
+            Handler::ReportTargetPortGroups,
+            DataDirection::In,
+            12,
+            true,
+            true,
+        ),
+    ),
+    (
+        op::SA_REPORT_SUPPORTED_OPCODES,
+        command(
+            "REPORT SUPPORTED OPERATION CODES",
+            Handler::ReportSupportedOpcodes,
+            DataDirection::In,
+            12,
+            true,
+            true,
+        ),
+    ),
+    (
+        op::SA_REPORT_SUPPORTED_TMFS,
+        command(
+            "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+            Handler::ReportSupportedTmfs,
+            DataDirection::In,
+            12,
+            true,
+            true,
+        ),
+    ),
+];
+
+/// Every supported command as `(opcode, service action, row)`: `None` for opcodes without
+/// service actions. Ascending by opcode, then service action. REPORT SUPPORTED OPERATION CODES
+/// walks this, so its answer is exactly what dispatch accepts.
+pub fn supported_commands() -> Vec<(u8, Option<u8>, &'static CommandInfo)> {
+    let mut out = Vec::new();
+    for (opcode, slot) in (0..=u8::MAX).zip(TABLE.iter()) {
+        match slot {
+            Slot::Unsupported => {}
+            Slot::Command(info) => out.push((opcode, None, info)),
+            Slot::ServiceActions(actions) => {
+                let mut sorted: Vec<_> = actions.iter().collect();
+                sorted.sort_by_key(|(sa, _)| *sa);
+                out.extend(
+                    sorted
+                        .into_iter()
+                        .map(|(sa, info)| (opcode, Some(*sa), info)),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Whether `opcode` selects its command by a service action field.
+pub fn has_service_actions(opcode: u8) -> bool {
+    matches!(TABLE[usize::from(opcode)], Slot::ServiceActions(_))
+}
+// --- end management (issue3-mgmt) ---
+
 static TABLE: [Slot; 256] = build_table();
 
 const fn build_table() -> [Slot; 256] {
@@ -159,6 +248,14 @@ const fn build_table() -> [Slot; 256] {
     t[op::REPORT_LUNS as usize] = no_ua("REPORT LUNS", ReportLuns, In, 12);
     t[op::READ_12 as usize] = media("READ(12)", ReadWrite, In, 12);
     t[op::WRITE_12 as usize] = media("WRITE(12)", ReadWrite, Out, 12);
+    // --- management (issue3-mgmt) ---
+    t[op::MODE_SELECT_6 as usize] = any_state("MODE SELECT(6)", ModeSelect, Out, 6);
+    t[op::MODE_SELECT_10 as usize] = any_state("MODE SELECT(10)", ModeSelect, Out, 10);
+    t[op::READ_DEFECT_DATA_10 as usize] = media("READ DEFECT DATA(10)", ReadDefectData, In, 10);
+    t[op::READ_DEFECT_DATA_12 as usize] = media("READ DEFECT DATA(12)", ReadDefectData, In, 12);
+    t[op::LOG_SENSE as usize] = any_state("LOG SENSE", LogSense, In, 10);
+    t[op::MAINTENANCE_IN as usize] = Slot::ServiceActions(&MAINTENANCE_IN);
+    // --- end management (issue3-mgmt) ---
     t
 }
 

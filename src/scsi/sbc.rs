@@ -126,7 +126,8 @@ pub async fn read_write(
     if rw.is_write {
         let data = data_out.slice(..len);
         backend
-            .write_at(offset, data, rw.fua)
+            // WCE clear (caching mode page): no write completes from the volatile cache.
+            .write_at(offset, data, rw.fua || !lu.write_cache_enabled())
             .await
             .map_err(|error| {
                 tracing::warn!(

@@ -1,11 +1,11 @@
-//! SPC-4 primary commands: INQUIRY (standard data and VPD pages), REPORT LUNS, REQUEST SENSE,
-//! MODE SENSE. The page builders are pure functions; the handlers only add CDB decoding and
+//! SPC-4 primary commands: INQUIRY (standard data and VPD pages), REPORT LUNS, REQUEST SENSE
+//! (MODE SENSE/SELECT live in `mode`). The page builders are pure functions; the handlers only add CDB decoding and
 //! allocation-length truncation. None of these touch the medium.
 
 use bytes::Bytes;
 
 use super::Nexus;
-use super::cdb::{self, InquiryCdb, ModeSenseCdb, PageControl, RequestSenseCdb};
+use super::cdb::{self, InquiryCdb, RequestSenseCdb};
 use super::lu::{LogicalUnit, LuIdentity};
 use super::sbc::MAX_TRANSFER_BYTES;
 use super::sense::Sense;
@@ -39,6 +39,10 @@ const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
 /// bytes 74-95.
 const STANDARD_INQUIRY_LEN: usize = 96;
 
+/// TPGS = 01b (SPC-4 §6.6.2 table 142): implicit asymmetric access only (REPORT TARGET PORT
+/// GROUPS, no SET TARGET PORT GROUPS); see `alua`.
+const TPGS_IMPLICIT: u8 = 0x10;
+
 /// Standard INQUIRY data (SPC-4 §6.6.2). `peripheral` is byte 0 (qualifier and type).
 pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
     let mut data = vec![0u8; STANDARD_INQUIRY_LEN];
@@ -47,6 +51,7 @@ pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
     // HISUP (bit 4): LUNs use the SAM hierarchical format; RESPONSE DATA FORMAT 2.
     data[3] = 0x10 | 0x02;
     data[4] = (STANDARD_INQUIRY_LEN - 5) as u8;
+    data[5] = TPGS_IMPLICIT; // --- management (issue3-mgmt): ALUA ---
     data[7] = 0x02; // CMDQUE: full task management model
     data[8..16].copy_from_slice(&ascii_field(&identity.vendor, 8));
     data[16..32].copy_from_slice(&ascii_field(&identity.product, 16));
@@ -59,7 +64,7 @@ pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
 }
 
 /// VPD page codes this target returns, ascending (the order page 00h must list them in).
-pub const SUPPORTED_VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
+pub const SUPPORTED_VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
 
 /// A VPD page: byte 0 peripheral, byte 1 page code, bytes 2-3 page length, then `body`
 /// (SPC-4 §7.8.1). Bodies here are far below 64 KiB.
@@ -91,6 +96,7 @@ const CODE_SET_UTF8: u8 = 0x3;
 const TYPE_T10_VENDOR_ID: u8 = 0x1;
 const TYPE_NAA: u8 = 0x3;
 const TYPE_RELATIVE_TARGET_PORT: u8 = 0x4;
+const TYPE_TARGET_PORT_GROUP: u8 = 0x5;
 const TYPE_SCSI_NAME_STRING: u8 = 0x8;
 const ASSOC_LOGICAL_UNIT: u8 = 0x0;
 const ASSOC_TARGET_PORT: u8 = 0x1;
@@ -171,6 +177,16 @@ pub fn vpd_device_identification(identity: &LuIdentity, nexus: &Nexus) -> Vec<u8
         TYPE_RELATIVE_TARGET_PORT,
         &[0, 0, hi, lo],
     );
+    // --- management (issue3-mgmt): ALUA ---
+    // Target port group (SPC-4 §7.8.6.8): each target port is its own group, same number.
+    push_designator(
+        &mut body,
+        Some(PROTOCOL_ISCSI),
+        CODE_SET_BINARY,
+        ASSOC_TARGET_PORT,
+        TYPE_TARGET_PORT_GROUP,
+        &[0, 0, hi, lo],
+    );
     push_designator(
         &mut body,
         Some(PROTOCOL_ISCSI),
@@ -189,6 +205,24 @@ pub fn vpd_device_identification(identity: &LuIdentity, nexus: &Nexus) -> Vec<u8
     );
     vpd_page(0x83, &body)
 }
+
+// --- management (issue3-mgmt) ---
+/// VPD 86h: Extended INQUIRY Data (SPC-4 §7.8.7), page length 3Ch. Only what is true here:
+/// - no protection information (SPT/GRD_CHK/APP_CHK/REF_CHK 0);
+/// - HEADSUP and SIMPSUP: HEAD OF QUEUE and SIMPLE tasks run as soon as they arrive, nothing
+///   queues ahead of them. ORDSUP clear: ORDERED tasks are not serialized against the others
+///   (commands run concurrently);
+/// - V_SUP: there is a volatile cache (the page cache; WCE, FUA and SYNCHRONIZE CACHE apply);
+///   NV_SUP clear: no non-volatile cache;
+/// - LUICLR: unit attentions are kept and cleared per I_T nexus.
+pub fn vpd_extended_inquiry() -> Vec<u8> {
+    let mut body = [0u8; 0x3C];
+    body[1] = 0x04 | 0x01; // HEADSUP, SIMPSUP (byte 5)
+    body[2] = 0x01; // V_SUP (byte 6)
+    body[3] = 0x01; // LUICLR (byte 7)
+    vpd_page(0x86, &body)
+}
+// --- end management (issue3-mgmt) ---
 
 /// Optimal transfer length granularity reported in the block limits page, in blocks.
 pub const OPTIMAL_GRANULARITY_BLOCKS: u16 = 8;
@@ -239,6 +273,7 @@ pub fn inquiry_data(
         0x00 => vpd_supported_pages(),
         0x80 => vpd_unit_serial(identity),
         0x83 => vpd_device_identification(identity, nexus),
+        0x86 => vpd_extended_inquiry(),
         0xB0 => vpd_block_limits(block_size),
         0xB1 => vpd_block_device_characteristics(),
         0xB2 => vpd_logical_block_provisioning(),
@@ -287,159 +322,6 @@ pub fn request_sense_data(sense: &Sense, cdb: &RequestSenseCdb) -> Bytes {
     data.slice(..data.len().min(usize::from(cdb.alloc_len)))
 }
 
-/// What MODE SENSE reports about a logical unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ModeParams {
-    pub read_only: bool,
-    pub descriptor_sense: bool,
-    pub block_size: u32,
-    /// Capacity in blocks (0 while not ready).
-    pub blocks: u64,
-}
-
-const PAGE_CACHING: u8 = 0x08;
-const PAGE_CONTROL: u8 = 0x0A;
-const PAGE_INFORMATIONAL_EXCEPTIONS: u8 = 0x1C;
-const PAGE_ALL: u8 = 0x3F;
-const SUBPAGE_ALL: u8 = 0xFF;
-
-/// Caching mode page (SBC-3 §6.4.5): WCE = 1, writes complete into the page cache and need
-/// SYNCHRONIZE CACHE or FUA to be durable. Nothing is changeable.
-fn caching_page(pc: PageControl) -> Vec<u8> {
-    let mut page = vec![0u8; 20];
-    page[0] = PAGE_CACHING;
-    page[1] = 0x12;
-    if pc != PageControl::Changeable {
-        page[2] = 0x04; // WCE
-    }
-    page
-}
-
-/// Control mode page (SPC-4 §7.5.8). GLTSD: no log parameters are saved. D_SENSE per the
-/// logical unit. QUEUE ALGORITHM MODIFIER 1: unrestricted reordering of SIMPLE commands,
-/// which the I/O path does. QERR 00b: other commands continue after a CHECK CONDITION.
-/// TAS 1: commands aborted by another nexus's task management complete with TASK ABORTED.
-fn control_page(pc: PageControl, descriptor_sense: bool) -> Vec<u8> {
-    let mut page = vec![0u8; 12];
-    page[0] = PAGE_CONTROL;
-    page[1] = 0x0A;
-    if pc == PageControl::Changeable {
-        return page;
-    }
-    page[2] = 0x02; // GLTSD
-    if descriptor_sense && pc == PageControl::Current {
-        page[2] |= 0x04;
-    }
-    page[3] = 0x10; // QUEUE ALGORITHM MODIFIER = 1, QERR = 00b
-    page[5] = 0x40; // TAS
-    page
-}
-
-/// Informational exceptions control mode page (SPC-4 §7.5.11): DEXCPT = 1, nothing to
-/// report.
-fn informational_exceptions_page(pc: PageControl) -> Vec<u8> {
-    let mut page = vec![0u8; 12];
-    page[0] = PAGE_INFORMATIONAL_EXCEPTIONS;
-    page[1] = 0x0A;
-    if pc != PageControl::Changeable {
-        page[2] = 0x08; // DEXCPT
-    }
-    page
-}
-
-/// The mode pages a CDB selects, in ascending page order. None of the pages has subpages, so
-/// subpage FFh ("all subpages") returns the page 0 format page and any other non-zero
-/// subpage is invalid.
-fn mode_pages(cdb: &ModeSenseCdb, params: &ModeParams) -> Result<Vec<u8>, Sense> {
-    let pc = cdb.page_control;
-    if cdb.subpage_code != 0 && cdb.subpage_code != SUBPAGE_ALL {
-        return Err(Sense::invalid_field_in_cdb(3, Some(7)));
-    }
-    let mut pages = Vec::with_capacity(44);
-    if matches!(cdb.page_code, PAGE_CACHING | PAGE_ALL) {
-        pages.extend(caching_page(pc));
-    }
-    if matches!(cdb.page_code, PAGE_CONTROL | PAGE_ALL) {
-        pages.extend(control_page(pc, params.descriptor_sense));
-    }
-    if matches!(cdb.page_code, PAGE_INFORMATIONAL_EXCEPTIONS | PAGE_ALL) {
-        pages.extend(informational_exceptions_page(pc));
-    }
-    if pages.is_empty() {
-        return Err(Sense::invalid_field_in_cdb(2, Some(5)));
-    }
-    Ok(pages)
-}
-
-/// Block descriptor (SBC-3 §6.4.2): short (8 bytes, block count saturating at FFFFFFFFh) or
-/// long LBA (16 bytes).
-fn block_descriptor(params: &ModeParams, long: bool) -> Vec<u8> {
-    if long {
-        let mut d = vec![0u8; 16];
-        d[0..8].copy_from_slice(&params.blocks.to_be_bytes());
-        d[12..16].copy_from_slice(&params.block_size.to_be_bytes());
-        d
-    } else {
-        let mut d = vec![0u8; 8];
-        let blocks = u32::try_from(params.blocks).unwrap_or(u32::MAX);
-        d[0..4].copy_from_slice(&blocks.to_be_bytes());
-        // LOGICAL BLOCK LENGTH is 24 bits; block sizes are at most 64 KiB.
-        d[5..8].copy_from_slice(&params.block_size.to_be_bytes()[1..]);
-        d
-    }
-}
-
-/// Complete MODE SENSE(6)/(10) parameter data (SPC-4 §7.5.4/§7.5.5), before truncation.
-pub fn mode_sense_data(cdb: &ModeSenseCdb, params: &ModeParams) -> Result<Vec<u8>, Sense> {
-    if cdb.page_control == PageControl::Saved {
-        return Err(Sense::saving_parameters_not_supported(2, Some(7)));
-    }
-    let pages = mode_pages(cdb, params)?;
-    let descriptor = if cdb.dbd {
-        Vec::new()
-    } else {
-        block_descriptor(params, cdb.llbaa)
-    };
-    // SBC-3 §6.4.1 device-specific parameter: WP, DPOFUA (DPO and FUA are honoured).
-    let write_protect = if params.read_only { 0x80 } else { 0x00 };
-    let device_specific = write_protect | 0x10;
-    let mut data = Vec::with_capacity(8 + descriptor.len() + pages.len());
-    if cdb.ten {
-        data.extend_from_slice(&[0, 0, 0, device_specific]);
-        data.push(u8::from(cdb.llbaa && !cdb.dbd)); // LONGLBA
-        data.push(0);
-        data.extend_from_slice(&(descriptor.len() as u16).to_be_bytes());
-        data.extend(descriptor);
-        data.extend(pages);
-        // MODE DATA LENGTH excludes itself (2 bytes); small fixed pages keep it in range.
-        let len = u16::try_from(data.len() - 2).unwrap_or(u16::MAX);
-        data[0..2].copy_from_slice(&len.to_be_bytes());
-    } else {
-        data.extend_from_slice(&[0, 0, device_specific, descriptor.len() as u8]);
-        data.extend(descriptor);
-        data.extend(pages);
-        data[0] = u8::try_from(data.len() - 1).unwrap_or(u8::MAX);
-    }
-    Ok(data)
-}
-
-/// MODE SENSE(6)/(10) for a logical unit.
-pub fn mode_sense(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
-    let cdb = cdb::decode_mode_sense(raw_cdb)?;
-    let params = ModeParams {
-        read_only: lu.is_read_only(),
-        descriptor_sense: lu.descriptor_sense(),
-        block_size: lu.block_size(),
-        blocks: if lu.not_ready_sense().is_some() {
-            0
-        } else {
-            lu.capacity_blocks()
-        },
-    };
-    let data = mode_sense_data(&cdb, &params)?;
-    Ok(truncate(data, usize::from(cdb.alloc_len)))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -464,7 +346,7 @@ mod tests {
     fn standard_inquiry_layout() {
         let d = standard_inquiry(&identity(), DEVICE_TYPE_DISK);
         assert_eq!(d.len(), 96);
-        assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02]);
+        assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x10, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"KEEL    ");
         assert_eq!(&d[16..32], b"VIRTUAL-DISK    ");
         assert_eq!(&d[32..36], b"0001");
@@ -487,7 +369,7 @@ mod tests {
     fn supported_pages_page() {
         assert_eq!(
             vpd_supported_pages(),
-            vec![0, 0, 0, 6, 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]
+            vec![0, 0, 0, 7, 0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2]
         );
     }
 
@@ -527,6 +409,10 @@ mod tests {
         assert_eq!(h, [0x51, 0x94, 0, 4]);
         assert_eq!(rel, vec![0, 0, 0, 1]);
 
+        let (h, group) = next();
+        assert_eq!(h, [0x51, 0x95, 0, 4]);
+        assert_eq!(group, vec![0, 0, 0, 1]);
+
         let (h, port) = next();
         let port_name = b"iqn.2026-01.org.example:disk0,t,0x0001";
         assert_eq!(h[..3], [0x53, 0x98, 0]);
@@ -550,6 +436,14 @@ mod tests {
         let s = scsi_name_string(&long);
         assert!(s.len() <= 252 && s.len().is_multiple_of(4));
         assert!(std::str::from_utf8(s.split(|&b| b == 0).next().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn extended_inquiry_page() {
+        let page = vpd_extended_inquiry();
+        assert_eq!(page.len(), 64);
+        assert_eq!(&page[0..8], &[0, 0x86, 0, 0x3C, 0, 0x05, 0x01, 0x01]);
+        assert!(page[8..].iter().all(|&b| b == 0));
     }
 
     #[test]
@@ -627,96 +521,5 @@ mod tests {
             s.encode_descriptor()
         );
         assert_eq!(rs(&[op::REQUEST_SENSE, 0, 0, 0, 8, 0]).len(), 8);
-    }
-
-    fn params() -> ModeParams {
-        ModeParams {
-            read_only: false,
-            descriptor_sense: false,
-            block_size: 512,
-            blocks: 2048,
-        }
-    }
-
-    fn ms6(flags: u8, page: u8, subpage: u8) -> ModeSenseCdb {
-        cdb::decode_mode_sense(&[op::MODE_SENSE_6, flags, page, subpage, 255, 0]).unwrap()
-    }
-
-    fn ms10(flags: u8, page: u8, subpage: u8) -> ModeSenseCdb {
-        cdb::decode_mode_sense(&[op::MODE_SENSE_10, flags, page, subpage, 0, 0, 0, 1, 0, 0])
-            .unwrap()
-    }
-
-    #[test]
-    fn mode_sense6_all_pages_with_block_descriptor() {
-        let d = mode_sense_data(&ms6(0, 0x3F, 0), &params()).unwrap();
-        assert_eq!(d.len(), 4 + 8 + 20 + 12 + 12);
-        assert_eq!(&d[0..4], &[(d.len() - 1) as u8, 0, 0x10, 8]);
-        assert_eq!(&d[4..12], &[0, 0, 0x08, 0x00, 0, 0, 0x02, 0x00]);
-        assert_eq!(&d[12..15], &[0x08, 0x12, 0x04]);
-        assert_eq!(&d[32..38], &[0x0A, 0x0A, 0x02, 0x10, 0x00, 0x40]);
-        assert_eq!(&d[44..47], &[0x1C, 0x0A, 0x08]);
-        // Subpage FFh: the same pages.
-        assert_eq!(mode_sense_data(&ms6(0, 0x3F, 0xFF), &params()).unwrap(), d);
-    }
-
-    #[test]
-    fn mode_sense_dbd_read_only_and_d_sense() {
-        let p = ModeParams {
-            read_only: true,
-            descriptor_sense: true,
-            ..params()
-        };
-        let d = mode_sense_data(&ms6(0x08, 0x0A, 0), &p).unwrap();
-        assert_eq!(
-            &d[..],
-            &[
-                15, 0, 0x90, 0, 0x0A, 0x0A, 0x06, 0x10, 0, 0x40, 0, 0, 0, 0, 0, 0
-            ]
-        );
-        // Default values do not carry the current D_SENSE.
-        let d = mode_sense_data(&ms6(0x08, 0x80 | 0x0A, 0), &p).unwrap();
-        assert_eq!(d[6], 0x02);
-    }
-
-    #[test]
-    fn mode_sense_page_control() {
-        let d = mode_sense_data(&ms6(0x08, 0x40 | 0x08, 0), &params()).unwrap();
-        assert_eq!(&d[4..6], &[0x08, 0x12]);
-        assert!(d[6..].iter().all(|&b| b == 0));
-        let err = mode_sense_data(&ms6(0, 0xC0 | 0x08, 0), &params()).unwrap_err();
-        assert_eq!((err.asc, err.ascq), (0x39, 0x00));
-        assert_eq!(err.field_pointer, Some((true, 2, Some(7))));
-    }
-
-    #[test]
-    fn mode_sense_bad_page_or_subpage() {
-        let err = mode_sense_data(&ms6(0, 0x19, 0), &params()).unwrap_err();
-        assert_eq!(err.field_pointer, Some((true, 2, Some(5))));
-        let err = mode_sense_data(&ms6(0, 0x08, 1), &params()).unwrap_err();
-        assert_eq!(err.field_pointer, Some((true, 3, Some(7))));
-        assert!(mode_sense_data(&ms6(0, 0x08, 0xFF), &params()).is_ok());
-    }
-
-    #[test]
-    fn mode_sense10_short_and_long_descriptors() {
-        let p = ModeParams {
-            blocks: 1 << 33,
-            ..params()
-        };
-        let d = mode_sense_data(&ms10(0, 0x1C, 0), &p).unwrap();
-        assert_eq!(&d[0..8], &[0, (d.len() - 2) as u8, 0, 0x10, 0, 0, 0, 8]);
-        assert_eq!(&d[8..16], &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x02, 0x00]);
-        assert_eq!(d[16], 0x1C);
-
-        let d = mode_sense_data(&ms10(0x10, 0x1C, 0), &p).unwrap();
-        assert_eq!(&d[0..8], &[0, (d.len() - 2) as u8, 0, 0x10, 1, 0, 0, 16]);
-        assert_eq!(&d[8..16], &(1u64 << 33).to_be_bytes());
-        assert_eq!(&d[20..24], &[0, 0, 2, 0]);
-
-        // DBD wins over LLBAA.
-        let d = mode_sense_data(&ms10(0x18, 0x1C, 0), &p).unwrap();
-        assert_eq!(&d[4..8], &[0, 0, 0, 0]);
-        assert_eq!(d.len(), 8 + 12);
     }
 }

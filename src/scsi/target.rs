@@ -18,6 +18,7 @@ use super::lu::{LogicalUnit, LuIdentity};
 use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
 use super::{Nexus, ScsiRequest, ScsiResponse, sbc, spc};
+use super::{alua, log, maintenance, mode}; // management (issue3-mgmt)
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
 #[derive(Debug)]
@@ -109,6 +110,11 @@ impl TargetDevice {
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
         response.data_out_used = sbc::data_out_needed(&req.cdb, lu.block_size());
+        // --- management (issue3-mgmt) ---
+        if let Some(needed) = mode::data_out_needed(&req.cdb) {
+            response.data_out_used = needed;
+        }
+        // --- end management (issue3-mgmt) ---
         response
     }
 
@@ -147,7 +153,7 @@ impl TargetDevice {
             }
             Handler::Inquiry => spc::inquiry(lu, nexus, cdb)?,
             Handler::ReportLuns => spc::report_luns(&self.lun_numbers(), cdb)?,
-            Handler::ModeSense => spc::mode_sense(lu, cdb)?,
+            Handler::ModeSense => mode::mode_sense(lu, cdb)?,
             Handler::ReadCapacity10 => sbc::read_capacity10(lu, cdb)?,
             Handler::ReadCapacity16 => sbc::read_capacity16(lu, cdb)?,
             Handler::ReadWrite => sbc::read_write(lu, cdb, &req.data_out).await?,
@@ -155,6 +161,14 @@ impl TargetDevice {
                 sbc::synchronize_cache(lu, cdb).await?;
                 Bytes::new()
             }
+            // --- management (issue3-mgmt) ---
+            Handler::ReportSupportedOpcodes => maintenance::report_supported_opcodes(cdb)?,
+            Handler::ReportSupportedTmfs => maintenance::report_supported_tmfs(cdb)?,
+            Handler::ReportTargetPortGroups => alua::report_target_port_groups(lu, nexus, cdb)?,
+            Handler::ModeSelect => mode::mode_select(lu, nexus, cdb, &req.data_out)?,
+            Handler::ReadDefectData => log::read_defect_data(cdb)?,
+            Handler::LogSense => log::log_sense(cdb)?,
+            // --- end management (issue3-mgmt) ---
         };
         Ok(ScsiResponse::good(data))
     }
@@ -725,6 +739,11 @@ mod tests {
         assert_eq!(&ms.data_in[4..12], &[0, 0, 0, 0, 0, 0, 2, 0]);
 
         lu.set_ready(Arc::new(MemoryBackend::new(1 << 20)));
+        // The capacity went from nothing to 1 MiB: the nexus hears about it once.
+        assert_eq!(
+            sense_of(&run(&target, &n, 0, &TUR).await),
+            (0x06, 0x2A, 0x09)
+        );
         assert_good(&run(&target, &n, 0, &TUR).await);
         let r = run(&target, &n, 0, &rc10).await;
         assert_eq!(&r.data_in[..4], &[0, 0, 0x07, 0xFF]);
@@ -878,7 +897,7 @@ mod tests {
         assert_good(&r);
         assert_eq!(&r.data_in[..2], &[0, 0x83]);
         let r = run(&target, &n, 0, &[op::INQUIRY, 1, 0x00, 0, 5, 0]).await;
-        assert_eq!(&r.data_in[..], &[0, 0, 0, 6, 0]);
+        assert_eq!(&r.data_in[..], &[0, 0, 0, 7, 0]);
         let r = run(&target, &n, 0, &[op::INQUIRY, 1, 0x01, 0, 255, 0]).await;
         assert_eq!(sense_of(&r), (0x05, 0x24, 0x00));
         let r = run(&target, &n, 0, &[op::INQUIRY, 0, 0x80, 0, 255, 0]).await;
@@ -900,6 +919,176 @@ mod tests {
             .await,
         );
     }
+
+    // --- management (issue3-mgmt) ---
+    fn mode_select6(list: &[u8]) -> [u8; 6] {
+        [op::MODE_SELECT_6, 0x10, 0, 0, list.len() as u8, 0]
+    }
+
+    /// The control page as MODE SENSE(6) returns it (DBD), and the whole list for MODE
+    /// SELECT(6) that sends it back with `swp`/`d_sense`.
+    async fn control_select_list(target: &TargetDevice, n: &Arc<Nexus>, swp: bool) -> Vec<u8> {
+        let ms = run(target, n, 0, &[op::MODE_SENSE_6, 0x08, 0x0A, 0, 255, 0]).await;
+        assert_good(&ms);
+        let mut list = vec![0, 0, 0, 0];
+        list.extend_from_slice(&ms.data_in[4..]);
+        if swp {
+            list[8] |= 0x08;
+        } else {
+            list[8] &= !0x08;
+        }
+        list
+    }
+
+    #[tokio::test]
+    async fn mode_select_swp_write_protects_and_tells_the_others() {
+        let target = target_with_lun0();
+        let a = settled(&target, "a").await;
+        let b = settled(&target, "b").await;
+        let list = control_select_list(&target, &a, true).await;
+        let r = target
+            .execute(request(
+                &a,
+                0,
+                &mode_select6(&list),
+                Bytes::from(list.clone()),
+            ))
+            .await;
+        assert_good(&r);
+        assert_eq!(r.data_out_used, list.len() as u32);
+        // The issuer sees no unit attention; the other nexus gets MODE PARAMETERS CHANGED.
+        assert_good(&run(&target, &a, 0, &TUR).await);
+        assert_eq!(
+            sense_of(&run(&target, &b, 0, &TUR).await),
+            (0x06, 0x2A, 0x01)
+        );
+        // Reads work, writes are refused, MODE SENSE shows WP and SWP.
+        assert_good(&run(&target, &a, 0, &rw10(op::READ_10, 0, 0, 1)).await);
+        let w = target
+            .execute(request(
+                &a,
+                0,
+                &rw10(op::WRITE_10, 0, 0, 1),
+                Bytes::from(vec![0; 512]),
+            ))
+            .await;
+        assert_eq!(sense_of(&w), (0x07, 0x27, 0x00));
+        let ms = run(&target, &a, 0, &[op::MODE_SENSE_6, 0x08, 0x0A, 0, 255, 0]).await;
+        assert_eq!((ms.data_in[2] & 0x80, ms.data_in[8] & 0x08), (0x80, 0x08));
+        // Sending the same page again changes nothing and raises nothing.
+        let same = control_select_list(&target, &a, true).await;
+        let r = target
+            .execute(request(
+                &b,
+                0,
+                &mode_select6(&same),
+                Bytes::from(same.clone()),
+            ))
+            .await;
+        assert_good(&r);
+        assert_good(&run(&target, &a, 0, &TUR).await);
+        // Clearing SWP restores writes; a LUN reset would too.
+        let clear = control_select_list(&target, &a, false).await;
+        let r = target
+            .execute(request(
+                &a,
+                0,
+                &mode_select6(&clear),
+                Bytes::from(clear.clone()),
+            ))
+            .await;
+        assert_good(&r);
+        let w = target
+            .execute(request(
+                &a,
+                0,
+                &rw10(op::WRITE_10, 0, 0, 1),
+                Bytes::from(vec![0; 512]),
+            ))
+            .await;
+        assert_good(&w);
+    }
+
+    #[tokio::test]
+    async fn mode_select_errors_through_the_target() {
+        let target = target_with_lun0();
+        let n = settled(&target, "a").await;
+        let mut list = control_select_list(&target, &n, false).await;
+        list[9] = 0; // TAS is not changeable
+        let r = target
+            .execute(request(
+                &n,
+                0,
+                &mode_select6(&list),
+                Bytes::from(list.clone()),
+            ))
+            .await;
+        assert_eq!(sense_of(&r), (0x05, 0x26, 0x00));
+        let sense = r.sense.as_ref().unwrap();
+        assert_eq!(&sense[15..18], &[0x80 | 0x08 | 6, 0, 9]);
+        let mut sp = mode_select6(&list);
+        sp[1] |= 0x01;
+        let r = target.execute(request(&n, 0, &sp, Bytes::from(list))).await;
+        assert_eq!(sense_of(&r), (0x05, 0x24, 0x00));
+    }
+
+    #[tokio::test]
+    async fn maintenance_in_commands_through_the_target() {
+        let target = target_with_lun0();
+        let n = settled(&target, "a").await;
+        let mut rsoc = [0u8; 12];
+        rsoc[0] = op::MAINTENANCE_IN;
+        rsoc[1] = op::SA_REPORT_SUPPORTED_OPCODES;
+        rsoc[8] = 4;
+        let r = run(&target, &n, 0, &rsoc).await;
+        assert_good(&r);
+        let commands = opcodes::supported_commands().len();
+        assert_eq!(r.data_in.len(), 4 + 8 * commands);
+        rsoc[8] = 0;
+        rsoc[9] = 255;
+        let mut rtpg = rsoc;
+        rtpg[1] = op::SA_REPORT_TARGET_PORT_GROUPS;
+        let r = run(&target, &n, 0, &rtpg).await;
+        assert_eq!(
+            &r.data_in[..],
+            &[0, 0, 0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+        );
+        let mut tmf = rsoc;
+        tmf[1] = op::SA_REPORT_SUPPORTED_TMFS;
+        assert_eq!(
+            &run(&target, &n, 0, &tmf).await.data_in[..],
+            &[0xDA, 0, 0, 0]
+        );
+        let mut bad = rsoc;
+        bad[1] = 0x05;
+        assert_eq!(
+            sense_of(&run(&target, &n, 0, &bad).await),
+            (0x05, 0x24, 0x00)
+        );
+        let r = run(&target, &n, 0, &[0x37, 0, 0x18, 0, 0, 0, 0, 0, 32, 0]).await;
+        assert_eq!(&r.data_in[..], &[0, 0x18, 0, 0]);
+        let r = run(&target, &n, 0, &[0x4D, 0, 0, 0, 0, 0, 0, 0, 64, 0]).await;
+        assert_eq!(&r.data_in[..], &[0, 0, 0, 1, 0]);
+        let r = run(&target, &n, 0, &[op::INQUIRY, 0, 0, 0, 96, 0]).await;
+        assert_eq!(r.data_in[5] & 0x30, 0x10, "TPGS = 01b");
+    }
+
+    #[tokio::test]
+    async fn reset_restores_mode_defaults() {
+        let target = target_with_lun0();
+        let n = settled(&target, "a").await;
+        let lu = target.lun(0).unwrap();
+        lu.set_mode_values(mode::ModeValues {
+            wce: false,
+            d_sense: true,
+            swp: true,
+        });
+        assert!(lu.is_read_only());
+        target.reset_lun(0, &n);
+        assert_eq!(lu.mode_values(), mode::ModeValues::DEFAULT);
+        assert!(!lu.is_read_only());
+    }
+    // --- end management (issue3-mgmt) ---
 
     /// Reports a huge size and reads zeros: capacity tests beyond 2^32 blocks.
     #[derive(Debug)]
