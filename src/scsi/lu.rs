@@ -10,6 +10,10 @@ use crate::storage::BlockBackend;
 
 use super::sense::Sense;
 use super::ua::UnitAttentions;
+// --- persistent reservations (issue3-pr) ---
+use super::pr_store::ReservationStore;
+use super::reserve::Reservations;
+// --- end persistent reservations ---
 
 /// INQUIRY PRODUCT REVISION LEVEL reported by every logical unit.
 pub const PRODUCT_REVISION: &str = "0001";
@@ -119,6 +123,9 @@ pub struct LogicalUnit {
     /// D_SENSE of the control mode page: descriptor-format sense for CHECK CONDITION.
     descriptor_sense: AtomicBool,
     unit_attentions: UnitAttentions,
+    // --- persistent reservations (issue3-pr) ---
+    reservations: Reservations,
+    // --- end persistent reservations ---
 }
 
 impl LogicalUnit {
@@ -150,6 +157,9 @@ impl LogicalUnit {
             medium: RwLock::new(MediumState { readiness, backend }),
             descriptor_sense: AtomicBool::new(false),
             unit_attentions: UnitAttentions::new(),
+            // --- persistent reservations (issue3-pr) ---
+            reservations: Reservations::new(),
+            // --- end persistent reservations ---
         }
     }
 
@@ -247,6 +257,25 @@ impl LogicalUnit {
     pub fn unit_attentions(&self) -> &UnitAttentions {
         &self.unit_attentions
     }
+
+    // --- persistent reservations (issue3-pr) ---
+    /// SPC-2 and persistent reservations of this unit.
+    pub fn reservations(&self) -> &Reservations {
+        &self.reservations
+    }
+
+    /// Persists APTPL reservation state in `store`, under the unit's NAA designator in hex
+    /// (the same on every cluster node), and adopts what was saved there.
+    pub fn set_reservation_store(&self, store: Arc<dyn ReservationStore>) -> std::io::Result<()> {
+        let unit: String = self
+            .identity
+            .naa
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.reservations.attach_store(&unit, store)
+    }
+    // --- end persistent reservations ---
 
     /// Returns the mode parameters to their defaults, as a logical unit reset requires
     /// (SAM-5 §6.3.3 d).

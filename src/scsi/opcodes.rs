@@ -30,6 +30,15 @@ pub mod op {
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
 
+    // --- persistent reservations (issue3-pr) ---
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    // --- end persistent reservations ---
+
     /// SERVICE ACTION IN(16) service actions.
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
 }
@@ -49,6 +58,14 @@ pub enum Handler {
     ReadCapacity16,
     ReadWrite,
     SynchronizeCache,
+    // --- persistent reservations (issue3-pr) ---
+    PersistentReserveIn,
+    PersistentReserveOut,
+    /// SPC-2 RESERVE(6)/RESERVE(10).
+    Reserve,
+    /// SPC-2 RELEASE(6)/RELEASE(10).
+    Release,
+    // --- end persistent reservations ---
 }
 
 /// Direction of the data phase.
@@ -159,6 +176,18 @@ const fn build_table() -> [Slot; 256] {
     t[op::REPORT_LUNS as usize] = no_ua("REPORT LUNS", ReportLuns, In, 12);
     t[op::READ_12 as usize] = media("READ(12)", ReadWrite, In, 12);
     t[op::WRITE_12 as usize] = media("WRITE(12)", ReadWrite, Out, 12);
+    // --- persistent reservations (issue3-pr) ---
+    // No medium needed (FreeBSD CTL marks them OK_ON_NO_MEDIA too); they report unit
+    // attentions like any command but INQUIRY, REPORT LUNS and REQUEST SENSE.
+    t[op::RESERVE_6 as usize] = any_state("RESERVE(6)", Reserve, None, 6);
+    t[op::RELEASE_6 as usize] = any_state("RELEASE(6)", Release, None, 6);
+    t[op::RESERVE_10 as usize] = any_state("RESERVE(10)", Reserve, Out, 10);
+    t[op::RELEASE_10 as usize] = any_state("RELEASE(10)", Release, Out, 10);
+    t[op::PERSISTENT_RESERVE_IN as usize] =
+        any_state("PERSISTENT RESERVE IN", PersistentReserveIn, In, 10);
+    t[op::PERSISTENT_RESERVE_OUT as usize] =
+        any_state("PERSISTENT RESERVE OUT", PersistentReserveOut, Out, 10);
+    // --- end persistent reservations ---
     t
 }
 
