@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::config::{Backing, Config};
 use crate::iscsi::{Context, Target, connection};
+use crate::scsi::pr_store::file_store;
 use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
 use crate::storage::{BlockBackend, FileBackend};
 
@@ -63,6 +64,17 @@ impl Server {
                     Some(backend),
                     l.read_only,
                 );
+                // --- persistent reservations (issue3-pr) ---
+                lu.set_reservation_store(file_store(&config.data_dir))
+                    .with_context(|| {
+                        format!(
+                            "target {} LUN {}: cannot load persistent reservations from {}",
+                            t.name,
+                            l.lun,
+                            config.data_dir.join("reservations").display()
+                        )
+                    })?;
+                // --- end persistent reservations ---
                 device.add_lun(Arc::new(lu));
             }
             ctx.targets.insert(Arc::new(Target {

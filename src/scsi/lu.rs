@@ -11,6 +11,10 @@ use crate::storage::BlockBackend;
 use super::mode::ModeValues;
 use super::sense::Sense;
 use super::ua::UnitAttentions;
+// --- persistent reservations (issue3-pr) ---
+use super::pr_store::ReservationStore;
+use super::reserve::Reservations;
+// --- end persistent reservations ---
 
 /// INQUIRY PRODUCT REVISION LEVEL reported by every logical unit.
 pub const PRODUCT_REVISION: &str = "0001";
@@ -126,6 +130,9 @@ pub struct LogicalUnit {
     write_cache: AtomicBool,
     /// Serializes MODE SELECT's read-modify-write of the mode values.
     mode_lock: Mutex<()>,
+    // --- persistent reservations (issue3-pr) ---
+    reservations: Reservations,
+    // --- end persistent reservations ---
 }
 
 impl LogicalUnit {
@@ -160,6 +167,9 @@ impl LogicalUnit {
             software_write_protect: AtomicBool::new(ModeValues::DEFAULT.swp),
             write_cache: AtomicBool::new(ModeValues::DEFAULT.wce),
             mode_lock: Mutex::new(()),
+            // --- persistent reservations (issue3-pr) ---
+            reservations: Reservations::new(),
+            // --- end persistent reservations ---
         }
     }
 
@@ -304,6 +314,24 @@ impl LogicalUnit {
     pub fn lock_mode(&self) -> std::sync::MutexGuard<'_, ()> {
         self.mode_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
+    // --- persistent reservations (issue3-pr) ---
+    /// SPC-2 and persistent reservations of this unit.
+    pub fn reservations(&self) -> &Reservations {
+        &self.reservations
+    }
+
+    /// Persists APTPL reservation state in `store`, under the unit's NAA designator in hex
+    /// (the same on every cluster node), and adopts what was saved there.
+    pub fn set_reservation_store(&self, store: Arc<dyn ReservationStore>) -> std::io::Result<()> {
+        let unit: String = self
+            .identity
+            .naa
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.reservations.attach_store(&unit, store)
+    }
+    // --- end persistent reservations ---
 
     /// Returns the mode parameters to their defaults, as a logical unit reset requires
     /// (SAM-5 §6.3.3 d).

@@ -8,6 +8,12 @@
 pub mod cdb;
 pub mod lu;
 pub mod opcodes;
+// --- persistent reservations (issue3-pr) ---
+pub mod pr;
+pub mod pr_access;
+pub mod pr_store;
+pub mod reserve;
+// --- end persistent reservations ---
 pub mod sbc;
 pub mod sense;
 pub mod spc;

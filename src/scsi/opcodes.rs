@@ -30,6 +30,15 @@ pub mod op {
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
 
+    // --- persistent reservations (issue3-pr) ---
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    // --- end persistent reservations ---
+
     /// SERVICE ACTION IN(16) service actions.
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
 
@@ -70,6 +79,14 @@ pub enum Handler {
     ReadDefectData,
     LogSense,
     // --- end management (issue3-mgmt) ---
+    // --- persistent reservations (issue3-pr) ---
+    PersistentReserveIn,
+    PersistentReserveOut,
+    /// SPC-2 RESERVE(6)/RESERVE(10).
+    Reserve,
+    /// SPC-2 RELEASE(6)/RELEASE(10).
+    Release,
+    // --- end persistent reservations ---
 }
 
 /// Direction of the data phase.
@@ -138,6 +155,49 @@ const fn any_state(name: &'static str, handler: Handler, dir: DataDirection, len
 const fn no_ua(name: &'static str, handler: Handler, dir: DataDirection, len: usize) -> Slot {
     Slot::Command(command(name, handler, dir, len, true, false))
 }
+
+// --- persistent reservations (issue3-pr) ---
+const fn prin(service_action: u8) -> (u8, CommandInfo) {
+    let info = command(
+        "PERSISTENT RESERVE IN",
+        Handler::PersistentReserveIn,
+        DataDirection::In,
+        10,
+        true,
+        true,
+    );
+    (service_action, info)
+}
+
+const fn prout(service_action: u8) -> (u8, CommandInfo) {
+    let info = command(
+        "PERSISTENT RESERVE OUT",
+        Handler::PersistentReserveOut,
+        DataDirection::Out,
+        10,
+        true,
+        true,
+    );
+    (service_action, info)
+}
+
+/// READ KEYS, READ RESERVATION, REPORT CAPABILITIES, READ FULL STATUS.
+static PERSISTENT_RESERVE_IN: [(u8, CommandInfo); 4] =
+    [prin(0x00), prin(0x01), prin(0x02), prin(0x03)];
+
+/// REGISTER, RESERVE, RELEASE, CLEAR, PREEMPT, PREEMPT AND ABORT, REGISTER AND IGNORE
+/// EXISTING KEY, REGISTER AND MOVE.
+static PERSISTENT_RESERVE_OUT: [(u8, CommandInfo); 8] = [
+    prout(0x00),
+    prout(0x01),
+    prout(0x02),
+    prout(0x03),
+    prout(0x04),
+    prout(0x05),
+    prout(0x06),
+    prout(0x07),
+];
+// --- end persistent reservations ---
 
 static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 1] = [(
     op::SA_READ_CAPACITY_16,
@@ -256,6 +316,18 @@ const fn build_table() -> [Slot; 256] {
     t[op::LOG_SENSE as usize] = any_state("LOG SENSE", LogSense, In, 10);
     t[op::MAINTENANCE_IN as usize] = Slot::ServiceActions(&MAINTENANCE_IN);
     // --- end management (issue3-mgmt) ---
+    // --- persistent reservations (issue3-pr) ---
+    // No medium needed (FreeBSD CTL marks them OK_ON_NO_MEDIA too); they report unit
+    // attentions like any command but INQUIRY, REPORT LUNS and REQUEST SENSE.
+    t[op::RESERVE_6 as usize] = any_state("RESERVE(6)", Reserve, None, 6);
+    t[op::RELEASE_6 as usize] = any_state("RELEASE(6)", Release, None, 6);
+    t[op::RESERVE_10 as usize] = any_state("RESERVE(10)", Reserve, Out, 10);
+    t[op::RELEASE_10 as usize] = any_state("RELEASE(10)", Release, Out, 10);
+    // One row per service action (SPC-4 §6.13, §6.14), so REPORT SUPPORTED OPERATION CODES
+    // lists each and an unknown service action is refused at byte 1.
+    t[op::PERSISTENT_RESERVE_IN as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_IN);
+    t[op::PERSISTENT_RESERVE_OUT as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_OUT);
+    // --- end persistent reservations ---
     t
 }
 

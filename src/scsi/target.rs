@@ -19,6 +19,9 @@ use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
 use super::{Nexus, ScsiRequest, ScsiResponse, sbc, spc};
 use super::{alua, log, maintenance, mode}; // management (issue3-mgmt)
+// --- persistent reservations (issue3-pr) ---
+use super::{ScsiStatus, reserve};
+// --- end persistent reservations ---
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
 #[derive(Debug)]
@@ -109,7 +112,9 @@ impl TargetDevice {
             Ok(response) => response,
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
-        response.data_out_used = sbc::data_out_needed(&req.cdb, lu.block_size());
+        response.data_out_used = sbc::data_out_needed(&req.cdb, lu.block_size())
+            // --- persistent reservations (issue3-pr) ---
+            .max(reserve::data_out_needed(&req.cdb));
         // --- management (issue3-mgmt) ---
         if let Some(needed) = mode::data_out_needed(&req.cdb) {
             response.data_out_used = needed;
@@ -134,6 +139,13 @@ impl TargetDevice {
             return Err(ua);
         }
         check_cdb(cdb, info)?;
+        // --- persistent reservations (issue3-pr) ---
+        // After unit attentions (SAM-5 §5.14: a pending UA is reported first), before
+        // readiness: a conflicting command never touches the unit.
+        if lu.reservations().conflicts(nexus, cdb) {
+            return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
+        }
+        // --- end persistent reservations ---
         if !info.allowed_not_ready
             && let Some(sense) = lu.not_ready_sense()
         {
@@ -169,6 +181,16 @@ impl TargetDevice {
             Handler::ReadDefectData => log::read_defect_data(cdb)?,
             Handler::LogSense => log::log_sense(cdb)?,
             // --- end management (issue3-mgmt) ---
+            // --- persistent reservations (issue3-pr) ---
+            Handler::PersistentReserveIn => {
+                return reserve::persistent_reserve_in(lu, nexus, cdb);
+            }
+            Handler::PersistentReserveOut => {
+                return reserve::persistent_reserve_out(lu, nexus, cdb, &req.data_out).await;
+            }
+            Handler::Reserve => return reserve::reserve(lu, nexus, cdb).await,
+            Handler::Release => return reserve::release(lu, nexus, cdb).await,
+            // --- end persistent reservations ---
         };
         Ok(ScsiResponse::good(data))
     }
@@ -231,17 +253,23 @@ impl TargetDevice {
     /// forgotten, which keeps the per-unit maps bounded by live sessions: if the same nexus
     /// returns, its first command reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
     /// (29/00) rather than SAM-5 §6.3.4's I_T NEXUS LOSS OCCURRED (29/07); both are reset
-    /// class and initiators handle them alike. Persistent reservation handling will hook in
-    /// here.
+    /// class and initiators handle them alike. An SPC-2 reservation it held is released;
+    /// persistent registrations stay.
     pub fn nexus_lost(&self, nexus: &Nexus) {
         for lu in self.luns() {
             lu.unit_attentions().forget(nexus);
+            // --- persistent reservations (issue3-pr) ---
+            lu.reservations().nexus_lost(nexus);
+            // --- end persistent reservations ---
         }
     }
 }
 
 fn reset(lu: &LogicalUnit, sense: Sense) {
     lu.reset_mode_parameters();
+    // --- persistent reservations (issue3-pr) ---
+    lu.reservations().reset();
+    // --- end persistent reservations ---
     lu.unit_attentions().establish_all(&sense, None);
 }
 
@@ -1232,6 +1260,9 @@ mod tests {
                 let response = runtime.block_on(target.execute(req.clone()));
                 match response.status {
                     ScsiStatus::Good => prop_assert!(response.sense.is_none()),
+                    // --- persistent reservations (issue3-pr) ---
+                    ScsiStatus::ReservationConflict => prop_assert!(response.sense.is_none()),
+                    // --- end persistent reservations ---
                     ScsiStatus::CheckCondition => {
                         let sense = response.sense.as_ref().expect("sense with CHECK CONDITION");
                         prop_assert!(sense.len() >= 8);

@@ -1,0 +1,1066 @@
+//! SCSI-3 persistent reservations (SPC-4 §5.13, PERSISTENT RESERVE IN §6.15, PERSISTENT
+//! RESERVE OUT §6.16): the pure state machine.
+//!
+//! Nothing here locks, waits or touches a file. [`apply_prout`] takes the current
+//! [`PrState`], the I_T nexus and the command, and returns either the next state plus the unit
+//! attentions it raises, or the answer that refuses it. The logical unit (see `reserve.rs`)
+//! persists the next state before it adopts it, so a refused save leaves everything unchanged.
+//!
+//! Registrations are keyed by the I_T nexus (SPC-4 §5.13.7 "Registering"): an initiator port
+//! (`name,i,0xISID` for iSCSI) and a target port, or every target port with ALL_TG_PT. An iSCSI
+//! TransportID of format 00b names an initiator device without an ISID; its registration
+//! (`initiator` without `,i,0x`) covers every initiator port of that name.
+
+use serde::{Deserialize, Serialize};
+
+use super::Nexus;
+use super::sense::{Sense, SenseKey};
+
+/// Most registrations one logical unit keeps; one more answers INSUFFICIENT REGISTRATION
+/// RESOURCES (SPC-4 §6.16.2). Bounds memory and the size of READ FULL STATUS data.
+pub const MAX_REGISTRATIONS: usize = 256;
+
+/// PERSISTENT RESERVE OUT parameter list length without TransportIDs (SPC-4 §6.16.3).
+pub const BASIC_PARAMETER_LIST_LEN: usize = 24;
+
+/// iSCSI protocol identifier in TransportIDs (SPC-4 §7.6.1 table 444).
+const PROTOCOL_ISCSI: u8 = 0x5;
+
+/// The separator between the iSCSI name and the ISID in an initiator port name (RFC 7143
+/// §4.2.7.1; SPC-4 §7.6.4.6 TransportID format 01b).
+const ISID_SEPARATOR: &str = ",i,0x";
+
+/// PERSISTENT RESERVE IN service actions (SPC-4 §6.15.1 table 170).
+pub mod prin_sa {
+    pub const READ_KEYS: u8 = 0x00;
+    pub const READ_RESERVATION: u8 = 0x01;
+    pub const REPORT_CAPABILITIES: u8 = 0x02;
+    pub const READ_FULL_STATUS: u8 = 0x03;
+}
+
+/// PERSISTENT RESERVE OUT service actions (SPC-4 §6.16.2 table 186).
+pub mod prout_sa {
+    pub const REGISTER: u8 = 0x00;
+    pub const RESERVE: u8 = 0x01;
+    pub const RELEASE: u8 = 0x02;
+    pub const CLEAR: u8 = 0x03;
+    pub const PREEMPT: u8 = 0x04;
+    pub const PREEMPT_AND_ABORT: u8 = 0x05;
+    pub const REGISTER_AND_IGNORE_EXISTING_KEY: u8 = 0x06;
+    pub const REGISTER_AND_MOVE: u8 = 0x07;
+}
+
+/// Persistent reservation types (SPC-4 §6.15.3.3 table 176).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrType {
+    WriteExclusive,
+    ExclusiveAccess,
+    WriteExclusiveRegistrantsOnly,
+    ExclusiveAccessRegistrantsOnly,
+    WriteExclusiveAllRegistrants,
+    ExclusiveAccessAllRegistrants,
+}
+
+impl PrType {
+    /// Every type, in TYPE code order.
+    pub const ALL: [PrType; 6] = [
+        PrType::WriteExclusive,
+        PrType::ExclusiveAccess,
+        PrType::WriteExclusiveRegistrantsOnly,
+        PrType::ExclusiveAccessRegistrantsOnly,
+        PrType::WriteExclusiveAllRegistrants,
+        PrType::ExclusiveAccessAllRegistrants,
+    ];
+
+    pub fn from_code(code: u8) -> Option<PrType> {
+        PrType::ALL.into_iter().find(|t| t.code() == code)
+    }
+
+    /// The TYPE field value.
+    pub fn code(self) -> u8 {
+        match self {
+            PrType::WriteExclusive => 0x1,
+            PrType::ExclusiveAccess => 0x3,
+            PrType::WriteExclusiveRegistrantsOnly => 0x5,
+            PrType::ExclusiveAccessRegistrantsOnly => 0x6,
+            PrType::WriteExclusiveAllRegistrants => 0x7,
+            PrType::ExclusiveAccessAllRegistrants => 0x8,
+        }
+    }
+
+    /// Every registered I_T nexus is a reservation holder (SPC-4 §5.13.10).
+    pub fn all_registrants(self) -> bool {
+        matches!(
+            self,
+            PrType::WriteExclusiveAllRegistrants | PrType::ExclusiveAccessAllRegistrants
+        )
+    }
+
+    /// Registered I_T nexuses have access even though they do not hold the reservation.
+    pub fn registrants_have_access(self) -> bool {
+        !matches!(self, PrType::WriteExclusive | PrType::ExclusiveAccess)
+    }
+
+    /// A Write Exclusive type: everyone may still read.
+    pub fn reads_allowed(self) -> bool {
+        matches!(
+            self,
+            PrType::WriteExclusive
+                | PrType::WriteExclusiveRegistrantsOnly
+                | PrType::WriteExclusiveAllRegistrants
+        )
+    }
+}
+
+/// Whether an initiator port name (`name,i,0xISID`) is covered by `spec`, which is either a
+/// full initiator port name or a bare iSCSI name (every port of that initiator device). iSCSI
+/// names and hex ISIDs compare without regard to case (RFC 7143 §4.2.7.2 names are
+/// normalized to lower case).
+fn initiator_covers(spec: &str, initiator_port: &str) -> bool {
+    if spec.contains(ISID_SEPARATOR) {
+        spec.eq_ignore_ascii_case(initiator_port)
+    } else {
+        let name = initiator_port
+            .split_once(ISID_SEPARATOR)
+            .map_or(initiator_port, |(name, _)| name);
+        spec.eq_ignore_ascii_case(name)
+    }
+}
+
+/// One I_T nexus as the persistent state remembers it (the reservation holder).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NexusId {
+    /// Initiator port name, or a bare iSCSI name after REGISTER AND MOVE to a format 00b
+    /// TransportID.
+    pub initiator: String,
+    pub target_port: String,
+    pub relative_port: u16,
+}
+
+impl NexusId {
+    pub fn of(nexus: &Nexus) -> NexusId {
+        NexusId {
+            initiator: nexus.initiator_port.to_string(),
+            target_port: nexus.target_port.to_string(),
+            relative_port: nexus.relative_port,
+        }
+    }
+
+    pub fn is(&self, nexus: &Nexus) -> bool {
+        *self.target_port == *nexus.target_port
+            && initiator_covers(&self.initiator, &nexus.initiator_port)
+    }
+}
+
+/// One registration (SPC-4 §5.13.7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// TOML integers are signed 64 bit; keys use all 64 bits, so they are stored as hex text.
+    #[serde(with = "key_as_hex")]
+    pub key: u64,
+    /// Initiator port name, or a bare iSCSI name (format 00b TransportID: every port).
+    pub initiator: String,
+    pub target_port: String,
+    pub relative_port: u16,
+    /// Registered through every target port (ALL_TG_PT).
+    pub all_target_ports: bool,
+}
+
+impl Registration {
+    pub fn covers(&self, nexus: &Nexus) -> bool {
+        (self.all_target_ports || *self.target_port == *nexus.target_port)
+            && initiator_covers(&self.initiator, &nexus.initiator_port)
+    }
+
+    /// Whether this registration is the one for `id` (same initiator spec, same port).
+    fn is_for(&self, id: &NexusId) -> bool {
+        (self.all_target_ports || self.target_port == id.target_port)
+            && self.initiator.eq_ignore_ascii_case(&id.initiator)
+    }
+
+    /// Whether this registration and `other` could both cover one I_T nexus.
+    fn overlaps(&self, other: &Registration) -> bool {
+        let ports = self.all_target_ports
+            || other.all_target_ports
+            || self.target_port == other.target_port;
+        let initiators = initiator_covers(&self.initiator, &other.initiator)
+            || initiator_covers(&other.initiator, &self.initiator);
+        ports && initiators
+    }
+}
+
+mod key_as_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(key: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("0x{key:016x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        let digits = text.strip_prefix("0x").unwrap_or(&text);
+        u64::from_str_radix(digits, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The persistent reservation (scope is always LU_SCOPE, the only one SPC-4 keeps).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub pr_type: PrType,
+    /// The holder for non all-registrants types; `None` for all-registrants types, where
+    /// every registered I_T nexus holds it (SPC-4 §5.13.10).
+    pub holder: Option<NexusId>,
+}
+
+/// The persistent reservation state of one logical unit: what the store saves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrState {
+    /// PRgeneration (SPC-4 §6.15.2): counts registration changes, wraps.
+    pub generation: u32,
+    /// Activate persist through power loss: the APTPL bit of the last successful REGISTER,
+    /// REGISTER AND IGNORE EXISTING KEY or REGISTER AND MOVE (SPC-4 §5.13.5).
+    pub aptpl: bool,
+    pub registrations: Vec<Registration>,
+    pub reservation: Option<Reservation>,
+}
+
+impl PrState {
+    /// The registration of `nexus`, if any.
+    pub fn registration(&self, nexus: &Nexus) -> Option<&Registration> {
+        self.registrations.iter().find(|r| r.covers(nexus))
+    }
+
+    fn registration_index(&self, nexus: &Nexus) -> Option<usize> {
+        self.registrations.iter().position(|r| r.covers(nexus))
+    }
+
+    pub fn is_registered(&self, nexus: &Nexus) -> bool {
+        self.registration(nexus).is_some()
+    }
+
+    /// Whether `nexus` holds the reservation (SPC-4 §5.13.10).
+    pub fn is_holder(&self, nexus: &Nexus) -> bool {
+        match &self.reservation {
+            None => false,
+            Some(Reservation { holder: None, .. }) => self.is_registered(nexus),
+            Some(Reservation {
+                holder: Some(id), ..
+            }) => id.is(nexus),
+        }
+    }
+
+    /// Whether registration `r` belongs to a reservation holder (READ FULL STATUS R_HOLDER).
+    fn registration_holds(&self, r: &Registration) -> bool {
+        match &self.reservation {
+            None => false,
+            Some(Reservation { holder: None, .. }) => true,
+            Some(Reservation {
+                holder: Some(id), ..
+            }) => r.is_for(id),
+        }
+    }
+
+    fn bump_generation(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+}
+
+/// Who gets a unit attention after a PERSISTENT RESERVE OUT: the I_T nexuses these
+/// registrations cover, except the one that sent the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub to: Vec<Registration>,
+    pub sense: Sense,
+}
+
+/// A PERSISTENT RESERVE OUT that succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: PrState,
+    pub notices: Vec<Notice>,
+}
+
+/// A PERSISTENT RESERVE OUT that did not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// RESERVATION CONFLICT status.
+    Conflict,
+    /// CHECK CONDITION with this sense.
+    Check(Sense),
+}
+
+impl From<Sense> for Refusal {
+    fn from(sense: Sense) -> Self {
+        Refusal::Check(sense)
+    }
+}
+
+/// 06/2A/03 RESERVATIONS PREEMPTED.
+pub const fn reservations_preempted() -> Sense {
+    Sense::new(SenseKey::UnitAttention, 0x2A, 0x03)
+}
+
+/// 06/2A/04 RESERVATIONS RELEASED.
+pub const fn reservations_released() -> Sense {
+    Sense::new(SenseKey::UnitAttention, 0x2A, 0x04)
+}
+
+/// 06/2A/05 REGISTRATIONS PREEMPTED.
+pub const fn registrations_preempted() -> Sense {
+    Sense::new(SenseKey::UnitAttention, 0x2A, 0x05)
+}
+
+/// 06/2F/00 COMMANDS CLEARED BY ANOTHER INITIATOR.
+pub const fn commands_cleared_by_another_initiator() -> Sense {
+    Sense::new(SenseKey::UnitAttention, 0x2F, 0x00)
+}
+
+/// 05/1A/00 PARAMETER LIST LENGTH ERROR.
+pub const fn parameter_list_length_error() -> Sense {
+    Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
+}
+
+/// 05/26/00 INVALID FIELD IN PARAMETER LIST, pointing at `byte` (and `bit`).
+pub fn invalid_field_in_parameter_list(byte: usize, bit: Option<u8>) -> Sense {
+    Sense {
+        field_pointer: Some((false, u16::try_from(byte).unwrap_or(u16::MAX), bit)),
+        ..Sense::new(SenseKey::IllegalRequest, 0x26, 0x00)
+    }
+}
+
+/// 05/26/04 INVALID RELEASE OF PERSISTENT RESERVATION.
+pub const fn invalid_release() -> Sense {
+    Sense::new(SenseKey::IllegalRequest, 0x26, 0x04)
+}
+
+/// 05/55/04 INSUFFICIENT REGISTRATION RESOURCES.
+pub const fn insufficient_registration_resources() -> Sense {
+    Sense::new(SenseKey::IllegalRequest, 0x55, 0x04)
+}
+
+fn be_u16(data: &[u8], at: usize) -> u16 {
+    data.get(at..at + 2)
+        .and_then(|s| <[u8; 2]>::try_from(s).ok())
+        .map_or(0, u16::from_be_bytes)
+}
+
+fn be_u32(data: &[u8], at: usize) -> u32 {
+    data.get(at..at + 4)
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+fn be_u64(data: &[u8], at: usize) -> u64 {
+    data.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// A decoded PERSISTENT RESERVE OUT CDB (SPC-4 §6.16.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProutCdb {
+    pub service_action: u8,
+    pub scope: u8,
+    pub type_code: u8,
+    pub parameter_list_length: u32,
+}
+
+/// Decodes a PERSISTENT RESERVE OUT CDB; the generic checks (length, CONTROL) ran already.
+pub fn decode_prout(cdb: &[u8]) -> Result<ProutCdb, Sense> {
+    let service_action = cdb.get(1).map_or(0, |b| b & 0x1F);
+    if service_action > prout_sa::REGISTER_AND_MOVE {
+        return Err(Sense::invalid_field_in_cdb(1, Some(4)));
+    }
+    let scope_type = cdb.get(2).copied().unwrap_or(0);
+    Ok(ProutCdb {
+        service_action,
+        scope: scope_type >> 4,
+        type_code: scope_type & 0x0F,
+        parameter_list_length: be_u32(cdb, 5),
+    })
+}
+
+/// A decoded PERSISTENT RESERVE IN CDB (SPC-4 §6.15.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrinCdb {
+    pub service_action: u8,
+    pub allocation_length: u16,
+}
+
+pub fn decode_prin(cdb: &[u8]) -> Result<PrinCdb, Sense> {
+    let service_action = cdb.get(1).map_or(0, |b| b & 0x1F);
+    if service_action > prin_sa::READ_FULL_STATUS {
+        return Err(Sense::invalid_field_in_cdb(1, Some(4)));
+    }
+    Ok(PrinCdb {
+        service_action,
+        allocation_length: be_u16(cdb, 7),
+    })
+}
+
+/// The write data a PERSISTENT RESERVE OUT CDB asks for (its PARAMETER LIST LENGTH).
+pub fn prout_data_out_needed(cdb: &[u8]) -> u32 {
+    be_u32(cdb, 5)
+}
+
+/// The basic PERSISTENT RESERVE OUT parameter list (SPC-4 §6.16.3 table 190).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BasicParams {
+    reservation_key: u64,
+    service_action_key: u64,
+    spec_i_pt: bool,
+    all_tg_pt: bool,
+    aptpl: bool,
+    /// With SPEC_I_PT: the initiator specs of the TransportIDs and their offsets.
+    transport_ids: Vec<(String, usize)>,
+}
+
+fn decode_basic(cdb: &ProutCdb, data: &[u8]) -> Result<BasicParams, Sense> {
+    let len = usize::try_from(cdb.parameter_list_length).unwrap_or(usize::MAX);
+    if len < BASIC_PARAMETER_LIST_LEN || data.len() < len {
+        return Err(parameter_list_length_error());
+    }
+    let data = &data[..len];
+    let flags = data[20];
+    let spec_i_pt = flags & 0x08 != 0;
+    let mut transport_ids = Vec::new();
+    if spec_i_pt {
+        // SPC-4 §6.16.3: with SPEC_I_PT the list carries a TRANSPORTID PARAMETER DATA LENGTH
+        // and that many bytes of TransportIDs, and nothing else.
+        if len < BASIC_PARAMETER_LIST_LEN + 4 {
+            return Err(parameter_list_length_error());
+        }
+        let tid_len = usize::try_from(be_u32(data, 24)).unwrap_or(usize::MAX);
+        if BASIC_PARAMETER_LIST_LEN + 4 + tid_len != len {
+            return Err(parameter_list_length_error());
+        }
+        transport_ids = parse_transport_ids(&data[28..], 28)?;
+    } else if len != BASIC_PARAMETER_LIST_LEN {
+        return Err(parameter_list_length_error());
+    }
+    Ok(BasicParams {
+        reservation_key: be_u64(data, 0),
+        service_action_key: be_u64(data, 8),
+        spec_i_pt,
+        all_tg_pt: flags & 0x04 != 0,
+        aptpl: flags & 0x01 != 0,
+        transport_ids,
+    })
+}
+
+/// Parses consecutive iSCSI TransportIDs (SPC-4 §7.6.4.6): format 00b carries an iSCSI name,
+/// format 01b `name,i,0xISID`. `base` is the offset of `data` in the parameter list, for
+/// field pointers. Returns each initiator spec with its offset.
+pub fn parse_transport_ids(data: &[u8], base: usize) -> Result<Vec<(String, usize)>, Sense> {
+    let mut ids = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let (spec, used) = parse_transport_id(&data[at..], base + at)?;
+        ids.push((spec, base + at));
+        at += used;
+    }
+    Ok(ids)
+}
+
+/// One iSCSI TransportID at the start of `data`: its initiator spec and its length.
+pub fn parse_transport_id(data: &[u8], offset: usize) -> Result<(String, usize), Sense> {
+    if data.len() < 4 {
+        return Err(parameter_list_length_error());
+    }
+    let format = data[0] >> 6;
+    if data[0] & 0x0F != PROTOCOL_ISCSI {
+        return Err(invalid_field_in_parameter_list(offset, Some(3)));
+    }
+    if format > 1 {
+        return Err(invalid_field_in_parameter_list(offset, Some(7)));
+    }
+    let additional = usize::from(be_u16(data, 2));
+    let total = 4 + additional;
+    if additional % 4 != 0 || additional == 0 {
+        return Err(invalid_field_in_parameter_list(offset + 2, None));
+    }
+    let Some(body) = data.get(4..total) else {
+        return Err(parameter_list_length_error());
+    };
+    let text_len = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    let text = std::str::from_utf8(&body[..text_len])
+        .map_err(|_| invalid_field_in_parameter_list(offset + 4, None))?;
+    let well_formed = match (format, text.split_once(ISID_SEPARATOR)) {
+        (0, None) => !text.is_empty(),
+        (1, Some((name, isid))) => {
+            !name.is_empty() && isid.len() == 12 && isid.chars().all(|c| c.is_ascii_hexdigit())
+        }
+        _ => false,
+    };
+    if !well_formed || text.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(invalid_field_in_parameter_list(offset + 4, None));
+    }
+    Ok((text.to_ascii_lowercase(), total))
+}
+
+/// Encodes an initiator spec as an iSCSI TransportID: format 01b for a port name, 00b for a
+/// bare name; NUL terminated, padded to a multiple of four, at least 24 bytes (SPC-4
+/// §7.6.4.6: ADDITIONAL LENGTH at least 20).
+pub fn encode_transport_id(initiator: &str) -> Vec<u8> {
+    let format: u8 = if initiator.contains(ISID_SEPARATOR) {
+        1
+    } else {
+        0
+    };
+    let padded = (initiator.len() + 1).div_ceil(4).max(5) * 4;
+    let mut out = Vec::with_capacity(4 + padded);
+    out.push((format << 6) | PROTOCOL_ISCSI);
+    out.push(0);
+    let additional = u16::try_from(padded).unwrap_or(u16::MAX);
+    out.extend_from_slice(&additional.to_be_bytes());
+    out.extend_from_slice(initiator.as_bytes());
+    out.resize(4 + padded, 0);
+    out
+}
+
+/// What the device server can do (REPORT CAPABILITIES).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A store is configured: APTPL can be honoured (PTPL_C).
+    pub persist_through_power_loss: bool,
+}
+
+/// Runs one PERSISTENT RESERVE OUT against `state` for `nexus`.
+pub fn apply_prout(
+    state: &PrState,
+    nexus: &Nexus,
+    cdb: &ProutCdb,
+    data: &[u8],
+    caps: Capabilities,
+) -> Result<Outcome, Refusal> {
+    use prout_sa::*;
+    match cdb.service_action {
+        REGISTER | REGISTER_AND_IGNORE_EXISTING_KEY => {
+            let params = decode_basic(cdb, data)?;
+            check_aptpl(params.aptpl, caps, 20)?;
+            register(
+                state,
+                nexus,
+                &params,
+                cdb.service_action == REGISTER_AND_IGNORE_EXISTING_KEY,
+            )
+        }
+        RESERVE | RELEASE | PREEMPT | PREEMPT_AND_ABORT => {
+            // SPC-4 §6.16.2: only LU_SCOPE exists; TYPE must be one of table 176.
+            if cdb.scope != 0 {
+                return Err(Sense::invalid_field_in_cdb(2, Some(7)).into());
+            }
+            let Some(pr_type) = PrType::from_code(cdb.type_code) else {
+                return Err(Sense::invalid_field_in_cdb(2, Some(3)).into());
+            };
+            let params = decode_basic(cdb, data)?;
+            if params.spec_i_pt {
+                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+            }
+            let key = registered_key(state, nexus)?;
+            if key != params.reservation_key {
+                return Err(Refusal::Conflict);
+            }
+            match cdb.service_action {
+                RESERVE => reserve(state, nexus, pr_type),
+                RELEASE => release(state, nexus, pr_type),
+                abort => preempt(
+                    state,
+                    nexus,
+                    pr_type,
+                    params.service_action_key,
+                    abort == PREEMPT_AND_ABORT,
+                ),
+            }
+        }
+        CLEAR => {
+            let params = decode_basic(cdb, data)?;
+            if params.spec_i_pt {
+                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+            }
+            if registered_key(state, nexus)? != params.reservation_key {
+                return Err(Refusal::Conflict);
+            }
+            clear(state)
+        }
+        _ => register_and_move(state, nexus, cdb, data, caps),
+    }
+}
+
+/// SPC-4 §6.16.3: a device server that cannot persist through power loss refuses APTPL set.
+fn check_aptpl(aptpl: bool, caps: Capabilities, byte: usize) -> Result<(), Refusal> {
+    if aptpl && !caps.persist_through_power_loss {
+        Err(invalid_field_in_parameter_list(byte, Some(0)).into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The key `nexus` is registered with; an unregistered nexus gets RESERVATION CONFLICT for
+/// every service action but the registering ones (SPC-4 §5.13.1 and §6.16.2 table 186).
+fn registered_key(state: &PrState, nexus: &Nexus) -> Result<u64, Refusal> {
+    state
+        .registration(nexus)
+        .map(|r| r.key)
+        .ok_or(Refusal::Conflict)
+}
+
+fn unchanged(state: &PrState) -> Result<Outcome, Refusal> {
+    Ok(Outcome {
+        state: state.clone(),
+        notices: Vec::new(),
+    })
+}
+
+/// REGISTER and REGISTER AND IGNORE EXISTING KEY (SPC-4 §5.13.7).
+fn register(
+    state: &PrState,
+    nexus: &Nexus,
+    params: &BasicParams,
+    ignore_existing: bool,
+) -> Result<Outcome, Refusal> {
+    let mut next = state.clone();
+    let mut notices = Vec::new();
+    match state.registration_index(nexus) {
+        None => {
+            // §5.13.7.2: an unregistered nexus must send RESERVATION KEY zero (REGISTER).
+            if !ignore_existing && params.reservation_key != 0 {
+                return Err(Refusal::Conflict);
+            }
+            if ignore_existing && params.spec_i_pt {
+                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+            }
+            if params.service_action_key == 0 {
+                // Unregistering an unregistered nexus: nothing to do, GOOD.
+                return unchanged(state);
+            }
+            let own = Registration {
+                key: params.service_action_key,
+                initiator: nexus.initiator_port.to_string(),
+                target_port: nexus.target_port.to_string(),
+                relative_port: nexus.relative_port,
+                all_target_ports: params.all_tg_pt,
+            };
+            let mut added = vec![own];
+            for (initiator, offset) in &params.transport_ids {
+                let candidate = Registration {
+                    initiator: initiator.clone(),
+                    ..added[0].clone()
+                };
+                // A TransportID naming an already registered nexus (or one named twice) is
+                // refused as a whole, before anything is registered (SPC-4 §6.16.3).
+                if state
+                    .registrations
+                    .iter()
+                    .chain(added.iter())
+                    .any(|r| r.overlaps(&candidate))
+                {
+                    return Err(invalid_field_in_parameter_list(*offset, None).into());
+                }
+                added.push(candidate);
+            }
+            if state.registrations.len() + added.len() > MAX_REGISTRATIONS {
+                return Err(insufficient_registration_resources().into());
+            }
+            next.registrations.extend(added);
+        }
+        Some(index) => {
+            if !ignore_existing && state.registrations[index].key != params.reservation_key {
+                return Err(Refusal::Conflict);
+            }
+            // §6.16.3: SPEC_I_PT from a registered nexus is an invalid field.
+            if params.spec_i_pt {
+                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+            }
+            if params.service_action_key == 0 {
+                notices = unregister(&mut next, nexus, index);
+            } else {
+                next.registrations[index].key = params.service_action_key;
+            }
+        }
+    }
+    next.aptpl = params.aptpl;
+    next.bump_generation();
+    Ok(Outcome {
+        state: next,
+        notices,
+    })
+}
+
+/// Removes registration `index` (of `nexus`) and what goes with it (SPC-4 §5.13.11.2.2
+/// "Releasing" by unregistering): a holder's reservation is released; an all-registrants
+/// reservation only with its last registrant. Releasing a registrants-only reservation this
+/// way tells the other registrants RESERVATIONS RELEASED.
+fn unregister(state: &mut PrState, nexus: &Nexus, index: usize) -> Vec<Notice> {
+    state.registrations.remove(index);
+    let mut notices = Vec::new();
+    match &state.reservation {
+        Some(Reservation {
+            holder: Some(id),
+            pr_type,
+        }) if id.is(nexus) => {
+            if matches!(
+                pr_type,
+                PrType::WriteExclusiveRegistrantsOnly | PrType::ExclusiveAccessRegistrantsOnly
+            ) {
+                notices.push(Notice {
+                    to: state.registrations.clone(),
+                    sense: reservations_released(),
+                });
+            }
+            state.reservation = None;
+        }
+        Some(Reservation { holder: None, .. }) if state.registrations.is_empty() => {
+            state.reservation = None;
+        }
+        _ => {}
+    }
+    notices
+}
+
+/// RESERVE (SPC-4 §5.13.9): the generation does not change.
+fn reserve(state: &PrState, nexus: &Nexus, pr_type: PrType) -> Result<Outcome, Refusal> {
+    match &state.reservation {
+        // The holder may repeat its reservation, not change it (§5.13.9).
+        Some(existing) if state.is_holder(nexus) && existing.pr_type == pr_type => unchanged(state),
+        Some(_) => Err(Refusal::Conflict),
+        None => {
+            let mut next = state.clone();
+            next.reservation = Some(Reservation {
+                pr_type,
+                holder: (!pr_type.all_registrants()).then(|| NexusId::of(nexus)),
+            });
+            Ok(Outcome {
+                state: next,
+                notices: Vec::new(),
+            })
+        }
+    }
+}
+
+/// RELEASE (SPC-4 §5.13.11.2): a non-holder's RELEASE does nothing; the holder must name the
+/// reservation's type. Releasing a registrants-only or all-registrants reservation tells the
+/// other registrants RESERVATIONS RELEASED.
+fn release(state: &PrState, nexus: &Nexus, pr_type: PrType) -> Result<Outcome, Refusal> {
+    let Some(existing) = &state.reservation else {
+        return unchanged(state);
+    };
+    if !state.is_holder(nexus) {
+        return unchanged(state);
+    }
+    if existing.pr_type != pr_type {
+        return Err(invalid_release().into());
+    }
+    let mut notices = Vec::new();
+    if existing.pr_type.registrants_have_access() {
+        notices.push(Notice {
+            to: state.registrations.clone(),
+            sense: reservations_released(),
+        });
+    }
+    let mut next = state.clone();
+    next.reservation = None;
+    Ok(Outcome {
+        state: next,
+        notices,
+    })
+}
+
+/// CLEAR (SPC-4 §5.13.11.2.4): every registration and the reservation go; the others hear
+/// RESERVATIONS PREEMPTED.
+fn clear(state: &PrState) -> Result<Outcome, Refusal> {
+    let mut next = state.clone();
+    next.registrations.clear();
+    next.reservation = None;
+    next.bump_generation();
+    Ok(Outcome {
+        state: next,
+        notices: vec![Notice {
+            to: state.registrations.clone(),
+            sense: reservations_preempted(),
+        }],
+    })
+}
+
+/// Removes the registrations with `key`, except the sender's own. Returns what was removed.
+fn remove_keyed(state: &mut PrState, nexus: &Nexus, key: u64) -> Vec<Registration> {
+    let (removed, kept) = std::mem::take(&mut state.registrations)
+        .into_iter()
+        .partition(|r| r.key == key && !r.covers(nexus));
+    state.registrations = kept;
+    removed
+}
+
+/// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.13.11.4).
+fn preempt(
+    state: &PrState,
+    nexus: &Nexus,
+    pr_type: PrType,
+    key: u64,
+    abort: bool,
+) -> Result<Outcome, Refusal> {
+    let mut next = state.clone();
+    let mut notices = Vec::new();
+    let all_registrants = state
+        .reservation
+        .as_ref()
+        .is_some_and(|r| r.pr_type.all_registrants());
+    // §5.13.11.4.1: SERVICE ACTION RESERVATION KEY zero only means something against an
+    // all-registrants reservation.
+    if key == 0 && !all_registrants {
+        return Err(invalid_field_in_parameter_list(8, None).into());
+    }
+    let holder_key = state.reservation.as_ref().and_then(|r| {
+        r.holder.as_ref().and_then(|id| {
+            state
+                .registrations
+                .iter()
+                .find(|reg| reg.is_for(id))
+                .map(|reg| reg.key)
+        })
+    });
+    let new_reservation = Reservation {
+        pr_type,
+        holder: (!pr_type.all_registrants()).then(|| NexusId::of(nexus)),
+    };
+    let removed = if all_registrants && key == 0 {
+        // §5.13.11.4.3: every other registration goes; the sender's reservation replaces the
+        // all-registrants one.
+        let (removed, kept) = std::mem::take(&mut next.registrations)
+            .into_iter()
+            .partition(|r| !r.covers(nexus));
+        next.registrations = kept;
+        next.reservation = Some(new_reservation);
+        removed
+    } else if holder_key == Some(key) {
+        // §5.13.11.4.3: preempting the holder: its registrations go, the sender holds the
+        // new reservation; if its type changed the remaining registrants hear RESERVATIONS
+        // RELEASED.
+        let previous_type = state.reservation.as_ref().map(|r| r.pr_type);
+        let removed = remove_keyed(&mut next, nexus, key);
+        next.reservation = Some(new_reservation);
+        if previous_type != Some(pr_type) {
+            notices.push(Notice {
+                to: next.registrations.clone(),
+                sense: reservations_released(),
+            });
+        }
+        removed
+    } else {
+        // §5.13.11.4.4: only registrations are removed; the reservation (if any) stays.
+        let removed = remove_keyed(&mut next, nexus, key);
+        if removed.is_empty() {
+            return Err(Refusal::Conflict);
+        }
+        removed
+    };
+    if !removed.is_empty() {
+        notices.push(Notice {
+            to: removed.clone(),
+            sense: registrations_preempted(),
+        });
+        if abort {
+            // The transport cannot abort another session's tasks yet; the preempted nexuses
+            // are at least told their commands may be gone (SAM-5 §5.6).
+            notices.push(Notice {
+                to: removed,
+                sense: commands_cleared_by_another_initiator(),
+            });
+        }
+    }
+    // An all-registrants reservation whose registrants all went is released with them.
+    if next
+        .reservation
+        .as_ref()
+        .is_some_and(|r| r.holder.is_none())
+        && next.registrations.is_empty()
+    {
+        next.reservation = None;
+    }
+    next.bump_generation();
+    Ok(Outcome {
+        state: next,
+        notices,
+    })
+}
+
+/// REGISTER AND MOVE (SPC-4 §5.13.8, parameter list §6.16.4 table 192).
+fn register_and_move(
+    state: &PrState,
+    nexus: &Nexus,
+    cdb: &ProutCdb,
+    data: &[u8],
+    caps: Capabilities,
+) -> Result<Outcome, Refusal> {
+    let len = usize::try_from(cdb.parameter_list_length).unwrap_or(usize::MAX);
+    if len < BASIC_PARAMETER_LIST_LEN || data.len() < len {
+        return Err(parameter_list_length_error().into());
+    }
+    let data = &data[..len];
+    let tid_len = usize::try_from(be_u32(data, 20)).unwrap_or(usize::MAX);
+    if tid_len == 0 || BASIC_PARAMETER_LIST_LEN.saturating_add(tid_len) > len {
+        return Err(parameter_list_length_error().into());
+    }
+    let reservation_key = be_u64(data, 0);
+    let service_action_key = be_u64(data, 8);
+    let unreg = data[17] & 0x02 != 0;
+    let aptpl = data[17] & 0x01 != 0;
+    let relative_port = be_u16(data, 18);
+    let sender_key = registered_key(state, nexus)?;
+    if sender_key != reservation_key {
+        return Err(Refusal::Conflict);
+    }
+    check_aptpl(aptpl, caps, 17)?;
+    // §5.13.8: only the holder of a reservation that is not all-registrants can move it.
+    let Some(reservation) = &state.reservation else {
+        return Err(Refusal::Conflict);
+    };
+    if reservation.pr_type.all_registrants() || !state.is_holder(nexus) {
+        return Err(Refusal::Conflict);
+    }
+    if service_action_key == 0 {
+        return Err(invalid_field_in_parameter_list(8, None).into());
+    }
+    // Each keel target has one target port (its portal group); another relative port
+    // identifier names nothing.
+    if relative_port != nexus.relative_port {
+        return Err(invalid_field_in_parameter_list(18, None).into());
+    }
+    let (initiator, _) = parse_transport_id(&data[24..24 + tid_len], 24)?;
+    let destination = NexusId {
+        initiator,
+        target_port: nexus.target_port.to_string(),
+        relative_port,
+    };
+    if destination.is(nexus) {
+        return Err(invalid_field_in_parameter_list(24, None).into());
+    }
+    let mut next = state.clone();
+    if !next.registrations.iter().any(|r| r.is_for(&destination)) {
+        if next.registrations.len() >= MAX_REGISTRATIONS {
+            return Err(insufficient_registration_resources().into());
+        }
+        next.registrations.push(Registration {
+            key: service_action_key,
+            initiator: destination.initiator.clone(),
+            target_port: destination.target_port.clone(),
+            relative_port,
+            all_target_ports: false,
+        });
+    }
+    next.reservation = Some(Reservation {
+        pr_type: reservation.pr_type,
+        holder: Some(destination),
+    });
+    if unreg && let Some(index) = next.registration_index(nexus) {
+        next.registrations.remove(index);
+    }
+    next.aptpl = aptpl;
+    next.bump_generation();
+    Ok(Outcome {
+        state: next,
+        notices: Vec::new(),
+    })
+}
+
+/// PERSISTENT RESERVE IN parameter data, before the allocation length cut.
+pub fn prin_data(state: &PrState, service_action: u8, caps: Capabilities) -> Vec<u8> {
+    match service_action {
+        prin_sa::READ_KEYS => read_keys(state),
+        prin_sa::READ_RESERVATION => read_reservation(state),
+        prin_sa::REPORT_CAPABILITIES => report_capabilities(state, caps),
+        _ => read_full_status(state),
+    }
+}
+
+fn header(generation: u32, additional_length: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + additional_length);
+    out.extend_from_slice(&generation.to_be_bytes());
+    let len = u32::try_from(additional_length).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// READ KEYS (SPC-4 §6.15.2): every registered key, one per registration.
+fn read_keys(state: &PrState) -> Vec<u8> {
+    let mut out = header(state.generation, 8 * state.registrations.len());
+    for r in &state.registrations {
+        out.extend_from_slice(&r.key.to_be_bytes());
+    }
+    out
+}
+
+/// READ RESERVATION (SPC-4 §6.15.3): the reservation key is zero for all-registrants types.
+fn read_reservation(state: &PrState) -> Vec<u8> {
+    let Some(reservation) = &state.reservation else {
+        return header(state.generation, 0);
+    };
+    let key = match &reservation.holder {
+        None => 0,
+        Some(id) => state
+            .registrations
+            .iter()
+            .find(|r| r.is_for(id))
+            .map_or(0, |r| r.key),
+    };
+    let mut out = header(state.generation, 16);
+    out.extend_from_slice(&key.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0, 0, reservation.pr_type.code(), 0, 0]);
+    out
+}
+
+/// REPORT CAPABILITIES (SPC-4 §6.15.4 table 178).
+fn report_capabilities(state: &PrState, caps: Capabilities) -> Vec<u8> {
+    // CRH: RESERVE/RELEASE follow SPC-4's exceptions to SPC-2 behaviour; SIP_C, ATP_C:
+    // SPEC_I_PT and ALL_TG_PT work; PTPL_C when a store can persist.
+    let mut byte2 = 0x10 | 0x08 | 0x04;
+    let mut byte3 = 0x80 | (0x1 << 4); // TMV; ALLOW COMMANDS 001b: TUR passes WE/EA.
+    if caps.persist_through_power_loss {
+        byte2 |= 0x01;
+        if state.aptpl {
+            byte3 |= 0x01;
+        }
+    }
+    // Type mask: WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX | EX_AC_AR.
+    vec![
+        0,
+        8,
+        byte2,
+        byte3,
+        0x80 | 0x40 | 0x20 | 0x08 | 0x02,
+        0x01,
+        0,
+        0,
+    ]
+}
+
+/// READ FULL STATUS (SPC-4 §6.15.5): one descriptor per registration.
+fn read_full_status(state: &PrState) -> Vec<u8> {
+    let mut body = Vec::new();
+    for r in &state.registrations {
+        let holds = state.registration_holds(r);
+        body.extend_from_slice(&r.key.to_be_bytes());
+        body.extend_from_slice(&[0, 0, 0, 0]);
+        body.push(u8::from(r.all_target_ports) << 1 | u8::from(holds));
+        let scope_type = state
+            .reservation
+            .as_ref()
+            .filter(|_| holds)
+            .map_or(0, |res| res.pr_type.code());
+        body.push(scope_type);
+        body.extend_from_slice(&[0, 0, 0, 0]);
+        body.extend_from_slice(&r.relative_port.to_be_bytes());
+        let tid = encode_transport_id(&r.initiator);
+        let tid_len = u32::try_from(tid.len()).unwrap_or(u32::MAX);
+        body.extend_from_slice(&tid_len.to_be_bytes());
+        body.extend_from_slice(&tid);
+    }
+    let mut out = header(state.generation, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[cfg(test)]
+#[path = "pr_tests.rs"]
+mod tests;

@@ -1,0 +1,222 @@
+//! Which commands a reservation lets through: SPC-4 §5.13.1 table 62 ("SPC commands that are
+//! allowed in the presence of various reservations") and SBC-3 §4.17 table 13 (the SBC
+//! commands), plus SPC-2 §5.5.1 for RESERVE(6)/RESERVE(10) reservations.
+//!
+//! The table is keyed by opcode (and service action where it matters) and kept here, apart
+//! from the command table, so adding a command elsewhere never needs a change here: an opcode
+//! this table does not know is treated as one that changes the medium, the safe answer.
+
+use super::Nexus;
+use super::pr::PrState;
+
+/// How a command fares under a persistent reservation held by someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrAccess {
+    /// Allowed whatever the reservation (INQUIRY, TEST UNIT READY, PERSISTENT RESERVE
+    /// IN/OUT, whose service actions apply their own rules, ...).
+    Always,
+    /// Reads the medium or the unit's settings: allowed through the Write Exclusive types,
+    /// conflicts with the Exclusive Access types.
+    Read,
+    /// Changes the medium or the unit: allowed only to holders (and registrants of the
+    /// registrants-only and all-registrants types).
+    Write,
+}
+
+/// SPC-4 table 62 / SBC-3 table 13, by opcode.
+pub fn pr_access(cdb: &[u8]) -> PrAccess {
+    let opcode = cdb.first().copied().unwrap_or(0);
+    let service_action = cdb.get(1).map_or(0, |b| b & 0x1F);
+    match opcode {
+        0x00 // TEST UNIT READY
+        | 0x03 // REQUEST SENSE
+        | 0x12 // INQUIRY
+        | 0x1B // START STOP UNIT (no-op here; SBC-3 allows START=1)
+        | 0x25 // READ CAPACITY(10)
+        | 0x4D // LOG SENSE
+        | 0x5E // PERSISTENT RESERVE IN
+        | 0x5F // PERSISTENT RESERVE OUT
+        | 0xA0 // REPORT LUNS
+        | 0xA3 // MAINTENANCE IN (REPORT TARGET PORT GROUPS, SUPPORTED OPCODES, ...)
+        // RESERVE/RELEASE: SPC-4 "exceptions to SPC-2 RESERVE and RELEASE" refuse them in
+        // their own handlers while any registration exists.
+        | 0x16 | 0x17 | 0x56 | 0x57 => PrAccess::Always,
+        0x9E => match service_action {
+            0x10 => PrAccess::Always, // READ CAPACITY(16)
+            _ => PrAccess::Read,      // GET LBA STATUS and other reads
+        },
+        0x08 | 0x28 | 0xA8 | 0x88 // READ(6/10/12/16)
+        | 0x1A | 0x5A // MODE SENSE(6/10)
+        | 0x2F | 0xAF | 0x8F // VERIFY(10/12/16)
+        | 0x37 | 0xB7 // READ DEFECT DATA
+        | 0x3C // READ BUFFER
+        | 0x1C // RECEIVE DIAGNOSTIC RESULTS
+        => PrAccess::Read,
+        _ => PrAccess::Write,
+    }
+}
+
+/// Whether `nexus` gets RESERVATION CONFLICT for `cdb` under the persistent reservation in
+/// `state` (SPC-4 §5.13.1 table 62 columns).
+pub fn pr_conflicts(state: &PrState, nexus: &Nexus, cdb: &[u8]) -> bool {
+    let Some(reservation) = &state.reservation else {
+        return false;
+    };
+    if state.is_holder(nexus) {
+        return false;
+    }
+    let pr_type = reservation.pr_type;
+    if pr_type.registrants_have_access() && state.is_registered(nexus) {
+        return false;
+    }
+    match pr_access(cdb) {
+        PrAccess::Always => false,
+        PrAccess::Read => !pr_type.reads_allowed(),
+        PrAccess::Write => true,
+    }
+}
+
+/// How a command fares under an SPC-2 RESERVE held by another I_T nexus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spc2Access {
+    /// INQUIRY, REQUEST SENSE, REPORT LUNS, and RESERVE/RELEASE (whose handlers decide).
+    Allowed,
+    /// Everything else from a non-holder.
+    ConflictsForOthers,
+    /// PERSISTENT RESERVE IN/OUT: conflict for every nexus, the holder too (SPC-4
+    /// "exceptions to SPC-2 RESERVE and RELEASE behavior", as SPC-3 §5.6.3 put it).
+    ConflictsForAll,
+}
+
+/// SPC-2 §5.5.1: what a logical unit reservation lets through.
+pub fn spc2_access(cdb: &[u8]) -> Spc2Access {
+    match cdb.first().copied().unwrap_or(0) {
+        0x12 | 0x03 | 0xA0 | 0x16 | 0x17 | 0x56 | 0x57 => Spc2Access::Allowed,
+        0x5E | 0x5F => Spc2Access::ConflictsForAll,
+        _ => Spc2Access::ConflictsForOthers,
+    }
+}
+
+/// Whether `nexus` gets RESERVATION CONFLICT for `cdb` while `holder` holds an SPC-2
+/// reservation.
+pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, cdb: &[u8]) -> bool {
+    match spc2_access(cdb) {
+        Spc2Access::Allowed => false,
+        Spc2Access::ConflictsForAll => true,
+        Spc2Access::ConflictsForOthers => holder != nexus,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::scsi::pr::{NexusId, PrType, Registration, Reservation};
+
+    fn nexus(name: &str) -> Nexus {
+        Nexus {
+            initiator_port: Arc::from(format!("iqn.2026-01.test:{name},i,0x000000000001")),
+            target_port: Arc::from("iqn.2026-01.test:t,t,0x0001"),
+            relative_port: 1,
+        }
+    }
+
+    fn registration(n: &Nexus, key: u64) -> Registration {
+        Registration {
+            key,
+            initiator: n.initiator_port.to_string(),
+            target_port: n.target_port.to_string(),
+            relative_port: 1,
+            all_target_ports: false,
+        }
+    }
+
+    const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+    const WRITE10: [u8; 10] = [0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+    const TUR: [u8; 6] = [0; 6];
+
+    /// (type, registered non-holder: read, write; unregistered: read, write) — SPC-4 table 62
+    /// and what libiscsi's ProutReserve.Access* tests expect.
+    const MATRIX: [(PrType, bool, bool, bool, bool); 6] = [
+        (PrType::WriteExclusive, true, false, true, false),
+        (PrType::ExclusiveAccess, false, false, false, false),
+        (
+            PrType::WriteExclusiveRegistrantsOnly,
+            true,
+            true,
+            true,
+            false,
+        ),
+        (
+            PrType::ExclusiveAccessRegistrantsOnly,
+            true,
+            true,
+            false,
+            false,
+        ),
+        (
+            PrType::WriteExclusiveAllRegistrants,
+            true,
+            true,
+            true,
+            false,
+        ),
+        (
+            PrType::ExclusiveAccessAllRegistrants,
+            true,
+            true,
+            false,
+            false,
+        ),
+    ];
+
+    #[test]
+    fn conflict_matrix_per_type() {
+        let (holder, other, stranger) = (nexus("a"), nexus("b"), nexus("c"));
+        for (pr_type, reg_read, reg_write, unreg_read, unreg_write) in MATRIX {
+            let state = PrState {
+                registrations: vec![registration(&holder, 1), registration(&other, 2)],
+                reservation: Some(Reservation {
+                    pr_type,
+                    holder: (!pr_type.all_registrants()).then(|| NexusId::of(&holder)),
+                }),
+                ..PrState::default()
+            };
+            let allowed = |n: &Nexus, cdb: &[u8]| !pr_conflicts(&state, n, cdb);
+            assert!(allowed(&holder, &READ10) && allowed(&holder, &WRITE10));
+            assert_eq!(allowed(&other, &READ10), reg_read, "{pr_type:?}");
+            assert_eq!(allowed(&other, &WRITE10), reg_write, "{pr_type:?}");
+            assert_eq!(allowed(&stranger, &READ10), unreg_read, "{pr_type:?}");
+            assert_eq!(allowed(&stranger, &WRITE10), unreg_write, "{pr_type:?}");
+            assert!(allowed(&stranger, &TUR));
+            assert!(allowed(&stranger, &[0x12, 0, 0, 0, 36, 0]));
+            assert!(allowed(&stranger, &[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0]));
+        }
+    }
+
+    #[test]
+    fn no_reservation_no_conflict_and_unknown_opcodes_write() {
+        let state = PrState::default();
+        assert!(!pr_conflicts(&state, &nexus("a"), &WRITE10));
+        assert_eq!(pr_access(&[0xC0]), PrAccess::Write);
+        assert_eq!(pr_access(&[0x9E, 0x10]), PrAccess::Always);
+        assert_eq!(pr_access(&[0x9E, 0x12]), PrAccess::Read);
+        assert_eq!(pr_access(&[]), PrAccess::Always);
+    }
+
+    #[test]
+    fn spc2_reservation_lets_through_only_the_listed_commands() {
+        let (holder, other) = (nexus("a"), nexus("b"));
+        assert!(!spc2_conflicts(&holder, &holder, &WRITE10));
+        assert!(spc2_conflicts(&holder, &other, &WRITE10));
+        assert!(spc2_conflicts(&holder, &other, &[0x1A, 0, 0x3F, 0, 255, 0]));
+        assert!(!spc2_conflicts(&holder, &other, &[0x12, 0, 0, 0, 36, 0]));
+        assert!(!spc2_conflicts(&holder, &other, &[0x17, 0, 0, 0, 0, 0]));
+        assert!(spc2_conflicts(
+            &holder,
+            &holder,
+            &[0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0]
+        ));
+    }
+}
