@@ -119,6 +119,12 @@ pub struct LogicalUnit {
     /// D_SENSE of the control mode page: descriptor-format sense for CHECK CONDITION.
     descriptor_sense: AtomicBool,
     unit_attentions: UnitAttentions,
+    // --- SBC offload (issue3-sbc) ---
+    /// Write ordering: writes hold it shared, read-modify-write commands (COMPARE AND WRITE,
+    /// ORWRITE) exclusive, so nothing writes between their read and their write (SBC-4
+    /// §5.3). Tokio's lock is fair: a waiting exclusive holder is not starved by writers.
+    write_order: tokio::sync::RwLock<()>,
+    // --- end SBC offload (issue3-sbc) ---
 }
 
 impl LogicalUnit {
@@ -150,6 +156,7 @@ impl LogicalUnit {
             medium: RwLock::new(MediumState { readiness, backend }),
             descriptor_sense: AtomicBool::new(false),
             unit_attentions: UnitAttentions::new(),
+            write_order: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -247,6 +254,19 @@ impl LogicalUnit {
     pub fn unit_attentions(&self) -> &UnitAttentions {
         &self.unit_attentions
     }
+
+    // --- SBC offload (issue3-sbc) ---
+    /// Held while a command writes the medium (see `write_order`).
+    pub async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.write_order.read().await
+    }
+
+    /// Held across the read and the write of a read-modify-write command: no other write
+    /// runs meanwhile.
+    pub async fn write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.write_order.write().await
+    }
+    // --- end SBC offload (issue3-sbc) ---
 
     /// Returns the mode parameters to their defaults, as a logical unit reset requires
     /// (SAM-5 §6.3.3 d).

@@ -8,6 +8,10 @@
 pub mod cdb;
 pub mod lu;
 pub mod opcodes;
+// --- SBC offload (issue3-sbc) ---
+pub mod provisioning;
+pub mod sbc_offload;
+// --- end SBC offload (issue3-sbc) ---
 pub mod sbc;
 pub mod sense;
 pub mod spc;
