@@ -347,3 +347,283 @@ pub async fn get_lba_status(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, S
         usize::try_from(c.alloc_len).unwrap_or(usize::MAX),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::scsi::lu::LuIdentity;
+    use crate::storage::{FileBackend, MemoryBackend};
+
+    const BS: u32 = 512;
+
+    fn lu_with(backend: Option<Arc<dyn BlockBackend>>) -> LogicalUnit {
+        LogicalUnit::new(LuIdentity::derived("iqn.t", 0), BS, backend, false)
+    }
+
+    fn unmap_list(descriptors: &[(u64, u32)]) -> Vec<u8> {
+        let bd_len = 16 * descriptors.len();
+        let mut list = Vec::new();
+        list.extend_from_slice(&((bd_len + 6) as u16).to_be_bytes());
+        list.extend_from_slice(&(bd_len as u16).to_be_bytes());
+        list.extend_from_slice(&[0; 4]);
+        for &(lba, n) in descriptors {
+            list.extend_from_slice(&lba.to_be_bytes());
+            list.extend_from_slice(&n.to_be_bytes());
+            list.extend_from_slice(&[0; 4]);
+        }
+        list
+    }
+
+    fn unmap_cdb(param_len: u16, anchor: bool) -> [u8; 10] {
+        let mut c = [0u8; 10];
+        c[0] = op::UNMAP;
+        c[1] = u8::from(anchor);
+        c[7..9].copy_from_slice(&param_len.to_be_bytes());
+        c
+    }
+
+    fn get_lba_status_cdb(lba: u64, alloc: u32) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = op::SERVICE_ACTION_IN_16;
+        c[1] = op::SA_GET_LBA_STATUS;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&alloc.to_be_bytes());
+        c
+    }
+
+    /// (lba, blocks, status) of each descriptor.
+    fn descriptors(data: &[u8]) -> Vec<(u64, u32, u8)> {
+        let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+        assert_eq!((len - 4) % 16, 0);
+        data[8..]
+            .chunks(16)
+            .map(|d| {
+                (
+                    u64::from_be_bytes(d[0..8].try_into().unwrap()),
+                    u32::from_be_bytes(d[8..12].try_into().unwrap()),
+                    d[12] & 0x0F,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unmap_cdb_decoding() {
+        assert_eq!(
+            decode_unmap(&unmap_cdb(24, true)).unwrap(),
+            UnmapCdb {
+                anchor: true,
+                param_len: 24
+            }
+        );
+        assert_eq!(
+            decode_unmap(&unmap_cdb(24, false)[..9]).unwrap_err(),
+            Sense::invalid_cdb()
+        );
+    }
+
+    #[test]
+    fn unmap_list_parsing_table() {
+        let cap = 1000;
+        let ok = |list: Vec<u8>| parse_unmap_list(&list, cap, 500);
+        assert_eq!(ok(vec![]).unwrap(), vec![]);
+        assert_eq!(ok(unmap_list(&[])).unwrap(), vec![]);
+        assert_eq!(
+            ok(unmap_list(&[(1, 2), (10, 0), (998, 2)])).unwrap(),
+            vec![
+                UnmapDescriptor { lba: 1, blocks: 2 },
+                UnmapDescriptor {
+                    lba: 998,
+                    blocks: 2
+                }
+            ]
+        );
+        // Zero blocks at the capacity is fine; one block there is not.
+        assert!(ok(unmap_list(&[(1000, 0)])).unwrap().is_empty());
+        assert_eq!(
+            ok(unmap_list(&[(1000, 1)])).unwrap_err(),
+            Sense::lba_out_of_range()
+        );
+        assert_eq!(
+            ok(unmap_list(&[(u64::MAX, 2)])).unwrap_err(),
+            Sense::lba_out_of_range()
+        );
+        // Too short for the header; lengths claiming more than was sent.
+        assert_eq!(ok(vec![0; 7]).unwrap_err().asc, 0x1A);
+        let mut long = unmap_list(&[(1, 1)]);
+        long[3] = 32;
+        assert_eq!(ok(long).unwrap_err().asc, 0x1A);
+        // An incomplete trailing descriptor is ignored.
+        let mut partial = unmap_list(&[(1, 1), (2, 2)]);
+        partial[3] = 24;
+        partial[1] = 30;
+        assert_eq!(ok(partial).unwrap().len(), 1);
+        // Limits: descriptor count and total LBAs.
+        let many: Vec<(u64, u32)> = (0..257).map(|i| (i, 1)).collect();
+        let err = parse_unmap_list(&unmap_list(&many), 100_000, 100_000).unwrap_err();
+        assert_eq!(
+            (err.asc, err.field_pointer),
+            (0x26, Some((false, 2, Some(7))))
+        );
+        let err = ok(unmap_list(&[(0, 300), (400, 201)])).unwrap_err();
+        assert_eq!(err.asc, 0x26);
+    }
+
+    #[test]
+    fn block_runs_round_to_whole_deallocated_blocks() {
+        let e = |len, mapped| Extent { len, mapped };
+        assert_eq!(block_runs(&[e(4096, true)], 512), vec![(8, true)]);
+        assert_eq!(
+            block_runs(&[e(1024, true), e(2048, false), e(1024, true)], 512),
+            vec![(2, true), (4, false), (2, true)]
+        );
+        // A hole covering only part of a block leaves that block mapped.
+        assert_eq!(
+            block_runs(&[e(512, true), e(3584 + 4096, false)], 4096),
+            vec![(1, true), (1, false)]
+        );
+        assert_eq!(block_runs(&[e(300, false)], 512), vec![]);
+    }
+
+    #[test]
+    fn lba_status_layout() {
+        let data = lba_status_data(100, &[(3, true), (5, false)], 10);
+        assert_eq!(&data[0..8], &[0, 0, 0, 36, 0, 0, 0, 0]);
+        assert_eq!(descriptors(&data), vec![(100, 3, 0), (103, 5, 1)]);
+        let data = lba_status_data(0, &[(3, true), (5, false)], 1);
+        assert_eq!(descriptors(&data), vec![(0, 3, 0)]);
+        let huge = lba_status_data(0, &[(u64::from(u32::MAX) + 1, false)], 10);
+        assert_eq!(
+            descriptors(&huge),
+            vec![(0, u32::MAX, 1), (u64::from(u32::MAX), 1, 1)]
+        );
+    }
+
+    #[test]
+    fn pages_and_capacity_flags() {
+        assert_eq!(read_capacity16_flags(true), 0xC0);
+        assert_eq!(read_capacity16_flags(false), 0);
+        assert_eq!(
+            logical_block_provisioning_page(true),
+            vec![0, 0xB2, 0, 4, 0, 0xE4, 2, 0]
+        );
+        assert_eq!(
+            logical_block_provisioning_page(false),
+            vec![0, 0xB2, 0, 4, 0, 0, 0, 0]
+        );
+
+        let memory = MemoryBackend::new(1 << 20);
+        let page = block_limits_page(512, Some(&memory));
+        assert_eq!(page.len(), 64);
+        assert_eq!(&page[0..4], &[0, 0xB0, 0, 0x3C]);
+        assert_eq!(page[4] & 0x01, 0, "WSNZ = 0");
+        assert_eq!(page[5], 255);
+        assert_eq!(&page[20..24], &(2u32 << 20).to_be_bytes());
+        assert_eq!(&page[24..28], &256u32.to_be_bytes());
+        assert_eq!(&page[28..32], &1u32.to_be_bytes());
+        assert_eq!(page[32] & 0x80, 0x80);
+        assert_eq!(&page[36..44], &0xFFFFu64.to_be_bytes());
+        let fully = block_limits_page(4096, None);
+        assert_eq!(&fully[20..32], &[0; 12]);
+        assert_eq!(&fully[36..44], &0xFFFFu64.to_be_bytes());
+
+        let thin_lu = lu_with(Some(Arc::new(MemoryBackend::new(1 << 20))));
+        assert_eq!(vpd_page(&thin_lu, 0xB2).unwrap()[5], 0xE4);
+        assert!(vpd_page(&thin_lu, 0x83).is_none());
+        let not_ready = lu_with(None);
+        assert_eq!(vpd_page(&not_ready, 0xB2).unwrap()[5], 0);
+    }
+
+    #[tokio::test]
+    async fn unmap_then_get_lba_status_on_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            FileBackend::open_file(&dir.path().join("thin.img"), Some(1 << 20), false).unwrap();
+        let granule = backend.discard_granularity();
+        let lu = lu_with(Some(Arc::new(backend)));
+        let blocks = (1u64 << 20) / 512;
+        let medium = lu.medium().unwrap();
+        medium
+            .write_at(0, Bytes::from(vec![0xAA; 256 << 10]), false)
+            .await
+            .unwrap();
+        // Unmap 64 KiB at 64 KiB: blocks 128..256.
+        let list = unmap_list(&[(128, 128)]);
+        unmap(
+            &lu,
+            &unmap_cdb(list.len() as u16, false),
+            &Bytes::from(list),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            medium.read_at(64 << 10, 64 << 10).await.unwrap(),
+            vec![0u8; 64 << 10]
+        );
+        let data = get_lba_status(&lu, &get_lba_status_cdb(0, 1024))
+            .await
+            .unwrap();
+        let d = descriptors(&data);
+        assert_eq!(d[0], (0, 128, 0));
+        assert_eq!(d[1], (128, 128, 1));
+        assert_eq!(d[2], (256, 256, 0));
+        assert_eq!(d[3], (512, (blocks - 512) as u32, 1));
+        // Starting inside a run starts the first descriptor there.
+        let data = get_lba_status(&lu, &get_lba_status_cdb(130, 24))
+            .await
+            .unwrap();
+        assert_eq!(data.len(), 24);
+        assert_eq!(descriptors(&data), vec![(130, 126, 1)]);
+        // Beyond the end.
+        for lba in [blocks, blocks + 1, u64::MAX] {
+            let err = get_lba_status(&lu, &get_lba_status_cdb(lba, 24))
+                .await
+                .unwrap_err();
+            assert_eq!(err, Sense::lba_out_of_range());
+        }
+        // A single 512-byte block unmap zeroes; it deallocates only with 512-byte granules.
+        let list = unmap_list(&[(0, 1)]);
+        unmap(
+            &lu,
+            &unmap_cdb(list.len() as u16, false),
+            &Bytes::from(list),
+        )
+        .await
+        .unwrap();
+        assert_eq!(medium.read_at(0, 512).await.unwrap(), vec![0u8; 512]);
+        let data = get_lba_status(&lu, &get_lba_status_cdb(0, 24))
+            .await
+            .unwrap();
+        let expected = if granule <= 512 { 1 } else { 0 };
+        assert_eq!(descriptors(&data)[0].2, expected);
+    }
+
+    #[tokio::test]
+    async fn unmap_refusals() {
+        let lu = lu_with(Some(Arc::new(MemoryBackend::new(1 << 20))));
+        let list = Bytes::from(unmap_list(&[(0, 1)]));
+        let err = unmap(&lu, &unmap_cdb(24, true), &list).await.unwrap_err();
+        assert_eq!(err.field_pointer, Some((true, 1, Some(0))));
+        // Parameter list length 0: nothing to do; 1..7: length error.
+        unmap(&lu, &unmap_cdb(0, false), &Bytes::new())
+            .await
+            .unwrap();
+        let err = unmap(&lu, &unmap_cdb(4, false), &list).await.unwrap_err();
+        assert_eq!(err.asc, 0x1A);
+        // Less data than the parameter list length: what arrived is parsed.
+        let err = unmap(&lu, &unmap_cdb(24, false), &list.slice(..6))
+            .await
+            .unwrap_err();
+        assert_eq!(err.asc, 0x1A);
+        let ro = LogicalUnit::new(
+            LuIdentity::derived("iqn.t", 0),
+            BS,
+            Some(Arc::new(MemoryBackend::new(1 << 20))),
+            true,
+        );
+        let err = unmap(&ro, &unmap_cdb(24, false), &list).await.unwrap_err();
+        assert_eq!(err, Sense::write_protected());
+    }
+}
