@@ -18,8 +18,9 @@ use crate::storage::{BlockBackend, Extent};
 
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-/// MAXIMUM UNMAP LBA COUNT, in bytes (reported in blocks).
-pub const MAX_UNMAP_BYTES: u64 = 1 << 30;
+/// MAXIMUM UNMAP LBA COUNT, in bytes (reported in blocks): 512 MiB keeps the count at or
+/// below 2^20 blocks for 512-byte blocks, which libiscsi's Inquiry.BlockLimits calls sane.
+pub const MAX_UNMAP_BYTES: u64 = 512 << 20;
 /// GET LBA STATUS looks at most this many bytes of the medium per command; the initiator
 /// asks again from where the answer ended.
 const LBA_STATUS_WINDOW: u64 = 1 << 30;
@@ -520,7 +521,7 @@ mod tests {
         assert_eq!(&page[0..4], &[0, 0xB0, 0, 0x3C]);
         assert_eq!(page[4] & 0x01, 0, "WSNZ = 0");
         assert_eq!(page[5], 255);
-        assert_eq!(&page[20..24], &(2u32 << 20).to_be_bytes());
+        assert_eq!(&page[20..24], &(1u32 << 20).to_be_bytes());
         assert_eq!(&page[24..28], &256u32.to_be_bytes());
         assert_eq!(&page[28..32], &1u32.to_be_bytes());
         assert_eq!(page[32] & 0x80, 0x80);
