@@ -133,6 +133,12 @@ pub struct LogicalUnit {
     // --- persistent reservations (issue3-pr) ---
     reservations: Reservations,
     // --- end persistent reservations ---
+    // --- SBC offload (issue3-sbc) ---
+    /// Write ordering: writes hold it shared, read-modify-write commands (COMPARE AND WRITE,
+    /// ORWRITE) exclusive, so nothing writes between their read and their write (SBC-4
+    /// §5.3). Tokio's lock is fair: a waiting exclusive holder is not starved by writers.
+    write_order: tokio::sync::RwLock<()>,
+    // --- end SBC offload (issue3-sbc) ---
 }
 
 impl LogicalUnit {
@@ -170,6 +176,7 @@ impl LogicalUnit {
             // --- persistent reservations (issue3-pr) ---
             reservations: Reservations::new(),
             // --- end persistent reservations ---
+            write_order: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -332,6 +339,18 @@ impl LogicalUnit {
         self.reservations.attach_store(&unit, store)
     }
     // --- end persistent reservations ---
+    // --- SBC offload (issue3-sbc) ---
+    /// Held while a command writes the medium (see `write_order`).
+    pub async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.write_order.read().await
+    }
+
+    /// Held across the read and the write of a read-modify-write command: no other write
+    /// runs meanwhile.
+    pub async fn write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.write_order.write().await
+    }
+    // --- end SBC offload (issue3-sbc) ---
 
     /// Returns the mode parameters to their defaults, as a logical unit reset requires
     /// (SAM-5 §6.3.3 d).

@@ -14,6 +14,10 @@ pub mod pr_access;
 pub mod pr_store;
 pub mod reserve;
 // --- end persistent reservations ---
+// --- SBC offload (issue3-sbc) ---
+pub mod provisioning;
+pub mod sbc_offload;
+// --- end SBC offload (issue3-sbc) ---
 pub mod sbc;
 pub mod sense;
 pub mod spc;

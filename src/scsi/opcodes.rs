@@ -54,6 +54,23 @@ pub mod op {
     pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
     pub const SA_REPORT_SUPPORTED_TMFS: u8 = 0x0D;
     // --- end management (issue3-mgmt) ---
+    // --- SBC offload (issue3-sbc) ---
+    pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
+    pub const VERIFY_10: u8 = 0x2F;
+    pub const PRE_FETCH_10: u8 = 0x34;
+    pub const WRITE_SAME_10: u8 = 0x41;
+    pub const UNMAP: u8 = 0x42;
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
+    pub const ORWRITE_16: u8 = 0x8B;
+    pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
+    pub const VERIFY_16: u8 = 0x8F;
+    pub const PRE_FETCH_16: u8 = 0x90;
+    pub const WRITE_SAME_16: u8 = 0x93;
+    pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+    pub const VERIFY_12: u8 = 0xAF;
+    /// SERVICE ACTION IN(16): GET LBA STATUS (SBC-4 §5.8).
+    pub const SA_GET_LBA_STATUS: u8 = 0x12;
+    // --- end SBC offload (issue3-sbc) ---
 }
 
 /// Which handler runs the command.
@@ -87,6 +104,16 @@ pub enum Handler {
     /// SPC-2 RELEASE(6)/RELEASE(10).
     Release,
     // --- end persistent reservations ---
+    // --- SBC offload (issue3-sbc) ---
+    CompareAndWrite,
+    WriteSame,
+    Unmap,
+    GetLbaStatus,
+    /// VERIFY and WRITE AND VERIFY (10/12/16).
+    Verify,
+    OrWrite,
+    PreFetch,
+    // --- end SBC offload (issue3-sbc) ---
 }
 
 /// Direction of the data phase.
@@ -199,17 +226,32 @@ static PERSISTENT_RESERVE_OUT: [(u8, CommandInfo); 8] = [
 ];
 // --- end persistent reservations ---
 
-static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 1] = [(
-    op::SA_READ_CAPACITY_16,
-    command(
-        "READ CAPACITY(16)",
-        Handler::ReadCapacity16,
-        DataDirection::In,
-        16,
-        false,
-        true,
+static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 2] = [
+    (
+        op::SA_READ_CAPACITY_16,
+        command(
+            "READ CAPACITY(16)",
+            Handler::ReadCapacity16,
+            DataDirection::In,
+            16,
+            false,
+            true,
+        ),
     ),
-)];
+    // --- SBC offload (issue3-sbc) ---
+    (
+        op::SA_GET_LBA_STATUS,
+        command(
+            "GET LBA STATUS",
+            Handler::GetLbaStatus,
+            DataDirection::In,
+            16,
+            false,
+            true,
+        ),
+    ),
+    // --- end SBC offload (issue3-sbc) ---
+];
 
 // --- management (issue3-mgmt) ---
 /// MAINTENANCE IN (A3h) service actions, ascending. All of them describe the target rather
@@ -328,6 +370,21 @@ const fn build_table() -> [Slot; 256] {
     t[op::PERSISTENT_RESERVE_IN as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_IN);
     t[op::PERSISTENT_RESERVE_OUT as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_OUT);
     // --- end persistent reservations ---
+    // --- SBC offload (issue3-sbc) ---
+    t[op::WRITE_AND_VERIFY_10 as usize] = media("WRITE AND VERIFY(10)", Verify, Out, 10);
+    t[op::VERIFY_10 as usize] = media("VERIFY(10)", Verify, Out, 10);
+    t[op::PRE_FETCH_10 as usize] = media("PRE-FETCH(10)", PreFetch, None, 10);
+    t[op::WRITE_SAME_10 as usize] = media("WRITE SAME(10)", WriteSame, Out, 10);
+    t[op::UNMAP as usize] = media("UNMAP", Unmap, Out, 10);
+    t[op::COMPARE_AND_WRITE as usize] = media("COMPARE AND WRITE", CompareAndWrite, Out, 16);
+    t[op::ORWRITE_16 as usize] = media("ORWRITE(16)", OrWrite, Out, 16);
+    t[op::WRITE_AND_VERIFY_16 as usize] = media("WRITE AND VERIFY(16)", Verify, Out, 16);
+    t[op::VERIFY_16 as usize] = media("VERIFY(16)", Verify, Out, 16);
+    t[op::PRE_FETCH_16 as usize] = media("PRE-FETCH(16)", PreFetch, None, 16);
+    t[op::WRITE_SAME_16 as usize] = media("WRITE SAME(16)", WriteSame, Out, 16);
+    t[op::WRITE_AND_VERIFY_12 as usize] = media("WRITE AND VERIFY(12)", Verify, Out, 12);
+    t[op::VERIFY_12 as usize] = media("VERIFY(12)", Verify, Out, 12);
+    // --- end SBC offload (issue3-sbc) ---
     t
 }
 

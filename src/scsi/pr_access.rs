@@ -48,6 +48,7 @@ pub fn pr_access(cdb: &[u8]) -> PrAccess {
         0x08 | 0x28 | 0xA8 | 0x88 // READ(6/10/12/16)
         | 0x1A | 0x5A // MODE SENSE(6/10)
         | 0x2F | 0xAF | 0x8F // VERIFY(10/12/16)
+        | 0x34 | 0x90 // PRE-FETCH(10/16)
         | 0x37 | 0xB7 // READ DEFECT DATA
         | 0x3C // READ BUFFER
         | 0x1C // RECEIVE DIAGNOSTIC RESULTS

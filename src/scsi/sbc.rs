@@ -52,7 +52,10 @@ pub fn read_capacity16(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense>
     let alloc_len = cdb::decode_read_capacity16(raw_cdb)?;
     let backend = lu.medium()?;
     let blocks = capacity_blocks(backend.as_ref(), lu.block_size());
-    let data = read_capacity16_data(blocks, lu.block_size());
+    let mut data = read_capacity16_data(blocks, lu.block_size());
+    // --- SBC offload (issue3-sbc): LBPME / LBPRZ ---
+    data[14] |= super::provisioning::read_capacity16_flags(backend.supports_discard());
+    // --- end SBC offload (issue3-sbc) ---
     let len = usize::try_from(alloc_len).map_or(data.len(), |a| a.min(data.len()));
     Ok(Bytes::copy_from_slice(&data[..len]))
 }
@@ -92,11 +95,11 @@ pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> u32 {
 
 /// READ/WRITE 6/10/12/16. Returns the read data (empty for writes).
 ///
-/// Write data shorter than the CDB's transfer length is refused with INVALID FIELD IN CDB
-/// (05/24/00) without writing anything: Linux LIO rejects a WRITE whose expected data
-/// transfer length underflows the CDB the same way (target_cmd_size_check), and a partial
-/// write of the range would be worse than none. Extra data beyond the transfer length is
-/// ignored (the transport reports it as residual via `data_out_used`).
+/// Write data shorter than the CDB's transfer length follows FCP-4 §9.4.2 (see
+/// [`super::sbc_offload::write_payload`]): whole blocks received are written and the command
+/// completes GOOD with an overflow residual for the rest; a partial block fails the command
+/// with 05/0E/03 and nothing is written. Extra data beyond the transfer length is ignored
+/// (the transport reports it as residual via `data_out_used`).
 pub async fn read_write(
     lu: &LogicalUnit,
     raw_cdb: &[u8],
@@ -112,19 +115,23 @@ pub async fn read_write(
     let capacity = capacity_blocks(backend.as_ref(), block_size);
     check_lba_range(rw.lba, u64::from(rw.blocks), capacity)?;
     let len = transfer_bytes(&rw, opcode, block_size)?;
-    if rw.is_write && data_out.len() < len {
-        let field = cdb::rw_transfer_length_offset(opcode);
-        return Err(Sense::invalid_field_in_cdb(field, Some(7)));
-    }
-    if len == 0 {
+    // --- SBC offload (issue3-sbc): FCP-4 write residuals ---
+    let data = if rw.is_write {
+        super::sbc_offload::write_payload(data_out, len, block_size)?
+    } else {
+        Bytes::new()
+    };
+    if len == 0 || (rw.is_write && data.is_empty()) {
         return Ok(Bytes::new());
     }
+    // --- end SBC offload (issue3-sbc) ---
     let offset = rw
         .lba
         .checked_mul(u64::from(block_size))
         .ok_or_else(Sense::lba_out_of_range)?;
     if rw.is_write {
-        let data = data_out.slice(..len);
+        // --- SBC offload (issue3-sbc): ordered against COMPARE AND WRITE / ORWRITE ---
+        let _shared = lu.write_shared().await;
         backend
             // WCE clear (caching mode page): no write completes from the volatile cache.
             .write_at(offset, data, rw.fua || !lu.write_cache_enabled())

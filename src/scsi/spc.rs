@@ -255,6 +255,13 @@ pub fn vpd_logical_block_provisioning() -> Vec<u8> {
 /// INQUIRY for an existing logical unit.
 pub fn inquiry(lu: &LogicalUnit, nexus: &Nexus, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
     let cdb = cdb::decode_inquiry(raw_cdb)?;
+    // --- SBC offload (issue3-sbc): block limits and provisioning pages know the medium ---
+    if cdb.evpd
+        && let Some(page) = super::provisioning::vpd_page(lu, cdb.page_code)
+    {
+        return Ok(truncate(page, usize::from(cdb.alloc_len)));
+    }
+    // --- end SBC offload (issue3-sbc) ---
     let data = inquiry_data(lu.identity(), lu.block_size(), nexus, &cdb)?;
     Ok(truncate(data, usize::from(cdb.alloc_len)))
 }

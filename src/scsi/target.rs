@@ -22,6 +22,9 @@ use super::{alua, log, maintenance, mode}; // management (issue3-mgmt)
 // --- persistent reservations (issue3-pr) ---
 use super::{ScsiStatus, reserve};
 // --- end persistent reservations ---
+// --- SBC offload (issue3-sbc) ---
+use super::{provisioning, sbc_offload};
+// --- end SBC offload (issue3-sbc) ---
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
 #[derive(Debug)]
@@ -112,7 +115,8 @@ impl TargetDevice {
             Ok(response) => response,
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
-        response.data_out_used = sbc::data_out_needed(&req.cdb, lu.block_size())
+        response.data_out_used = sbc_offload::data_out_needed(&req.cdb, lu.block_size())
+            .unwrap_or_else(|| sbc::data_out_needed(&req.cdb, lu.block_size()))
             // --- persistent reservations (issue3-pr) ---
             .max(reserve::data_out_needed(&req.cdb));
         // --- management (issue3-mgmt) ---
@@ -191,6 +195,17 @@ impl TargetDevice {
             Handler::Reserve => return reserve::reserve(lu, nexus, cdb).await,
             Handler::Release => return reserve::release(lu, nexus, cdb).await,
             // --- end persistent reservations ---
+            // --- SBC offload (issue3-sbc) ---
+            Handler::CompareAndWrite => {
+                sbc_offload::compare_and_write(lu, cdb, &req.data_out).await?
+            }
+            Handler::WriteSame => sbc_offload::write_same(lu, cdb, &req.data_out).await?,
+            Handler::Unmap => provisioning::unmap(lu, cdb, &req.data_out).await?,
+            Handler::GetLbaStatus => provisioning::get_lba_status(lu, cdb).await?,
+            Handler::Verify => sbc_offload::verify(lu, cdb, &req.data_out).await?,
+            Handler::OrWrite => sbc_offload::orwrite(lu, cdb, &req.data_out).await?,
+            Handler::PreFetch => sbc_offload::prefetch(lu, cdb).await?,
+            // --- end SBC offload (issue3-sbc) ---
         };
         Ok(ScsiResponse::good(data))
     }
@@ -582,7 +597,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn short_write_data_is_refused_without_writing() {
+    async fn short_write_data_follows_fcp4() {
+        // FCP-4 §9.4.2 (issue3-sbc): the whole blocks received are written, GOOD, and the
+        // transport reports the rest as overflow (data_out_used > EDTL).
         let target = target_with_lun0();
         let n = settled(&target, "a").await;
         let w = target
@@ -593,9 +610,23 @@ mod tests {
                 Bytes::from(vec![0xFF; BLOCK as usize]),
             ))
             .await;
-        assert_eq!(sense_of(&w), (0x05, 0x24, 0x00));
+        assert_good(&w);
         assert_eq!(w.data_out_used, 2 * BLOCK);
-        let r = run(&target, &n, 0, &rw10(op::READ_10, 0, 0, 1)).await;
+        let r = run(&target, &n, 0, &rw10(op::READ_10, 0, 0, 2)).await;
+        assert!(r.data_in[..BLOCK as usize].iter().all(|&b| b == 0xFF));
+        assert!(r.data_in[BLOCK as usize..].iter().all(|&b| b == 0));
+        // A partial block: nothing written, INVALID FIELD IN COMMAND INFORMATION UNIT.
+        let w = target
+            .execute(request(
+                &n,
+                0,
+                &rw10(op::WRITE_10, 0, 4, 1),
+                Bytes::from(vec![0xFF; 200]),
+            ))
+            .await;
+        assert_eq!(sense_of(&w), (0x05, 0x0E, 0x03));
+        assert_eq!(w.data_out_used, BLOCK);
+        let r = run(&target, &n, 0, &rw10(op::READ_10, 0, 4, 1)).await;
         assert!(r.data_in.iter().all(|&b| b == 0));
     }
 

@@ -45,4 +45,58 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
 
     /// A short description for logs, e.g. the path.
     fn describe(&self) -> String;
+
+    // --- thin provisioning (issue3-sbc) ---
+
+    /// Whether [`BlockBackend::discard`] can release space. Backends that answer false are
+    /// reported fully provisioned (LBPME = 0) and never see UNMAP.
+    fn supports_discard(&self) -> bool {
+        false
+    }
+
+    /// Deallocates `len` bytes at `offset`. Backends that support it guarantee that the range
+    /// reads back as zeros afterwards (that is what keel reports as LBPRZ = 1, SBC-4 §4.7.4.2):
+    /// a backend that cannot free space for part of the range zero-fills that part instead.
+    fn discard(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
+        let _ = (offset, len);
+        Box::pin(async {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "discard is not supported by this backend",
+            ))
+        })
+    }
+
+    /// The allocation state of `len` bytes at `offset`, as consecutive extents covering the
+    /// range in order (GET LBA STATUS, SBC-4 §5.8). The default: everything is mapped.
+    fn allocation(&self, offset: u64, len: u64) -> IoFuture<'_, Vec<Extent>> {
+        let _ = offset;
+        Box::pin(async move { Ok(vec![Extent { len, mapped: true }]) })
+    }
+
+    /// Granularity in bytes at which [`BlockBackend::discard`] really frees space (the file
+    /// system block size); smaller discards only zero.
+    fn discard_granularity(&self) -> u64 {
+        4096
+    }
+    // --- end thin provisioning (issue3-sbc) ---
+}
+
+/// A run of bytes with one allocation state (see [`BlockBackend::allocation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    /// Backed by storage (`true`) or deallocated, reading as zeros (`false`).
+    pub mapped: bool,
+}
+
+/// Appends an extent to `extents`, merging it into the last one when the state is the same.
+pub fn push_extent(extents: &mut Vec<Extent>, len: u64, mapped: bool) {
+    if len == 0 {
+        return;
+    }
+    match extents.last_mut() {
+        Some(last) if last.mapped == mapped => last.len += len,
+        _ => extents.push(Extent { len, mapped }),
+    }
 }
