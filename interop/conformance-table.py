@@ -3,7 +3,9 @@
 
 A test is FAIL when CUnit fails it or when the tool printed a "[FAILED]" diagnostic while it
 ran (the tool logs some failed checks without failing the test); SKIP when it printed
-"[SKIPPED]" (CUnit counts those as passed); PASS otherwise.
+"[SKIPPED]" (CUnit counts those as passed); PASS otherwise. A test runs until CUnit prints its
+verdict ("passed"/"FAILED"); what follows before the next test is the suite's own set-up or
+clean-up, whose "[FAILED]" lines are listed separately, never dropped.
 
 usage: conformance-table.py OUT.md keel.log [tgt.log]
 Prints a one-line summary per target; exits 1 if keel has any FAIL.
@@ -15,6 +17,7 @@ import sys
 def parse(path):
     results = {}
     order = []
+    outside = []
     suite = None
     current = None
     lines = []
@@ -22,7 +25,12 @@ def parse(path):
     def close():
         if current is None:
             return
-        body = "\n".join(lines)
+        text = "\n".join(lines)
+        verdict = re.search(r"^(passed|FAILED)", text, re.M)
+        body = text[: verdict.end()] if verdict else text
+        after = text[verdict.end():] if verdict else ""
+        for diag in re.findall(r"\[FAILED\]\s*(.*)", after):
+            outside.append((current, diag.strip()))
         failed = re.search(r"\[FAILED\]", body) or re.search(r"^\s*FAILED\s*$|\.\.\.\s*FAILED|^FAILED", body, re.M)
         skipped = re.search(r"\[SKIPPED\]\s*(.*)", body)
         if failed:
@@ -56,13 +64,13 @@ def parse(path):
             if current is not None:
                 lines.append(line)
     close()
-    return order, results
+    return order, results, outside
 
 
 def main():
     out, keel_log = sys.argv[1], sys.argv[2]
     tgt_log = sys.argv[3] if len(sys.argv) > 3 else None
-    order, keel = parse(keel_log)
+    order, keel, keel_outside = parse(keel_log)
     tgt = parse(tgt_log)[1] if tgt_log else {}
     counts = lambda r: {k: sum(1 for v in r.values() if v[0] == k) for k in ("PASS", "FAIL", "SKIP")}
     kc, tc = counts(keel), counts(tgt)
@@ -84,6 +92,12 @@ def main():
             f.write(f"| tgt | {tc['PASS']} | {tc['FAIL']} | {tc['SKIP']} |\n")
         f.write("\n| test | keel | tgt | keel: why not PASS |\n|---|---|---|---|\n")
         f.write("\n".join(rows) + "\n")
+        if keel_outside:
+            f.write("\n## keel: [FAILED] lines outside any test\n\n")
+            f.write("Printed by the suite's set-up or clean-up after the named test's verdict, not by a test.\n\n")
+            f.write("| after test | diagnostic |\n|---|---|\n")
+            for name, diag in keel_outside:
+                f.write(f"| {name} | {diag.replace('|', '/')[:140]} |\n")
     print(f"keel: {kc['PASS']} passed, {kc['FAIL']} failed, {kc['SKIP']} skipped")
     if tgt:
         print(f"tgt:  {tc['PASS']} passed, {tc['FAIL']} failed, {tc['SKIP']} skipped")

@@ -255,12 +255,14 @@ impl TargetDevice {
     }
 
     /// TARGET WARM/COLD RESET: a hard reset of every logical unit (SAM-5 §6.3.2). Every
-    /// nexus, the issuer included, gets SCSI BUS RESET OCCURRED (06/29/02), the hard-reset
-    /// code (FreeBSD CTL reports 29/03 here instead; initiators treat every 29h alike).
+    /// nexus, the issuer included, gets POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
+    /// (06/29/00): the umbrella code of the reset class, which every initiator knows. The
+    /// more specific SCSI BUS RESET OCCURRED (29/02) names a bus iSCSI does not have, and
+    /// libiscsi's conformance helpers recognise only 29/00 after a target reset.
     pub fn reset_all(&self, by: &Nexus) {
         tracing::info!(target = %self.name, initiator = %by.initiator_port, "target reset");
         for lu in self.luns() {
-            reset(&lu, Sense::bus_reset());
+            reset(&lu, Sense::power_on_reset());
         }
     }
 
@@ -916,11 +918,11 @@ mod tests {
         target.reset_all(&b);
         assert_eq!(
             sense_of(&run(&target, &a, 0, &TUR).await),
-            (0x06, 0x29, 0x02)
+            (0x06, 0x29, 0x00)
         );
         assert_eq!(
             sense_of(&run(&target, &b, 0, &TUR).await),
-            (0x06, 0x29, 0x02)
+            (0x06, 0x29, 0x00)
         );
 
         target.nexus_lost(&a);
