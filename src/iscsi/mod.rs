@@ -2,6 +2,8 @@
 //! connections, the CmdSN window, R2T/Data-In sequencing, task management, NOP and logout.
 //! Knows nothing about SCSI commands: it hands CDBs to a [`crate::scsi::TargetDevice`].
 
+pub mod access;
+pub mod chap;
 pub mod connection;
 pub mod login;
 pub mod params;
