@@ -21,7 +21,7 @@ export KEEL=$PWD/target/release/keel
 passed=0
 failed=0
 failures=()
-for script in libiscsi-smoke qemu-roundtrip robustness; do
+for script in libiscsi-smoke chap qemu-roundtrip robustness; do
     echo "-- $script"
     if timeout 600 "interop/$script"; then
         passed=$((passed + 1))

@@ -10,7 +10,7 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_keel SIZE [extra [server] lines]: one target, one file LUN.
+# start_keel SIZE [extra [server] lines] [extra [[target]] lines]: one target, one file LUN.
 start_keel() {
     PORT=$(free_port)
     cat > "$WORK/targets.toml" <<EOT
@@ -22,6 +22,7 @@ ${2:-}
 [[target]]
 name = "$TARGET"
 alias = "disk0"
+${3:-}
 
 [[target.lun]]
 lun = 0

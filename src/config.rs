@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod auth;
+
+pub use auth::{AccessSettings, Limits, read_secret_file};
+use auth::{RawAccess, RawCredential};
+
 /// The configuration `keel serve` uses when given none: one 1 GiB sparse-file LUN under
 /// `./keel-data`, on 127.0.0.1:3260.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -56,6 +61,12 @@ struct RawServer {
     nop_interval_secs: Option<u64>,
     nop_timeout_secs: Option<Spanned<u64>>,
     login_timeout_secs: Option<Spanned<u64>>,
+    chap_algorithms: Option<Spanned<Vec<String>>>,
+    max_connections: Option<Spanned<u32>>,
+    max_connections_per_address: Option<Spanned<u32>>,
+    max_sessions_per_initiator: Option<Spanned<u32>>,
+    discovery_chap: Option<Vec<RawCredential>>,
+    discovery_mutual_chap: Option<RawCredential>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +75,9 @@ struct RawTarget {
     name: Spanned<String>,
     alias: Option<String>,
     portal_group_tag: Option<Spanned<u16>>,
+    allowed_initiators: Option<Vec<Spanned<String>>>,
+    chap: Option<Vec<RawCredential>>,
+    mutual_chap: Option<RawCredential>,
     #[serde(default, rename = "lun")]
     luns: Vec<RawLun>,
 }
@@ -131,7 +145,10 @@ pub struct Config {
     pub portals: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub iscsi: IscsiSettings,
+    pub access: AccessSettings,
     pub targets: Vec<TargetConfig>,
+    /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +156,10 @@ pub struct TargetConfig {
     pub name: String,
     pub alias: Option<String>,
     pub portal_group_tag: u16,
+    /// Initiator names and `*` patterns admitted; empty: everyone.
+    pub allowed_initiators: Vec<String>,
+    /// CHAP demanded by this target; `None`: no authentication.
+    pub chap: Option<crate::iscsi::chap::ChapPolicy>,
     pub luns: Vec<LunConfig>,
 }
 
@@ -237,9 +258,11 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
     let mut v = Validator {
         text,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    let config = v.config(raw);
+    let mut config = v.config(raw);
     if v.errors.is_empty() {
+        config.warnings = v.warnings;
         Ok(config)
     } else {
         Err(fail(v.errors))
@@ -249,11 +272,19 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
 struct Validator<'a> {
     text: &'a str,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
     fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            line: Some(line_of(self.text, at.span().start)),
+            message: message.into(),
+        });
+    }
+
+    fn warn<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
             line: Some(line_of(self.text, at.span().start)),
             message: message.into(),
         });
@@ -268,6 +299,15 @@ impl Validator<'_> {
         );
         let portals = self.portals(&raw.server);
         let iscsi = self.iscsi(&raw.server);
+        let s = &raw.server;
+        let access = self.access(RawAccess {
+            chap_algorithms: &s.chap_algorithms,
+            max_connections: &s.max_connections,
+            max_connections_per_address: &s.max_connections_per_address,
+            max_sessions_per_initiator: &s.max_sessions_per_initiator,
+            discovery_chap: &s.discovery_chap,
+            discovery_mutual_chap: &s.discovery_mutual_chap,
+        });
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();
         for t in raw.targets {
@@ -289,6 +329,8 @@ impl Validator<'_> {
             if t.luns.is_empty() {
                 self.error(&t.name, format!("target {name:?} has no [[target.lun]]"));
             }
+            let allowed_initiators = self.allowed_initiators(&name, &t.allowed_initiators);
+            let chap = self.chap_policy(&format!("target {name:?}"), &t.chap, &t.mutual_chap);
             let mut numbers = BTreeSet::new();
             let mut luns = Vec::new();
             for l in t.luns {
@@ -306,6 +348,8 @@ impl Validator<'_> {
                 name,
                 alias: t.alias,
                 portal_group_tag,
+                allowed_initiators,
+                chap,
                 luns,
             });
         }
@@ -313,7 +357,9 @@ impl Validator<'_> {
             portals,
             data_dir,
             iscsi,
+            access,
             targets,
+            warnings: Vec::new(),
         }
     }
 
@@ -642,6 +688,15 @@ block = "/dev/sdx"
             IscsiSettings::default(),
             "the example shows the defaults"
         );
+        assert_eq!(
+            c.access,
+            AccessSettings::default(),
+            "the example shows the defaults"
+        );
+        let t = &c.targets[0];
+        assert_eq!(t.allowed_initiators.len(), 2);
+        assert!(t.chap.as_ref().is_some_and(|p| p.mutual.is_some()));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

@@ -43,6 +43,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 let luns: usize = c.targets.iter().map(|t| t.luns.len()).sum();
                 println!(
                     "{}: OK ({} targets, {} LUNs, portals {:?})",

@@ -11,6 +11,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Backing, Config};
+use crate::iscsi::access::AllowList;
+use crate::iscsi::login::LoginAccess;
 use crate::iscsi::{Context, Target, connection};
 use crate::scsi::pr_store::file_store;
 use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
@@ -26,7 +28,17 @@ impl Server {
     /// Opens every LUN's backend and binds every portal. Fails with a clear message if a
     /// backend cannot be opened or a portal cannot be bound.
     pub async fn bind(config: &Config) -> Result<Server> {
-        let ctx = Arc::new(Context::new(config.iscsi.clone()));
+        for w in &config.warnings {
+            warn!("configuration: {w}");
+        }
+        let mut ctx = Context::new(config.iscsi.clone());
+        ctx.access = LoginAccess {
+            algorithms: config.access.chap_algorithms.clone(),
+            discovery_chap: config.access.discovery_chap.clone().map(Arc::new),
+            ..LoginAccess::default()
+        };
+        ctx.limits = config.access.limits;
+        let ctx = Arc::new(ctx);
         for t in &config.targets {
             let device = Arc::new(TargetDevice::new(&t.name));
             for l in &t.luns {
@@ -82,6 +94,8 @@ impl Server {
                 alias: t.alias.clone(),
                 portal_group_tag: t.portal_group_tag,
                 device,
+                chap: t.chap.clone().map(Arc::new),
+                allowed: Arc::new(AllowList::new(t.allowed_initiators.iter().cloned())),
             }));
         }
         let mut listeners = Vec::new();

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::limits::{OverLimit, REFUSE_DELAY};
 use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, SessionType, status};
 use super::params::{self, Negotiated};
 use super::response::{CommandInfo, DataInLimits, reply_pdus};
@@ -86,7 +87,16 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
         .unwrap_or_default();
     let span = tracing::info_span!("conn", %peer);
     async move {
-        match run(stream, &ctx).await {
+        // Counted for the connection limits until this task ends.
+        let slot = match stream.peer_addr() {
+            Ok(addr) => ctx.connections.acquire(addr.ip(), &ctx.limits).map(Some),
+            Err(_) => Ok(None),
+        };
+        let (_slot, over) = match slot {
+            Ok(slot) => (slot, None),
+            Err(over) => (None, Some(over)),
+        };
+        match run(stream, &ctx, over).await {
             Ok(()) => debug!("connection closed"),
             Err(e) => info!("connection ended: {e}"),
         }
@@ -95,7 +105,11 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     .await
 }
 
-async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), FrameError> {
+async fn run(
+    stream: TcpStream,
+    ctx: &Arc<Context>,
+    over: Option<OverLimit>,
+) -> Result<(), FrameError> {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr()?;
     let (rd, mut wr) = stream.into_split();
@@ -103,7 +117,7 @@ async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), FrameError> {
 
     let login_time = Duration::from_secs(ctx.settings.login_timeout_secs);
     let login = tokio::select! {
-        r = tokio::time::timeout(login_time, login_phase(&mut reader, &mut wr, ctx)) => match r {
+        r = tokio::time::timeout(login_time, login_phase(&mut reader, &mut wr, ctx, over)) => match r {
             Ok(r) => r?,
             Err(_) => {
                 info!("login did not complete within {login_time:?}; dropping the connection");
@@ -138,7 +152,7 @@ async fn run(stream: TcpStream, ctx: &Arc<Context>) -> Result<(), FrameError> {
         tsih = guard.tsih,
         target = %target.as_ref().map(|t| t.name.as_str()).unwrap_or("discovery"),
     );
-    info!(parent: &span, header_digest = params.header_digest, data_digest = params.data_digest,
+    info!(parent: &span, chap_user = outcome.chap_user.as_deref().unwrap_or("-"), header_digest = params.header_digest, data_digest = params.data_digest,
           max_recv = params.initiator_max_recv, max_burst = params.max_burst, "logged in");
 
     let window = Arc::new(CmdWindow::new(outcome.cmd_sn, ctx.settings.queue_depth));
@@ -211,8 +225,9 @@ async fn login_phase<'a>(
     reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
     wr: &mut OwnedWriteHalf,
     ctx: &'a Arc<Context>,
+    over: Option<OverLimit>,
 ) -> Result<Option<LoggedIn<'a>>, FrameError> {
-    let mut machine = LoginMachine::new(&ctx.settings);
+    let mut machine = LoginMachine::new(&ctx.settings).with_access(ctx.access.clone());
     let mut stat_sn: u32 = 1;
     let mut first = true;
     let find = |name: &str| {
@@ -220,6 +235,8 @@ async fn login_phase<'a>(
             name: t.name.clone(),
             alias: t.alias.clone(),
             portal_group_tag: t.portal_group_tag,
+            chap: t.chap.clone(),
+            allowed: t.allowed.clone(),
         })
     };
     loop {
@@ -241,6 +258,14 @@ async fn login_phase<'a>(
                 return Ok(None);
             }
         };
+        if let Some(over) = over {
+            // Held briefly: open-iscsi retries class-3 refusals at once (see limits.rs).
+            tokio::time::sleep(REFUSE_DELAY).await;
+            info!(status = "0x0302", "login refused: {over}");
+            let r = login::failure_response(&req, status::OUT_OF_RESOURCES);
+            send_login(wr, r, &mut stat_sn, &req, ctx).await?;
+            return Ok(None);
+        }
         if first && req.tsih != 0 {
             // Adding a connection to an existing session (MC/S) arrives with a later issue.
             let status = if ctx.sessions.tsih_exists(req.tsih) {
@@ -272,6 +297,12 @@ async fn login_phase<'a>(
                     ),
                     "login refused: {why}"
                 );
+                if (response.status_class, response.status_detail) == status::AUTHENTICATION_FAILED
+                {
+                    // Slows down online guessing of CHAP secrets; class 2 is not retried by
+                    // initiators, so nobody legitimate waits on this twice.
+                    tokio::time::sleep(REFUSE_DELAY).await;
+                }
                 send_login(wr, response, &mut stat_sn, &req, ctx).await?;
                 return Ok(None);
             }
@@ -285,14 +316,24 @@ async fn login_phase<'a>(
                         .map(|t| t.name.clone())
                         .unwrap_or_default(),
                 };
-                let guard = match ctx.sessions.admit(key).await {
+                let max = ctx.limits.max_sessions_per_initiator as usize;
+                let guard = match ctx.sessions.admit_limited(key, max).await {
                     Ok(guard) => guard,
                     Err(e) => {
                         let status = match e {
                             // Temporary: the initiator retries and finds the old session gone.
                             AdmitError::OldSessionBusy => status::SERVICE_UNAVAILABLE,
                             AdmitError::NoTsih => status::OUT_OF_RESOURCES,
+                            AdmitError::TooManySessions => {
+                                tokio::time::sleep(REFUSE_DELAY).await;
+                                status::OUT_OF_RESOURCES
+                            }
                         };
+                        info!(
+                            initiator = %outcome.initiator_name,
+                            status = format!("0x{:02x}{:02x}", status.0, status.1),
+                            "login refused: {e}"
+                        );
                         let r = login::failure_response(&req, status);
                         send_login(wr, r, &mut stat_sn, &req, ctx).await?;
                         return Ok(None);
@@ -1095,11 +1136,23 @@ impl Session<'_> {
         let mut answer: Vec<(String, String)> = Vec::new();
         for (key, value) in pairs {
             if key == "SendTargets" {
+                // Discovery shows only the targets this initiator is allowed to use.
+                let visible = |t: &Arc<Target>| t.allowed.permits(&self.outcome.initiator_name);
                 let targets: Vec<Arc<Target>> = match (self.outcome.session_type, value.as_str()) {
-                    (SessionType::Discovery, "All") => self.ctx.targets.list(),
-                    (SessionType::Discovery, name) => {
-                        self.ctx.targets.get(name).into_iter().collect()
-                    }
+                    (SessionType::Discovery, "All") => self
+                        .ctx
+                        .targets
+                        .list()
+                        .into_iter()
+                        .filter(visible)
+                        .collect(),
+                    (SessionType::Discovery, name) => self
+                        .ctx
+                        .targets
+                        .get(name)
+                        .into_iter()
+                        .filter(visible)
+                        .collect(),
                     // In a normal session only the session's own target is reported.
                     (SessionType::Normal, _) => self.target.clone().into_iter().collect(),
                 };

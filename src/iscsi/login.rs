@@ -3,9 +3,13 @@
 //! admits the session (TSIH allocation, reinstatement).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::access::AllowList;
+use super::auth::{AuthKeys, Authenticator};
+use super::chap::{self, Algorithm, ChapPolicy, Random};
 use super::params::{self, Answer, Negotiated, Rule};
 use crate::config::IscsiSettings;
 use crate::wire::{LoginRequest, LoginResponse, SeqNums, text};
@@ -45,6 +49,31 @@ pub struct LoginTarget {
     pub name: String,
     pub alias: Option<String>,
     pub portal_group_tag: u16,
+    /// CHAP demanded by this target; `None`: no authentication.
+    pub chap: Option<Arc<ChapPolicy>>,
+    /// Initiators admitted to this target.
+    pub allowed: Arc<AllowList>,
+}
+
+/// The server-wide authentication settings a login needs.
+#[derive(Clone, Debug)]
+pub struct LoginAccess {
+    /// CHAP algorithms keel accepts, in any order (the strongest offered one is chosen).
+    pub algorithms: Vec<Algorithm>,
+    /// CHAP demanded of discovery sessions; `None`: discovery is open.
+    pub discovery_chap: Option<Arc<ChapPolicy>>,
+    /// Where challenges come from.
+    pub random: Random,
+}
+
+impl Default for LoginAccess {
+    fn default() -> Self {
+        LoginAccess {
+            algorithms: chap::ALGORITHMS.iter().map(|d| d.algorithm).collect(),
+            discovery_chap: None,
+            random: chap::os_random,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +91,8 @@ pub struct LoginOutcome {
     pub cid: u16,
     pub session_type: SessionType,
     pub target: Option<LoginTarget>,
+    /// The CHAP user the initiator authenticated as, if it did.
+    pub chap_user: Option<String>,
     pub params: Negotiated,
     /// CmdSN of the login: the first command of the session carries it (§4.2.2.1).
     pub cmd_sn: u32,
@@ -92,6 +123,8 @@ pub struct LoginMachine {
     negotiated: Negotiated,
     answered: HashSet<String>,
     declared_our_limits: bool,
+    access: LoginAccess,
+    auth: Authenticator,
 }
 
 impl LoginMachine {
@@ -107,6 +140,22 @@ impl LoginMachine {
             negotiated: Negotiated::defaults(settings),
             answered: HashSet::new(),
             declared_our_limits: false,
+            access: LoginAccess::default(),
+            auth: Authenticator::default(),
+        }
+    }
+
+    /// Sets the authentication settings (default: no discovery CHAP, every algorithm).
+    pub fn with_access(mut self, access: LoginAccess) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The CHAP policy this login must satisfy: the discovery one or the target's.
+    fn policy(&self) -> Option<&ChapPolicy> {
+        match self.session_type {
+            Some(SessionType::Discovery) => self.access.discovery_chap.as_deref(),
+            _ => self.target.as_ref().and_then(|t| t.chap.as_deref()),
         }
     }
 
@@ -173,7 +222,11 @@ impl LoginMachine {
 
         let mut replies: Vec<(String, String)> = Vec::new();
         let mut requested_target: Option<String> = None;
+        let mut auth_keys = AuthKeys::default();
         for (key, value) in &pairs {
+            if auth_keys.take(key, value) {
+                continue;
+            }
             match key.as_str() {
                 "InitiatorName" => self.initiator_name = Some(value.clone()),
                 "InitiatorAlias" => self.initiator_alias = Some(value.clone()),
@@ -189,27 +242,6 @@ impl LoginMachine {
                         );
                     }
                 },
-                "AuthMethod" => {
-                    if req.csg != SECURITY_STAGE {
-                        return fail(
-                            response,
-                            status::INITIATOR_ERROR,
-                            "AuthMethod outside the security stage".into(),
-                        );
-                    }
-                    // No authentication is configured (CHAP arrives with its own issue).
-                    if value.split(',').any(|m| m.trim() == "None") {
-                        replies.push((key.clone(), "None".into()));
-                    } else {
-                        return fail(
-                            response,
-                            status::AUTHENTICATION_FAILED,
-                            format!(
-                                "initiator requires AuthMethod={value}, this target offers None"
-                            ),
-                        );
-                    }
-                }
                 _ => {
                     if self.answered.contains(key) {
                         continue;
@@ -268,8 +300,46 @@ impl LoginMachine {
                 if let Some(alias) = &target.alias {
                     replies.push(("TargetAlias".into(), alias.clone()));
                 }
+                // Access control after existence: an unknown name is 0x0203, a known one
+                // this initiator may not use is 0x0202 (RFC 7143 §11.13.5).
+                let initiator = self.initiator_name.as_deref().unwrap_or_default();
+                if !target.allowed.permits(initiator) {
+                    return fail(
+                        response,
+                        status::AUTHORIZATION_FAILED,
+                        format!("initiator {initiator:?} is not allowed to log in to {name:?}"),
+                    );
+                }
                 self.target = Some(target);
             }
+        }
+
+        // Authentication (RFC 7143 §6.3.1, §12.1.3) happens in the security stage only, and
+        // nobody reaches the operational stage without it when the target demands it.
+        if req.csg == SECURITY_STAGE {
+            let policy = self.policy().cloned();
+            let algorithms = self.access.algorithms.clone();
+            if let Err(e) = self.auth.step(
+                &auth_keys,
+                policy.as_ref(),
+                &algorithms,
+                self.access.random,
+                &mut replies,
+            ) {
+                return fail(response, e.status, e.why);
+            }
+        } else if !auth_keys.is_empty() {
+            return fail(
+                response,
+                status::INITIATOR_ERROR,
+                "authentication keys outside the security stage".into(),
+            );
+        } else if first && self.policy().is_some() {
+            return fail(
+                response,
+                status::AUTHENTICATION_FAILED,
+                "login skipped the security stage; this target requires CHAP".into(),
+            );
         }
 
         if req.csg == OPERATIONAL_STAGE && !self.declared_our_limits {
@@ -294,9 +364,23 @@ impl LoginMachine {
                     format!("invalid transition {} -> {}", req.csg, req.nsg),
                 );
             }
-            response.transit = true;
-            response.nsg = req.nsg;
-            self.stage = Some(req.nsg);
+            if req.csg == SECURITY_STAGE && !self.auth.may_leave_security(self.policy()) {
+                if !self.auth.in_progress() {
+                    return fail(
+                        response,
+                        status::AUTHENTICATION_FAILED,
+                        "the initiator left the security stage without authenticating; \
+                         this target requires CHAP"
+                            .into(),
+                    );
+                }
+                // CHAP under way: stay in the security stage. The target answers T=0 while it
+                // needs more exchanges, whatever the initiator asked (RFC 7143 §6.3).
+            } else {
+                response.transit = true;
+                response.nsg = req.nsg;
+                self.stage = Some(req.nsg);
+            }
         }
         response.data = text::encode(&replies);
 
@@ -309,6 +393,7 @@ impl LoginMachine {
                 cid: req.cid,
                 session_type: self.session_type.unwrap_or(SessionType::Normal),
                 target: self.target.clone(),
+                chap_user: self.auth.user().map(str::to_string),
                 params: self.negotiated,
                 cmd_sn: req.cmd_sn,
             };
@@ -361,6 +446,8 @@ mod tests {
             name: name.into(),
             alias: Some("disk0".into()),
             portal_group_tag: 1,
+            chap: None,
+            allowed: Arc::default(),
         })
     }
 
@@ -565,3 +652,7 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "login_auth_tests.rs"]
+mod auth_tests;

@@ -2,7 +2,11 @@
 //! connections, the CmdSN window, R2T/Data-In sequencing, task management, NOP and logout.
 //! Knows nothing about SCSI commands: it hands CDBs to a [`crate::scsi::TargetDevice`].
 
+pub mod access;
+pub mod auth;
+pub mod chap;
 pub mod connection;
+pub mod limits;
 pub mod login;
 pub mod params;
 pub mod response;
@@ -15,8 +19,13 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::IscsiSettings;
+use crate::config::{IscsiSettings, Limits};
 use crate::scsi::TargetDevice;
+
+use access::AllowList;
+use chap::ChapPolicy;
+use limits::ConnectionCounter;
+use login::LoginAccess;
 
 pub use session::SessionRegistry;
 
@@ -27,6 +36,10 @@ pub struct Target {
     pub alias: Option<String>,
     pub portal_group_tag: u16,
     pub device: Arc<TargetDevice>,
+    /// CHAP demanded by this target; `None`: no authentication.
+    pub chap: Option<Arc<ChapPolicy>>,
+    /// Initiators that may see and use it.
+    pub allowed: Arc<AllowList>,
 }
 
 /// The targets this server presents. Logins look targets up here at login time, so targets
@@ -68,6 +81,10 @@ pub struct Context {
     pub settings: IscsiSettings,
     pub targets: TargetRegistry,
     pub sessions: SessionRegistry,
+    /// CHAP algorithms and discovery authentication.
+    pub access: LoginAccess,
+    pub limits: Limits,
+    pub connections: ConnectionCounter,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
 }
@@ -78,6 +95,9 @@ impl Context {
             settings,
             targets: TargetRegistry::default(),
             sessions: SessionRegistry::default(),
+            access: LoginAccess::default(),
+            limits: Limits::default(),
+            connections: ConnectionCounter::default(),
             shutdown: CancellationToken::new(),
         }
     }

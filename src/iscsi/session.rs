@@ -74,6 +74,18 @@ pub enum AdmitError {
     OldSessionBusy,
     /// Every TSIH is in use.
     NoTsih,
+    /// The initiator already holds `max_sessions_per_initiator` sessions.
+    TooManySessions,
+}
+
+impl std::fmt::Display for AdmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdmitError::OldSessionBusy => "the session being reinstated is still busy",
+            AdmitError::NoTsih => "every TSIH is in use",
+            AdmitError::TooManySessions => "max_sessions_per_initiator reached",
+        })
+    }
 }
 
 impl SessionRegistry {
@@ -85,6 +97,16 @@ impl SessionRegistry {
     /// all of its commands have finished (RFC 7143 §6.3.5: the old tasks end before the new
     /// session runs).
     pub async fn admit(&self, key: SessionKey) -> Result<SessionGuard<'_>, AdmitError> {
+        self.admit_limited(key, usize::MAX).await
+    }
+
+    /// [`Self::admit`], refusing the session if its initiator already holds `max` others (a
+    /// reinstated session does not count against its replacement).
+    pub async fn admit_limited(
+        &self,
+        key: SessionKey,
+        max: usize,
+    ) -> Result<SessionGuard<'_>, AdmitError> {
         let old = self
             .lock()
             .sessions
@@ -104,6 +126,14 @@ impl SessionRegistry {
             }
         }
         let mut inner = self.lock();
+        let others = inner
+            .sessions
+            .keys()
+            .filter(|k| k.initiator == key.initiator && **k != key)
+            .count();
+        if others >= max {
+            return Err(AdmitError::TooManySessions);
+        }
         let tsih = inner.allocate_tsih().ok_or(AdmitError::NoTsih)?;
         let cancel = CancellationToken::new();
         let gone = CancellationToken::new();

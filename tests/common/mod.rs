@@ -33,10 +33,16 @@ pub struct Keel {
 impl Keel {
     /// One target with one file LUN of `size` bytes; `server_extra` adds lines to [server].
     pub async fn start(size: &str, server_extra: &str) -> Keel {
+        Keel::start_with(size, server_extra, "").await
+    }
+
+    /// Like [`Keel::start`]; `target_extra` adds lines (keys, `[[target.chap]]` tables) to
+    /// the target before its LUN.
+    pub async fn start_with(size: &str, server_extra: &str, target_extra: &str) -> Keel {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n{server_extra}\n\
-             [[target]]\nname = \"{TARGET}\"\nalias = \"disk0\"\n\
+             [[target]]\nname = \"{TARGET}\"\nalias = \"disk0\"\n{target_extra}\n\
              [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n",
             dir.path().display()
         );
@@ -111,6 +117,17 @@ pub struct Params {
     pub target_max_recv: u32,
 }
 
+/// CHAP credentials for [`Initiator::login_chap`].
+#[derive(Clone, Debug)]
+pub struct Chap<'a> {
+    pub user: &'a str,
+    pub secret: &'a [u8],
+    /// The CHAP_A list offered, e.g. "7,6,5".
+    pub algorithms: &'a str,
+    /// Mutual CHAP: the target's expected name and secret.
+    pub mutual: Option<(&'a str, &'a [u8])>,
+}
+
 pub struct Initiator {
     reader: FramedRead<OwnedReadHalf, PduCodec>,
     writer: OwnedWriteHalf,
@@ -123,6 +140,8 @@ pub struct Initiator {
     header_digest: bool,
     data_digest: bool,
     pub params: Params,
+    /// The InitiatorName this initiator logs in with.
+    pub name: String,
 }
 
 impl Initiator {
@@ -153,6 +172,7 @@ impl Initiator {
                 max_burst: 262144,
                 target_max_recv: 8192,
             },
+            name: INITIATOR.to_string(),
         }
     }
 
@@ -270,8 +290,8 @@ impl Initiator {
         target: Option<&str>,
         operational: &[(&str, &str)],
     ) -> Vec<(String, String)> {
-        let mut first: Vec<(&str, &str)> =
-            vec![("InitiatorName", INITIATOR), ("AuthMethod", "None")];
+        let name = self.name.clone();
+        let mut first: Vec<(&str, &str)> = vec![("InitiatorName", &name), ("AuthMethod", "None")];
         match target {
             Some(t) => {
                 first.push(("TargetName", t));
@@ -285,6 +305,97 @@ impl Initiator {
             (0, 0),
             "security stage failed"
         );
+        self.operational(operational).await
+    }
+
+    /// A login with CHAP in the security stage (RFC 7143 §12.1.3), then the operational
+    /// stage with no keys. Returns the status of the first refusal: `Err((class, detail))`.
+    pub async fn login_chap(
+        &mut self,
+        target: Option<&str>,
+        chap: &Chap<'_>,
+    ) -> Result<(), (u8, u8)> {
+        use keel::iscsi::chap;
+        let name = self.name.clone();
+        let mut first: Vec<(&str, &str)> =
+            vec![("InitiatorName", &name), ("AuthMethod", "CHAP,None")];
+        match target {
+            Some(t) => {
+                first.push(("TargetName", t));
+                first.push(("SessionType", "Normal"));
+            }
+            None => first.push(("SessionType", "Discovery")),
+        }
+        let status = |r: &keel::wire::LoginResponse| match (r.status_class, r.status_detail) {
+            (0, 0) => Ok(()),
+            other => Err(other),
+        };
+        let r = self.login_step(0, 1, true, &first).await;
+        status(&r)?;
+        let keys = text::parse(&r.data).unwrap();
+        let get = |keys: &[(String, String)], k: &str| {
+            keys.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&keys, "AuthMethod").as_deref(), Some("CHAP"));
+        assert!(!r.transit);
+        let r = self
+            .login_step(0, 1, false, &[("CHAP_A", chap.algorithms)])
+            .await;
+        status(&r)?;
+        let keys = text::parse(&r.data).unwrap();
+        let code: u32 = get(&keys, "CHAP_A").unwrap().parse().unwrap();
+        let algorithm = chap::Algorithm::from_code(code).expect("CHAP_A from the target");
+        let id = chap::parse_identifier(&get(&keys, "CHAP_I").unwrap()).unwrap();
+        let challenge = chap::decode_binary(&get(&keys, "CHAP_C").unwrap()).unwrap();
+        let answer = chap::encode_hex(&chap::response(
+            algorithm,
+            id,
+            &chap::Secret::new(chap.secret.to_vec()),
+            &challenge,
+        ));
+        let my_challenge: Vec<u8> = pattern(algorithm.challenge_len(), 99);
+        let my_challenge_hex = chap::encode_hex(&my_challenge);
+        let mut pairs = vec![("CHAP_N", chap.user), ("CHAP_R", answer.as_str())];
+        if chap.mutual.is_some() {
+            pairs.push(("CHAP_I", "201"));
+            pairs.push(("CHAP_C", &my_challenge_hex));
+        }
+        let r = self.login_step(0, 1, true, &pairs).await;
+        status(&r)?;
+        assert!(r.transit && r.nsg == 1);
+        if let Some((target_user, target_secret)) = chap.mutual {
+            let keys = text::parse(&r.data).unwrap();
+            assert_eq!(get(&keys, "CHAP_N").as_deref(), Some(target_user));
+            let expected = chap::response(
+                algorithm,
+                201,
+                &chap::Secret::new(target_secret.to_vec()),
+                &my_challenge,
+            );
+            assert_eq!(
+                get(&keys, "CHAP_R"),
+                Some(chap::encode_hex(&expected)),
+                "the target's mutual CHAP response"
+            );
+        }
+        self.operational(&[]).await;
+        Ok(())
+    }
+
+    /// The first login request only, with AuthMethod=None: the status it gets.
+    pub async fn login_status(&mut self, target: Option<&str>) -> (u8, u8) {
+        let name = self.name.clone();
+        let mut first: Vec<(&str, &str)> = vec![("InitiatorName", &name), ("AuthMethod", "None")];
+        match target {
+            Some(t) => first.push(("TargetName", t)),
+            None => first.push(("SessionType", "Discovery")),
+        }
+        let r = self.login_step(0, 1, true, &first).await;
+        (r.status_class, r.status_detail)
+    }
+
+    /// The operational stage to full feature phase; learns digests and burst sizes.
+    pub async fn operational(&mut self, operational: &[(&str, &str)]) -> Vec<(String, String)> {
         let r = self.login_step(1, 3, true, operational).await;
         assert_eq!(
             (r.status_class, r.status_detail),
