@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::storage::IoEngine;
+
 /// The configuration `keel serve` uses when given none: one 1 GiB sparse-file LUN under
 /// `./keel-data`, on 127.0.0.1:3260.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -56,6 +58,7 @@ struct RawServer {
     nop_interval_secs: Option<u64>,
     nop_timeout_secs: Option<Spanned<u64>>,
     login_timeout_secs: Option<Spanned<u64>>,
+    io_engine: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +134,8 @@ pub struct Config {
     pub portals: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub iscsi: IscsiSettings,
+    /// The storage engine for file and block-device LUNs.
+    pub io_engine: IoEngine,
     pub targets: Vec<TargetConfig>,
 }
 
@@ -268,6 +273,23 @@ impl Validator<'_> {
         );
         let portals = self.portals(&raw.server);
         let iscsi = self.iscsi(&raw.server);
+        let io_engine = match &raw.server.io_engine {
+            None => IoEngine::default(),
+            Some(v) => match v.get_ref().as_str() {
+                "auto" => IoEngine::Auto,
+                "io_uring" => IoEngine::IoUring,
+                "threads" => IoEngine::Threads,
+                other => {
+                    self.error(
+                        v,
+                        format!(
+                            "io_engine {other:?} is not one of \"auto\", \"io_uring\", \"threads\""
+                        ),
+                    );
+                    IoEngine::default()
+                }
+            },
+        };
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();
         for t in raw.targets {
@@ -313,6 +335,7 @@ impl Validator<'_> {
             portals,
             data_dir,
             iscsi,
+            io_engine,
             targets,
         }
     }
@@ -642,6 +665,7 @@ block = "/dev/sdx"
             IscsiSettings::default(),
             "the example shows the defaults"
         );
+        assert_eq!(c.io_engine, IoEngine::Auto, "the example shows the default");
     }
 
     #[test]
@@ -692,6 +716,24 @@ lun = 70000
         );
         assert!(shown.contains("LUN numbers go up to 16383"), "{shown}");
         assert!(shown.contains("needs file"), "{shown}");
+    }
+
+    #[test]
+    fn io_engine_is_checked() {
+        for (text, engine) in [
+            ("", IoEngine::Auto),
+            ("[server]\nio_engine = \"auto\"\n", IoEngine::Auto),
+            ("[server]\nio_engine = \"io_uring\"\n", IoEngine::IoUring),
+            ("[server]\nio_engine = \"threads\"\n", IoEngine::Threads),
+        ] {
+            assert_eq!(parse(text, "x").unwrap().io_engine, engine, "{text}");
+        }
+        let errs = parse("[server]\n\nio_engine = \"uring\"\n", "x.toml").unwrap_err();
+        assert!(
+            errs.to_string()
+                .contains("x.toml:3: io_engine \"uring\" is not one of"),
+            "{errs}"
+        );
     }
 
     #[test]
