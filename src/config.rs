@@ -14,6 +14,7 @@ use toml::Spanned;
 
 mod auth;
 
+use crate::storage::IoEngine;
 pub use auth::{AccessSettings, Limits, read_secret_file};
 use auth::{RawAccess, RawCredential};
 
@@ -67,6 +68,7 @@ struct RawServer {
     max_sessions_per_initiator: Option<Spanned<u32>>,
     discovery_chap: Option<Vec<RawCredential>>,
     discovery_mutual_chap: Option<RawCredential>,
+    io_engine: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +148,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub iscsi: IscsiSettings,
     pub access: AccessSettings,
+    /// The storage engine for file and block-device LUNs.
+    pub io_engine: IoEngine,
     pub targets: Vec<TargetConfig>,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
@@ -308,6 +312,23 @@ impl Validator<'_> {
             discovery_chap: &s.discovery_chap,
             discovery_mutual_chap: &s.discovery_mutual_chap,
         });
+        let io_engine = match &raw.server.io_engine {
+            None => IoEngine::default(),
+            Some(v) => match v.get_ref().as_str() {
+                "auto" => IoEngine::Auto,
+                "io_uring" => IoEngine::IoUring,
+                "threads" => IoEngine::Threads,
+                other => {
+                    self.error(
+                        v,
+                        format!(
+                            "io_engine {other:?} is not one of \"auto\", \"io_uring\", \"threads\""
+                        ),
+                    );
+                    IoEngine::default()
+                }
+            },
+        };
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();
         for t in raw.targets {
@@ -358,6 +379,7 @@ impl Validator<'_> {
             data_dir,
             iscsi,
             access,
+            io_engine,
             targets,
             warnings: Vec::new(),
         }
@@ -697,6 +719,7 @@ block = "/dev/sdx"
         assert_eq!(t.allowed_initiators.len(), 2);
         assert!(t.chap.as_ref().is_some_and(|p| p.mutual.is_some()));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.io_engine, IoEngine::Auto, "the example shows the default");
     }
 
     #[test]
@@ -747,6 +770,24 @@ lun = 70000
         );
         assert!(shown.contains("LUN numbers go up to 16383"), "{shown}");
         assert!(shown.contains("needs file"), "{shown}");
+    }
+
+    #[test]
+    fn io_engine_is_checked() {
+        for (text, engine) in [
+            ("", IoEngine::Auto),
+            ("[server]\nio_engine = \"auto\"\n", IoEngine::Auto),
+            ("[server]\nio_engine = \"io_uring\"\n", IoEngine::IoUring),
+            ("[server]\nio_engine = \"threads\"\n", IoEngine::Threads),
+        ] {
+            assert_eq!(parse(text, "x").unwrap().io_engine, engine, "{text}");
+        }
+        let errs = parse("[server]\n\nio_engine = \"uring\"\n", "x.toml").unwrap_err();
+        assert!(
+            errs.to_string()
+                .contains("x.toml:3: io_engine \"uring\" is not one of"),
+            "{errs}"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::iscsi::login::LoginAccess;
 use crate::iscsi::{Context, Target, connection};
 use crate::scsi::pr_store::file_store;
 use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
-use crate::storage::{BlockBackend, FileBackend};
+use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
 
 /// A server with its listeners bound, ready to run.
 pub struct Server {
@@ -39,31 +39,49 @@ impl Server {
         };
         ctx.limits = config.access.limits;
         let ctx = Arc::new(ctx);
+        // One ring (and its thread) for every LUN, chosen once.
+        let uses_files = config.targets.iter().any(|t| !t.luns.is_empty());
+        let engine = if uses_files {
+            select_engine(config.io_engine, UringEngine::new)?
+        } else {
+            None
+        };
+        info!(
+            configured = config.io_engine.name(),
+            engine = if engine.is_some() {
+                "io_uring"
+            } else {
+                "threads"
+            },
+            "storage engine"
+        );
         for t in &config.targets {
             let device = Arc::new(TargetDevice::new(&t.name));
             for l in &t.luns {
                 let backend: Arc<dyn BlockBackend> = match &l.backing {
                     Backing::File { path, create_size } => Arc::new(
-                        FileBackend::open_file(path, *create_size, l.read_only).with_context(
-                            || {
+                        FileBackend::open_file(path, *create_size, l.read_only)
+                            .with_context(|| {
                                 format!(
                                     "target {} LUN {}: cannot open {}",
                                     t.name,
                                     l.lun,
                                     path.display()
                                 )
-                            },
-                        )?,
+                            })?
+                            .with_engine(engine.clone()),
                     ),
                     Backing::Block { path } => Arc::new(
-                        FileBackend::open_block_device(path, l.read_only).with_context(|| {
-                            format!(
-                                "target {} LUN {}: cannot open {}",
-                                t.name,
-                                l.lun,
-                                path.display()
-                            )
-                        })?,
+                        FileBackend::open_block_device(path, l.read_only)
+                            .with_context(|| {
+                                format!(
+                                    "target {} LUN {}: cannot open {}",
+                                    t.name,
+                                    l.lun,
+                                    path.display()
+                                )
+                            })?
+                            .with_engine(engine.clone()),
                     ),
                 };
                 if !backend.size_bytes().is_multiple_of(l.block_size as u64) {

@@ -145,3 +145,46 @@ async fn many_commands_in_flight_complete() {
     assert!(keel::wire::sn_le(i.cmd_sn, i.max_cmd_sn.wrapping_add(1)));
     keel.stop().await;
 }
+
+/// One session through each storage engine: writes of several sizes (one with FUA), reads
+/// back, SYNCHRONIZE CACHE.
+async fn session_with_engine(engine: &str) {
+    let keel = Keel::start("16MiB", &format!("io_engine = \"{engine}\"")).await;
+    let mut i = Initiator::connect(keel.addr).await;
+    i.login(Some(TARGET), &[]).await;
+    i.clear_unit_attention().await;
+    for (k, len) in [512usize, 4096, 65536, 1 << 20].into_iter().enumerate() {
+        write_then_read(&mut i, (k * 4096) as u32, len, 500 + k as u64).await;
+    }
+    // WRITE (10) with FUA, 8 blocks at LBA 30000.
+    let data = pattern(4096, 77);
+    let w = i
+        .scsi(
+            0,
+            &[0x2a, 0x08, 0, 0, 0x75, 0x30, 0, 0, 8, 0],
+            0,
+            Some(&data),
+        )
+        .await;
+    assert_eq!(
+        w.status,
+        0,
+        "{engine}: FUA write failed: {:?}",
+        w.sense_triple()
+    );
+    assert!(i.read10(30000, 8).await.data == data, "{engine}");
+    let sync = i.scsi(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, None).await;
+    assert_eq!(sync.status, 0, "{engine}");
+    assert_eq!(i.logout().await, 0);
+    keel.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_on_the_thread_pool_engine() {
+    session_with_engine("threads").await;
+}
+
+#[tokio::test]
+async fn a_session_on_the_io_uring_engine() {
+    session_with_engine("io_uring").await;
+}

@@ -3,20 +3,72 @@
 //! The SCSI layer sees a logical unit's medium only through [`BlockBackend`]: byte-addressed
 //! reads, writes and flushes that never block the tokio runtime. Backends here: regular files
 //! and block devices ([`file::FileBackend`], blocking syscalls on tokio's bounded blocking
-//! pool) and RAM ([`memory::MemoryBackend`], for tests). The io_uring engine arrives with the
-//! performance work behind the same trait.
+//! pool, or an io_uring engine: [`uring::UringEngine`]) and RAM ([`memory::MemoryBackend`],
+//! for tests). [`select_engine`] picks the engine at start.
 
 pub mod file;
 pub mod memory;
+pub mod uring;
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use file::FileBackend;
 pub use memory::MemoryBackend;
+pub use uring::UringEngine;
+
+/// Which engine serves file and block-device I/O (`io_engine` in `[server]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// io_uring when the kernel allows it, else the thread pool.
+    #[default]
+    Auto,
+    /// io_uring, or fail to start.
+    IoUring,
+    /// Blocking syscalls on tokio's bounded blocking pool.
+    Threads,
+}
+
+impl IoEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoEngine::Auto => "auto",
+            IoEngine::IoUring => "io_uring",
+            IoEngine::Threads => "threads",
+        }
+    }
+}
+
+/// Picks the storage engine once at start: `open` creates the ring (normally
+/// [`UringEngine::new`]; tests pass one that refuses). `Ok(None)` means the thread pool.
+/// "auto" falls back (logging why, once); "io_uring" fails with a clear message instead.
+pub fn select_engine(
+    mode: IoEngine,
+    open: impl FnOnce() -> io::Result<Arc<UringEngine>>,
+) -> anyhow::Result<Option<Arc<UringEngine>>> {
+    match mode {
+        IoEngine::Threads => Ok(None),
+        IoEngine::IoUring => match open() {
+            Ok(engine) => Ok(Some(engine)),
+            Err(e) => Err(anyhow::anyhow!(
+                "io_engine = \"io_uring\" but io_uring is unavailable: {e} (the kernel may lack \
+                 it, a seccomp profile such as Docker's may block it, or kernel.io_uring_disabled \
+                 may be set); use io_engine = \"auto\" or \"threads\""
+            )),
+        },
+        IoEngine::Auto => match open() {
+            Ok(engine) => Ok(Some(engine)),
+            Err(e) => {
+                tracing::warn!("io_uring is unavailable ({e}); storage I/O uses the thread pool");
+                Ok(None)
+            }
+        },
+    }
+}
 
 /// A boxed future returned by backend operations (the trait is object safe).
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'a>>;
