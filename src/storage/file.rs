@@ -17,6 +17,10 @@ use bytes::{Bytes, BytesMut};
 use super::uring::UringEngine;
 use super::{BlockBackend, Extent, IoFuture, push_extent};
 
+/// Reads of this size and more go to the blocking pool even when an io_uring engine is
+/// attached (see `read_at`).
+const LARGE_READ: usize = 256 * 1024;
+
 /// A file or block device opened for positional I/O.
 #[derive(Debug)]
 pub struct FileBackend {
@@ -130,7 +134,11 @@ impl BlockBackend for FileBackend {
     }
 
     fn read_at(&self, offset: u64, len: usize) -> IoFuture<'_, Bytes> {
-        if let Some(engine) = &self.engine {
+        // Large reads mostly copy from the page cache; on the ring's single thread those
+        // copies serialize, while the blocking pool spreads them over the cores (measured
+        // with interop/bench: 1 MiB reads at QD8 2.0-2.2 GB/s through the ring, 2.6-3.2 on
+        // the pool). Small reads gain from the ring (4 KiB QD32: +25 %, -30 % CPU per I/O).
+        if let Some(engine) = self.engine.as_ref().filter(|_| len < LARGE_READ) {
             return Box::pin(engine.read(&self.file, offset, len));
         }
         Box::pin(self.blocking(move |file| {
