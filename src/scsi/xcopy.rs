@@ -868,6 +868,12 @@ pub async fn extended_copy(
     let Some(list) = parse_parameter_list(list_bytes)? else {
         return Ok(ScsiResponse::good(Bytes::new()));
     };
+    // Registered before planning, so that a list refused while planning (COPY ABORTED,
+    // reservation conflicts) leaves a held "completed with errors" status for its list
+    // identifier rather than an older result under the same identifier.
+    let running = target
+        .copy_results()
+        .begin(nexus, lu.lun(), list.list_id, list.usage)?;
     let planned = plan(&list, &target.luns())?;
     // The copy manager reads and writes its copy targets on behalf of this I_T nexus: their
     // reservations apply as to that nexus's own READ and WRITE. The addressed unit was
@@ -884,9 +890,6 @@ pub async fn extended_copy(
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
         }
     }
-    let running = target
-        .copy_results()
-        .begin(nexus, lu.lun(), list.list_id, list.usage)?;
     let mut copied = 0u64;
     for (index, segment) in planned.iter().enumerate() {
         if let Err(sense) = copy_segment(segment).await {
@@ -1537,6 +1540,9 @@ mod tests {
         let r = xcopy(&target, &n, 0, list).await;
         assert_eq!(sense_of(&r), (0x0A, 0x0D, 0x02));
         assert!(read(&lu, 100, 8).await.iter().all(|&b| b == 0));
+        // Its list identifier reports "completed with errors", nothing processed.
+        let s = run(&target, &n, 0, &rcr_cdb(op::SA_COPY_STATUS, 1), vec![]).await;
+        assert_eq!(&s.data_in[..], &[0, 0, 0, 8, 0x02, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[tokio::test]
