@@ -23,6 +23,9 @@ pub mod sense;
 pub mod spc;
 pub mod target;
 pub mod ua;
+// --- third-party copy (issue3-xcopy) ---
+pub mod xcopy;
+// --- end third-party copy (issue3-xcopy) ---
 // --- management (issue3-mgmt) ---
 pub mod alua;
 pub mod log;

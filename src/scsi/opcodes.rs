@@ -71,6 +71,15 @@ pub mod op {
     /// SERVICE ACTION IN(16): GET LBA STATUS (SBC-4 §5.8).
     pub const SA_GET_LBA_STATUS: u8 = 0x12;
     // --- end SBC offload (issue3-sbc) ---
+    // --- third-party copy (issue3-xcopy) ---
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
+    /// EXTENDED COPY service action: LID1 (SPC-4 §6.4).
+    pub const SA_EXTENDED_COPY_LID1: u8 = 0x00;
+    /// RECEIVE COPY RESULTS service actions (SPC-4 §6.22).
+    pub const SA_COPY_STATUS: u8 = 0x00;
+    pub const SA_OPERATING_PARAMETERS: u8 = 0x03;
+    // --- end third-party copy (issue3-xcopy) ---
 }
 
 /// Which handler runs the command.
@@ -114,6 +123,10 @@ pub enum Handler {
     OrWrite,
     PreFetch,
     // --- end SBC offload (issue3-sbc) ---
+    // --- third-party copy (issue3-xcopy) ---
+    ExtendedCopy,
+    ReceiveCopyResults,
+    // --- end third-party copy (issue3-xcopy) ---
 }
 
 /// Direction of the data phase.
@@ -253,6 +266,48 @@ static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 2] = [
     // --- end SBC offload (issue3-sbc) ---
 ];
 
+// --- third-party copy (issue3-xcopy) ---
+/// EXTENDED COPY (83h): LID1 only (LID4, service action 01h, is not supported).
+static EXTENDED_COPY: [(u8, CommandInfo); 1] = [(
+    op::SA_EXTENDED_COPY_LID1,
+    command(
+        "EXTENDED COPY(LID1)",
+        Handler::ExtendedCopy,
+        DataDirection::Out,
+        16,
+        false,
+        true,
+    ),
+)];
+
+/// RECEIVE COPY RESULTS (84h): COPY STATUS and OPERATING PARAMETERS. RECEIVE DATA (01h) and
+/// FAILED SEGMENT DETAILS (04h) are refused: no data is ever held.
+static RECEIVE_COPY_RESULTS: [(u8, CommandInfo); 2] = [
+    (
+        op::SA_COPY_STATUS,
+        command(
+            "RECEIVE COPY RESULTS",
+            Handler::ReceiveCopyResults,
+            DataDirection::In,
+            16,
+            true,
+            true,
+        ),
+    ),
+    (
+        op::SA_OPERATING_PARAMETERS,
+        command(
+            "RECEIVE COPY RESULTS",
+            Handler::ReceiveCopyResults,
+            DataDirection::In,
+            16,
+            true,
+            true,
+        ),
+    ),
+];
+// --- end third-party copy (issue3-xcopy) ---
+
 // --- management (issue3-mgmt) ---
 /// MAINTENANCE IN (A3h) service actions, ascending. All of them describe the target rather
 /// than the medium, so they run while the unit is not ready (SPC-4 §4.3.4.2).
@@ -385,6 +440,10 @@ const fn build_table() -> [Slot; 256] {
     t[op::WRITE_AND_VERIFY_12 as usize] = media("WRITE AND VERIFY(12)", Verify, Out, 12);
     t[op::VERIFY_12 as usize] = media("VERIFY(12)", Verify, Out, 12);
     // --- end SBC offload (issue3-sbc) ---
+    // --- third-party copy (issue3-xcopy) ---
+    t[op::EXTENDED_COPY as usize] = Slot::ServiceActions(&EXTENDED_COPY);
+    t[op::RECEIVE_COPY_RESULTS as usize] = Slot::ServiceActions(&RECEIVE_COPY_RESULTS);
+    // --- end third-party copy (issue3-xcopy) ---
     t
 }
 

@@ -43,6 +43,9 @@ const STANDARD_INQUIRY_LEN: usize = 96;
 /// GROUPS, no SET TARGET PORT GROUPS); see `alua`.
 const TPGS_IMPLICIT: u8 = 0x10;
 
+/// 3PC (SPC-4 §6.6.2, byte 5 bit 3): the unit is a copy manager (EXTENDED COPY, see `xcopy`).
+const THIRD_PARTY_COPY: u8 = 0x08; // third-party copy (issue3-xcopy)
+
 /// Standard INQUIRY data (SPC-4 §6.6.2). `peripheral` is byte 0 (qualifier and type).
 pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
     let mut data = vec![0u8; STANDARD_INQUIRY_LEN];
@@ -52,6 +55,7 @@ pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
     data[3] = 0x10 | 0x02;
     data[4] = (STANDARD_INQUIRY_LEN - 5) as u8;
     data[5] = TPGS_IMPLICIT; // --- management (issue3-mgmt): ALUA ---
+    data[5] |= THIRD_PARTY_COPY; // third-party copy (issue3-xcopy)
     data[7] = 0x02; // CMDQUE: full task management model
     data[8..16].copy_from_slice(&ascii_field(&identity.vendor, 8));
     data[16..32].copy_from_slice(&ascii_field(&identity.product, 16));
@@ -353,7 +357,8 @@ mod tests {
     fn standard_inquiry_layout() {
         let d = standard_inquiry(&identity(), DEVICE_TYPE_DISK);
         assert_eq!(d.len(), 96);
-        assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x10, 0x00, 0x02]);
+        // Byte 5: TPGS 01b (ALUA) and 3PC (third-party copy, issue3-xcopy).
+        assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"KEEL    ");
         assert_eq!(&d[16..32], b"VIRTUAL-DISK    ");
         assert_eq!(&d[32..36], b"0001");

@@ -25,12 +25,17 @@ use super::{ScsiStatus, reserve};
 // --- SBC offload (issue3-sbc) ---
 use super::{provisioning, sbc_offload};
 // --- end SBC offload (issue3-sbc) ---
+use super::xcopy; // third-party copy (issue3-xcopy)
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
 #[derive(Debug)]
 pub struct TargetDevice {
     name: String,
     luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
+    // --- third-party copy (issue3-xcopy) ---
+    /// Running EXTENDED COPY commands and held COPY STATUS results of every copy manager.
+    copy_results: xcopy::CopyResults,
+    // --- end third-party copy (issue3-xcopy) ---
 }
 
 impl TargetDevice {
@@ -38,6 +43,7 @@ impl TargetDevice {
         TargetDevice {
             name: target_name.to_string(),
             luns: RwLock::new(BTreeMap::new()),
+            copy_results: xcopy::CopyResults::default(), // third-party copy (issue3-xcopy)
         }
     }
 
@@ -45,6 +51,13 @@ impl TargetDevice {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    // --- third-party copy (issue3-xcopy) ---
+    /// Running copies and held copy results (RECEIVE COPY RESULTS).
+    pub fn copy_results(&self) -> &xcopy::CopyResults {
+        &self.copy_results
+    }
+    // --- end third-party copy (issue3-xcopy) ---
 
     fn read_luns(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<LogicalUnit>>> {
         // Writers only insert/remove map entries, so a poisoned lock is still consistent.
@@ -124,6 +137,11 @@ impl TargetDevice {
             response.data_out_used = needed;
         }
         // --- end management (issue3-mgmt) ---
+        // --- third-party copy (issue3-xcopy) ---
+        if let Some(needed) = xcopy::data_out_needed(&req.cdb) {
+            response.data_out_used = needed;
+        }
+        // --- end third-party copy (issue3-xcopy) ---
         response
     }
 
@@ -206,6 +224,13 @@ impl TargetDevice {
             Handler::OrWrite => sbc_offload::orwrite(lu, cdb, &req.data_out).await?,
             Handler::PreFetch => sbc_offload::prefetch(lu, cdb).await?,
             // --- end SBC offload (issue3-sbc) ---
+            // --- third-party copy (issue3-xcopy) ---
+            Handler::ExtendedCopy => {
+                return xcopy::extended_copy(self, lu, nexus, cdb, &req.data_out).await;
+            }
+            Handler::ReceiveCopyResults => {
+                xcopy::receive_copy_results(&self.copy_results, lu, nexus, cdb)?
+            } // --- end third-party copy (issue3-xcopy) ---
         };
         Ok(ScsiResponse::good(data))
     }
@@ -279,6 +304,7 @@ impl TargetDevice {
             lu.reservations().nexus_lost(nexus);
             // --- end persistent reservations ---
         }
+        self.copy_results.nexus_lost(nexus); // third-party copy (issue3-xcopy)
     }
 }
 
