@@ -1,0 +1,70 @@
+# Helpers for the guest side of the scenarios (sourced by each scenario script in the guest).
+# /vm/env provides TARGET, PORTAL (10.0.2.2:PORT, the host's keel) and SCENARIO.
+set -o pipefail
+. /vm/env
+up() { cut -d' ' -f1 /proc/uptime; }
+# step TEXT: a timestamped headline.
+step() { echo "--- [$(up)s] $*"; }
+# run CMD...: show it, run it, fail the scenario on a non-zero status.
+run() {
+    echo "# $*"
+    "$@"
+    local rc=$?
+    [ $rc = 0 ] || die "'$*' exited with $rc"
+}
+# sh_run 'pipeline': the same for a shell string.
+sh_run() {
+    echo "# $1"
+    bash -o pipefail -c "$1"
+    local rc=$?
+    [ $rc = 0 ] || die "'$1' exited with $rc"
+}
+die() {
+    echo "@@KEEL-VM FAIL: $*"
+    echo "--- dmesg (tail):"; dmesg | tail -25
+    exit 1
+}
+# host_request WHAT: ask interop/vm/run (which watches the console) to act on the host.
+host_request() { echo "@@KEEL-VM REQUEST $*"; }
+
+# iscsi_init [INITIATOR-NAME]: load the initiator, set the name, start iscsid.
+iscsi_init() {
+    mkdir -p /run/lock/iscsi /var/lib/iscsi /run/iscsi /etc/iscsi
+    echo "InitiatorName=${1:-iqn.2026-11.org.example.vm:$SCENARIO}" > /etc/iscsi/initiatorname.iscsi
+    modprobe iscsi_tcp || die "no iscsi_tcp module"
+    # Fail fast instead of waiting 8 x 15 s when something is wrong.
+    sed -i -e 's/^node.session.initial_login_retry_max.*/node.session.initial_login_retry_max = 2/' \
+        /etc/iscsi/iscsid.conf
+    iscsid || die "iscsid did not start"
+    sleep 1
+}
+# discover [PORTAL]: SendTargets; fails unless TARGET is listed.
+discover() {
+    local p=${1:-$PORTAL}
+    echo "# iscsiadm -m discovery -t st -p $p"
+    local out; out=$(iscsiadm -m discovery -t st -p "$p" 2>&1); echo "$out"
+    grep -q " $TARGET\$" <<<"$out" || die "discovery at $p did not list $TARGET"
+}
+# node_set KEY VALUE [PORTAL]: update the node record.
+node_set() { run iscsiadm -m node -T "$TARGET" -p "${3:-$PORTAL}" -o update -n "$1" -v "$2"; }
+login() { run iscsiadm -m node -T "$TARGET" -p "${1:-$PORTAL}" --login; udevadm settle -t 30; }
+logout() { run iscsiadm -m node -T "$TARGET" -p "${1:-$PORTAL}" --logout; udevadm settle -t 30; }
+# session_disk: the /dev/sdX of the (first) logged-in session's LUN, waiting up to 30 s for it.
+session_disk() {
+    local d
+    for _ in $(seq 1 60); do
+        d=$(iscsiadm -m session -P 3 2>/dev/null | awk '/Attached scsi disk/{print $4; exit}')
+        [ -n "$d" ] && [ -b "/dev/$d" ] && { echo "/dev/$d"; return 0; }
+        sleep 0.5
+    done
+    return 1
+}
+# roundtrip DISK MIB [OFFSET-MIB]: write random data with O_DIRECT, read it back, compare.
+roundtrip() {
+    local d=$1 n=$2 off=${3:-0}
+    dd if=/dev/urandom of=/tmp/pat bs=1M count="$n" status=none || die "urandom"
+    run dd if=/tmp/pat of="$d" bs=1M seek="$off" oflag=direct conv=fsync status=none
+    run dd if="$d" of=/tmp/back bs=1M skip="$off" count="$n" iflag=direct status=none
+    cmp /tmp/pat /tmp/back || die "data read back from $d differs from what was written"
+    echo "ok: $n MiB at $off MiB written and read back identical (O_DIRECT)"
+}
