@@ -38,12 +38,22 @@ iscsi_init() {
     iscsid || die "iscsid did not start"
     sleep 1
 }
-# discover [PORTAL]: SendTargets; fails unless TARGET is listed.
+# discover [PORTAL [IFACE...]]: SendTargets; fails unless TARGET is listed. Then the node record
+# is (re)created for PORTAL itself: keel answers TargetAddress with the address the connection
+# reached it on, which behind qemu's user-mode NAT is the host's 127.0.0.1 (unreachable from
+# the guest). keel has no "advertised address" setting yet, so the record is rewritten here.
 discover() {
-    local p=${1:-$PORTAL}
-    echo "# iscsiadm -m discovery -t st -p $p"
-    local out; out=$(iscsiadm -m discovery -t st -p "$p" 2>&1); echo "$out"
+    local p=${1:-$PORTAL}; shift || true
+    local ifs=() i; for i in "$@"; do ifs+=(-I "$i"); done
+    echo "# iscsiadm -m discovery -t st -p $p ${ifs[*]}"
+    local out; out=$(iscsiadm -m discovery -t st -p "$p" "${ifs[@]}" 2>&1); echo "$out"
     grep -q " $TARGET\$" <<<"$out" || die "discovery at $p did not list $TARGET"
+    iscsiadm -m node -o delete >/dev/null 2>&1
+    if [ $# = 0 ]; then
+        run iscsiadm -m node -o new -T "$TARGET" -p "$p"
+    else
+        for i in "$@"; do run iscsiadm -m node -o new -T "$TARGET" -p "$p" -I "$i"; done
+    fi
 }
 # node_set KEY VALUE [PORTAL]: update the node record.
 node_set() { run iscsiadm -m node -T "$TARGET" -p "${3:-$PORTAL}" -o update -n "$1" -v "$2"; }
