@@ -42,6 +42,8 @@ iscsi_init() {
 # is (re)created for PORTAL itself: keel answers TargetAddress with the address the connection
 # reached it on, which behind qemu's user-mode NAT is the host's 127.0.0.1 (unreachable from
 # the guest). keel has no "advertised address" setting yet, so the record is rewritten here.
+# The record carries the portal group tag (1): without one, open-iscsi stores an "old style"
+# record per portal that the second iface's record would silently overwrite.
 discover() {
     local p=${1:-$PORTAL}; shift || true
     local ifs=() i; for i in "$@"; do ifs+=(-I "$i"); done
@@ -50,10 +52,11 @@ discover() {
     grep -q " $TARGET\$" <<<"$out" || die "discovery at $p did not list $TARGET"
     iscsiadm -m node -o delete >/dev/null 2>&1
     if [ $# = 0 ]; then
-        run iscsiadm -m node -o new -T "$TARGET" -p "$p"
+        run iscsiadm -m node -o new -T "$TARGET" -p "$p,1"
     else
-        for i in "$@"; do run iscsiadm -m node -o new -T "$TARGET" -p "$p" -I "$i"; done
+        for i in "$@"; do run iscsiadm -m node -o new -T "$TARGET" -p "$p,1" -I "$i"; done
     fi
+    iscsiadm -m node
 }
 # node_set KEY VALUE [PORTAL]: update the node record.
 node_set() { run iscsiadm -m node -T "$TARGET" -p "${3:-$PORTAL}" -o update -n "$1" -v "$2"; }
@@ -77,4 +80,65 @@ roundtrip() {
     run dd if="$d" of=/tmp/back bs=1M skip="$off" count="$n" iflag=direct status=none
     cmp /tmp/pat /tmp/back || die "data read back from $d differs from what was written"
     echo "ok: $n MiB at $off MiB written and read back identical (O_DIRECT)"
+}
+
+# zvol_setup: a pool on /dev/vdc, a sparse zvol (volblocksize 4096) and a thick one (volblocksize
+# 512), both compression=off (so zeros cost space and only a real discard frees it); keel started
+# INSIDE the guest serving them as LUN 0 and 1 on 127.0.0.1:3260; the guest initiator logged in.
+# Sets DEV[thin], DEV[thick] and KP (keel's pid); zvol_teardown undoes it.
+declare -A DEV
+zvol_setup() {
+    PORTAL=127.0.0.1:3260
+    step "pool and zvols"
+    run modprobe zfs
+    run zpool create -f -o ashift=12 tank /dev/vdc
+    run zfs create -s -V 512M -o volblocksize=4096 -o compression=off tank/thin
+    run zfs create -V 256M -o volblocksize=512 -o compression=off tank/thick
+    udevadm settle -t 30
+    for v in thin thick; do [ -b /dev/zvol/tank/$v ] || die "no /dev/zvol/tank/$v"; done
+    sh_run "zfs get -H -p -o name,property,value volsize,volblocksize,refreservation,used,referenced tank/thin tank/thick"
+    lbs() { cat /sys/block/$(basename "$(readlink -f /dev/zvol/tank/$1)")/queue/logical_block_size; }
+    echo "logical block size: thin $(lbs thin), thick $(lbs thick)"
+
+    step "keel in the guest, serving both zvols"
+    mkdir -p /var/lib/keel
+    cat > /tmp/keel.toml <<EOT
+[server]
+portals = ["$PORTAL"]
+data_dir = "/var/lib/keel"
+
+[[target]]
+name = "$TARGET"
+
+[[target.lun]]
+lun = 0
+block = "/dev/zvol/tank/thin"
+block_size = $(lbs thin)
+
+[[target.lun]]
+lun = 1
+block = "/dev/zvol/tank/thick"
+block_size = $(lbs thick)
+EOT
+    run /vm/keel check --config /tmp/keel.toml
+    KEEL_LOG=info /vm/keel serve --config /tmp/keel.toml > /tmp/keel.log 2>&1 &
+    KP=$!
+    for _ in $(seq 1 100); do grep -q listening /tmp/keel.log && break; sleep 0.1; done
+    grep -q listening /tmp/keel.log || { cat /tmp/keel.log; die "keel did not start in the guest"; }
+    keel_log() { echo "--- guest keel log (tail):"; tail -15 /tmp/keel.log; }
+    trap keel_log EXIT
+
+    iscsi_init
+    discover
+    login
+    iscsiadm -m session -P 3 | awk '/ Lun: /{l=$NF} /Attached scsi disk/{print l, $4}' > /tmp/luns; cat /tmp/luns
+    DEV=([thin]=/dev/$(awk '$1==0{print $2}' /tmp/luns) [thick]=/dev/$(awk '$1==1{print $2}' /tmp/luns))
+    for v in thin thick; do [ -b "${DEV[$v]}" ] || die "no disk for the $v zvol"; done
+}
+zvol_teardown() {
+    logout
+    kill -TERM $KP; for _ in $(seq 1 50); do kill -0 $KP 2>/dev/null || break; sleep 0.1; done
+    kill -0 $KP 2>/dev/null && die "keel did not stop on SIGTERM"
+    wait $KP || die "keel exited with an error"
+    run zpool export tank
 }
