@@ -58,32 +58,24 @@ impl Server {
         for t in &config.targets {
             let device = Arc::new(TargetDevice::new(&t.name));
             for l in &t.luns {
-                let backend: Arc<dyn BlockBackend> = match &l.backing {
-                    Backing::File { path, create_size } => Arc::new(
-                        FileBackend::open_file(path, *create_size, l.read_only)
-                            .with_context(|| {
-                                format!(
-                                    "target {} LUN {}: cannot open {}",
-                                    t.name,
-                                    l.lun,
-                                    path.display()
-                                )
-                            })?
-                            .with_engine(engine.clone()),
+                let (opened, path) = match &l.backing {
+                    Backing::File { path, create_size } => (
+                        FileBackend::open_file(path, *create_size, l.read_only),
+                        path,
                     ),
-                    Backing::Block { path } => Arc::new(
-                        FileBackend::open_block_device(path, l.read_only)
-                            .with_context(|| {
-                                format!(
-                                    "target {} LUN {}: cannot open {}",
-                                    t.name,
-                                    l.lun,
-                                    path.display()
-                                )
-                            })?
-                            .with_engine(engine.clone()),
-                    ),
+                    Backing::Block { path } => {
+                        (FileBackend::open_block_device(path, l.read_only), path)
+                    }
                 };
+                let opened = opened.with_context(|| {
+                    format!(
+                        "target {} LUN {}: cannot open {}",
+                        t.name,
+                        l.lun,
+                        path.display()
+                    )
+                })?;
+                let backend: Arc<dyn BlockBackend> = Arc::new(opened.with_engine(engine.clone()));
                 if !backend.size_bytes().is_multiple_of(l.block_size as u64) {
                     warn!(target = %t.name, lun = l.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), l.block_size);
                 }
@@ -94,7 +86,6 @@ impl Server {
                     Some(backend),
                     l.read_only,
                 );
-                // --- persistent reservations (issue3-pr) ---
                 lu.set_reservation_store(file_store(&config.data_dir))
                     .with_context(|| {
                         format!(
@@ -104,7 +95,6 @@ impl Server {
                             config.data_dir.join("reservations").display()
                         )
                     })?;
-                // --- end persistent reservations ---
                 device.add_lun(Arc::new(lu));
             }
             ctx.targets.insert(Arc::new(Target {

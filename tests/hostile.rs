@@ -3,23 +3,8 @@
 
 mod common;
 
-use common::{Initiator, Keel, TARGET, pattern};
+use common::{Initiator, Keel, TARGET, honest_session, pattern, still_serves};
 use keel::wire::Request;
-
-async fn honest_session(keel: &Keel, isid: u8) -> Initiator {
-    let mut i = Initiator::connect(keel.addr).await;
-    i.isid[5] = isid;
-    i.login(Some(TARGET), &[]).await;
-    i.clear_unit_attention().await;
-    i
-}
-
-async fn still_serves(i: &mut Initiator, seed: u64) {
-    let data = pattern(65536, seed);
-    assert_eq!(i.write10(seed as u32 * 128, &data).await.status, 0);
-    let r = i.read10(seed as u32 * 128, 128).await;
-    assert!(r.status == 0 && r.data == data);
-}
 
 #[tokio::test]
 async fn garbage_on_a_fresh_connection_is_dropped() {

@@ -6,24 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{INITIATOR, Initiator, Keel, TARGET, pattern};
+use common::{INITIATOR, Initiator, Keel, honest_session, pattern, still_serves};
 use keel::wire::{DataOut, RESERVED_TAG, Reply, Request, SnackRequest, TaskMgmtRequest, text};
-
-async fn honest_session(keel: &Keel, isid: u8) -> Initiator {
-    let mut i = Initiator::connect(keel.addr).await;
-    i.isid[5] = isid;
-    i.login(Some(TARGET), &[]).await;
-    i.clear_unit_attention().await;
-    i
-}
-
-async fn still_serves(i: &mut Initiator, seed: u64) {
-    let data = pattern(32768, seed);
-    let lba = (seed % 100) as u32 * 64;
-    assert_eq!(i.write10(lba, &data).await.status, 0);
-    let r = i.read10(lba, 64).await;
-    assert!(r.status == 0 && r.data == data);
-}
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

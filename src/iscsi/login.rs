@@ -423,7 +423,8 @@ pub fn failure_response(req: &LoginRequest, status: status::Status) -> LoginResp
 mod tests {
     use super::*;
 
-    fn req(csg: u8, nsg: u8, transit: bool, pairs: &[(&str, &str)]) -> LoginRequest {
+    /// A Login Request as a test initiator sends it (also used by the auth tests).
+    pub(super) fn req(csg: u8, nsg: u8, transit: bool, pairs: &[(&str, &str)]) -> LoginRequest {
         LoginRequest {
             transit,
             continue_bit: false,

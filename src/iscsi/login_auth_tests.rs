@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::tests::req;
 use super::*;
 use crate::iscsi::access::AllowList;
 use crate::iscsi::chap::{Credential, Secret};
@@ -50,24 +51,6 @@ fn machine(algorithms: &[Algorithm], discovery: Option<ChapPolicy>) -> LoginMach
 
 fn all() -> Vec<Algorithm> {
     chap::ALGORITHMS.iter().map(|d| d.algorithm).collect()
-}
-
-fn req(csg: u8, nsg: u8, transit: bool, pairs: &[(&str, &str)]) -> LoginRequest {
-    LoginRequest {
-        transit,
-        continue_bit: false,
-        csg,
-        nsg,
-        version_max: 0,
-        version_min: 0,
-        isid: [0x80, 0, 0, 0, 0, 1],
-        tsih: 0,
-        itt: 7,
-        cid: 0,
-        cmd_sn: 10,
-        exp_stat_sn: 0,
-        data: text::encode(pairs),
-    }
 }
 
 fn get(r: &LoginResponse, key: &str) -> Option<String> {

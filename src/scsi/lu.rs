@@ -9,12 +9,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::storage::BlockBackend;
 
 use super::mode::ModeValues;
-use super::sense::Sense;
-use super::ua::UnitAttentions;
-// --- persistent reservations (issue3-pr) ---
 use super::pr_store::ReservationStore;
 use super::reserve::Reservations;
-// --- end persistent reservations ---
+use super::sense::Sense;
+use super::ua::UnitAttentions;
 
 /// INQUIRY PRODUCT REVISION LEVEL reported by every logical unit.
 pub const PRODUCT_REVISION: &str = "0001";
@@ -130,15 +128,11 @@ pub struct LogicalUnit {
     write_cache: AtomicBool,
     /// Serializes MODE SELECT's read-modify-write of the mode values.
     mode_lock: Mutex<()>,
-    // --- persistent reservations (issue3-pr) ---
     reservations: Reservations,
-    // --- end persistent reservations ---
-    // --- SBC offload (issue3-sbc) ---
     /// Write ordering: writes hold it shared, read-modify-write commands (COMPARE AND WRITE,
     /// ORWRITE) exclusive, so nothing writes between their read and their write (SBC-4
     /// §5.3). Tokio's lock is fair: a waiting exclusive holder is not starved by writers.
     write_order: tokio::sync::RwLock<()>,
-    // --- end SBC offload (issue3-sbc) ---
 }
 
 impl LogicalUnit {
@@ -173,9 +167,7 @@ impl LogicalUnit {
             software_write_protect: AtomicBool::new(ModeValues::DEFAULT.swp),
             write_cache: AtomicBool::new(ModeValues::DEFAULT.wce),
             mode_lock: Mutex::new(()),
-            // --- persistent reservations (issue3-pr) ---
             reservations: Reservations::new(),
-            // --- end persistent reservations ---
             write_order: tokio::sync::RwLock::new(()),
         }
     }
@@ -321,7 +313,6 @@ impl LogicalUnit {
     pub fn lock_mode(&self) -> std::sync::MutexGuard<'_, ()> {
         self.mode_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
-    // --- persistent reservations (issue3-pr) ---
     /// SPC-2 and persistent reservations of this unit.
     pub fn reservations(&self) -> &Reservations {
         &self.reservations
@@ -338,8 +329,6 @@ impl LogicalUnit {
             .collect();
         self.reservations.attach_store(&unit, store)
     }
-    // --- end persistent reservations ---
-    // --- SBC offload (issue3-sbc) ---
     /// Held while a command writes the medium (see `write_order`).
     pub async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.write_order.read().await
@@ -350,7 +339,6 @@ impl LogicalUnit {
     pub async fn write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
         self.write_order.write().await
     }
-    // --- end SBC offload (issue3-sbc) ---
 
     /// Returns the mode parameters to their defaults, as a logical unit reset requires
     /// (SAM-5 §6.3.3 d).

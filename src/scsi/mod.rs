@@ -5,33 +5,25 @@
 //! encoded sense). Residual accounting is the transport's job: it compares what it expected
 //! with `data_in.len()` (reads) and `data_out_used` (writes).
 
+pub mod alua;
 pub mod cdb;
+pub mod log;
 pub mod lu;
+pub mod maintenance;
+pub mod mode;
 pub mod opcodes;
-// --- persistent reservations (issue3-pr) ---
 pub mod pr;
 pub mod pr_access;
 pub mod pr_store;
-pub mod reserve;
-// --- end persistent reservations ---
-// --- SBC offload (issue3-sbc) ---
 pub mod provisioning;
-pub mod sbc_offload;
-// --- end SBC offload (issue3-sbc) ---
+pub mod reserve;
 pub mod sbc;
+pub mod sbc_offload;
 pub mod sense;
 pub mod spc;
 pub mod target;
 pub mod ua;
-// --- third-party copy (issue3-xcopy) ---
 pub mod xcopy;
-// --- end third-party copy (issue3-xcopy) ---
-// --- management (issue3-mgmt) ---
-pub mod alua;
-pub mod log;
-pub mod maintenance;
-pub mod mode;
-// --- end management (issue3-mgmt) ---
 
 use std::sync::Arc;
 

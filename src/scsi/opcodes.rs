@@ -30,19 +30,16 @@ pub mod op {
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
 
-    // --- persistent reservations (issue3-pr) ---
     pub const RESERVE_6: u8 = 0x16;
     pub const RELEASE_6: u8 = 0x17;
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
-    // --- end persistent reservations ---
 
     /// SERVICE ACTION IN(16) service actions.
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
 
-    // --- management (issue3-mgmt) ---
     pub const MODE_SELECT_6: u8 = 0x15;
     pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const LOG_SENSE: u8 = 0x4D;
@@ -53,8 +50,6 @@ pub mod op {
     pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0A;
     pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
     pub const SA_REPORT_SUPPORTED_TMFS: u8 = 0x0D;
-    // --- end management (issue3-mgmt) ---
-    // --- SBC offload (issue3-sbc) ---
     pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
     pub const VERIFY_10: u8 = 0x2F;
     pub const PRE_FETCH_10: u8 = 0x34;
@@ -70,8 +65,6 @@ pub mod op {
     pub const VERIFY_12: u8 = 0xAF;
     /// SERVICE ACTION IN(16): GET LBA STATUS (SBC-4 §5.8).
     pub const SA_GET_LBA_STATUS: u8 = 0x12;
-    // --- end SBC offload (issue3-sbc) ---
-    // --- third-party copy (issue3-xcopy) ---
     pub const EXTENDED_COPY: u8 = 0x83;
     pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     /// EXTENDED COPY service action: LID1 (SPC-4 §6.4).
@@ -79,7 +72,6 @@ pub mod op {
     /// RECEIVE COPY RESULTS service actions (SPC-4 §6.22).
     pub const SA_COPY_STATUS: u8 = 0x00;
     pub const SA_OPERATING_PARAMETERS: u8 = 0x03;
-    // --- end third-party copy (issue3-xcopy) ---
 }
 
 /// Which handler runs the command.
@@ -97,23 +89,18 @@ pub enum Handler {
     ReadCapacity16,
     ReadWrite,
     SynchronizeCache,
-    // --- management (issue3-mgmt) ---
     ReportSupportedOpcodes,
     ReportSupportedTmfs,
     ReportTargetPortGroups,
     ModeSelect,
     ReadDefectData,
     LogSense,
-    // --- end management (issue3-mgmt) ---
-    // --- persistent reservations (issue3-pr) ---
     PersistentReserveIn,
     PersistentReserveOut,
     /// SPC-2 RESERVE(6)/RESERVE(10).
     Reserve,
     /// SPC-2 RELEASE(6)/RELEASE(10).
     Release,
-    // --- end persistent reservations ---
-    // --- SBC offload (issue3-sbc) ---
     CompareAndWrite,
     WriteSame,
     Unmap,
@@ -122,11 +109,8 @@ pub enum Handler {
     Verify,
     OrWrite,
     PreFetch,
-    // --- end SBC offload (issue3-sbc) ---
-    // --- third-party copy (issue3-xcopy) ---
     ExtendedCopy,
     ReceiveCopyResults,
-    // --- end third-party copy (issue3-xcopy) ---
 }
 
 /// Direction of the data phase.
@@ -196,7 +180,6 @@ const fn no_ua(name: &'static str, handler: Handler, dir: DataDirection, len: us
     Slot::Command(command(name, handler, dir, len, true, false))
 }
 
-// --- persistent reservations (issue3-pr) ---
 const fn prin(service_action: u8) -> (u8, CommandInfo) {
     let info = command(
         "PERSISTENT RESERVE IN",
@@ -237,7 +220,6 @@ static PERSISTENT_RESERVE_OUT: [(u8, CommandInfo); 8] = [
     prout(0x06),
     prout(0x07),
 ];
-// --- end persistent reservations ---
 
 static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 2] = [
     (
@@ -251,7 +233,6 @@ static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 2] = [
             true,
         ),
     ),
-    // --- SBC offload (issue3-sbc) ---
     (
         op::SA_GET_LBA_STATUS,
         command(
@@ -263,10 +244,8 @@ static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 2] = [
             true,
         ),
     ),
-    // --- end SBC offload (issue3-sbc) ---
 ];
 
-// --- third-party copy (issue3-xcopy) ---
 /// EXTENDED COPY (83h): LID1 only (LID4, service action 01h, is not supported).
 static EXTENDED_COPY: [(u8, CommandInfo); 1] = [(
     op::SA_EXTENDED_COPY_LID1,
@@ -306,9 +285,7 @@ static RECEIVE_COPY_RESULTS: [(u8, CommandInfo); 2] = [
         ),
     ),
 ];
-// --- end third-party copy (issue3-xcopy) ---
 
-// --- management (issue3-mgmt) ---
 /// MAINTENANCE IN (A3h) service actions, ascending. All of them describe the target rather
 /// than the medium, so they run while the unit is not ready (SPC-4 §4.3.4.2).
 static MAINTENANCE_IN: [(u8, CommandInfo); 3] = [
@@ -374,7 +351,6 @@ pub fn supported_commands() -> Vec<(u8, Option<u8>, &'static CommandInfo)> {
 pub fn has_service_actions(opcode: u8) -> bool {
     matches!(TABLE[usize::from(opcode)], Slot::ServiceActions(_))
 }
-// --- end management (issue3-mgmt) ---
 
 static TABLE: [Slot; 256] = build_table();
 
@@ -405,15 +381,12 @@ const fn build_table() -> [Slot; 256] {
     t[op::REPORT_LUNS as usize] = no_ua("REPORT LUNS", ReportLuns, In, 12);
     t[op::READ_12 as usize] = media("READ(12)", ReadWrite, In, 12);
     t[op::WRITE_12 as usize] = media("WRITE(12)", ReadWrite, Out, 12);
-    // --- management (issue3-mgmt) ---
     t[op::MODE_SELECT_6 as usize] = any_state("MODE SELECT(6)", ModeSelect, Out, 6);
     t[op::MODE_SELECT_10 as usize] = any_state("MODE SELECT(10)", ModeSelect, Out, 10);
     t[op::READ_DEFECT_DATA_10 as usize] = media("READ DEFECT DATA(10)", ReadDefectData, In, 10);
     t[op::READ_DEFECT_DATA_12 as usize] = media("READ DEFECT DATA(12)", ReadDefectData, In, 12);
     t[op::LOG_SENSE as usize] = any_state("LOG SENSE", LogSense, In, 10);
     t[op::MAINTENANCE_IN as usize] = Slot::ServiceActions(&MAINTENANCE_IN);
-    // --- end management (issue3-mgmt) ---
-    // --- persistent reservations (issue3-pr) ---
     // No medium needed (FreeBSD CTL marks them OK_ON_NO_MEDIA too); they report unit
     // attentions like any command but INQUIRY, REPORT LUNS and REQUEST SENSE.
     t[op::RESERVE_6 as usize] = any_state("RESERVE(6)", Reserve, None, 6);
@@ -424,8 +397,6 @@ const fn build_table() -> [Slot; 256] {
     // lists each and an unknown service action is refused at byte 1.
     t[op::PERSISTENT_RESERVE_IN as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_IN);
     t[op::PERSISTENT_RESERVE_OUT as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_OUT);
-    // --- end persistent reservations ---
-    // --- SBC offload (issue3-sbc) ---
     t[op::WRITE_AND_VERIFY_10 as usize] = media("WRITE AND VERIFY(10)", Verify, Out, 10);
     t[op::VERIFY_10 as usize] = media("VERIFY(10)", Verify, Out, 10);
     t[op::PRE_FETCH_10 as usize] = media("PRE-FETCH(10)", PreFetch, None, 10);
@@ -439,11 +410,8 @@ const fn build_table() -> [Slot; 256] {
     t[op::WRITE_SAME_16 as usize] = media("WRITE SAME(16)", WriteSame, Out, 16);
     t[op::WRITE_AND_VERIFY_12 as usize] = media("WRITE AND VERIFY(12)", Verify, Out, 12);
     t[op::VERIFY_12 as usize] = media("VERIFY(12)", Verify, Out, 12);
-    // --- end SBC offload (issue3-sbc) ---
-    // --- third-party copy (issue3-xcopy) ---
     t[op::EXTENDED_COPY as usize] = Slot::ServiceActions(&EXTENDED_COPY);
     t[op::RECEIVE_COPY_RESULTS as usize] = Slot::ServiceActions(&RECEIVE_COPY_RESULTS);
-    // --- end third-party copy (issue3-xcopy) ---
     t
 }
 

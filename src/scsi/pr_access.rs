@@ -38,7 +38,7 @@ pub fn pr_access(cdb: &[u8]) -> PrAccess {
         | 0x5F // PERSISTENT RESERVE OUT
         | 0xA0 // REPORT LUNS
         | 0xA3 // MAINTENANCE IN (REPORT TARGET PORT GROUPS, SUPPORTED OPCODES, ...)
-        | 0x84 // RECEIVE COPY RESULTS (third-party copy, issue3-xcopy): reports, moves nothing
+        | 0x84 // RECEIVE COPY RESULTS (third-party copy): reports, moves nothing
         // RESERVE/RELEASE: SPC-4 "exceptions to SPC-2 RESERVE and RELEASE" refuse them in
         // their own handlers while any registration exists.
         | 0x16 | 0x17 | 0x56 | 0x57 => PrAccess::Always,
@@ -54,7 +54,7 @@ pub fn pr_access(cdb: &[u8]) -> PrAccess {
         | 0x3C // READ BUFFER
         | 0x1C // RECEIVE DIAGNOSTIC RESULTS
         => PrAccess::Read,
-        // EXTENDED COPY (83h, issue3-xcopy) falls through to Write: it writes its destination.
+        // EXTENDED COPY (83h) falls through to Write: it writes its destination.
         // Its copy targets other than the addressed unit are checked by the copy manager.
         _ => PrAccess::Write,
     }
@@ -207,11 +207,9 @@ mod tests {
         assert_eq!(pr_access(&[0x9E, 0x10]), PrAccess::Always);
         assert_eq!(pr_access(&[0x9E, 0x12]), PrAccess::Read);
         assert_eq!(pr_access(&[]), PrAccess::Always);
-        // --- third-party copy (issue3-xcopy) ---
         assert_eq!(pr_access(&[0x83, 0x00]), PrAccess::Write);
         assert_eq!(pr_access(&[0x84, 0x00]), PrAccess::Always);
         assert_eq!(pr_access(&[0x84, 0x03]), PrAccess::Always);
-        // --- end third-party copy (issue3-xcopy) ---
     }
 
     #[test]

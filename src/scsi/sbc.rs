@@ -53,9 +53,8 @@ pub fn read_capacity16(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense>
     let backend = lu.medium()?;
     let blocks = capacity_blocks(backend.as_ref(), lu.block_size());
     let mut data = read_capacity16_data(blocks, lu.block_size());
-    // --- SBC offload (issue3-sbc): LBPME / LBPRZ ---
+    // LBPME / LBPRZ
     data[14] |= super::provisioning::read_capacity16_flags(backend.supports_discard());
-    // --- end SBC offload (issue3-sbc) ---
     let len = usize::try_from(alloc_len).map_or(data.len(), |a| a.min(data.len()));
     Ok(Bytes::copy_from_slice(&data[..len]))
 }
@@ -115,7 +114,7 @@ pub async fn read_write(
     let capacity = capacity_blocks(backend.as_ref(), block_size);
     check_lba_range(rw.lba, u64::from(rw.blocks), capacity)?;
     let len = transfer_bytes(&rw, opcode, block_size)?;
-    // --- SBC offload (issue3-sbc): FCP-4 write residuals ---
+    // FCP-4 write residuals
     let data = if rw.is_write {
         super::sbc_offload::write_payload(data_out, len, block_size)?
     } else {
@@ -124,13 +123,12 @@ pub async fn read_write(
     if len == 0 || (rw.is_write && data.is_empty()) {
         return Ok(Bytes::new());
     }
-    // --- end SBC offload (issue3-sbc) ---
     let offset = rw
         .lba
         .checked_mul(u64::from(block_size))
         .ok_or_else(Sense::lba_out_of_range)?;
     if rw.is_write {
-        // --- SBC offload (issue3-sbc): ordered against COMPARE AND WRITE / ORWRITE ---
+        // Ordered against COMPARE AND WRITE / ORWRITE
         let _shared = lu.write_shared().await;
         backend
             // WCE clear (caching mode page): no write completes from the volatile cache.

@@ -44,7 +44,7 @@ const STANDARD_INQUIRY_LEN: usize = 96;
 const TPGS_IMPLICIT: u8 = 0x10;
 
 /// 3PC (SPC-4 §6.6.2, byte 5 bit 3): the unit is a copy manager (EXTENDED COPY, see `xcopy`).
-const THIRD_PARTY_COPY: u8 = 0x08; // third-party copy (issue3-xcopy)
+const THIRD_PARTY_COPY: u8 = 0x08;
 
 /// Standard INQUIRY data (SPC-4 §6.6.2). `peripheral` is byte 0 (qualifier and type).
 pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
@@ -54,8 +54,8 @@ pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
     // HISUP (bit 4): LUNs use the SAM hierarchical format; RESPONSE DATA FORMAT 2.
     data[3] = 0x10 | 0x02;
     data[4] = (STANDARD_INQUIRY_LEN - 5) as u8;
-    data[5] = TPGS_IMPLICIT; // --- management (issue3-mgmt): ALUA ---
-    data[5] |= THIRD_PARTY_COPY; // third-party copy (issue3-xcopy)
+    data[5] = TPGS_IMPLICIT; // ALUA
+    data[5] |= THIRD_PARTY_COPY;
     data[7] = 0x02; // CMDQUE: full task management model
     data[8..16].copy_from_slice(&ascii_field(&identity.vendor, 8));
     data[16..32].copy_from_slice(&ascii_field(&identity.product, 16));
@@ -181,7 +181,7 @@ pub fn vpd_device_identification(identity: &LuIdentity, nexus: &Nexus) -> Vec<u8
         TYPE_RELATIVE_TARGET_PORT,
         &[0, 0, hi, lo],
     );
-    // --- management (issue3-mgmt): ALUA ---
+    // ALUA
     // Target port group (SPC-4 §7.8.6.8): each target port is its own group, same number.
     push_designator(
         &mut body,
@@ -210,7 +210,6 @@ pub fn vpd_device_identification(identity: &LuIdentity, nexus: &Nexus) -> Vec<u8
     vpd_page(0x83, &body)
 }
 
-// --- management (issue3-mgmt) ---
 /// VPD 86h: Extended INQUIRY Data (SPC-4 §7.8.7), page length 3Ch. Only what is true here:
 /// - no protection information (SPT/GRD_CHK/APP_CHK/REF_CHK 0);
 /// - HEADSUP and SIMPSUP: HEAD OF QUEUE and SIMPLE tasks run as soon as they arrive, nothing
@@ -226,7 +225,6 @@ pub fn vpd_extended_inquiry() -> Vec<u8> {
     body[3] = 0x01; // LUICLR (byte 7)
     vpd_page(0x86, &body)
 }
-// --- end management (issue3-mgmt) ---
 
 /// Optimal transfer length granularity reported in the block limits page, in blocks.
 pub const OPTIMAL_GRANULARITY_BLOCKS: u16 = 8;
@@ -259,13 +257,12 @@ pub fn vpd_logical_block_provisioning() -> Vec<u8> {
 /// INQUIRY for an existing logical unit.
 pub fn inquiry(lu: &LogicalUnit, nexus: &Nexus, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
     let cdb = cdb::decode_inquiry(raw_cdb)?;
-    // --- SBC offload (issue3-sbc): block limits and provisioning pages know the medium ---
+    // Block limits and provisioning pages know the medium
     if cdb.evpd
         && let Some(page) = super::provisioning::vpd_page(lu, cdb.page_code)
     {
         return Ok(truncate(page, usize::from(cdb.alloc_len)));
     }
-    // --- end SBC offload (issue3-sbc) ---
     let data = inquiry_data(lu.identity(), lu.block_size(), nexus, &cdb)?;
     Ok(truncate(data, usize::from(cdb.alloc_len)))
 }
@@ -357,7 +354,7 @@ mod tests {
     fn standard_inquiry_layout() {
         let d = standard_inquiry(&identity(), DEVICE_TYPE_DISK);
         assert_eq!(d.len(), 96);
-        // Byte 5: TPGS 01b (ALUA) and 3PC (third-party copy, issue3-xcopy).
+        // Byte 5: TPGS 01b (ALUA) and 3PC (third-party copy).
         assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"KEEL    ");
         assert_eq!(&d[16..32], b"VIRTUAL-DISK    ");

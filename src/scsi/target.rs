@@ -17,25 +17,18 @@ use super::cdb::{self, MAX_LUN};
 use super::lu::{LogicalUnit, LuIdentity};
 use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
-use super::{Nexus, ScsiRequest, ScsiResponse, sbc, spc};
-use super::{alua, log, maintenance, mode}; // management (issue3-mgmt)
-// --- persistent reservations (issue3-pr) ---
-use super::{ScsiStatus, reserve};
-// --- end persistent reservations ---
-// --- SBC offload (issue3-sbc) ---
-use super::{provisioning, sbc_offload};
-// --- end SBC offload (issue3-sbc) ---
-use super::xcopy; // third-party copy (issue3-xcopy)
+use super::{
+    Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, log, maintenance, mode, provisioning,
+    reserve, sbc, sbc_offload, spc, xcopy,
+};
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
 #[derive(Debug)]
 pub struct TargetDevice {
     name: String,
     luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
-    // --- third-party copy (issue3-xcopy) ---
     /// Running EXTENDED COPY commands and held COPY STATUS results of every copy manager.
     copy_results: xcopy::CopyResults,
-    // --- end third-party copy (issue3-xcopy) ---
 }
 
 impl TargetDevice {
@@ -43,7 +36,7 @@ impl TargetDevice {
         TargetDevice {
             name: target_name.to_string(),
             luns: RwLock::new(BTreeMap::new()),
-            copy_results: xcopy::CopyResults::default(), // third-party copy (issue3-xcopy)
+            copy_results: xcopy::CopyResults::default(),
         }
     }
 
@@ -52,12 +45,10 @@ impl TargetDevice {
         &self.name
     }
 
-    // --- third-party copy (issue3-xcopy) ---
     /// Running copies and held copy results (RECEIVE COPY RESULTS).
     pub fn copy_results(&self) -> &xcopy::CopyResults {
         &self.copy_results
     }
-    // --- end third-party copy (issue3-xcopy) ---
 
     fn read_luns(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<LogicalUnit>>> {
         // Writers only insert/remove map entries, so a poisoned lock is still consistent.
@@ -130,18 +121,13 @@ impl TargetDevice {
         };
         response.data_out_used = sbc_offload::data_out_needed(&req.cdb, lu.block_size())
             .unwrap_or_else(|| sbc::data_out_needed(&req.cdb, lu.block_size()))
-            // --- persistent reservations (issue3-pr) ---
             .max(reserve::data_out_needed(&req.cdb));
-        // --- management (issue3-mgmt) ---
         if let Some(needed) = mode::data_out_needed(&req.cdb) {
             response.data_out_used = needed;
         }
-        // --- end management (issue3-mgmt) ---
-        // --- third-party copy (issue3-xcopy) ---
         if let Some(needed) = xcopy::data_out_needed(&req.cdb) {
             response.data_out_used = needed;
         }
-        // --- end third-party copy (issue3-xcopy) ---
         response
     }
 
@@ -161,13 +147,11 @@ impl TargetDevice {
             return Err(ua);
         }
         check_cdb(cdb, info)?;
-        // --- persistent reservations (issue3-pr) ---
         // After unit attentions (SAM-5 §5.14: a pending UA is reported first), before
         // readiness: a conflicting command never touches the unit.
         if lu.reservations().conflicts(nexus, cdb) {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
         }
-        // --- end persistent reservations ---
         if !info.allowed_not_ready
             && let Some(sense) = lu.not_ready_sense()
         {
@@ -195,15 +179,12 @@ impl TargetDevice {
                 sbc::synchronize_cache(lu, cdb).await?;
                 Bytes::new()
             }
-            // --- management (issue3-mgmt) ---
             Handler::ReportSupportedOpcodes => maintenance::report_supported_opcodes(cdb)?,
             Handler::ReportSupportedTmfs => maintenance::report_supported_tmfs(cdb)?,
             Handler::ReportTargetPortGroups => alua::report_target_port_groups(lu, nexus, cdb)?,
             Handler::ModeSelect => mode::mode_select(lu, nexus, cdb, &req.data_out)?,
             Handler::ReadDefectData => log::read_defect_data(cdb)?,
             Handler::LogSense => log::log_sense(cdb)?,
-            // --- end management (issue3-mgmt) ---
-            // --- persistent reservations (issue3-pr) ---
             Handler::PersistentReserveIn => {
                 return reserve::persistent_reserve_in(lu, nexus, cdb);
             }
@@ -212,8 +193,6 @@ impl TargetDevice {
             }
             Handler::Reserve => return reserve::reserve(lu, nexus, cdb).await,
             Handler::Release => return reserve::release(lu, nexus, cdb).await,
-            // --- end persistent reservations ---
-            // --- SBC offload (issue3-sbc) ---
             Handler::CompareAndWrite => {
                 sbc_offload::compare_and_write(lu, cdb, &req.data_out).await?
             }
@@ -223,14 +202,12 @@ impl TargetDevice {
             Handler::Verify => sbc_offload::verify(lu, cdb, &req.data_out).await?,
             Handler::OrWrite => sbc_offload::orwrite(lu, cdb, &req.data_out).await?,
             Handler::PreFetch => sbc_offload::prefetch(lu, cdb).await?,
-            // --- end SBC offload (issue3-sbc) ---
-            // --- third-party copy (issue3-xcopy) ---
             Handler::ExtendedCopy => {
                 return xcopy::extended_copy(self, lu, nexus, cdb, &req.data_out).await;
             }
             Handler::ReceiveCopyResults => {
                 xcopy::receive_copy_results(&self.copy_results, lu, nexus, cdb)?
-            } // --- end third-party copy (issue3-xcopy) ---
+            }
         };
         Ok(ScsiResponse::good(data))
     }
@@ -300,19 +277,15 @@ impl TargetDevice {
     pub fn nexus_lost(&self, nexus: &Nexus) {
         for lu in self.luns() {
             lu.unit_attentions().forget(nexus);
-            // --- persistent reservations (issue3-pr) ---
             lu.reservations().nexus_lost(nexus);
-            // --- end persistent reservations ---
         }
-        self.copy_results.nexus_lost(nexus); // third-party copy (issue3-xcopy)
+        self.copy_results.nexus_lost(nexus);
     }
 }
 
 fn reset(lu: &LogicalUnit, sense: Sense) {
     lu.reset_mode_parameters();
-    // --- persistent reservations (issue3-pr) ---
     lu.reservations().reset();
-    // --- end persistent reservations ---
     lu.unit_attentions().establish_all(&sense, None);
 }
 
@@ -626,7 +599,7 @@ mod tests {
 
     #[tokio::test]
     async fn short_write_data_follows_fcp4() {
-        // FCP-4 §9.4.2 (issue3-sbc): the whole blocks received are written, GOOD, and the
+        // FCP-4 §9.4.2: the whole blocks received are written, GOOD, and the
         // transport reports the rest as overflow (data_out_used > EDTL).
         let target = target_with_lun0();
         let n = settled(&target, "a").await;
@@ -1007,7 +980,6 @@ mod tests {
         );
     }
 
-    // --- management (issue3-mgmt) ---
     fn mode_select6(list: &[u8]) -> [u8; 6] {
         [op::MODE_SELECT_6, 0x10, 0, 0, list.len() as u8, 0]
     }
@@ -1175,7 +1147,6 @@ mod tests {
         assert_eq!(lu.mode_values(), mode::ModeValues::DEFAULT);
         assert!(!lu.is_read_only());
     }
-    // --- end management (issue3-mgmt) ---
 
     /// Reports a huge size and reads zeros: capacity tests beyond 2^32 blocks.
     #[derive(Debug)]
@@ -1319,9 +1290,7 @@ mod tests {
                 let response = runtime.block_on(target.execute(req.clone()));
                 match response.status {
                     ScsiStatus::Good => prop_assert!(response.sense.is_none()),
-                    // --- persistent reservations (issue3-pr) ---
                     ScsiStatus::ReservationConflict => prop_assert!(response.sense.is_none()),
-                    // --- end persistent reservations ---
                     ScsiStatus::CheckCondition => {
                         let sense = response.sense.as_ref().expect("sense with CHECK CONDITION");
                         prop_assert!(sense.len() >= 8);

@@ -230,7 +230,6 @@ impl BlockBackend for FileBackend {
         self.path.display().to_string()
     }
 
-    // --- thin provisioning (issue3-sbc) ---
     fn supports_discard(&self) -> bool {
         !self.read_only
     }
@@ -290,10 +289,8 @@ impl BlockBackend for FileBackend {
     fn discard_granularity(&self) -> u64 {
         self.fs_block
     }
-    // --- end thin provisioning (issue3-sbc) ---
 }
 
-// --- thin provisioning (issue3-sbc) ---
 /// Writes zeros over `len` bytes at `offset`, 1 MiB at a time.
 fn zero_fill(file: &File, offset: u64, len: u64) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
@@ -344,7 +341,6 @@ fn file_extents(file: &File, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
     }
     Ok(extents)
 }
-// --- end thin provisioning (issue3-sbc) ---
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{BlockBackend, Extent, IoFuture, push_extent};
 
-/// Allocation is tracked per unit of this many bytes (thin provisioning, issue3-sbc).
+/// Allocation is tracked per unit of this many bytes (thin provisioning).
 const UNIT: u64 = 512;
 
 #[derive(Debug)]
@@ -93,7 +93,6 @@ impl BlockBackend for MemoryBackend {
         format!("memory ({} bytes)", self.size)
     }
 
-    // --- thin provisioning (issue3-sbc) ---
     fn supports_discard(&self) -> bool {
         true
     }
@@ -135,7 +134,6 @@ impl BlockBackend for MemoryBackend {
     fn discard_granularity(&self) -> u64 {
         UNIT
     }
-    // --- end thin provisioning (issue3-sbc) ---
 }
 
 #[cfg(test)]

@@ -98,8 +98,6 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
     /// A short description for logs, e.g. the path.
     fn describe(&self) -> String;
 
-    // --- thin provisioning (issue3-sbc) ---
-
     /// Whether [`BlockBackend::discard`] can release space. Backends that answer false are
     /// reported fully provisioned (LBPME = 0) and never see UNMAP.
     fn supports_discard(&self) -> bool {
@@ -131,7 +129,6 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
     fn discard_granularity(&self) -> u64 {
         4096
     }
-    // --- end thin provisioning (issue3-sbc) ---
 }
 
 /// A run of bytes with one allocation state (see [`BlockBackend::allocation`]).

@@ -705,3 +705,22 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A logged-in session with its power-on unit attention cleared, on its own ISID.
+pub async fn honest_session(keel: &Keel, isid: u8) -> Initiator {
+    let mut i = Initiator::connect(keel.addr).await;
+    i.isid[5] = isid;
+    i.login(Some(TARGET), &[]).await;
+    i.clear_unit_attention().await;
+    i
+}
+
+/// Writes 64 KiB and reads it back verified: the session still does honest I/O. Seeds map to
+/// LBAs below 13,000 blocks, inside the smallest LUN the tests use.
+pub async fn still_serves(i: &mut Initiator, seed: u64) {
+    let data = pattern(65536, seed);
+    let lba = (seed % 100) as u32 * 128;
+    assert_eq!(i.write10(lba, &data).await.status, 0);
+    let r = i.read10(lba, 128).await;
+    assert!(r.status == 0 && r.data == data);
+}
