@@ -59,6 +59,7 @@ struct RawServer {
     immediate_data: Option<bool>,
     initial_r2t: Option<bool>,
     queue_depth: Option<Spanned<u32>>,
+    write_buffer_mib: Option<Spanned<u32>>,
     nop_interval_secs: Option<u64>,
     nop_timeout_secs: Option<Spanned<u64>>,
     login_timeout_secs: Option<Spanned<u64>>,
@@ -116,6 +117,9 @@ pub struct IscsiSettings {
     pub initial_r2t: bool,
     /// Commands in flight per session: the CmdSN window.
     pub queue_depth: u32,
+    /// Memory, over all connections, for write data being collected (MiB): a write that
+    /// does not fit waits for R2Ts until earlier ones have finished.
+    pub write_buffer_mib: u32,
     /// Idle time before keel pings the initiator with a NOP-In (0: never).
     pub nop_interval_secs: u64,
     /// How long a ping may go unanswered before the connection is dropped.
@@ -134,6 +138,7 @@ impl Default for IscsiSettings {
             immediate_data: true,
             initial_r2t: false,
             queue_depth: 128,
+            write_buffer_mib: 1024,
             nop_interval_secs: 10,
             nop_timeout_secs: 15,
             login_timeout_secs: 15,
@@ -447,6 +452,14 @@ impl Validator<'_> {
                 "max_outstanding_r2t",
             ),
             queue_depth: range(&s.queue_depth, d.queue_depth, 1, 4096, "queue_depth"),
+            // At least one largest write (8 MiB) must fit, or it could never run.
+            write_buffer_mib: range(
+                &s.write_buffer_mib,
+                d.write_buffer_mib,
+                8,
+                1 << 20,
+                "write_buffer_mib",
+            ),
             immediate_data: s.immediate_data.unwrap_or(d.immediate_data),
             initial_r2t: s.initial_r2t.unwrap_or(d.initial_r2t),
             nop_interval_secs: s.nop_interval_secs.unwrap_or(d.nop_interval_secs),
@@ -842,6 +855,11 @@ lun = 70000
         assert_eq!(errs.errors.len(), 2, "{errs}");
         let c = parse("[server]\nqueue_depth = 32\n", "x").unwrap();
         assert_eq!(c.iscsi.queue_depth, 32);
+        assert_eq!(c.iscsi.write_buffer_mib, 1024, "the default");
+        let c = parse("[server]\nwrite_buffer_mib = 64\n", "x").unwrap();
+        assert_eq!(c.iscsi.write_buffer_mib, 64);
+        let err = parse("[server]\nwrite_buffer_mib = 4\n", "x").unwrap_err();
+        assert!(err.to_string().contains("write_buffer_mib"), "{err}");
         assert!(c.targets.is_empty());
     }
 }

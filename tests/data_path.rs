@@ -188,3 +188,46 @@ async fn a_session_on_the_thread_pool_engine() {
 async fn a_session_on_the_io_uring_engine() {
     session_with_engine("io_uring").await;
 }
+
+/// `write_buffer_mib` bounds the memory of write data being received over all connections:
+/// a write that does not fit gets no R2T until an earlier one has let go of its share, and
+/// then completes normally.
+#[tokio::test]
+async fn a_write_that_does_not_fit_the_write_buffer_waits_for_memory() {
+    use std::time::Duration;
+    let keel = Keel::start("64MiB", "write_buffer_mib = 8").await;
+    // A takes all 8 MiB: an 8 MiB write whose data it never sends.
+    let mut a = common::honest_session(&keel, 1).await;
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[7..9].copy_from_slice(&16384u16.to_be_bytes());
+    let itt = a.next_itt();
+    a.send_command(itt, &cdb, 8 << 20, true).await;
+    match a.recv().await {
+        Some(keel::wire::Reply::R2t(r)) => assert_eq!(r.itt, itt),
+        other => panic!("expected an R2T for the 8 MiB write, got {other:?}"),
+    }
+    // B's 1 MiB write must wait: no room left.
+    let mut b = common::honest_session(&keel, 2).await;
+    let data = pattern(1 << 20, 7);
+    let write = tokio::spawn(async move {
+        let status = b.write10(20_000, &data).await.status;
+        (b, data, status)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!write.is_finished(), "the write ran without buffer memory");
+    // A goes away; its share returns and B's write proceeds.
+    drop(a);
+    let (mut b, data, status) = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the waiting write never got its memory")
+        .unwrap();
+    assert_eq!(status, 0);
+    let r = b.read10(20_000, 2048).await;
+    assert!(r.status == 0 && r.data == data, "read back differs");
+    // Everything was returned: a write of the whole budget still fits.
+    let full = pattern(8 << 20, 8);
+    let w = tokio::time::timeout(Duration::from_secs(10), b.write10(0, &full)).await;
+    assert_eq!(w.expect("an 8 MiB write waited forever").status, 0);
+    keel.stop().await;
+}

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -169,6 +169,7 @@ async fn run(
         .instrument(span.clone()),
     );
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (grant_tx, grant_rx) = mpsc::unbounded_channel();
     let nexus = target.as_ref().map(|t| {
         Arc::new(Nexus {
             initiator_port: format!("{},i,0x{}", outcome.initiator_name, hex(&outcome.isid)).into(),
@@ -190,12 +191,14 @@ async fn run(
         skip: HashSet::new(),
         running: TaskTracker::new(),
         done_tx,
+        grant_tx,
+        next_ticket: 0,
         text: TextExchange::default(),
         next_ttt: 0,
         local,
     };
     let result = session
-        .full_feature(&mut reader, done_rx)
+        .full_feature(&mut reader, done_rx, grant_rx)
         .instrument(span.clone())
         .await;
     session.drain().instrument(span.clone()).await;
@@ -423,9 +426,26 @@ struct WriteCollect {
     /// Set when a Data-Out was unusable (bad data digest, wrong DataSN): the task then ends
     /// with CHECK CONDITION and this sense once all its data is in (RFC 7143 §7.8 b).
     failure: Option<Sense>,
+    /// This write's share of the server's write-buffer memory, held until it has run.
+    budget: Option<OwnedSemaphorePermit>,
+    /// Waiting for its share (the ticket of the request): the buffer holds only the
+    /// unsolicited data and no R2T goes out until the share is granted.
+    awaiting_budget: Option<u64>,
     next_r2t_offset: u32,
     r2t_sn: u32,
     outstanding: Vec<OutstandingR2t>,
+}
+
+/// A write-buffer share for the write with this tag and ticket.
+struct BudgetGrant {
+    itt: u32,
+    ticket: u64,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Write-buffer memory is counted in KiB (`Context::write_budget`).
+fn budget_units(bytes: u32) -> u32 {
+    bytes.div_ceil(1024)
 }
 
 struct OutstandingR2t {
@@ -457,6 +477,9 @@ struct Session<'a> {
     /// Every command task of the session, so its end can wait for all of them.
     running: TaskTracker,
     done_tx: mpsc::UnboundedSender<u32>,
+    /// Write-buffer shares granted to writes that had to wait for one.
+    grant_tx: mpsc::UnboundedSender<BudgetGrant>,
+    next_ticket: u64,
     text: TextExchange,
     next_ttt: u32,
     local: SocketAddr,
@@ -467,6 +490,7 @@ impl Session<'_> {
         &mut self,
         reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
         mut done_rx: mpsc::UnboundedReceiver<u32>,
+        mut grant_rx: mpsc::UnboundedReceiver<BudgetGrant>,
     ) -> Result<(), FrameError> {
         let interval = self.ctx.settings.nop_interval_secs;
         let idle_limit = Duration::from_secs(if interval == 0 {
@@ -494,6 +518,9 @@ impl Session<'_> {
                 }
                 Some(itt) = done_rx.recv() => {
                     self.tasks.remove(&itt);
+                }
+                Some(grant) = grant_rx.recv() => {
+                    self.on_budget_granted(grant).await;
                 }
                 pdu = reader.next() => {
                     let raw = match pdu {
@@ -701,14 +728,14 @@ impl Session<'_> {
             warn!(itt, "bidirectional command refused");
             let refuse =
                 ScsiResponse::check_condition(&Sense::invalid_field_in_cdb(0, None), false);
-            self.start(&mut task, cmd, Work::Fail(refuse), 0);
+            self.start(&mut task, cmd, Work::Fail(refuse), 0, None);
             self.tasks.insert(itt, task);
             return;
         }
         if !cmd.write || edtl == 0 || edtl > MAX_WRITE_BUFFER {
             // No data to collect (or too much to buffer: the SCSI layer refuses it).
             let work = self.scsi_request(&task, &cmd, cmd.data.clone());
-            self.start(&mut task, cmd, work, 0);
+            self.start(&mut task, cmd, work, 0, None);
             self.tasks.insert(itt, task);
             return;
         }
@@ -717,7 +744,24 @@ impl Session<'_> {
         } else {
             self.params.first_burst.min(edtl)
         };
-        let mut buffer = BytesMut::zeroed(edtl as usize);
+        // The buffer is sized once this write has its share of the write-buffer memory;
+        // until then only the unsolicited data (at most FirstBurstLength) has a place.
+        let budget = (immediate_len < edtl)
+            .then(|| {
+                Arc::clone(&self.ctx.write_budget)
+                    .try_acquire_many_owned(budget_units(edtl))
+                    .ok()
+            })
+            .flatten();
+        let awaiting_budget = (immediate_len < edtl && budget.is_none()).then(|| {
+            self.next_ticket += 1;
+            self.next_ticket
+        });
+        let mut buffer = BytesMut::zeroed(if awaiting_budget.is_some() {
+            unsolicited_end as usize
+        } else {
+            edtl as usize
+        });
         buffer[..cmd.data.len()].copy_from_slice(&cmd.data);
         let mut collect = Box::new(WriteCollect {
             command: ScsiCommand {
@@ -730,6 +774,8 @@ impl Session<'_> {
             unsolicited_end,
             unsolicited_data_sn: 0,
             failure: None,
+            budget,
+            awaiting_budget,
             next_r2t_offset: unsolicited_end,
             r2t_sn: 0,
             outstanding: Vec::new(),
@@ -737,10 +783,54 @@ impl Session<'_> {
         if collect.received == edtl {
             self.finish_collect(&mut task, *collect);
         } else {
-            self.issue_r2ts(&mut collect).await;
+            if let Some(ticket) = awaiting_budget {
+                self.wait_for_budget(itt, ticket, edtl);
+            } else {
+                self.issue_r2ts(&mut collect).await;
+            }
             task.state = TaskState::Collecting(collect);
         }
         self.tasks.insert(itt, task);
+    }
+
+    /// Waits, off the reader, for `edtl` bytes of the server's write-buffer memory and hands
+    /// the share to the reader. Writes are served in arrival order (the semaphore is fair).
+    /// If the connection ends first, the wait ends with it.
+    fn wait_for_budget(&self, itt: u32, ticket: u64, edtl: u32) {
+        debug!(
+            itt,
+            edtl, "write waits for write-buffer memory (write_buffer_mib)"
+        );
+        let budget = Arc::clone(&self.ctx.write_budget);
+        let grants = self.grant_tx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                permit = budget.acquire_many_owned(budget_units(edtl)) => {
+                    if let Ok(permit) = permit {
+                        let _ = grants.send(BudgetGrant { itt, ticket, permit });
+                    }
+                }
+                _ = grants.closed() => {}
+            }
+        });
+    }
+
+    /// A waiting write got its memory: size its buffer and ask for its data. A grant for a
+    /// task that is gone (aborted, or its unsolicited data was all of it) is dropped, which
+    /// returns the memory.
+    async fn on_budget_granted(&mut self, grant: BudgetGrant) {
+        let Some(mut task) = self.tasks.remove(&grant.itt) else {
+            return;
+        };
+        if let TaskState::Collecting(c) = &mut task.state
+            && c.awaiting_budget == Some(grant.ticket)
+        {
+            c.awaiting_budget = None;
+            c.buffer.resize(c.command.expected_length as usize, 0);
+            c.budget = Some(grant.permit);
+            self.issue_r2ts(c).await;
+        }
+        self.tasks.insert(grant.itt, task);
     }
 
     /// Sends R2Ts until MaxOutstandingR2T are outstanding or all data is asked for.
@@ -874,7 +964,7 @@ impl Session<'_> {
                 {
                     self.finish_collect(&mut task, *c);
                 }
-            } else {
+            } else if c.awaiting_budget.is_none() {
                 self.issue_r2ts(c).await;
             }
         }
@@ -888,7 +978,7 @@ impl Session<'_> {
         } else {
             self.scsi_request(task, &c.command, c.buffer.freeze())
         };
-        self.start(task, c.command, work, c.r2t_sn);
+        self.start(task, c.command, work, c.r2t_sn, c.budget);
     }
 
     fn scsi_request(&self, task: &Task, cmd: &ScsiCommand, data_out: Bytes) -> Work {
@@ -907,7 +997,16 @@ impl Session<'_> {
     }
 
     /// Runs the command's work on its own tokio task, tracked by the session.
-    fn start(&mut self, task: &mut Task, cmd: ScsiCommand, work: Work, r2t_count: u32) {
+    /// `budget`, a write's share of the write-buffer memory, is returned when the command
+    /// has run and its data is gone.
+    fn start(
+        &mut self,
+        task: &mut Task,
+        cmd: ScsiCommand,
+        work: Work,
+        r2t_count: u32,
+        budget: Option<OwnedSemaphorePermit>,
+    ) {
         let info = CommandInfo {
             itt: cmd.itt,
             lun: cmd.lun,
@@ -935,6 +1034,7 @@ impl Session<'_> {
                     (Work::Fail(response), _) => response,
                     (Work::Execute(_), None) => ScsiResponse::status(crate::scsi::ScsiStatus::Busy),
                 };
+                drop(budget);
                 window.complete();
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
                 let _ = done.send(info.itt);

@@ -87,11 +87,15 @@ pub struct Context {
     pub connections: ConnectionCounter,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Write data being collected, over all connections, in KiB (`write_buffer_mib`).
+    pub write_budget: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
     pub fn new(settings: IscsiSettings) -> Self {
+        let budget_kib = settings.write_buffer_mib as usize * 1024;
         Context {
+            write_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget_kib)),
             settings,
             targets: TargetRegistry::default(),
             sessions: SessionRegistry::default(),
