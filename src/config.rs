@@ -93,6 +93,7 @@ struct RawLun {
     block: Option<Spanned<String>>,
     size: Option<Spanned<SizeValue>>,
     block_size: Option<Spanned<u32>>,
+    physical_block_size: Option<Spanned<u32>>,
     #[serde(default)]
     read_only: bool,
 }
@@ -177,6 +178,9 @@ pub struct LunConfig {
     pub lun: u64,
     pub backing: Backing,
     pub block_size: u32,
+    /// Bytes per physical block: `block_size` times a power of two (READ CAPACITY(16)
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT).
+    pub physical_block_size: u32,
     pub read_only: bool,
 }
 
@@ -508,6 +512,7 @@ impl Validator<'_> {
             }
             None => 512,
         };
+        let physical_block_size = self.physical_block_size(&what, &l, block_size);
         let create_size = match &l.size {
             None => None,
             Some(s) => {
@@ -566,10 +571,40 @@ impl Validator<'_> {
             lun: number,
             backing,
             block_size,
+            physical_block_size,
             read_only: l.read_only,
         })
     }
+
+    /// `physical_block_size`: the logical block size (default) or a power-of-two multiple of
+    /// it, at most [`MAX_PHYSICAL_BLOCK_SIZE`]. READ CAPACITY(16) reports the ratio as a
+    /// power-of-two exponent (SBC-4 §5.20.2), so nothing else can be expressed.
+    fn physical_block_size(&mut self, what: &str, l: &RawLun, block_size: u32) -> u32 {
+        let Some(p) = &l.physical_block_size else {
+            return block_size;
+        };
+        let size = *p.get_ref();
+        let ok = size >= block_size
+            && size <= MAX_PHYSICAL_BLOCK_SIZE
+            && size.is_multiple_of(block_size)
+            && (size / block_size).is_power_of_two();
+        if ok {
+            size
+        } else {
+            self.error(
+                p,
+                format!(
+                    "{what}: physical_block_size {size} must be the block size {block_size} \
+                     times a power of two, at most {MAX_PHYSICAL_BLOCK_SIZE}"
+                ),
+            );
+            block_size
+        }
+    }
 }
+
+/// Largest `physical_block_size` accepted (64 KiB).
+pub const MAX_PHYSICAL_BLOCK_SIZE: u32 = 64 * 1024;
 
 /// Parses `"1GiB"`, `"256M"`, `"4096"` or a bare integer; units are binary (K = 1024).
 fn parse_size(value: &SizeValue) -> Result<u64, String> {
@@ -733,6 +768,45 @@ block = "/dev/sdx"
         assert!(t.chap.as_ref().is_some_and(|p| p.mutual.is_some()));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(c.io_engine, IoEngine::Auto, "the example shows the default");
+        let lun0 = &t.luns[0];
+        assert_eq!(
+            lun0.physical_block_size, lun0.block_size,
+            "the example shows the default"
+        );
+    }
+
+    #[test]
+    fn physical_block_size_is_a_power_of_two_multiple_of_the_block_size() {
+        let lun = |extra: &str| {
+            format!(
+                "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n[[target.lun]]\nlun = 0\n\
+                 file = \"a.img\"\nsize = \"1MiB\"\n{extra}\n"
+            )
+        };
+        let pbs =
+            |extra: &str| parse(&lun(extra), "x").unwrap().targets[0].luns[0].physical_block_size;
+        assert_eq!(pbs(""), 512);
+        assert_eq!(pbs("block_size = 4096"), 4096);
+        assert_eq!(pbs("physical_block_size = 4096"), 4096);
+        assert_eq!(pbs("physical_block_size = 65536"), 65536);
+        assert_eq!(pbs("block_size = 4096\nphysical_block_size = 16384"), 16384);
+        for bad in [
+            "physical_block_size = 256",
+            "physical_block_size = 1536",
+            "physical_block_size = 3072",
+            "physical_block_size = 131072",
+            "block_size = 4096\nphysical_block_size = 512",
+            "physical_block_size = 0",
+        ] {
+            let errs = parse(&lun(bad), "x.toml").unwrap_err();
+            let shown = errs.to_string();
+            let line = 7 + usize::from(bad.starts_with("block_size"));
+            assert!(
+                shown.contains(&format!("x.toml:{line}: target"))
+                    && shown.contains("physical_block_size"),
+                "{bad}: {shown}"
+            );
+        }
     }
 
     #[test]

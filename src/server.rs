@@ -14,6 +14,7 @@ use crate::config::{Backing, Config};
 use crate::iscsi::access::AllowList;
 use crate::iscsi::login::LoginAccess;
 use crate::iscsi::{Context, Target, connection};
+use crate::scsi::atomic_journal::AtomicJournal;
 use crate::scsi::pr_store::file_store;
 use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
 use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
@@ -79,13 +80,22 @@ impl Server {
                 if !backend.size_bytes().is_multiple_of(l.block_size as u64) {
                     warn!(target = %t.name, lun = l.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), l.block_size);
                 }
+                let identity = LuIdentity::derived(&t.name, l.lun);
+                // An atomic write interrupted by a crash is completed (or, if its record is
+                // torn, known not to have started) before the unit serves anything.
+                let journal = Arc::new(AtomicJournal::new(&config.data_dir, identity.naa));
+                journal.recover(backend.as_ref()).await.with_context(|| {
+                    format!(
+                        "target {} LUN {}: cannot recover the atomic write journal {}",
+                        t.name,
+                        l.lun,
+                        journal.path().display()
+                    )
+                })?;
                 info!(target = %t.name, lun = l.lun, backend = %backend.describe(), bytes = backend.size_bytes(), "LUN ready");
-                let lu = LogicalUnit::new(
-                    LuIdentity::derived(&t.name, l.lun),
-                    l.block_size,
-                    Some(backend),
-                    l.read_only,
-                );
+                let lu = LogicalUnit::new(identity, l.block_size, Some(backend), l.read_only)
+                    .with_physical_block_size(l.physical_block_size)
+                    .with_atomic_journal(journal);
                 lu.set_reservation_store(file_store(&config.data_dir))
                     .with_context(|| {
                         format!(

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::storage::BlockBackend;
 
+use super::atomic_journal::AtomicJournal;
 use super::mode::ModeValues;
 use super::pr_store::ReservationStore;
 use super::reserve::Reservations;
@@ -117,6 +118,9 @@ struct MediumState {
 pub struct LogicalUnit {
     identity: LuIdentity,
     block_size: u32,
+    /// Logical blocks per physical block, as a power-of-two exponent (SBC-4 §5.20.2 LOGICAL
+    /// BLOCKS PER PHYSICAL BLOCK EXPONENT); the lowest aligned LBA is always 0.
+    lbppb_exponent: u8,
     read_only: bool,
     medium: RwLock<MediumState>,
     /// D_SENSE of the control mode page: descriptor-format sense for CHECK CONDITION.
@@ -133,6 +137,8 @@ pub struct LogicalUnit {
     /// ORWRITE) exclusive, so nothing writes between their read and their write (SBC-4
     /// §5.3). Tokio's lock is fair: a waiting exclusive holder is not starved by writers.
     write_order: tokio::sync::RwLock<()>,
+    /// The intent journal WRITE ATOMIC needs; without one the unit does not offer it.
+    atomic_journal: Option<Arc<AtomicJournal>>,
 }
 
 impl LogicalUnit {
@@ -160,6 +166,7 @@ impl LogicalUnit {
         LogicalUnit {
             identity,
             block_size,
+            lbppb_exponent: 0,
             read_only,
             medium: RwLock::new(MediumState { readiness, backend }),
             descriptor_sense: AtomicBool::new(ModeValues::DEFAULT.d_sense),
@@ -169,7 +176,47 @@ impl LogicalUnit {
             mode_lock: Mutex::new(()),
             reservations: Reservations::new(),
             write_order: tokio::sync::RwLock::new(()),
+            atomic_journal: None,
         }
+    }
+
+    /// Offers WRITE ATOMIC, made crash-atomic by `journal` (which the caller has recovered
+    /// before the unit serves anything: [`AtomicJournal::recover`]).
+    pub fn with_atomic_journal(mut self, journal: Arc<AtomicJournal>) -> Self {
+        self.atomic_journal = Some(journal);
+        self
+    }
+
+    /// The intent journal, if the unit offers WRITE ATOMIC.
+    pub fn atomic_journal(&self) -> Option<&AtomicJournal> {
+        self.atomic_journal.as_deref()
+    }
+
+    /// Reports `physical_block_size` bytes per physical block.
+    ///
+    /// # Panics
+    /// Unless it is `block_size` times a power of two (at most 2^15): configuration validation
+    /// rejects anything else first.
+    pub fn with_physical_block_size(mut self, physical_block_size: u32) -> Self {
+        let ratio = physical_block_size / self.block_size;
+        assert!(
+            physical_block_size.is_multiple_of(self.block_size)
+                && ratio.is_power_of_two()
+                && ratio <= 1 << 15,
+            "unsupported physical block size {physical_block_size}"
+        );
+        self.lbppb_exponent = ratio.trailing_zeros() as u8;
+        self
+    }
+
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT.
+    pub fn lbppb_exponent(&self) -> u8 {
+        self.lbppb_exponent
+    }
+
+    /// Logical blocks per physical block (1 unless configured).
+    pub fn logical_blocks_per_physical_block(&self) -> u32 {
+        1 << self.lbppb_exponent
     }
 
     pub fn identity(&self) -> &LuIdentity {
@@ -334,8 +381,16 @@ impl LogicalUnit {
         self.write_order.read().await
     }
 
-    /// Held across the read and the write of a read-modify-write command: no other write
-    /// runs meanwhile.
+    /// Held while a command reads the medium: a WRITE ATOMIC holds the lock exclusive while
+    /// it writes in place, so no read sees part of it (SBC-4 §4.29.2). Never held together
+    /// with another guard of the same lock (the lock is fair: a queued exclusive waiter would
+    /// deadlock a second shared acquisition).
+    pub async fn read_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.write_order.read().await
+    }
+
+    /// Held across the read and the write of a read-modify-write command, and across the
+    /// in-place write of WRITE ATOMIC: no other write (nor read) runs meanwhile.
     pub async fn write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
         self.write_order.write().await
     }

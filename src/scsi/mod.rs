@@ -6,6 +6,8 @@
 //! with `data_in.len()` (reads) and `data_out_used` (writes).
 
 pub mod alua;
+pub mod atomic;
+pub mod atomic_journal;
 pub mod cdb;
 pub mod log;
 pub mod lu;

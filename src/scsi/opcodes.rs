@@ -61,6 +61,8 @@ pub mod op {
     pub const VERIFY_16: u8 = 0x8F;
     pub const PRE_FETCH_16: u8 = 0x90;
     pub const WRITE_SAME_16: u8 = 0x93;
+    /// WRITE ATOMIC(16) (SBC-4 §5.48).
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
     pub const VERIFY_12: u8 = 0xAF;
     /// SERVICE ACTION IN(16): GET LBA STATUS (SBC-4 §5.8).
@@ -109,6 +111,7 @@ pub enum Handler {
     Verify,
     OrWrite,
     PreFetch,
+    WriteAtomic,
     ExtendedCopy,
     ReceiveCopyResults,
 }
@@ -408,6 +411,7 @@ const fn build_table() -> [Slot; 256] {
     t[op::VERIFY_16 as usize] = media("VERIFY(16)", Verify, Out, 16);
     t[op::PRE_FETCH_16 as usize] = media("PRE-FETCH(16)", PreFetch, None, 16);
     t[op::WRITE_SAME_16 as usize] = media("WRITE SAME(16)", WriteSame, Out, 16);
+    t[op::WRITE_ATOMIC_16 as usize] = media("WRITE ATOMIC(16)", WriteAtomic, Out, 16);
     t[op::WRITE_AND_VERIFY_12 as usize] = media("WRITE AND VERIFY(12)", Verify, Out, 12);
     t[op::VERIFY_12 as usize] = media("VERIFY(12)", Verify, Out, 12);
     t[op::EXTENDED_COPY as usize] = Slot::ServiceActions(&EXTENDED_COPY);

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use super::atomic::AtomicLimits;
 use super::lu::LogicalUnit;
 use super::opcodes::op;
 use super::sbc::check_lba_range;
@@ -58,26 +59,46 @@ pub fn read_capacity16_flags(thin: bool) -> u8 {
     if thin { 0xC0 } else { 0x00 }
 }
 
+/// Smallest multiple of `unit` (a power of two, logical blocks per physical block) at least
+/// `blocks`: granularities are whole physical blocks (SBC-4 §6.6.4).
+fn whole_physical_blocks(blocks: u64, unit: u32) -> u32 {
+    let unit = u64::from(unit.max(1));
+    u32::try_from(blocks.max(1).div_ceil(unit) * unit).unwrap_or(u32::MAX)
+}
+
 /// VPD B0h, block limits (SBC-4 §6.6.4): the generic page of [`spc::vpd_block_limits`] plus
 /// the limits of the commands here. WSNZ = 0 (WRITE SAME with 0 blocks = to the end).
-pub fn block_limits_page(block_size: u32, backend: Option<&dyn BlockBackend>) -> Vec<u8> {
+/// `lbppb` logical blocks per physical block: the OPTIMAL TRANSFER LENGTH GRANULARITY and the
+/// UNMAP GRANULARITY are whole physical blocks (unmapping less than one may leave it
+/// mapped, SBC-4 §4.7.3.4; it still reads back as zeros, LBPRZ). `atomic`: the WRITE ATOMIC
+/// fields, when the unit offers it.
+pub fn block_limits_page(
+    block_size: u32,
+    lbppb: u32,
+    backend: Option<&dyn BlockBackend>,
+    atomic: Option<AtomicLimits>,
+) -> Vec<u8> {
     let mut page = spc::vpd_block_limits(block_size);
     if page.len() < 64 {
         page.resize(64, 0);
     }
     page[5] = max_compare_and_write_blocks(block_size);
+    let optimal = whole_physical_blocks(u64::from(spc::OPTIMAL_GRANULARITY_BLOCKS), lbppb);
+    page[6..8].copy_from_slice(&u16::try_from(optimal).unwrap_or(u16::MAX).to_be_bytes());
     let bs = u64::from(block_size.max(1));
     if let Some(backend) = backend.filter(|b| b.supports_discard()) {
         let lbas = u32::try_from(MAX_UNMAP_BYTES / bs).unwrap_or(u32::MAX);
         page[20..24].copy_from_slice(&lbas.to_be_bytes());
         page[24..28].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-        let granularity =
-            u32::try_from((backend.discard_granularity() / bs).max(1)).unwrap_or(u32::MAX);
+        let granularity = whole_physical_blocks(backend.discard_granularity() / bs, lbppb);
         page[28..32].copy_from_slice(&granularity.to_be_bytes());
         // UGAVALID = 1, UNMAP GRANULARITY ALIGNMENT = 0.
         page[32..36].copy_from_slice(&0x8000_0000u32.to_be_bytes());
     }
     page[36..44].copy_from_slice(&max_write_same_blocks(block_size).to_be_bytes());
+    if let Some(atomic) = atomic {
+        page[44..64].copy_from_slice(&atomic.page_fields());
+    }
     page
 }
 
@@ -98,7 +119,12 @@ pub fn logical_block_provisioning_page(thin: bool) -> Vec<u8> {
 pub fn vpd_page(lu: &LogicalUnit, page_code: u8) -> Option<Vec<u8>> {
     let backend = thin(lu);
     match page_code {
-        0xB0 => Some(block_limits_page(lu.block_size(), backend.as_deref())),
+        0xB0 => Some(block_limits_page(
+            lu.block_size(),
+            lu.logical_blocks_per_physical_block(),
+            backend.as_deref(),
+            AtomicLimits::of(lu),
+        )),
         0xB2 => Some(logical_block_provisioning_page(backend.is_some())),
         _ => None,
     }
@@ -516,7 +542,7 @@ mod tests {
         );
 
         let memory = MemoryBackend::new(1 << 20);
-        let page = block_limits_page(512, Some(&memory));
+        let page = block_limits_page(512, 1, Some(&memory), None);
         assert_eq!(page.len(), 64);
         assert_eq!(&page[0..4], &[0, 0xB0, 0, 0x3C]);
         assert_eq!(page[4] & 0x01, 0, "WSNZ = 0");
@@ -526,9 +552,21 @@ mod tests {
         assert_eq!(&page[28..32], &1u32.to_be_bytes());
         assert_eq!(page[32] & 0x80, 0x80);
         assert_eq!(&page[36..44], &0xFFFFu64.to_be_bytes());
-        let fully = block_limits_page(4096, None);
+        assert_eq!(&page[6..8], &[0, 8], "OPTIMAL TRANSFER LENGTH GRANULARITY");
+        assert_eq!(&page[44..64], &[0; 20], "no WRITE ATOMIC");
+        let fully = block_limits_page(4096, 1, None, None);
         assert_eq!(&fully[20..32], &[0; 12]);
         assert_eq!(&fully[36..44], &0xFFFFu64.to_be_bytes());
+        // 4 KiB physical blocks of 512-byte logical blocks, 64 KiB ones: granularities are
+        // whole physical blocks.
+        for (lbppb, granule) in [(8, 8), (128, 128)] {
+            let atomic = AtomicLimits::new(512, lbppb);
+            let page = block_limits_page(512, lbppb, Some(&memory), Some(atomic));
+            let gran = u16::from_be_bytes([page[6], page[7]]);
+            assert_eq!(u32::from(gran), granule);
+            assert_eq!(&page[28..32], &granule.to_be_bytes(), "UNMAP GRANULARITY");
+            assert_eq!(&page[44..64], &atomic.page_fields());
+        }
 
         let thin_lu = lu_with(Some(Arc::new(MemoryBackend::new(1 << 20))));
         assert_eq!(vpd_page(&thin_lu, 0xB2).unwrap()[5], 0xE4);

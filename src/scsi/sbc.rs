@@ -29,12 +29,15 @@ pub fn read_capacity10_data(blocks: u64, block_size: u32) -> [u8; 8] {
     data
 }
 
-/// READ CAPACITY(16) parameter data (SBC-3 §5.16.2): 32 bytes. No protection, one logical
-/// block per physical block, LBPME/LBPRZ clear (no thin provisioning yet).
-pub fn read_capacity16_data(blocks: u64, block_size: u32) -> [u8; 32] {
+/// READ CAPACITY(16) parameter data (SBC-4 §5.20.2): 32 bytes. No protection; LOGICAL
+/// BLOCKS PER PHYSICAL BLOCK EXPONENT `lbppb_exponent` (byte 13, bits 3-0) with LOWEST
+/// ALIGNED LOGICAL BLOCK ADDRESS 0 (physical blocks start at LBA 0); LBPME/LBPRZ are the
+/// caller's (provisioning).
+pub fn read_capacity16_data(blocks: u64, block_size: u32, lbppb_exponent: u8) -> [u8; 32] {
     let mut data = [0u8; 32];
     data[0..8].copy_from_slice(&blocks.saturating_sub(1).to_be_bytes());
     data[8..12].copy_from_slice(&block_size.to_be_bytes());
+    data[13] = lbppb_exponent & 0x0F;
     data
 }
 
@@ -52,7 +55,7 @@ pub fn read_capacity16(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense>
     let alloc_len = cdb::decode_read_capacity16(raw_cdb)?;
     let backend = lu.medium()?;
     let blocks = capacity_blocks(backend.as_ref(), lu.block_size());
-    let mut data = read_capacity16_data(blocks, lu.block_size());
+    let mut data = read_capacity16_data(blocks, lu.block_size(), lu.lbppb_exponent());
     // LBPME / LBPRZ
     data[14] |= super::provisioning::read_capacity16_flags(backend.supports_discard());
     let len = usize::try_from(alloc_len).map_or(data.len(), |a| a.min(data.len()));
@@ -143,6 +146,8 @@ pub async fn read_write(
             })?;
         Ok(Bytes::new())
     } else {
+        // Ordered against WRITE ATOMIC: never half of one.
+        let _shared = lu.read_shared().await;
         let data = backend.read_at(offset, len).await.map_err(|error| {
             tracing::warn!(
                 backend = %backend.describe(), lba = rw.lba, blocks = rw.blocks, %error,
@@ -199,10 +204,13 @@ mod tests {
 
     #[test]
     fn read_capacity16_layout() {
-        let d = read_capacity16_data((1 << 33) + 1, 4096);
+        let d = read_capacity16_data((1 << 33) + 1, 4096, 0);
         assert_eq!(&d[0..8], &(1u64 << 33).to_be_bytes());
         assert_eq!(&d[8..12], &[0, 0, 0x10, 0]);
         assert!(d[12..].iter().all(|&b| b == 0));
+        // 8 logical blocks per physical block: exponent 3, lowest aligned LBA 0.
+        let d = read_capacity16_data(1 << 20, 512, 3);
+        assert_eq!(&d[12..16], &[0, 3, 0, 0]);
     }
 
     #[test]

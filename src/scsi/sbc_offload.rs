@@ -589,6 +589,8 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
         }
         return Ok(Bytes::new());
     }
+    // Ordered against WRITE ATOMIC: never half of one.
+    let _shared = lu.read_shared().await;
     match v.bytchk {
         ByteCheck::Compare => {
             let len = transfer_len(v.blocks, block_size, v.blocks_field)?;

@@ -18,8 +18,8 @@ use super::lu::{LogicalUnit, LuIdentity};
 use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
 use super::{
-    Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, log, maintenance, mode, provisioning,
-    reserve, sbc, sbc_offload, spc, xcopy,
+    Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, atomic, log, maintenance, mode,
+    provisioning, reserve, sbc, sbc_offload, spc, xcopy,
 };
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
@@ -120,6 +120,7 @@ impl TargetDevice {
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
         response.data_out_used = sbc_offload::data_out_needed(&req.cdb, lu.block_size())
+            .or_else(|| atomic::data_out_needed(&req.cdb, lu.block_size()))
             .unwrap_or_else(|| sbc::data_out_needed(&req.cdb, lu.block_size()))
             .max(reserve::data_out_needed(&req.cdb));
         if let Some(needed) = mode::data_out_needed(&req.cdb) {
@@ -202,6 +203,7 @@ impl TargetDevice {
             Handler::Verify => sbc_offload::verify(lu, cdb, &req.data_out).await?,
             Handler::OrWrite => sbc_offload::orwrite(lu, cdb, &req.data_out).await?,
             Handler::PreFetch => sbc_offload::prefetch(lu, cdb).await?,
+            Handler::WriteAtomic => atomic::write_atomic16(lu, cdb, &req.data_out).await?,
             Handler::ExtendedCopy => {
                 return xcopy::extended_copy(self, lu, nexus, cdb, &req.data_out).await;
             }

@@ -918,10 +918,13 @@ async fn copy_segment(segment: &PlannedSegment) -> Result<(), Sense> {
         let failure = || third_party_device_failure(segment.offset);
         let len = usize::try_from(len).map_err(|_| failure())?;
         let read_at = segment.source_offset + start;
+        // Ordered against WRITE ATOMIC; released before the destination's lock is taken.
+        let read_order = segment.source.read_shared().await;
         let data = source.read_at(read_at, len).await.map_err(|error| {
             tracing::warn!(backend = %source.describe(), offset = read_at, %error, "copy read failed");
             failure()
         })?;
+        drop(read_order);
         if data.len() != len {
             return Err(failure());
         }

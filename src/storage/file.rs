@@ -548,6 +548,43 @@ mod tests {
         );
     }
 
+    /// UNMAP of a range not aligned to the file system block (WRITE SAME with UNMAP at LBA 1
+    /// of a 4 KiB physical block, say): whole blocks inside become holes, the partial ones at
+    /// the edges are zeroed in place, and nothing outside changes.
+    #[tokio::test]
+    async fn unaligned_discards_free_whole_blocks_and_zero_the_edges() {
+        for (name, engine) in engines() {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = open(&dir.path().join("thin.img"), Some(1 << 20), &engine);
+            let g = backend.discard_granularity();
+            backend
+                .write_at(0, Bytes::from(vec![0xAB; 256 << 10]), false)
+                .await
+                .unwrap();
+            let (start, len) = (3 * 512, 3 * g + 1024);
+            backend.discard(start, len).await.unwrap();
+            let all = backend.read_at(0, 256 << 10).await.unwrap();
+            for (i, &b) in all.iter().enumerate() {
+                let inside = (start..start + len).contains(&(i as u64));
+                assert_eq!(b, if inside { 0 } else { 0xAB }, "{name}: byte {i}");
+            }
+            // The whole file system blocks inside the range are holes now.
+            let first = start.div_ceil(g) * g;
+            let last = (start + len) / g * g;
+            let extents = backend.allocation(first, last - first).await.unwrap();
+            assert_eq!(
+                extents,
+                vec![Extent {
+                    len: last - first,
+                    mapped: false
+                }],
+                "{name}"
+            );
+            let edge = backend.allocation(0, first).await.unwrap();
+            assert!(edge.iter().all(|e| e.mapped), "{name}: {edge:?}");
+        }
+    }
+
     #[test]
     fn missing_file_without_size_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();

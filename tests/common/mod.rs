@@ -61,6 +61,30 @@ impl Keel {
         }
     }
 
+    /// keel in an existing data directory (a restart): one target with one file LUN
+    /// `disk0.img` of `size` (created if missing); `lun_extra` adds keys to the LUN.
+    pub async fn start_in(dir: tempfile::TempDir, size: &str, lun_extra: &str) -> Keel {
+        let text = format!(
+            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
+             [[target]]\nname = \"{TARGET}\"\n\
+             [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n{lun_extra}\n",
+            dir.path().display()
+        );
+        let config = config::parse(&text, "test").unwrap();
+        let server = Server::bind(&config).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Keel {
+            addr,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
     /// Shuts keel down the way SIGTERM does and waits for it to finish; hands back its
     /// data directory.
     pub async fn stop(mut self) -> tempfile::TempDir {
