@@ -94,6 +94,8 @@ struct RawLun {
     block_size: Option<Spanned<u32>>,
     #[serde(default)]
     read_only: bool,
+    #[serde(default)]
+    removable: bool,
 }
 
 /// A size written as a number of bytes or a string with a unit ("1GiB", "256M").
@@ -173,6 +175,8 @@ pub struct LunConfig {
     pub backing: Backing,
     pub block_size: u32,
     pub read_only: bool,
+    /// Removable medium (virtual media): initiators may eject and load it.
+    pub removable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -554,6 +558,7 @@ impl Validator<'_> {
             backing,
             block_size,
             read_only: l.read_only,
+            removable: l.removable,
         })
     }
 }
@@ -720,6 +725,10 @@ block = "/dev/sdx"
         assert!(t.chap.as_ref().is_some_and(|p| p.mutual.is_some()));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(c.io_engine, IoEngine::Auto, "the example shows the default");
+        assert!(
+            t.luns.iter().all(|l| !l.removable),
+            "the example shows the default"
+        );
     }
 
     #[test]
@@ -788,6 +797,20 @@ lun = 70000
                 .contains("x.toml:3: io_engine \"uring\" is not one of"),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn removable_is_per_lun_and_off_by_default() {
+        let text = "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n[[target.lun]]\nlun = 0\nfile = \"a.img\"\nremovable = true\n[[target.lun]]\nlun = 1\nfile = \"b.img\"\n";
+        let c = parse(text, "x").unwrap();
+        let removable: Vec<bool> = c.targets[0].luns.iter().map(|l| l.removable).collect();
+        assert_eq!(removable, [true, false]);
+        let errs = parse(
+            &text.replace("removable = true", "removable = \"yes\""),
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(errs.errors[0].line, Some(6), "{errs}");
     }
 
     #[test]

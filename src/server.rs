@@ -85,7 +85,8 @@ impl Server {
                     l.block_size,
                     Some(backend),
                     l.read_only,
-                );
+                )
+                .with_removable_medium(l.removable);
                 lu.set_reservation_store(file_store(&config.data_dir))
                     .with_context(|| {
                         format!(
