@@ -96,6 +96,8 @@ struct RawLun {
     physical_block_size: Option<Spanned<u32>>,
     #[serde(default)]
     read_only: bool,
+    #[serde(default)]
+    removable: bool,
 }
 
 /// A size written as a number of bytes or a string with a unit ("1GiB", "256M").
@@ -182,6 +184,8 @@ pub struct LunConfig {
     /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT).
     pub physical_block_size: u32,
     pub read_only: bool,
+    /// Removable medium (virtual media): initiators may eject and load it.
+    pub removable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -573,6 +577,7 @@ impl Validator<'_> {
             block_size,
             physical_block_size,
             read_only: l.read_only,
+            removable: l.removable,
         })
     }
 
@@ -773,6 +778,10 @@ block = "/dev/sdx"
             lun0.physical_block_size, lun0.block_size,
             "the example shows the default"
         );
+        assert!(
+            t.luns.iter().all(|l| !l.removable),
+            "the example shows the default"
+        );
     }
 
     #[test]
@@ -875,6 +884,20 @@ lun = 70000
                 .contains("x.toml:3: io_engine \"uring\" is not one of"),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn removable_is_per_lun_and_off_by_default() {
+        let text = "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n[[target.lun]]\nlun = 0\nfile = \"a.img\"\nremovable = true\n[[target.lun]]\nlun = 1\nfile = \"b.img\"\n";
+        let c = parse(text, "x").unwrap();
+        let removable: Vec<bool> = c.targets[0].luns.iter().map(|l| l.removable).collect();
+        assert_eq!(removable, [true, false]);
+        let errs = parse(
+            &text.replace("removable = true", "removable = \"yes\""),
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(errs.errors[0].line, Some(6), "{errs}");
     }
 
     #[test]

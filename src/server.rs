@@ -95,7 +95,8 @@ impl Server {
                 info!(target = %t.name, lun = l.lun, backend = %backend.describe(), bytes = backend.size_bytes(), "LUN ready");
                 let lu = LogicalUnit::new(identity, l.block_size, Some(backend), l.read_only)
                     .with_physical_block_size(l.physical_block_size)
-                    .with_atomic_journal(journal);
+                    .with_atomic_journal(journal)
+                    .with_removable_medium(l.removable);
                 lu.set_reservation_store(file_store(&config.data_dir))
                     .with_context(|| {
                         format!(

@@ -1144,7 +1144,9 @@ impl Session<'_> {
                 let _ = out.send(reply.encode()).await;
                 if cold {
                     // §11.5.1: a cold reset also ends every session to the target, this one too.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // At once: the response is already queued ahead of the writer's final flush,
+                    // and no command the initiator sends after reading it may still run (it
+                    // would meet the reset's unit attention on a session that is going away).
                     ctx.sessions.cancel_target(&target_name);
                 }
             }

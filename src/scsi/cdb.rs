@@ -89,7 +89,7 @@ fn bytes_at<const N: usize>(cdb: &[u8], at: usize) -> [u8; N] {
         .unwrap_or([0; N])
 }
 
-fn byte_at(cdb: &[u8], at: usize) -> u8 {
+pub(super) fn byte_at(cdb: &[u8], at: usize) -> u8 {
     cdb.get(at).copied().unwrap_or(0)
 }
 

@@ -1,13 +1,16 @@
 //! A logical unit: identity, geometry, medium state, per-nexus unit attentions.
 //!
-//! The medium (backend) can appear, and the unit can go offline, while commands run: the state
-//! sits behind a std `RwLock` held only to copy an `Arc` out, never across an await.
+//! The medium (backend) can appear, the unit can go offline, and a removable unit's medium can be
+//! unloaded and loaded again, while commands run: the state sits behind a std `RwLock` held only
+//! to copy an `Arc` out or to make one transition, never across an await.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::storage::BlockBackend;
 
+use super::Nexus;
 use super::atomic_journal::AtomicJournal;
 use super::mode::ModeValues;
 use super::pr_store::ReservationStore;
@@ -105,12 +108,42 @@ pub enum Readiness {
     BecomingReady,
     /// Taken offline; initiators should give up.
     Offline,
+    /// A removable unit whose medium an initiator unloaded (START STOP UNIT with LOEJ=1,
+    /// START=0); loading it (LOEJ=1, START=1) makes the unit ready again. The backend stays
+    /// attached meanwhile, so a shutdown flush still reaches it.
+    NoMedium,
+}
+
+impl Readiness {
+    /// What a media-access command gets in this state; `None` when ready.
+    fn not_ready_sense(self) -> Option<Sense> {
+        match self {
+            Readiness::Ready => None,
+            Readiness::BecomingReady => Some(Sense::not_ready_becoming_ready()),
+            Readiness::Offline => Some(Sense::not_ready_manual_intervention()),
+            // SPC-4 §4.5.6 / Annex F: 3A/00 is the generic "no medium" condition.
+            Readiness::NoMedium => Some(Sense::medium_not_present()),
+        }
+    }
+}
+
+/// Which way START STOP UNIT with LOEJ=1 moves a removable medium (SBC-4 §5.25).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediumMove {
+    /// START=1: load the medium.
+    Load,
+    /// START=0: unload (eject) it.
+    Unload,
 }
 
 #[derive(Debug)]
 struct MediumState {
     readiness: Readiness,
     backend: Option<Arc<dyn BlockBackend>>,
+    /// The I_T nexuses holding a prevention of medium removal (PREVENT ALLOW MEDIUM REMOVAL,
+    /// SBC-4 §5.15). Kept with the readiness so that checking for a prevention and moving the
+    /// medium are one transition. Always empty for a non-removable unit.
+    preventing: HashSet<Nexus>,
 }
 
 /// One logical unit of a [`super::TargetDevice`].
@@ -122,6 +155,8 @@ pub struct LogicalUnit {
     /// BLOCKS PER PHYSICAL BLOCK EXPONENT); the lowest aligned LBA is always 0.
     lbppb_exponent: u8,
     read_only: bool,
+    /// INQUIRY RMB: the medium can be unloaded and loaded by START STOP UNIT (virtual media).
+    removable: bool,
     medium: RwLock<MediumState>,
     /// D_SENSE of the control mode page: descriptor-format sense for CHECK CONDITION.
     descriptor_sense: AtomicBool,
@@ -168,7 +203,12 @@ impl LogicalUnit {
             block_size,
             lbppb_exponent: 0,
             read_only,
-            medium: RwLock::new(MediumState { readiness, backend }),
+            removable: false,
+            medium: RwLock::new(MediumState {
+                readiness,
+                backend,
+                preventing: HashSet::new(),
+            }),
             descriptor_sense: AtomicBool::new(ModeValues::DEFAULT.d_sense),
             unit_attentions: UnitAttentions::new(),
             software_write_protect: AtomicBool::new(ModeValues::DEFAULT.swp),
@@ -217,6 +257,19 @@ impl LogicalUnit {
     /// Logical blocks per physical block (1 unless configured).
     pub fn logical_blocks_per_physical_block(&self) -> u32 {
         1 << self.lbppb_exponent
+    }
+
+    /// Makes the unit's medium removable (or not): INQUIRY reports RMB, START STOP UNIT
+    /// unloads and loads it, PREVENT ALLOW MEDIUM REMOVAL guards it. Set before the unit is
+    /// shared.
+    pub fn with_removable_medium(mut self, removable: bool) -> Self {
+        self.removable = removable;
+        self
+    }
+
+    /// INQUIRY RMB.
+    pub fn is_removable(&self) -> bool {
+        self.removable
     }
 
     pub fn identity(&self) -> &LuIdentity {
@@ -298,11 +351,7 @@ impl LogicalUnit {
 
     /// The sense a media-access command gets now, `None` when ready.
     pub fn not_ready_sense(&self) -> Option<Sense> {
-        match self.readiness() {
-            Readiness::Ready => None,
-            Readiness::BecomingReady => Some(Sense::not_ready_becoming_ready()),
-            Readiness::Offline => Some(Sense::not_ready_manual_intervention()),
-        }
+        self.readiness().not_ready_sense()
     }
 
     /// The backend for a media-access command, or the not-ready sense. Readiness and backend
@@ -311,9 +360,81 @@ impl LogicalUnit {
         let state = self.state();
         match (state.readiness, &state.backend) {
             (Readiness::Ready, Some(backend)) => Ok(Arc::clone(backend)),
-            (Readiness::Offline, _) => Err(Sense::not_ready_manual_intervention()),
-            _ => Err(Sense::not_ready_becoming_ready()),
+            (readiness, _) => Err(readiness
+                .not_ready_sense()
+                .unwrap_or(Sense::not_ready_becoming_ready())),
         }
+    }
+
+    /// Loads or unloads a removable medium for `by` (START STOP UNIT with LOEJ=1, SBC-4
+    /// §5.25). Asking for the state the medium is already in changes nothing and succeeds.
+    ///
+    /// While any I_T nexus prevents medium removal the medium does not move, either way:
+    /// 05/53/02 MEDIUM REMOVAL PREVENTED. SBC-4 §5.15 has the logical unit "inhibit
+    /// mechanisms that normally allow removal of the medium"; keel reads a prevention as
+    /// locking the medium as it is, so an application that holds one also never sees a
+    /// medium appear under it (libiscsi's PreventAllow.Eject expects exactly that).
+    ///
+    /// Loading establishes NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED (06/28/00), the
+    /// unit attention for a medium that may have been replaced, for every other nexus the
+    /// unit knows: they must read the capacity again. The nexus that loaded it knows already.
+    /// A unit that is offline refuses (02/04/03); one still becoming ready cannot unload.
+    /// A non-removable unit ignores the request (nothing to move).
+    pub fn move_medium(&self, to: MediumMove, by: &Nexus) -> Result<(), Sense> {
+        if !self.removable {
+            return Ok(());
+        }
+        {
+            let mut state = self.state_mut();
+            let next = match (state.readiness, to) {
+                (Readiness::Offline, _) => return Err(Sense::not_ready_manual_intervention()),
+                (Readiness::BecomingReady, MediumMove::Unload) => {
+                    return Err(Sense::not_ready_becoming_ready());
+                }
+                (Readiness::BecomingReady, MediumMove::Load)
+                | (Readiness::Ready, MediumMove::Load)
+                | (Readiness::NoMedium, MediumMove::Unload) => return Ok(()),
+                (Readiness::Ready, MediumMove::Unload) => Readiness::NoMedium,
+                (Readiness::NoMedium, MediumMove::Load) => Readiness::Ready,
+            };
+            if !state.preventing.is_empty() {
+                return Err(Sense::medium_removal_prevented());
+            }
+            state.readiness = next;
+            if next != Readiness::Ready {
+                return Ok(());
+            }
+        }
+        self.unit_attentions
+            .establish_all(&Sense::medium_may_have_changed(), Some(by));
+        Ok(())
+    }
+
+    /// PREVENT ALLOW MEDIUM REMOVAL from `nexus` (SBC-4 §5.15): starts (`prevent`) or ends its
+    /// prevention of medium removal. Removal stays prevented while any nexus holds one. Also
+    /// how an I_T nexus loss ends the nexus's prevention. A non-removable unit keeps no
+    /// state: it has nothing to prevent.
+    pub fn prevent_medium_removal(&self, nexus: &Nexus, prevent: bool) {
+        if !self.removable {
+            return;
+        }
+        let mut state = self.state_mut();
+        if prevent {
+            state.preventing.insert(nexus.clone());
+        } else {
+            state.preventing.remove(nexus);
+        }
+    }
+
+    /// Whether any I_T nexus prevents medium removal now.
+    pub fn medium_removal_prevented(&self) -> bool {
+        !self.state().preventing.is_empty()
+    }
+
+    /// Ends every prevention of medium removal: a logical unit reset or a hard reset does
+    /// (SBC-4 §5.15).
+    pub fn clear_medium_removal_preventions(&self) {
+        self.state_mut().preventing.clear();
     }
 
     /// Flushes the backend, if any (used at shutdown).
@@ -495,6 +616,131 @@ mod tests {
             lu.medium().unwrap_err(),
             Sense::not_ready_manual_intervention()
         );
+    }
+
+    fn nexus(name: &str) -> Nexus {
+        Nexus {
+            initiator_port: Arc::from(format!("iqn.2026-01.test:{name},i,0x000000000001")),
+            target_port: Arc::from("iqn.2026-01.test:t,t,0x0001"),
+            relative_port: 1,
+        }
+    }
+
+    fn removable_lu() -> LogicalUnit {
+        let backend = Arc::new(MemoryBackend::new(4096));
+        LogicalUnit::new(LuIdentity::derived("iqn.t", 0), 512, Some(backend), false)
+            .with_removable_medium(true)
+    }
+
+    #[test]
+    fn removable_medium_unloads_and_loads() {
+        let lu = removable_lu();
+        let a = nexus("a");
+        assert!(lu.is_removable());
+        lu.move_medium(MediumMove::Unload, &a).unwrap();
+        assert_eq!(lu.readiness(), Readiness::NoMedium);
+        assert_eq!(lu.not_ready_sense(), Some(Sense::medium_not_present()));
+        assert_eq!(lu.medium().unwrap_err(), Sense::medium_not_present());
+        // The backend stays attached: capacity is still known, a shutdown flush reaches it.
+        assert_eq!(lu.capacity_blocks(), 8);
+        lu.move_medium(MediumMove::Unload, &a).unwrap();
+        lu.move_medium(MediumMove::Load, &a).unwrap();
+        assert_eq!(lu.readiness(), Readiness::Ready);
+        assert!(lu.medium().is_ok());
+        lu.move_medium(MediumMove::Load, &a).unwrap();
+        assert_eq!(lu.readiness(), Readiness::Ready);
+    }
+
+    #[test]
+    fn loading_establishes_medium_changed_for_the_others_only() {
+        let lu = removable_lu();
+        let (a, b) = (nexus("a"), nexus("b"));
+        // Both nexuses known, their power-on condition reported.
+        lu.unit_attentions().take(&a);
+        lu.unit_attentions().take(&b);
+        lu.move_medium(MediumMove::Unload, &a).unwrap();
+        assert!(!lu.unit_attentions().pending(&b), "unloading needs no UA");
+        lu.move_medium(MediumMove::Load, &a).unwrap();
+        assert!(!lu.unit_attentions().pending(&a));
+        assert_eq!(
+            lu.unit_attentions().take(&b),
+            Some(Sense::medium_may_have_changed())
+        );
+        // Loading a loaded medium changes nothing and says nothing.
+        lu.move_medium(MediumMove::Load, &a).unwrap();
+        assert!(!lu.unit_attentions().pending(&b));
+    }
+
+    #[test]
+    fn prevention_locks_the_medium_as_it_is() {
+        let lu = removable_lu();
+        let (a, b) = (nexus("a"), nexus("b"));
+        lu.prevent_medium_removal(&a, true);
+        lu.prevent_medium_removal(&b, true);
+        assert_eq!(
+            lu.move_medium(MediumMove::Unload, &a),
+            Err(Sense::medium_removal_prevented())
+        );
+        // Asking for the state it is in is no movement.
+        lu.move_medium(MediumMove::Load, &a).unwrap();
+        lu.prevent_medium_removal(&a, false);
+        assert!(lu.medium_removal_prevented(), "b still prevents");
+        assert_eq!(
+            lu.move_medium(MediumMove::Unload, &a),
+            Err(Sense::medium_removal_prevented())
+        );
+        lu.prevent_medium_removal(&b, false);
+        lu.move_medium(MediumMove::Unload, &a).unwrap();
+        lu.prevent_medium_removal(&a, true);
+        assert_eq!(
+            lu.move_medium(MediumMove::Load, &b),
+            Err(Sense::medium_removal_prevented())
+        );
+        lu.move_medium(MediumMove::Unload, &b).unwrap();
+        lu.clear_medium_removal_preventions();
+        assert!(!lu.medium_removal_prevented());
+        lu.move_medium(MediumMove::Load, &b).unwrap();
+        assert_eq!(lu.readiness(), Readiness::Ready);
+    }
+
+    #[test]
+    fn offline_and_provisioning_units_keep_their_state() {
+        let a = nexus("a");
+        let lu = removable_lu();
+        lu.set_offline();
+        for to in [MediumMove::Load, MediumMove::Unload] {
+            assert_eq!(
+                lu.move_medium(to, &a),
+                Err(Sense::not_ready_manual_intervention())
+            );
+            assert_eq!(lu.readiness(), Readiness::Offline);
+        }
+        let lu = LogicalUnit::new(LuIdentity::derived("iqn.t", 0), 512, None, false)
+            .with_removable_medium(true);
+        assert_eq!(
+            lu.move_medium(MediumMove::Unload, &a),
+            Err(Sense::not_ready_becoming_ready())
+        );
+        lu.move_medium(MediumMove::Load, &a).unwrap();
+        assert_eq!(lu.readiness(), Readiness::BecomingReady);
+        // An ejected unit taken offline stays offline when loaded.
+        let lu = removable_lu();
+        lu.move_medium(MediumMove::Unload, &a).unwrap();
+        lu.set_offline();
+        assert!(lu.move_medium(MediumMove::Load, &a).is_err());
+        assert_eq!(lu.readiness(), Readiness::Offline);
+    }
+
+    #[test]
+    fn a_fixed_unit_has_no_medium_to_move_or_prevent() {
+        let a = nexus("a");
+        let backend = Arc::new(MemoryBackend::new(4096));
+        let lu = LogicalUnit::new(LuIdentity::derived("iqn.t", 0), 512, Some(backend), false);
+        assert!(!lu.is_removable());
+        lu.prevent_medium_removal(&a, true);
+        assert!(!lu.medium_removal_prevented());
+        lu.move_medium(MediumMove::Unload, &a).unwrap();
+        assert_eq!(lu.readiness(), Readiness::Ready);
     }
 
     #[test]

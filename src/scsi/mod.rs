@@ -12,6 +12,7 @@ pub mod cdb;
 pub mod log;
 pub mod lu;
 pub mod maintenance;
+pub mod medium;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;

@@ -84,9 +84,10 @@ pub enum Handler {
     Inquiry,
     ReportLuns,
     ModeSense,
-    /// Accepted and completed with GOOD: meaningless for a fixed, non-removable disk
-    /// (START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL).
-    NoOp,
+    /// START STOP UNIT: loads and unloads a removable medium.
+    StartStopUnit,
+    /// PREVENT ALLOW MEDIUM REMOVAL.
+    PreventAllow,
     ReadCapacity10,
     ReadCapacity16,
     ReadWrite,
@@ -367,9 +368,10 @@ const fn build_table() -> [Slot; 256] {
     t[op::WRITE_6 as usize] = media("WRITE(6)", ReadWrite, Out, 6);
     t[op::INQUIRY as usize] = no_ua("INQUIRY", Inquiry, In, 6);
     t[op::MODE_SENSE_6 as usize] = any_state("MODE SENSE(6)", ModeSense, In, 6);
-    t[op::START_STOP_UNIT as usize] = any_state("START STOP UNIT", NoOp, None, 6);
+    // They load the medium, and guard it, so they run without one.
+    t[op::START_STOP_UNIT as usize] = any_state("START STOP UNIT", StartStopUnit, None, 6);
     t[op::PREVENT_ALLOW_MEDIUM_REMOVAL as usize] =
-        any_state("PREVENT ALLOW MEDIUM REMOVAL", NoOp, None, 6);
+        any_state("PREVENT ALLOW MEDIUM REMOVAL", PreventAllow, None, 6);
     t[op::READ_CAPACITY_10 as usize] = media("READ CAPACITY(10)", ReadCapacity10, In, 10);
     t[op::READ_10 as usize] = media("READ(10)", ReadWrite, In, 10);
     t[op::WRITE_10 as usize] = media("WRITE(10)", ReadWrite, Out, 10);

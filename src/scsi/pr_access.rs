@@ -31,7 +31,6 @@ pub fn pr_access(cdb: &[u8]) -> PrAccess {
         0x00 // TEST UNIT READY
         | 0x03 // REQUEST SENSE
         | 0x12 // INQUIRY
-        | 0x1B // START STOP UNIT (no-op here; SBC-3 allows START=1)
         | 0x25 // READ CAPACITY(10)
         | 0x4D // LOG SENSE
         | 0x5E // PERSISTENT RESERVE IN
@@ -42,6 +41,18 @@ pub fn pr_access(cdb: &[u8]) -> PrAccess {
         // RESERVE/RELEASE: SPC-4 "exceptions to SPC-2 RESERVE and RELEASE" refuse them in
         // their own handlers while any registration exists.
         | 0x16 | 0x17 | 0x56 | 0x57 => PrAccess::Always,
+        // SBC-4 table 13: START=1 with POWER CONDITION 0h only starts the unit; stopping,
+        // unloading the medium or a power condition change conflicts.
+        0x1B => match cdb.get(4).copied().unwrap_or(0) & 0xF1 {
+            0x01 => PrAccess::Always,
+            _ => PrAccess::Write,
+        },
+        // SPC-4 table 62: PREVENT ALLOW MEDIUM REMOVAL allowing removal is harmless; a
+        // prevention conflicts.
+        0x1E => match cdb.get(4).copied().unwrap_or(0) & 0x03 {
+            0 => PrAccess::Always,
+            _ => PrAccess::Write,
+        },
         0x9E => match service_action {
             0x10 => PrAccess::Always, // READ CAPACITY(16)
             _ => PrAccess::Read,      // GET LBA STATUS and other reads
@@ -210,6 +221,14 @@ mod tests {
         assert_eq!(pr_access(&[0x83, 0x00]), PrAccess::Write);
         assert_eq!(pr_access(&[0x84, 0x00]), PrAccess::Always);
         assert_eq!(pr_access(&[0x84, 0x03]), PrAccess::Always);
+        // START STOP UNIT: only START=1 with power condition 0h (LOEJ or not) passes.
+        assert_eq!(pr_access(&[0x1B, 0, 0, 0, 0x01, 0]), PrAccess::Always);
+        assert_eq!(pr_access(&[0x1B, 0, 0, 0, 0x03, 0]), PrAccess::Always);
+        assert_eq!(pr_access(&[0x1B, 0, 0, 0, 0x00, 0]), PrAccess::Write);
+        assert_eq!(pr_access(&[0x1B, 0, 0, 0, 0x02, 0]), PrAccess::Write);
+        assert_eq!(pr_access(&[0x1B, 0, 0, 0, 0x11, 0]), PrAccess::Write);
+        assert_eq!(pr_access(&[0x1E, 0, 0, 0, 0, 0]), PrAccess::Always);
+        assert_eq!(pr_access(&[0x1E, 0, 0, 0, 1, 0]), PrAccess::Write);
     }
 
     #[test]

@@ -118,6 +118,22 @@ impl Sense {
         Sense::new(SenseKey::NotReady, 0x04, 0x03)
     }
 
+    /// 02/3A/00 MEDIUM NOT PRESENT: a removable unit whose medium is unloaded. Not the
+    /// TRAY OPEN/CLOSED variants (3A/01, 3A/02): there is no tray to report on.
+    pub const fn medium_not_present() -> Self {
+        Sense::new(SenseKey::NotReady, 0x3A, 0x00)
+    }
+
+    /// 05/53/02 MEDIUM REMOVAL PREVENTED (SBC-4 §5.15).
+    pub const fn medium_removal_prevented() -> Self {
+        Sense::new(SenseKey::IllegalRequest, 0x53, 0x02)
+    }
+
+    /// 06/28/00 NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED.
+    pub const fn medium_may_have_changed() -> Self {
+        Sense::new(SenseKey::UnitAttention, 0x28, 0x00)
+    }
+
     /// 07/27/00 WRITE PROTECTED.
     pub const fn write_protected() -> Self {
         Sense::new(SenseKey::DataProtect, 0x27, 0x00)

@@ -39,6 +39,9 @@ const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
 /// bytes 74-95.
 const STANDARD_INQUIRY_LEN: usize = 96;
 
+/// Standard INQUIRY byte 1 bit 7: the medium is removable (SPC-4 §6.6.2).
+const RMB: u8 = 0x80;
+
 /// TPGS = 01b (SPC-4 §6.6.2 table 142): implicit asymmetric access only (REPORT TARGET PORT
 /// GROUPS, no SET TARGET PORT GROUPS); see `alua`.
 const TPGS_IMPLICIT: u8 = 0x10;
@@ -263,7 +266,10 @@ pub fn inquiry(lu: &LogicalUnit, nexus: &Nexus, raw_cdb: &[u8]) -> Result<Bytes,
     {
         return Ok(truncate(page, usize::from(cdb.alloc_len)));
     }
-    let data = inquiry_data(lu.identity(), lu.block_size(), nexus, &cdb)?;
+    let mut data = inquiry_data(lu.identity(), lu.block_size(), nexus, &cdb)?;
+    if !cdb.evpd && lu.is_removable() {
+        data[1] |= RMB; // Standard data byte 1 (SPC-4 §6.6.2).
+    }
     Ok(truncate(data, usize::from(cdb.alloc_len)))
 }
 

@@ -18,7 +18,7 @@ use super::lu::{LogicalUnit, LuIdentity};
 use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
 use super::{
-    Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, atomic, log, maintenance, mode,
+    Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, atomic, log, maintenance, medium, mode,
     provisioning, reserve, sbc, sbc_offload, spc, xcopy,
 };
 
@@ -159,7 +159,15 @@ impl TargetDevice {
             return Err(sense);
         }
         let data = match info.handler {
-            Handler::TestUnitReady | Handler::NoOp => Bytes::new(),
+            Handler::TestUnitReady => Bytes::new(),
+            Handler::StartStopUnit => {
+                medium::start_stop_unit(lu, nexus, cdb).await?;
+                Bytes::new()
+            }
+            Handler::PreventAllow => {
+                medium::prevent_allow(lu, nexus, cdb)?;
+                Bytes::new()
+            }
             Handler::RequestSense => {
                 let request = cdb::decode_request_sense(cdb)?;
                 // SPC-4 §6.39: a pending unit attention is returned (and cleared), else the
@@ -248,7 +256,7 @@ impl TargetDevice {
     /// SAM-5 §6.3.3 establishes BUS DEVICE RESET FUNCTION OCCURRED (06/29/03) for every I_T
     /// nexus, the issuing one (`by`) included; FreeBSD CTL (`ctl_do_lun_reset` establishes for
     /// all initiators) and LIO (which queues it for the issuer) agree that the issuer gets
-    /// it. Mode parameters return to their defaults.
+    /// it. Mode parameters return to their defaults, preventions of medium removal end.
     pub fn reset_lun(&self, lun: u64, by: &Nexus) -> bool {
         let Some(lu) = self.lun(lun) else {
             return false;
@@ -275,19 +283,23 @@ impl TargetDevice {
     /// returns, its first command reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
     /// (29/00) rather than SAM-5 §6.3.4's I_T NEXUS LOSS OCCURRED (29/07); both are reset
     /// class and initiators handle them alike. An SPC-2 reservation it held is released;
-    /// persistent registrations stay.
+    /// persistent registrations stay. Its prevention of medium removal ends (SBC-4 §5.15).
     pub fn nexus_lost(&self, nexus: &Nexus) {
         for lu in self.luns() {
             lu.unit_attentions().forget(nexus);
             lu.reservations().nexus_lost(nexus);
+            lu.prevent_medium_removal(nexus, false);
         }
         self.copy_results.nexus_lost(nexus);
     }
 }
 
+/// What a logical unit reset and a hard reset share (SAM-5 §6.3). A removable medium stays
+/// where it is: a reset unlocks it (SBC-4 §5.15) but does not load or unload it.
 fn reset(lu: &LogicalUnit, sense: Sense) {
     lu.reset_mode_parameters();
     lu.reservations().reset();
+    lu.clear_medium_removal_preventions();
     lu.unit_attentions().establish_all(&sense, None);
 }
 
@@ -982,6 +994,186 @@ mod tests {
         );
     }
 
+    fn removable_target() -> TargetDevice {
+        let target = TargetDevice::new(TARGET);
+        let backend = Arc::new(MemoryBackend::new(BLOCKS * u64::from(BLOCK)));
+        let lu = LogicalUnit::new(LuIdentity::derived(TARGET, 0), BLOCK, Some(backend), false)
+            .with_removable_medium(true);
+        target.add_lun(Arc::new(lu));
+        target
+    }
+
+    const EJECT: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x02, 0];
+    const LOAD: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x03, 0];
+    const PREVENT: [u8; 6] = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0];
+    const ALLOW: [u8; 6] = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0];
+
+    #[tokio::test]
+    async fn removable_unit_reports_rmb_and_a_fixed_one_does_not() {
+        let n = nexus("a");
+        let r = run(&removable_target(), &n, 0, &INQUIRY).await;
+        assert_eq!(r.data_in[1], 0x80);
+        let r = run(&target_with_lun0(), &n, 0, &INQUIRY).await;
+        assert_eq!(r.data_in[1], 0x00);
+        // VPD pages have no RMB bit: byte 1 is the page code.
+        let r = run(
+            &removable_target(),
+            &n,
+            0,
+            &[op::INQUIRY, 1, 0x80, 0, 255, 0],
+        )
+        .await;
+        assert_eq!(r.data_in[1], 0x80);
+        let r = run(
+            &removable_target(),
+            &n,
+            0,
+            &[op::INQUIRY, 1, 0x83, 0, 255, 0],
+        )
+        .await;
+        assert_eq!(r.data_in[1], 0x83);
+    }
+
+    #[tokio::test]
+    async fn ejected_medium_refuses_media_access_only() {
+        let target = removable_target();
+        let n = settled(&target, "a").await;
+        assert_good(&run(&target, &n, 0, &EJECT).await);
+        let no_medium = (0x02, 0x3A, 0x00);
+        assert_eq!(sense_of(&run(&target, &n, 0, &TUR).await), no_medium);
+        let read = rw10(op::READ_10, 0, 0, 1);
+        assert_eq!(sense_of(&run(&target, &n, 0, &read).await), no_medium);
+        let rc10 = [op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(sense_of(&run(&target, &n, 0, &rc10).await), no_medium);
+        let sync = [op::SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(sense_of(&run(&target, &n, 0, &sync).await), no_medium);
+        // What describes the unit, and what moves or guards the medium, still works.
+        assert_good(&run(&target, &n, 0, &INQUIRY).await);
+        assert_good(&run(&target, &n, 0, &REPORT_LUNS).await);
+        assert_good(&run(&target, &n, 0, &PREVENT).await);
+        assert_good(&run(&target, &n, 0, &ALLOW).await);
+        let r = run(&target, &n, 0, &REQUEST_SENSE).await;
+        assert_good(&r);
+        assert_eq!(
+            (r.data_in[2] & 0x0F, r.data_in[12], r.data_in[13]),
+            no_medium
+        );
+        assert_good(&run(&target, &n, 0, &LOAD).await);
+        assert_good(&run(&target, &n, 0, &TUR).await);
+        assert_good(&run(&target, &n, 0, &read).await);
+    }
+
+    #[tokio::test]
+    async fn loading_tells_the_other_nexuses_the_medium_may_have_changed() {
+        let target = removable_target();
+        let a = settled(&target, "a").await;
+        let b = settled(&target, "b").await;
+        assert_good(&run(&target, &a, 0, &EJECT).await);
+        assert_good(&run(&target, &a, 0, &LOAD).await);
+        assert_good(&run(&target, &a, 0, &TUR).await);
+        assert_eq!(
+            sense_of(&run(&target, &b, 0, &TUR).await),
+            (0x06, 0x28, 0x00)
+        );
+        assert_good(&run(&target, &b, 0, &TUR).await);
+    }
+
+    #[tokio::test]
+    async fn any_nexus_prevention_blocks_the_medium_until_it_ends() {
+        let target = removable_target();
+        let a = settled(&target, "a").await;
+        let b = settled(&target, "b").await;
+        let prevented = (0x05, 0x53, 0x02);
+        assert_good(&run(&target, &a, 0, &PREVENT).await);
+        assert_eq!(sense_of(&run(&target, &a, 0, &EJECT).await), prevented);
+        assert_eq!(sense_of(&run(&target, &b, 0, &EJECT).await), prevented);
+        assert_good(&run(&target, &b, 0, &TUR).await);
+        // b's ALLOW does not end a's prevention; a's does.
+        assert_good(&run(&target, &b, 0, &ALLOW).await);
+        assert_eq!(sense_of(&run(&target, &b, 0, &EJECT).await), prevented);
+        assert_good(&run(&target, &a, 0, &ALLOW).await);
+        assert_good(&run(&target, &b, 0, &EJECT).await);
+        // A prevention taken with no medium keeps it out.
+        assert_good(&run(&target, &a, 0, &PREVENT).await);
+        assert_eq!(sense_of(&run(&target, &a, 0, &LOAD).await), prevented);
+        assert_good(&run(&target, &a, 0, &ALLOW).await);
+        assert_good(&run(&target, &a, 0, &LOAD).await);
+    }
+
+    #[tokio::test]
+    async fn nexus_loss_and_resets_end_preventions() {
+        let prevented = (0x05, 0x53, 0x02);
+        type Ending = fn(&TargetDevice, &Nexus);
+        let endings: [(&str, Ending); 3] = [
+            ("nexus loss", |t, n| t.nexus_lost(n)),
+            ("logical unit reset", |t, n| assert!(t.reset_lun(0, n))),
+            ("target reset", |t, n| t.reset_all(n)),
+        ];
+        for (what, end) in endings {
+            let target = removable_target();
+            let a = settled(&target, "a").await;
+            assert_good(&run(&target, &a, 0, &PREVENT).await);
+            assert_eq!(sense_of(&run(&target, &a, 0, &EJECT).await), prevented);
+            end(&target, &a);
+            let a = settled(&target, "a").await;
+            assert_good(&run(&target, &a, 0, &TUR).await);
+            assert_good(&run(&target, &a, 0, &EJECT).await);
+            assert_eq!(
+                sense_of(&run(&target, &a, 0, &TUR).await),
+                (0x02, 0x3A, 0x00),
+                "{what}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_leaves_an_ejected_medium_ejected() {
+        let target = removable_target();
+        let a = settled(&target, "a").await;
+        assert_good(&run(&target, &a, 0, &EJECT).await);
+        target.reset_all(&a);
+        assert_eq!(sense_of(&run(&target, &a, 0, &TUR).await).1, 0x29);
+        assert_eq!(
+            sense_of(&run(&target, &a, 0, &TUR).await),
+            (0x02, 0x3A, 0x00)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_medium_loaded() {
+        let target = TargetDevice::new(TARGET);
+        let lu = LogicalUnit::new(
+            LuIdentity::derived(TARGET, 0),
+            BLOCK,
+            Some(Arc::new(FailingBackend)),
+            false,
+        )
+        .with_removable_medium(true);
+        target.add_lun(Arc::new(lu));
+        let n = settled(&target, "a").await;
+        assert_eq!(
+            sense_of(&run(&target, &n, 0, &EJECT).await),
+            (0x03, 0x0C, 0x00)
+        );
+        assert_good(&run(&target, &n, 0, &TUR).await);
+        // NO_FLUSH=1: the initiator accepts losing cached data.
+        let eject_no_flush = [op::START_STOP_UNIT, 0, 0, 0, 0x06, 0];
+        assert_good(&run(&target, &n, 0, &eject_no_flush).await);
+        assert_eq!(
+            sense_of(&run(&target, &n, 0, &TUR).await),
+            (0x02, 0x3A, 0x00)
+        );
+    }
+
+    #[tokio::test]
+    async fn fixed_unit_ignores_eject_and_prevent() {
+        let target = target_with_lun0();
+        let n = settled(&target, "a").await;
+        assert_good(&run(&target, &n, 0, &PREVENT).await);
+        assert_good(&run(&target, &n, 0, &EJECT).await);
+        assert_good(&run(&target, &n, 0, &TUR).await);
+    }
+
     fn mode_select6(list: &[u8]) -> [u8; 6] {
         [op::MODE_SELECT_6, 0x10, 0, 0, list.len() as u8, 0]
     }
@@ -1274,7 +1466,13 @@ mod tests {
                 false,
             )));
             target.add_lun(Arc::new(LogicalUnit::new(LuIdentity::derived(TARGET, 1), 4096, None, false)));
-            target.add_lun(memory_lu(300));
+            // LUN 300 has a removable medium: random START STOP UNITs eject and load it.
+            target.add_lun(Arc::new(LogicalUnit::new(
+                LuIdentity::derived(TARGET, 300),
+                BLOCK,
+                Some(Arc::new(MemoryBackend::new(64 * 1024))),
+                false,
+            ).with_removable_medium(true)));
             let mut cdb = Vec::with_capacity(rest.len() + 1);
             if !empty {
                 cdb.push(opcode);
