@@ -30,7 +30,7 @@ import sys
 # Tests whose own assertions make the tool print "[FAILED]" for a correct target:
 # test -> (pattern every such line must match, fewest and most such lines, why).
 RESET_UA = (
-    r"TESTUNITREADY command failed with status 0x2 / sense key UNIT_ATTENTION\(0x06\) / "
+    r"TESTUNITREADY command failed with status (0x)?2 / sense key UNIT_ATTENTION\(0x06\) / "
     r"ASCQ \S+\(0x29[0-9a-f]{2}\)"
 )
 RESET_WHY = (
@@ -62,6 +62,8 @@ SKIP_REASONS = [
         "WriteSame16.UnmapUnaligned",
         "WriteSame16.InvalidDataOutSize",
     )
+] + [
+    ("WriteAtomic16.VPD", "checks misaligned atomic writes, which only exist when atomic writes must align to more than one block, as on a LUN with 4 KiB physical blocks: see that run below"),
 ]
 
 
