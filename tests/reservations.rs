@@ -158,3 +158,64 @@ async fn external_keel_probe() {
     println!("READ RESERVATION: {:?}", read_reservation(&mut i).await);
     assert_eq!(i.logout().await, 0);
 }
+
+/// PREEMPT AND ABORT aborts the preempted nexus's tasks: its write still receiving data ends
+/// with TASK ABORTED and never lands, while the preempting command completes.
+#[tokio::test]
+async fn preempt_and_abort_aborts_the_preempted_nexus_tasks() {
+    const REGISTER: u8 = 0;
+    const RESERVE: u8 = 1;
+    const PREEMPT_AND_ABORT: u8 = 5;
+    const WRITE_EXCLUSIVE_REGISTRANTS_ONLY: u8 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, tx, task) = start_in(dir.path()).await;
+    let mut a = session(addr).await;
+    let mut b = Initiator::connect(addr).await;
+    b.isid[5] = 2;
+    b.login(Some(TARGET), &[]).await;
+    b.clear_unit_attention().await;
+    assert_eq!(prout(&mut a, REGISTER, 0, 0, 0xA, 0).await, 0);
+    assert_eq!(prout(&mut b, REGISTER, 0, 0, 0xB, 0).await, 0);
+    assert_eq!(
+        prout(&mut b, RESERVE, WRITE_EXCLUSIVE_REGISTRANTS_ONLY, 0xB, 0, 0).await,
+        0
+    );
+    // B starts a write and holds its data back.
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[2..6].copy_from_slice(&64u32.to_be_bytes());
+    cdb[7..9].copy_from_slice(&16u16.to_be_bytes());
+    let itt = b.next_itt();
+    b.send_command(itt, &cdb, 8192, true).await;
+    let r2t = match b.recv().await {
+        Some(keel::wire::Reply::R2t(r)) => r,
+        other => panic!("expected an R2T, got {other:?}"),
+    };
+    // A preempts B's key and aborts its tasks.
+    let preempt = prout(
+        &mut a,
+        PREEMPT_AND_ABORT,
+        WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+        0xA,
+        0xB,
+        0,
+    );
+    let status = tokio::time::timeout(Duration::from_secs(5), preempt).await;
+    assert_eq!(
+        status.expect("PREEMPT AND ABORT waited for a write that never started"),
+        0
+    );
+    let data = bytes::Bytes::from(common::pattern(8192, 9));
+    let (offset, len) = (r2t.buffer_offset as usize, r2t.desired_length as usize);
+    b.send_data(&data, [0; 8], itt, r2t.ttt, offset, len).await;
+    match b.recv().await {
+        Some(keel::wire::Reply::ScsiResponse(r)) => assert_eq!((r.itt, r.status), (itt, 0x40)),
+        other => panic!("expected TASK ABORTED, got {other:?}"),
+    }
+    let r = a.read10(64, 16).await;
+    assert_eq!(r.status, 0);
+    assert!(r.data.iter().all(|&x| x == 0), "the aborted write landed");
+    assert_eq!(read_keys(&mut a).await.1, vec![0xA]);
+    drop((a, b));
+    stop(tx, task).await;
+}

@@ -279,3 +279,43 @@ async fn aborting_a_command_that_never_arrived_unblocks_the_ones_behind_it() {
     }
     keel.stop().await;
 }
+
+/// A LOGICAL UNIT RESET from one session aborts another session's task too: a write still
+/// receiving its data is stopped for good (the reset need not wait for it), ends with TASK
+/// ABORTED once its data is in (TAS = 1), and its data never reaches the medium.
+#[tokio::test]
+async fn a_reset_aborts_other_sessions_tasks_and_their_data_never_lands() {
+    const LOGICAL_UNIT_RESET: u8 = 5;
+    let keel = Keel::start("16MiB", "").await;
+    let mut a = common::honest_session(&keel, 1).await;
+    let mut b = common::honest_session(&keel, 2).await;
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[2..6].copy_from_slice(&100u32.to_be_bytes());
+    cdb[7..9].copy_from_slice(&128u16.to_be_bytes());
+    let itt = b.next_itt();
+    b.send_command(itt, &cdb, 65536, true).await;
+    let r2t = match b.recv().await {
+        Some(Reply::R2t(r)) => r,
+        other => panic!("expected an R2T, got {other:?}"),
+    };
+    let reset = tokio::time::timeout(Duration::from_secs(5), tmf(&mut a, LOGICAL_UNIT_RESET, 0));
+    assert_eq!(
+        reset
+            .await
+            .expect("the reset waited for a write that never started"),
+        0
+    );
+    let data = Bytes::from(common::pattern(65536, 5));
+    let (offset, len) = (r2t.buffer_offset as usize, r2t.desired_length as usize);
+    b.send_data(&data, [0; 8], itt, r2t.ttt, offset, len).await;
+    match b.recv().await {
+        Some(Reply::ScsiResponse(r)) => assert_eq!((r.itt, r.status), (itt, 0x40)),
+        other => panic!("expected TASK ABORTED, got {other:?}"),
+    }
+    b.clear_unit_attention().await;
+    let r = b.read10(100, 128).await;
+    assert_eq!(r.status, 0);
+    assert!(r.data.iter().all(|&x| x == 0), "the aborted write landed");
+    keel.stop().await;
+}

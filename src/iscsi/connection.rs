@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,6 +31,7 @@ use super::session::{AdmitError, SessionGuard, SessionKey};
 use super::text_exchange::{TextExchange, TextStep};
 use super::window::CmdWindow;
 use super::{Context, Target};
+use crate::scsi::task_set::{Aborted, Membership, TaskFate};
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Sense, SenseKey, TaskAttr, cdb};
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{
@@ -380,24 +380,17 @@ async fn send_login(
 /// A command the session knows about, from arrival to its last reply.
 struct Task {
     lun: u64,
-    /// Whether the task replies or was aborted: decided once, atomically, by whichever comes
-    /// first (its completion or a task management function), so an initiator never sees both
-    /// a status and a successful abort for the same task.
-    fate: Arc<AtomicU8>,
+    /// Whether the task executes and replies or was aborted: decided once, atomically,
+    /// between its own progress and task management (its own session's or, through the
+    /// unit's task set, another's), so an initiator never sees both a status and a
+    /// successful abort, and an aborted write never lands after the abort was reported.
+    fate: Arc<TaskFate>,
     /// Cancelled when the task's work is over (its replies handed to the writer, or its
     /// abort settled): task management waits on it before reporting an abort.
     finished: CancellationToken,
     state: TaskState,
-}
-
-/// Values of [`Task::fate`].
-const UNDECIDED: u8 = 0;
-const REPLYING: u8 = 1;
-const ABORTED: u8 = 2;
-
-fn decide(fate: &AtomicU8, to: u8) -> bool {
-    fate.compare_exchange(UNDECIDED, to, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
+    /// Its place in the logical unit's task set, left when the task is dropped.
+    _membership: Option<Membership>,
 }
 
 enum TaskState {
@@ -716,11 +709,21 @@ impl Session<'_> {
             return;
         }
         let lun = cdb::decode_lun(cmd.lun).unwrap_or(u64::MAX);
+        let fate = TaskFate::new();
+        let finished = CancellationToken::new();
+        let membership = match (&self.target, &self.nexus) {
+            (Some(target), Some(nexus)) => target.device.lun(lun).map(|lu| {
+                lu.task_set()
+                    .join(nexus.clone(), fate.clone(), finished.clone())
+            }),
+            _ => None,
+        };
         let mut task = Task {
             lun,
-            fate: Arc::new(AtomicU8::new(UNDECIDED)),
-            finished: CancellationToken::new(),
+            fate,
+            finished,
             state: TaskState::Running,
+            _membership: membership,
         };
         let itt = cmd.itt;
         if cmd.read && cmd.write {
@@ -1029,18 +1032,34 @@ impl Session<'_> {
             async move {
                 // Fires however this future ends, so nobody waits on it forever.
                 let _finished = finished.drop_guard();
-                let outcome = match (work, target) {
-                    (Work::Execute(request), Some(target)) => target.device.execute(request).await,
-                    (Work::Fail(response), _) => response,
-                    (Work::Execute(_), None) => ScsiResponse::status(crate::scsi::ScsiStatus::Busy),
+                let ended = match fate.begin() {
+                    // Aborted before it started: it never acts on the medium.
+                    Err(aborted) => Err(aborted),
+                    Ok(()) => {
+                        let outcome = match (work, target) {
+                            (Work::Execute(request), Some(target)) => {
+                                target.device.execute(request).await
+                            }
+                            (Work::Fail(response), _) => response,
+                            (Work::Execute(_), None) => {
+                                ScsiResponse::status(crate::scsi::ScsiStatus::Busy)
+                            }
+                        };
+                        fate.complete().map(|()| outcome)
+                    }
                 };
                 drop(budget);
                 window.complete();
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
                 let _ = done.send(info.itt);
-                if !decide(&fate, REPLYING) {
-                    return;
-                }
+                let outcome = match ended {
+                    Ok(outcome) => outcome,
+                    Err(Aborted::Silently) => return,
+                    // Aborted by another nexus: TAS = 1 (control mode page), so it says so.
+                    Err(Aborted::Reported) => {
+                        ScsiResponse::status(crate::scsi::ScsiStatus::TaskAborted)
+                    }
+                };
                 for reply in reply_pdus(&info, &outcome, limits) {
                     if out.send(reply.encode()).await.is_err() {
                         break;
@@ -1092,15 +1111,24 @@ impl Session<'_> {
                     )
                 }
             }
-            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => {
-                if target.device.lun(lun).is_none() {
-                    (tmf::NO_LUN, Vec::new())
-                } else {
-                    (tmf::COMPLETE, self.abort_where(|t, _| t.lun == lun).1)
+            // ABORT TASK SET: the issuing nexus's tasks (SAM-5 §7.3). CLEAR TASK SET: every
+            // nexus's, the task set being shared (SAM-5 §7.4; control mode page TST = 000b).
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => match target.device.lun(lun) {
+                None => (tmf::NO_LUN, Vec::new()),
+                Some(lu) => {
+                    let mut waits = self.abort_where(|t, _| t.lun == lun).1;
+                    if p.function == tmf::CLEAR_TASK_SET {
+                        waits.extend(lu.task_set().abort_where(&nexus, |n| *n != *nexus));
+                    }
+                    (tmf::COMPLETE, waits)
                 }
-            }
+            },
+            // Resets abort every nexus's tasks; the others' end with TASK ABORTED.
             tmf::LOGICAL_UNIT_RESET => {
-                let (_, waits) = self.abort_where(|t, _| t.lun == lun);
+                let (_, mut waits) = self.abort_where(|t, _| t.lun == lun);
+                if let Some(lu) = target.device.lun(lun) {
+                    waits.extend(lu.task_set().abort_where(&nexus, |n| *n != *nexus));
+                }
                 if target.device.reset_lun(lun, &nexus) {
                     (tmf::COMPLETE, waits)
                 } else {
@@ -1108,7 +1136,10 @@ impl Session<'_> {
                 }
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
-                let (_, waits) = self.abort_where(|_, _| true);
+                let (_, mut waits) = self.abort_where(|_, _| true);
+                for lu in target.device.luns() {
+                    waits.extend(lu.task_set().abort_where(&nexus, |n| *n != *nexus));
+                }
                 target.device.reset_all(&nexus);
                 (tmf::COMPLETE, waits)
             }
@@ -1178,7 +1209,7 @@ impl Session<'_> {
             if let TaskState::Running = task.state {
                 waits.push(task.finished.clone());
             }
-            if !decide(&task.fate, ABORTED) {
+            if !task.fate.abort(Aborted::Silently).aborted() {
                 // Already replying (or aborted by an earlier function): nothing more to do.
                 continue;
             }

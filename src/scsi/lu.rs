@@ -161,6 +161,8 @@ pub struct LogicalUnit {
     /// D_SENSE of the control mode page: descriptor-format sense for CHECK CONDITION.
     descriptor_sense: AtomicBool,
     unit_attentions: UnitAttentions,
+    /// Every task for this unit from every nexus (resets and PREEMPT AND ABORT reach them).
+    task_set: Arc<super::task_set::TaskSet>,
     /// Control mode page SWP: software write protect (MODE SELECT).
     software_write_protect: AtomicBool,
     /// Caching mode page WCE: writes may complete from the volatile cache (MODE SELECT).
@@ -211,6 +213,7 @@ impl LogicalUnit {
             }),
             descriptor_sense: AtomicBool::new(ModeValues::DEFAULT.d_sense),
             unit_attentions: UnitAttentions::new(),
+            task_set: Arc::default(),
             software_write_protect: AtomicBool::new(ModeValues::DEFAULT.swp),
             write_cache: AtomicBool::new(ModeValues::DEFAULT.wce),
             mode_lock: Mutex::new(()),
@@ -458,6 +461,11 @@ impl LogicalUnit {
 
     pub fn unit_attentions(&self) -> &UnitAttentions {
         &self.unit_attentions
+    }
+
+    /// The unit's task set, across nexuses.
+    pub fn task_set(&self) -> &Arc<super::task_set::TaskSet> {
+        &self.task_set
     }
 
     /// The changeable mode parameters now.

@@ -25,6 +25,7 @@ pub mod sbc_offload;
 pub mod sense;
 pub mod spc;
 pub mod target;
+pub mod task_set;
 pub mod ua;
 pub mod xcopy;
 

@@ -279,6 +279,9 @@ pub struct Notice {
 pub struct Outcome {
     pub state: PrState,
     pub notices: Vec<Notice>,
+    /// PREEMPT AND ABORT: the tasks of the nexuses these registrations cover are aborted
+    /// before the command completes (SPC-4 §5.13.11.2.3).
+    pub abort: Vec<Registration>,
 }
 
 /// A PERSISTENT RESERVE OUT that did not.
@@ -309,11 +312,6 @@ pub const fn reservations_released() -> Sense {
 /// 06/2A/05 REGISTRATIONS PREEMPTED.
 pub const fn registrations_preempted() -> Sense {
     Sense::new(SenseKey::UnitAttention, 0x2A, 0x05)
-}
-
-/// 06/2F/00 COMMANDS CLEARED BY ANOTHER INITIATOR.
-pub const fn commands_cleared_by_another_initiator() -> Sense {
-    Sense::new(SenseKey::UnitAttention, 0x2F, 0x00)
 }
 
 /// 05/1A/00 PARAMETER LIST LENGTH ERROR.
@@ -608,6 +606,7 @@ fn registered_key(state: &PrState, nexus: &Nexus) -> Result<u64, Refusal> {
 
 fn unchanged(state: &PrState) -> Result<Outcome, Refusal> {
     Ok(Outcome {
+        abort: Vec::new(),
         state: state.clone(),
         notices: Vec::new(),
     })
@@ -683,6 +682,7 @@ fn register(
     next.aptpl = params.aptpl;
     next.bump_generation();
     Ok(Outcome {
+        abort: Vec::new(),
         state: next,
         notices,
     })
@@ -732,6 +732,7 @@ fn reserve(state: &PrState, nexus: &Nexus, pr_type: PrType) -> Result<Outcome, R
                 holder: (!pr_type.all_registrants()).then(|| NexusId::of(nexus)),
             });
             Ok(Outcome {
+                abort: Vec::new(),
                 state: next,
                 notices: Vec::new(),
             })
@@ -762,6 +763,7 @@ fn release(state: &PrState, nexus: &Nexus, pr_type: PrType) -> Result<Outcome, R
     let mut next = state.clone();
     next.reservation = None;
     Ok(Outcome {
+        abort: Vec::new(),
         state: next,
         notices,
     })
@@ -775,6 +777,7 @@ fn clear(state: &PrState) -> Result<Outcome, Refusal> {
     next.reservation = None;
     next.bump_generation();
     Ok(Outcome {
+        abort: Vec::new(),
         state: next,
         notices: vec![Notice {
             to: state.registrations.clone(),
@@ -802,6 +805,7 @@ fn preempt(
 ) -> Result<Outcome, Refusal> {
     let mut next = state.clone();
     let mut notices = Vec::new();
+    let mut aborted = Vec::new();
     let all_registrants = state
         .reservation
         .as_ref()
@@ -861,12 +865,7 @@ fn preempt(
             sense: registrations_preempted(),
         });
         if abort {
-            // The transport cannot abort another session's tasks yet; the preempted nexuses
-            // are at least told their commands may be gone (SAM-5 §5.6).
-            notices.push(Notice {
-                to: removed,
-                sense: commands_cleared_by_another_initiator(),
-            });
+            aborted = removed;
         }
     }
     // An all-registrants reservation whose registrants all went is released with them.
@@ -880,6 +879,7 @@ fn preempt(
     }
     next.bump_generation();
     Ok(Outcome {
+        abort: aborted,
         state: next,
         notices,
     })
@@ -959,6 +959,7 @@ fn register_and_move(
     next.aptpl = aptpl;
     next.bump_generation();
     Ok(Outcome {
+        abort: Vec::new(),
         state: next,
         notices: Vec::new(),
     })

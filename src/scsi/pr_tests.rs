@@ -343,11 +343,15 @@ fn preempting_the_holder_takes_over_the_reservation() {
     let senses: Vec<_> = out.notices.iter().map(|n| n.sense.clone()).collect();
     assert!(senses.contains(&registrations_preempted()));
     assert!(senses.contains(&reservations_released()));
-    // PREEMPT AND ABORT also tells them their commands were cleared.
+    assert!(out.abort.is_empty(), "PREEMPT aborts nothing");
+    // PREEMPT AND ABORT also names the preempted registrations whose tasks are aborted
+    // (they end with TASK ABORTED, TAS = 1, so no COMMANDS CLEARED unit attention).
     let out = ok(run(&s, &b, prout_sa::PREEMPT_AND_ABORT, WE, 0x22, 0x11, 0));
     let senses: Vec<_> = out.notices.iter().map(|n| n.sense.clone()).collect();
-    assert!(senses.contains(&commands_cleared_by_another_initiator()));
+    assert!(senses.contains(&registrations_preempted()));
     assert!(!senses.contains(&reservations_released()));
+    assert_eq!(out.abort.len(), 1);
+    assert!(out.abort[0].covers(&a) && !out.abort[0].covers(&b));
 }
 
 #[test]

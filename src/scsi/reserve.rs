@@ -181,6 +181,18 @@ pub async fn persistent_reserve_out(
             }
         }
     }
+    if !outcome.abort.is_empty() {
+        // PREEMPT AND ABORT (SPC-4 §5.13.11.2.3): the preempted nexuses' tasks are aborted
+        // (ending with TASK ABORTED) and the command completes only once none of them can
+        // still touch the medium. Other reservation changes may go on meanwhile.
+        drop(_changing);
+        let waits = lu.task_set().abort_where(nexus, |n| {
+            n != nexus && outcome.abort.iter().any(|r| r.covers(n))
+        });
+        for finished in waits {
+            finished.cancelled().await;
+        }
+    }
     Ok(ScsiResponse::good(Bytes::new()))
 }
 

@@ -598,7 +598,7 @@ impl Initiator {
         }
     }
 
-    async fn send_data(
+    pub async fn send_data(
         &mut self,
         data: &Bytes,
         lun: [u8; 8],
