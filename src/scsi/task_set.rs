@@ -137,17 +137,21 @@ struct Entry {
     finished: CancellationToken,
 }
 
+/// Shards of a task set: every command joins and leaves it, so sessions doing I/O to the
+/// same unit on different threads should rarely meet on one lock.
+const SHARDS: usize = 16;
+
 /// The tasks of one logical unit, across nexuses.
 #[derive(Default)]
 pub struct TaskSet {
-    tasks: Mutex<HashMap<u64, Entry>>,
+    shards: [Mutex<HashMap<u64, Entry>>; SHARDS],
     next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for TaskSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskSet")
-            .field("tasks", &self.lock().len())
+            .field("tasks", &self.len())
             .finish()
     }
 }
@@ -160,14 +164,14 @@ pub struct Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.set.lock().remove(&self.id);
+        self.set.shard(self.id).remove(&self.id);
     }
 }
 
 impl TaskSet {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
-        // The map stays consistent whatever a panicking holder did: take it back.
-        self.tasks
+    fn shard(&self, id: u64) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        // A map stays consistent whatever a panicking holder did: take it back.
+        self.shards[id as usize % SHARDS]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -180,7 +184,7 @@ impl TaskSet {
         finished: CancellationToken,
     ) -> Membership {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        self.shard(id).insert(
             id,
             Entry {
                 nexus,
@@ -202,16 +206,17 @@ impl TaskSet {
         by: &Nexus,
         which: impl Fn(&Nexus) -> bool,
     ) -> Vec<CancellationToken> {
-        let tasks = self.lock();
         let mut waits = Vec::new();
-        for entry in tasks.values().filter(|e| which(&e.nexus)) {
-            let how = if *entry.nexus == *by {
-                Aborted::Silently
-            } else {
-                Aborted::Reported
-            };
-            if entry.fate.abort(how).must_wait() {
-                waits.push(entry.finished.clone());
+        for shard in 0..SHARDS as u64 {
+            for entry in self.shard(shard).values().filter(|e| which(&e.nexus)) {
+                let how = if *entry.nexus == *by {
+                    Aborted::Silently
+                } else {
+                    Aborted::Reported
+                };
+                if entry.fate.abort(how).must_wait() {
+                    waits.push(entry.finished.clone());
+                }
             }
         }
         waits
@@ -219,7 +224,7 @@ impl TaskSet {
 
     /// How many tasks are in the set.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        (0..SHARDS as u64).map(|i| self.shard(i).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
