@@ -1,10 +1,12 @@
 //! Logical block provisioning (SBC-4 §4.7): UNMAP, GET LBA STATUS, and what READ CAPACITY(16)
 //! and the block limits / logical block provisioning VPD pages say about it.
 //!
-//! A logical unit is thin provisioned (LBPME = 1, provisioning type 010b) when its backend can
-//! discard ([`BlockBackend::supports_discard`]); discarded blocks read back as zeros
-//! (LBPRZ = 1, guaranteed by the backend contract). GET LBA STATUS reports what the backend
-//! really has allocated (SEEK_DATA/SEEK_HOLE for files), at the backend's granularity.
+//! What is reported is a pure function of the medium's [`Provisioning`]: a logical unit is
+//! thin provisioned (LBPME = 1, provisioning type 010b) when its backend can discard; LBPRZ = 1
+//! (and WRITE SAME with UNMAP, LBPWS/LBPWS10) only when discarded blocks read back as zeros
+//! (files, RAM, zvols; not an arbitrary block device). GET LBA STATUS reports what the backend
+//! really has allocated (SEEK_DATA/SEEK_HOLE for files; a block device cannot tell, so all of
+//! it is "mapped or unknown"), at the backend's granularity.
 
 use bytes::Bytes;
 
@@ -14,7 +16,7 @@ use super::sbc::check_lba_range;
 use super::sbc_offload::{max_compare_and_write_blocks, max_write_same_blocks};
 use super::sense::{Sense, SenseKey};
 use super::spc;
-use crate::storage::{BlockBackend, Extent};
+use crate::storage::{Extent, Provisioning};
 
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
@@ -47,47 +49,78 @@ const fn parameter_list_length_error() -> Sense {
     Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
 }
 
-/// Whether the unit is thin provisioned (LBPME). A unit without a medium yet reports what it
-/// knows: not thin.
-pub fn thin(lu: &LogicalUnit) -> Option<std::sync::Arc<dyn BlockBackend>> {
-    lu.medium().ok().filter(|b| b.supports_discard())
+/// What `lu`'s medium can do; a unit without a medium yet is fully provisioned.
+pub fn provisioning(lu: &LogicalUnit) -> Provisioning {
+    lu.medium()
+        .map_or(Provisioning::FULLY_PROVISIONED, |b| b.provisioning())
+}
+
+/// Whether WRITE SAME with UNMAP deallocates: only where deallocated blocks read back as zeros
+/// (LBPRZ = 1), since the blocks must then read as the zeros the initiator asked for. Elsewhere
+/// WRITE SAME writes (SBC-4 §5.50: each LBA is written or unmapped) and LBPWS is 0.
+pub fn write_same_unmaps(p: &Provisioning) -> bool {
+    p.discard && p.discard_zeroes
 }
 
 /// READ CAPACITY(16) byte 14: LBPME (bit 7) and LBPRZ (bit 6), SBC-4 §5.20.2.
-pub fn read_capacity16_flags(thin: bool) -> u8 {
-    if thin { 0xC0 } else { 0x00 }
+pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
+    match (p.discard, p.discard_zeroes) {
+        (true, true) => 0xC0,
+        (true, false) => 0x80,
+        (false, _) => 0x00,
+    }
 }
 
 /// VPD B0h, block limits (SBC-4 §6.6.4): the generic page of [`spc::vpd_block_limits`] plus
-/// the limits of the commands here. WSNZ = 0 (WRITE SAME with 0 blocks = to the end).
-pub fn block_limits_page(block_size: u32, backend: Option<&dyn BlockBackend>) -> Vec<u8> {
+/// the limits of the commands here. WSNZ = 0 (WRITE SAME with 0 blocks = to the end). For a
+/// thin unit: the UNMAP limits, UNMAP GRANULARITY = the medium's discard granule (smaller
+/// unmaps free nothing), with its alignment when it is a whole number of blocks. OPTIMAL
+/// TRANSFER LENGTH GRANULARITY = the medium's optimal I/O size (a zvol's volblocksize) when it
+/// is a multiple of the block size, else the generic page's.
+pub fn block_limits_page(block_size: u32, p: &Provisioning) -> Vec<u8> {
     let mut page = spc::vpd_block_limits(block_size);
     if page.len() < 64 {
         page.resize(64, 0);
     }
     page[5] = max_compare_and_write_blocks(block_size);
     let bs = u64::from(block_size.max(1));
-    if let Some(backend) = backend.filter(|b| b.supports_discard()) {
+    if p.optimal_io != 0
+        && p.optimal_io.is_multiple_of(bs)
+        && p.optimal_io <= u64::from(super::sbc::MAX_TRANSFER_BYTES)
+        && let Ok(blocks) = u16::try_from(p.optimal_io / bs)
+    {
+        page[6..8].copy_from_slice(&blocks.to_be_bytes());
+    }
+    if p.discard {
         let lbas = u32::try_from(MAX_UNMAP_BYTES / bs).unwrap_or(u32::MAX);
         page[20..24].copy_from_slice(&lbas.to_be_bytes());
         page[24..28].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-        let granularity =
-            u32::try_from((backend.discard_granularity() / bs).max(1)).unwrap_or(u32::MAX);
+        let granularity = u32::try_from((p.granularity / bs).max(1)).unwrap_or(u32::MAX);
         page[28..32].copy_from_slice(&granularity.to_be_bytes());
-        // UGAVALID = 1, UNMAP GRANULARITY ALIGNMENT = 0.
-        page[32..36].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+        // UGAVALID = 1 with the UNMAP GRANULARITY ALIGNMENT (the first LBA on a granule
+        // boundary, 31 bits), when that is a whole block.
+        if p.alignment.is_multiple_of(bs)
+            && let Ok(alignment) = u32::try_from(p.alignment / bs)
+            && alignment < 0x8000_0000
+        {
+            page[32..36].copy_from_slice(&(0x8000_0000 | alignment).to_be_bytes());
+        }
     }
     page[36..44].copy_from_slice(&max_write_same_blocks(block_size).to_be_bytes());
     page
 }
 
-/// VPD B2h, logical block provisioning (SBC-4 §6.6.7): for a thin unit LBPU (UNMAP),
-/// LBPWS (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP), LBPRZ = 001b (unmapped
-/// blocks read as zeros), ANC_SUP = 0, DP = 0, provisioning type 010b (thin).
-pub fn logical_block_provisioning_page(thin: bool) -> Vec<u8> {
+/// VPD B2h, logical block provisioning (SBC-4 §6.6.7): for a thin unit LBPU (UNMAP) and
+/// provisioning type 010b (thin); where deallocated blocks read back as zeros also LBPWS
+/// (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP) and LBPRZ = 001b, else LBPRZ = 000b
+/// (vendor specific). ANC_SUP = 0, DP = 0.
+pub fn logical_block_provisioning_page(p: &Provisioning) -> Vec<u8> {
     let mut page = vec![0x00, 0xB2, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00];
-    if thin {
-        page[5] = 0x80 | 0x40 | 0x20 | 0x04;
+    if p.discard {
+        page[5] = 0x80;
+        if write_same_unmaps(p) {
+            page[5] |= 0x40 | 0x20 | 0x04;
+        }
         page[6] = 0x02;
     }
     page
@@ -96,10 +129,9 @@ pub fn logical_block_provisioning_page(thin: bool) -> Vec<u8> {
 /// The provisioning VPD pages for `lu`, or `None` for other pages (INQUIRY calls this
 /// before its generic page table).
 pub fn vpd_page(lu: &LogicalUnit, page_code: u8) -> Option<Vec<u8>> {
-    let backend = thin(lu);
     match page_code {
-        0xB0 => Some(block_limits_page(lu.block_size(), backend.as_deref())),
-        0xB2 => Some(logical_block_provisioning_page(backend.is_some())),
+        0xB0 => Some(block_limits_page(lu.block_size(), &provisioning(lu))),
+        0xB2 => Some(logical_block_provisioning_page(&provisioning(lu))),
         _ => None,
     }
 }
@@ -355,7 +387,7 @@ mod tests {
 
     use super::*;
     use crate::scsi::lu::LuIdentity;
-    use crate::storage::{FileBackend, MemoryBackend};
+    use crate::storage::{BlockBackend, FileBackend, MemoryBackend};
 
     const BS: u32 = 512;
 
@@ -502,21 +534,30 @@ mod tests {
         );
     }
 
+    /// A file or RAM medium: thin, zeros after discard, 4 KiB granules.
+    const FILE: Provisioning = Provisioning {
+        discard: true,
+        discard_zeroes: true,
+        granularity: 4096,
+        alignment: 0,
+        optimal_io: 0,
+    };
+
     #[test]
     fn pages_and_capacity_flags() {
-        assert_eq!(read_capacity16_flags(true), 0xC0);
-        assert_eq!(read_capacity16_flags(false), 0);
+        assert_eq!(read_capacity16_flags(&FILE), 0xC0);
+        assert_eq!(read_capacity16_flags(&Provisioning::FULLY_PROVISIONED), 0);
         assert_eq!(
-            logical_block_provisioning_page(true),
+            logical_block_provisioning_page(&FILE),
             vec![0, 0xB2, 0, 4, 0, 0xE4, 2, 0]
         );
         assert_eq!(
-            logical_block_provisioning_page(false),
+            logical_block_provisioning_page(&Provisioning::FULLY_PROVISIONED),
             vec![0, 0xB2, 0, 4, 0, 0, 0, 0]
         );
 
         let memory = MemoryBackend::new(1 << 20);
-        let page = block_limits_page(512, Some(&memory));
+        let page = block_limits_page(512, &memory.provisioning());
         assert_eq!(page.len(), 64);
         assert_eq!(&page[0..4], &[0, 0xB0, 0, 0x3C]);
         assert_eq!(page[4] & 0x01, 0, "WSNZ = 0");
@@ -526,15 +567,87 @@ mod tests {
         assert_eq!(&page[28..32], &1u32.to_be_bytes());
         assert_eq!(page[32] & 0x80, 0x80);
         assert_eq!(&page[36..44], &0xFFFFu64.to_be_bytes());
-        let fully = block_limits_page(4096, None);
-        assert_eq!(&fully[20..32], &[0; 12]);
+        let fully = block_limits_page(4096, &Provisioning::FULLY_PROVISIONED);
+        assert_eq!(&fully[20..36], &[0; 16]);
         assert_eq!(&fully[36..44], &0xFFFFu64.to_be_bytes());
+        assert_eq!(
+            &fully[6..8],
+            &spc::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes(),
+            "no optimal I/O size known: the generic granularity"
+        );
 
         let thin_lu = lu_with(Some(Arc::new(MemoryBackend::new(1 << 20))));
         assert_eq!(vpd_page(&thin_lu, 0xB2).unwrap()[5], 0xE4);
         assert!(vpd_page(&thin_lu, 0x83).is_none());
         let not_ready = lu_with(None);
         assert_eq!(vpd_page(&not_ready, 0xB2).unwrap()[5], 0);
+        assert_eq!(provisioning(&not_ready), Provisioning::FULLY_PROVISIONED);
+    }
+
+    #[test]
+    fn a_device_whose_discards_do_not_read_as_zeros_is_thin_with_lbprz_0() {
+        let ssd = Provisioning {
+            discard_zeroes: false,
+            ..FILE
+        };
+        assert_eq!(read_capacity16_flags(&ssd), 0x80, "LBPME, not LBPRZ");
+        // LBPU only: no WRITE SAME unmapping, LBPRZ 000b, thin.
+        assert_eq!(
+            logical_block_provisioning_page(&ssd),
+            vec![0, 0xB2, 0, 4, 0, 0x80, 2, 0]
+        );
+        assert!(!write_same_unmaps(&ssd));
+        assert!(write_same_unmaps(&FILE));
+        assert!(!write_same_unmaps(&Provisioning::FULLY_PROVISIONED));
+        // UNMAP limits are reported all the same.
+        let page = block_limits_page(512, &ssd);
+        assert_eq!(&page[28..32], &8u32.to_be_bytes());
+    }
+
+    #[test]
+    fn zvol_granularities_reach_the_block_limits_page() {
+        // A zvol with volblocksize 16 KiB and 512-byte blocks, in a partition that starts
+        // 1 MiB + 4 KiB into it (boundaries at 12 KiB + k·16 KiB of the partition).
+        let zvol = Provisioning {
+            discard: true,
+            discard_zeroes: true,
+            granularity: 16 << 10,
+            alignment: 12 << 10,
+            optimal_io: 16 << 10,
+        };
+        let page = block_limits_page(512, &zvol);
+        assert_eq!(
+            &page[6..8],
+            &32u16.to_be_bytes(),
+            "OPTIMAL TRANSFER LENGTH GRANULARITY"
+        );
+        assert_eq!(&page[28..32], &32u32.to_be_bytes(), "UNMAP GRANULARITY");
+        assert_eq!(
+            &page[32..36],
+            &(0x8000_0000u32 | 24).to_be_bytes(),
+            "UGAVALID, LBA 24"
+        );
+        // 4 KiB blocks: 4 blocks each, alignment LBA 3.
+        let page = block_limits_page(4096, &zvol);
+        assert_eq!(&page[6..8], &4u16.to_be_bytes());
+        assert_eq!(&page[28..32], &4u32.to_be_bytes());
+        assert_eq!(&page[32..36], &(0x8000_0000u32 | 3).to_be_bytes());
+        // An optimal size that is not a whole number of blocks, or an alignment that is not,
+        // is not reported.
+        let odd = Provisioning {
+            optimal_io: 6144,
+            alignment: 1024,
+            ..zvol
+        };
+        let page = block_limits_page(4096, &odd);
+        assert_eq!(&page[6..8], &spc::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes());
+        assert_eq!(&page[32..36], &[0; 4], "UGAVALID = 0");
+        // A fully provisioned device still reports its optimal I/O size.
+        let thick = Provisioning {
+            optimal_io: 8192,
+            ..Provisioning::FULLY_PROVISIONED
+        };
+        assert_eq!(&block_limits_page(512, &thick)[6..8], &16u16.to_be_bytes());
     }
 
     #[tokio::test]
@@ -542,7 +655,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend =
             FileBackend::open_file(&dir.path().join("thin.img"), Some(1 << 20), false).unwrap();
-        let granule = backend.discard_granularity();
+        let granule = backend.provisioning().granularity;
         let lu = lu_with(Some(Arc::new(backend)));
         let blocks = (1u64 << 20) / 512;
         let medium = lu.medium().unwrap();
