@@ -75,7 +75,7 @@ pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
 /// the limits of the commands here. WSNZ = 0 (WRITE SAME with 0 blocks = to the end). For a
 /// thin unit: the UNMAP limits, UNMAP GRANULARITY = the medium's discard granule (smaller
 /// unmaps free nothing), with its alignment when it is a whole number of blocks. OPTIMAL
-/// TRANSFER LENGTH GRANULARITY = the medium's optimal I/O size (a zvol's volblocksize) when it
+/// TRANSFER LENGTH GRANULARITY = the medium's I/O granularity (a zvol's volblocksize) when it
 /// is a multiple of the block size, else the generic page's.
 pub fn block_limits_page(block_size: u32, p: &Provisioning) -> Vec<u8> {
     let mut page = spc::vpd_block_limits(block_size);
@@ -84,10 +84,10 @@ pub fn block_limits_page(block_size: u32, p: &Provisioning) -> Vec<u8> {
     }
     page[5] = max_compare_and_write_blocks(block_size);
     let bs = u64::from(block_size.max(1));
-    if p.optimal_io != 0
-        && p.optimal_io.is_multiple_of(bs)
-        && p.optimal_io <= u64::from(super::sbc::MAX_TRANSFER_BYTES)
-        && let Ok(blocks) = u16::try_from(p.optimal_io / bs)
+    if p.io_granularity != 0
+        && p.io_granularity.is_multiple_of(bs)
+        && p.io_granularity <= u64::from(super::sbc::MAX_TRANSFER_BYTES)
+        && let Ok(blocks) = u16::try_from(p.io_granularity / bs)
     {
         page[6..8].copy_from_slice(&blocks.to_be_bytes());
     }
@@ -540,7 +540,7 @@ mod tests {
         discard_zeroes: true,
         granularity: 4096,
         alignment: 0,
-        optimal_io: 0,
+        io_granularity: 0,
     };
 
     #[test]
@@ -613,7 +613,7 @@ mod tests {
             discard_zeroes: true,
             granularity: 16 << 10,
             alignment: 12 << 10,
-            optimal_io: 16 << 10,
+            io_granularity: 16 << 10,
         };
         let page = block_limits_page(512, &zvol);
         assert_eq!(
@@ -635,7 +635,7 @@ mod tests {
         // An optimal size that is not a whole number of blocks, or an alignment that is not,
         // is not reported.
         let odd = Provisioning {
-            optimal_io: 6144,
+            io_granularity: 6144,
             alignment: 1024,
             ..zvol
         };
@@ -644,7 +644,7 @@ mod tests {
         assert_eq!(&page[32..36], &[0; 4], "UGAVALID = 0");
         // A fully provisioned device still reports its optimal I/O size.
         let thick = Provisioning {
-            optimal_io: 8192,
+            io_granularity: 8192,
             ..Provisioning::FULLY_PROVISIONED
         };
         assert_eq!(&block_limits_page(512, &thick)[6..8], &16u16.to_be_bytes());

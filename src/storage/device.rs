@@ -35,7 +35,11 @@ pub struct DeviceLimits {
     pub discard_max_bytes: u64,
     /// queue/discard_granularity.
     pub discard_granularity: u64,
-    /// queue/optimal_io_size: 0 when the device does not say.
+    /// queue/minimum_io_size: the preferred minimum I/O size (the physical block size, or
+    /// more; a zvol's volblocksize).
+    pub minimum_io_size: u64,
+    /// queue/optimal_io_size: 0 when the device does not say. Logged only: a zvol reports
+    /// 32 MiB here (OpenZFS 2.3), far above keel's maximum transfer.
     pub optimal_io_size: u64,
     /// Byte offset of a partition in its disk (`start`, in 512-byte sectors); 0 for a disk.
     pub partition_start: u64,
@@ -44,13 +48,15 @@ pub struct DeviceLimits {
 /// What keel reports and does for a block device with `limits`: thin (LBPME) when it can
 /// discard and is writable; discarded ranges read as zeros (LBPRZ) only for
 /// [`ZEROING_DRIVERS`]; space is released in granules of discard_granularity (at least a
-/// logical block), aligned to the disk rather than to a partition; the optimal I/O size as is.
+/// logical block), aligned to the disk rather than to a partition; the I/O granularity is the
+/// preferred minimum I/O size (what Linux itself derives from OPTIMAL TRANSFER LENGTH
+/// GRANULARITY on the initiator side, SBC-4 §6.6.4).
 pub fn provisioning(limits: &DeviceLimits, read_only: bool) -> Provisioning {
     let lbs = limits.logical_block_size.max(512);
-    let optimal_io = limits.optimal_io_size;
+    let io_granularity = limits.minimum_io_size;
     if read_only || limits.discard_max_bytes == 0 {
         return Provisioning {
-            optimal_io,
+            io_granularity,
             ..Provisioning::FULLY_PROVISIONED
         };
     }
@@ -60,7 +66,7 @@ pub fn provisioning(limits: &DeviceLimits, read_only: bool) -> Provisioning {
         discard_zeroes: ZEROING_DRIVERS.contains(&limits.driver.as_str()),
         granularity,
         alignment: (granularity - limits.partition_start % granularity) % granularity,
-        optimal_io,
+        io_granularity,
     }
 }
 
@@ -145,6 +151,7 @@ fn limits_from(
         discard_max_bytes: read_u64(&queue.join("discard_max_bytes"))?,
         discard_granularity: read_u64(&queue.join("discard_granularity"))?,
         // Older kernels may lack it; "unknown" is a fine answer.
+        minimum_io_size: read_u64(&queue.join("minimum_io_size")).unwrap_or(0),
         optimal_io_size: read_u64(&queue.join("optimal_io_size")).unwrap_or(0),
         partition_start,
     })
@@ -184,7 +191,8 @@ mod tests {
             logical_block_size: 512,
             discard_max_bytes: 64 << 20,
             discard_granularity: 4096,
-            optimal_io_size: 4096,
+            minimum_io_size: 4096,
+            optimal_io_size: 32 << 20,
             partition_start: 0,
         }
     }
@@ -198,14 +206,14 @@ mod tests {
                 discard_zeroes: true,
                 granularity: 4096,
                 alignment: 0,
-                optimal_io: 4096,
+                io_granularity: 4096,
             }
         );
-        // Read-only: nothing to discard, but the optimal I/O size stays true.
+        // Read-only: nothing to discard, but the I/O granularity stays true.
         assert_eq!(
             provisioning(&zvol(), true),
             Provisioning {
-                optimal_io: 4096,
+                io_granularity: 4096,
                 ..Provisioning::FULLY_PROVISIONED
             }
         );
@@ -216,7 +224,7 @@ mod tests {
         let ssd = DeviceLimits {
             driver: "sd".into(),
             discard_granularity: 0,
-            optimal_io_size: 0,
+            minimum_io_size: 0,
             ..zvol()
         };
         let p = provisioning(&ssd, false);
@@ -330,7 +338,8 @@ mod tests {
             ("queue/logical_block_size", "512"),
             ("queue/discard_max_bytes", "67108864"),
             ("queue/discard_granularity", "8192"),
-            ("queue/optimal_io_size", "8192"),
+            ("queue/minimum_io_size", "8192"),
+            ("queue/optimal_io_size", "33554432"),
             ("zd0p1/dev", "230:1"),
             ("zd0p1/partition", "1"),
             ("zd0p1/start", "2049"),
@@ -350,7 +359,8 @@ mod tests {
                 logical_block_size: 512,
                 discard_max_bytes: 64 << 20,
                 discard_granularity: 8192,
-                optimal_io_size: 8192,
+                minimum_io_size: 8192,
+                optimal_io_size: 32 << 20,
                 partition_start: 0,
             }
         );

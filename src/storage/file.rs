@@ -93,7 +93,7 @@ impl FileBackend {
                 discard_zeroes: true,
                 granularity: meta.blksize().max(512),
                 alignment: 0,
-                optimal_io: 0,
+                io_granularity: 0,
             },
             engine: None,
             nowait_reads: std::sync::atomic::AtomicBool::new(true),
@@ -119,6 +119,7 @@ impl FileBackend {
                     device = %path.display(), driver = %limits.driver,
                     discard_max_bytes = limits.discard_max_bytes,
                     discard_granularity = limits.discard_granularity,
+                    minimum_io_size = limits.minimum_io_size,
                     optimal_io_size = limits.optimal_io_size,
                     thin = p.discard, discard_zeroes = p.discard_zeroes,
                     "block device provisioning"

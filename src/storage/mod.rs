@@ -142,7 +142,7 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
             discard_zeroes: true,
             granularity: self.discard_granularity(),
             alignment: 0,
-            optimal_io: 0,
+            io_granularity: 0,
         }
     }
 }
@@ -160,8 +160,10 @@ pub struct Provisioning {
     /// Bytes: the offset in the medium of the first granule boundary (a partition that does
     /// not start on one), below `granularity`.
     pub alignment: u64,
-    /// Bytes: the medium's preferred I/O size (e.g. a zvol's volblocksize); 0 if unknown.
-    pub optimal_io: u64,
+    /// Bytes: transfers that are not a multiple of this may be slow (a read-modify-write
+    /// below it): a block device's preferred minimum I/O size, e.g. a zvol's volblocksize.
+    /// 0 if unknown.
+    pub io_granularity: u64,
 }
 
 impl Provisioning {
@@ -171,7 +173,7 @@ impl Provisioning {
         discard_zeroes: false,
         granularity: 0,
         alignment: 0,
-        optimal_io: 0,
+        io_granularity: 0,
     };
 }
 
