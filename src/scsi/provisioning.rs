@@ -650,6 +650,77 @@ mod tests {
         assert_eq!(&block_limits_page(512, &thick)[6..8], &16u16.to_be_bytes());
     }
 
+    /// RAM whose discards do not promise zeros (like an SSD: LBPRZ = 0). Discard scribbles
+    /// 0xEE over the range, so anything relying on zeros after it shows.
+    #[derive(Debug)]
+    struct NoZeroes(MemoryBackend);
+    impl BlockBackend for NoZeroes {
+        fn size_bytes(&self) -> u64 {
+            self.0.size_bytes()
+        }
+        fn read_at(&self, offset: u64, len: usize) -> crate::storage::IoFuture<'_, Bytes> {
+            self.0.read_at(offset, len)
+        }
+        fn write_at(
+            &self,
+            offset: u64,
+            data: Bytes,
+            fua: bool,
+        ) -> crate::storage::IoFuture<'_, ()> {
+            self.0.write_at(offset, data, fua)
+        }
+        fn flush(&self) -> crate::storage::IoFuture<'_, ()> {
+            self.0.flush()
+        }
+        fn describe(&self) -> String {
+            "no-zeroes".into()
+        }
+        fn supports_discard(&self) -> bool {
+            true
+        }
+        fn discard(&self, offset: u64, len: u64) -> crate::storage::IoFuture<'_, ()> {
+            let junk = Bytes::from(vec![0xEE; usize::try_from(len).unwrap()]);
+            self.0.write_at(offset, junk, false)
+        }
+        fn provisioning(&self) -> Provisioning {
+            Provisioning {
+                discard_zeroes: false,
+                ..FILE
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn without_lbprz_unmap_deallocates_but_write_same_writes() {
+        let lu = lu_with(Some(Arc::new(NoZeroes(MemoryBackend::new(1 << 20)))));
+        let medium = lu.medium().unwrap();
+        assert_eq!(vpd_page(&lu, 0xB2).unwrap()[5], 0x80, "LBPU only");
+        // UNMAP reaches the backend.
+        let list = unmap_list(&[(8, 8)]);
+        unmap(
+            &lu,
+            &unmap_cdb(list.len() as u16, false),
+            &Bytes::from(list),
+        )
+        .await
+        .unwrap();
+        assert_eq!(medium.read_at(8 * 512, 1).await.unwrap()[0], 0xEE);
+        // WRITE SAME(16) with UNMAP and a 0x5A block: written, since a deallocated block
+        // would not read back as the data asked for.
+        let mut cdb = [0u8; 16];
+        cdb[0] = op::WRITE_SAME_16;
+        cdb[1] = 0x08; // UNMAP
+        cdb[2..10].copy_from_slice(&64u64.to_be_bytes());
+        cdb[10..14].copy_from_slice(&16u32.to_be_bytes());
+        crate::scsi::sbc_offload::write_same(&lu, &cdb, &Bytes::from(vec![0x5A; 512]))
+            .await
+            .unwrap();
+        assert_eq!(
+            medium.read_at(64 * 512, 16 * 512).await.unwrap(),
+            vec![0x5A; 16 * 512]
+        );
+    }
+
     #[tokio::test]
     async fn unmap_then_get_lba_status_on_a_file() {
         let dir = tempfile::tempdir().unwrap();
