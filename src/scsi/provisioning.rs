@@ -1,10 +1,12 @@
 //! Logical block provisioning (SBC-4 §4.7): UNMAP, GET LBA STATUS, and what READ CAPACITY(16)
 //! and the block limits / logical block provisioning VPD pages say about it.
 //!
-//! A logical unit is thin provisioned (LBPME = 1, provisioning type 010b) when its backend can
-//! discard ([`BlockBackend::supports_discard`]); discarded blocks read back as zeros
-//! (LBPRZ = 1, guaranteed by the backend contract). GET LBA STATUS reports what the backend
-//! really has allocated (SEEK_DATA/SEEK_HOLE for files), at the backend's granularity.
+//! What is reported is a pure function of the medium's [`Provisioning`]: a logical unit is
+//! thin provisioned (LBPME = 1, provisioning type 010b) when its backend can discard; LBPRZ = 1
+//! (and WRITE SAME with UNMAP, LBPWS/LBPWS10) only when discarded blocks read back as zeros
+//! (files, RAM, zvols; not an arbitrary block device). GET LBA STATUS reports what the backend
+//! really has allocated (SEEK_DATA/SEEK_HOLE for files; a block device cannot tell, so all of
+//! it is "mapped or unknown"), at the backend's granularity.
 
 use bytes::Bytes;
 
@@ -15,7 +17,7 @@ use super::sbc::check_lba_range;
 use super::sbc_offload::{max_compare_and_write_blocks, max_write_same_blocks};
 use super::sense::{Sense, SenseKey};
 use super::spc;
-use crate::storage::{BlockBackend, Extent};
+use crate::storage::{Extent, Provisioning};
 
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
@@ -48,15 +50,26 @@ const fn parameter_list_length_error() -> Sense {
     Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
 }
 
-/// Whether the unit is thin provisioned (LBPME). A unit without a medium yet reports what it
-/// knows: not thin.
-pub fn thin(lu: &LogicalUnit) -> Option<std::sync::Arc<dyn BlockBackend>> {
-    lu.medium().ok().filter(|b| b.supports_discard())
+/// What `lu`'s medium can do; a unit without a medium yet is fully provisioned.
+pub fn provisioning(lu: &LogicalUnit) -> Provisioning {
+    lu.medium()
+        .map_or(Provisioning::FULLY_PROVISIONED, |b| b.provisioning())
+}
+
+/// Whether WRITE SAME with UNMAP deallocates: only where deallocated blocks read back as zeros
+/// (LBPRZ = 1), since the blocks must then read as the zeros the initiator asked for. Elsewhere
+/// WRITE SAME writes (SBC-4 §5.50: each LBA is written or unmapped) and LBPWS is 0.
+pub fn write_same_unmaps(p: &Provisioning) -> bool {
+    p.discard && p.discard_zeroes
 }
 
 /// READ CAPACITY(16) byte 14: LBPME (bit 7) and LBPRZ (bit 6), SBC-4 §5.20.2.
-pub fn read_capacity16_flags(thin: bool) -> u8 {
-    if thin { 0xC0 } else { 0x00 }
+pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
+    match (p.discard, p.discard_zeroes) {
+        (true, true) => 0xC0,
+        (true, false) => 0x80,
+        (false, _) => 0x00,
+    }
 }
 
 /// Smallest multiple of `unit` (a power of two, logical blocks per physical block) at least
@@ -68,14 +81,17 @@ fn whole_physical_blocks(blocks: u64, unit: u32) -> u32 {
 
 /// VPD B0h, block limits (SBC-4 §6.6.4): the generic page of [`spc::vpd_block_limits`] plus
 /// the limits of the commands here. WSNZ = 0 (WRITE SAME with 0 blocks = to the end).
-/// `lbppb` logical blocks per physical block: the OPTIMAL TRANSFER LENGTH GRANULARITY and the
-/// UNMAP GRANULARITY are whole physical blocks (unmapping less than one may leave it
-/// mapped, SBC-4 §4.7.3.4; it still reads back as zeros, LBPRZ). `atomic`: the WRITE ATOMIC
-/// fields, when the unit offers it.
+/// OPTIMAL TRANSFER LENGTH GRANULARITY = the medium's I/O granularity (a zvol's volblocksize)
+/// when it is a multiple of the block size, else the generic page's. For a thin unit: the
+/// UNMAP limits, UNMAP GRANULARITY = the medium's discard granule (smaller unmaps free
+/// nothing), with its alignment when it is a whole number of blocks. `lbppb` logical blocks
+/// per physical block: both granularities are whole physical blocks (unmapping less than one
+/// may leave it mapped, SBC-4 §4.7.3.4; it still reads back as LBPRZ says). `atomic`: the
+/// WRITE ATOMIC fields, when the unit offers it.
 pub fn block_limits_page(
     block_size: u32,
     lbppb: u32,
-    backend: Option<&dyn BlockBackend>,
+    p: &Provisioning,
     atomic: Option<AtomicLimits>,
 ) -> Vec<u8> {
     let mut page = spc::vpd_block_limits(block_size);
@@ -83,17 +99,30 @@ pub fn block_limits_page(
         page.resize(64, 0);
     }
     page[5] = max_compare_and_write_blocks(block_size);
-    let optimal = whole_physical_blocks(u64::from(spc::OPTIMAL_GRANULARITY_BLOCKS), lbppb);
-    page[6..8].copy_from_slice(&u16::try_from(optimal).unwrap_or(u16::MAX).to_be_bytes());
     let bs = u64::from(block_size.max(1));
-    if let Some(backend) = backend.filter(|b| b.supports_discard()) {
+    let medium_granularity = (p.io_granularity != 0
+        && p.io_granularity.is_multiple_of(bs)
+        && p.io_granularity <= u64::from(super::sbc::MAX_TRANSFER_BYTES))
+    .then_some(p.io_granularity / bs);
+    let optimal = whole_physical_blocks(
+        medium_granularity.unwrap_or(u64::from(spc::OPTIMAL_GRANULARITY_BLOCKS)),
+        lbppb,
+    );
+    page[6..8].copy_from_slice(&u16::try_from(optimal).unwrap_or(u16::MAX).to_be_bytes());
+    if p.discard {
         let lbas = u32::try_from(MAX_UNMAP_BYTES / bs).unwrap_or(u32::MAX);
         page[20..24].copy_from_slice(&lbas.to_be_bytes());
         page[24..28].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-        let granularity = whole_physical_blocks(backend.discard_granularity() / bs, lbppb);
+        let granularity = whole_physical_blocks((p.granularity / bs).max(1), lbppb);
         page[28..32].copy_from_slice(&granularity.to_be_bytes());
-        // UGAVALID = 1, UNMAP GRANULARITY ALIGNMENT = 0.
-        page[32..36].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+        // UGAVALID = 1 with the UNMAP GRANULARITY ALIGNMENT (the first LBA on a granule
+        // boundary, 31 bits), when that is a whole block.
+        if p.alignment.is_multiple_of(bs)
+            && let Ok(alignment) = u32::try_from(p.alignment / bs)
+            && alignment < 0x8000_0000
+        {
+            page[32..36].copy_from_slice(&(0x8000_0000 | alignment).to_be_bytes());
+        }
     }
     page[36..44].copy_from_slice(&max_write_same_blocks(block_size).to_be_bytes());
     if let Some(atomic) = atomic {
@@ -102,13 +131,17 @@ pub fn block_limits_page(
     page
 }
 
-/// VPD B2h, logical block provisioning (SBC-4 §6.6.7): for a thin unit LBPU (UNMAP),
-/// LBPWS (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP), LBPRZ = 001b (unmapped
-/// blocks read as zeros), ANC_SUP = 0, DP = 0, provisioning type 010b (thin).
-pub fn logical_block_provisioning_page(thin: bool) -> Vec<u8> {
+/// VPD B2h, logical block provisioning (SBC-4 §6.6.7): for a thin unit LBPU (UNMAP) and
+/// provisioning type 010b (thin); where deallocated blocks read back as zeros also LBPWS
+/// (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP) and LBPRZ = 001b, else LBPRZ = 000b
+/// (vendor specific). ANC_SUP = 0, DP = 0.
+pub fn logical_block_provisioning_page(p: &Provisioning) -> Vec<u8> {
     let mut page = vec![0x00, 0xB2, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00];
-    if thin {
-        page[5] = 0x80 | 0x40 | 0x20 | 0x04;
+    if p.discard {
+        page[5] = 0x80;
+        if write_same_unmaps(p) {
+            page[5] |= 0x40 | 0x20 | 0x04;
+        }
         page[6] = 0x02;
     }
     page
@@ -117,15 +150,14 @@ pub fn logical_block_provisioning_page(thin: bool) -> Vec<u8> {
 /// The provisioning VPD pages for `lu`, or `None` for other pages (INQUIRY calls this
 /// before its generic page table).
 pub fn vpd_page(lu: &LogicalUnit, page_code: u8) -> Option<Vec<u8>> {
-    let backend = thin(lu);
     match page_code {
         0xB0 => Some(block_limits_page(
             lu.block_size(),
             lu.logical_blocks_per_physical_block(),
-            backend.as_deref(),
+            &provisioning(lu),
             AtomicLimits::of(lu),
         )),
-        0xB2 => Some(logical_block_provisioning_page(backend.is_some())),
+        0xB2 => Some(logical_block_provisioning_page(&provisioning(lu))),
         _ => None,
     }
 }
@@ -381,7 +413,7 @@ mod tests {
 
     use super::*;
     use crate::scsi::lu::LuIdentity;
-    use crate::storage::{FileBackend, MemoryBackend};
+    use crate::storage::{BlockBackend, FileBackend, MemoryBackend};
 
     const BS: u32 = 512;
 
@@ -528,21 +560,30 @@ mod tests {
         );
     }
 
+    /// A file or RAM medium: thin, zeros after discard, 4 KiB granules.
+    const FILE: Provisioning = Provisioning {
+        discard: true,
+        discard_zeroes: true,
+        granularity: 4096,
+        alignment: 0,
+        io_granularity: 0,
+    };
+
     #[test]
     fn pages_and_capacity_flags() {
-        assert_eq!(read_capacity16_flags(true), 0xC0);
-        assert_eq!(read_capacity16_flags(false), 0);
+        assert_eq!(read_capacity16_flags(&FILE), 0xC0);
+        assert_eq!(read_capacity16_flags(&Provisioning::FULLY_PROVISIONED), 0);
         assert_eq!(
-            logical_block_provisioning_page(true),
+            logical_block_provisioning_page(&FILE),
             vec![0, 0xB2, 0, 4, 0, 0xE4, 2, 0]
         );
         assert_eq!(
-            logical_block_provisioning_page(false),
+            logical_block_provisioning_page(&Provisioning::FULLY_PROVISIONED),
             vec![0, 0xB2, 0, 4, 0, 0, 0, 0]
         );
 
         let memory = MemoryBackend::new(1 << 20);
-        let page = block_limits_page(512, 1, Some(&memory), None);
+        let page = block_limits_page(512, 1, &memory.provisioning(), None);
         assert_eq!(page.len(), 64);
         assert_eq!(&page[0..4], &[0, 0xB0, 0, 0x3C]);
         assert_eq!(page[4] & 0x01, 0, "WSNZ = 0");
@@ -552,16 +593,20 @@ mod tests {
         assert_eq!(&page[28..32], &1u32.to_be_bytes());
         assert_eq!(page[32] & 0x80, 0x80);
         assert_eq!(&page[36..44], &0xFFFFu64.to_be_bytes());
-        assert_eq!(&page[6..8], &[0, 8], "OPTIMAL TRANSFER LENGTH GRANULARITY");
         assert_eq!(&page[44..64], &[0; 20], "no WRITE ATOMIC");
-        let fully = block_limits_page(4096, 1, None, None);
-        assert_eq!(&fully[20..32], &[0; 12]);
+        let fully = block_limits_page(4096, 1, &Provisioning::FULLY_PROVISIONED, None);
+        assert_eq!(&fully[20..36], &[0; 16]);
         assert_eq!(&fully[36..44], &0xFFFFu64.to_be_bytes());
+        assert_eq!(
+            &fully[6..8],
+            &spc::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes(),
+            "no optimal I/O size known: the generic granularity"
+        );
         // 4 KiB physical blocks of 512-byte logical blocks, 64 KiB ones: granularities are
         // whole physical blocks.
         for (lbppb, granule) in [(8, 8), (128, 128)] {
             let atomic = AtomicLimits::new(512, lbppb);
-            let page = block_limits_page(512, lbppb, Some(&memory), Some(atomic));
+            let page = block_limits_page(512, lbppb, &memory.provisioning(), Some(atomic));
             let gran = u16::from_be_bytes([page[6], page[7]]);
             assert_eq!(u32::from(gran), granule);
             assert_eq!(&page[28..32], &granule.to_be_bytes(), "UNMAP GRANULARITY");
@@ -573,6 +618,144 @@ mod tests {
         assert!(vpd_page(&thin_lu, 0x83).is_none());
         let not_ready = lu_with(None);
         assert_eq!(vpd_page(&not_ready, 0xB2).unwrap()[5], 0);
+        assert_eq!(provisioning(&not_ready), Provisioning::FULLY_PROVISIONED);
+    }
+
+    #[test]
+    fn a_device_whose_discards_do_not_read_as_zeros_is_thin_with_lbprz_0() {
+        let ssd = Provisioning {
+            discard_zeroes: false,
+            ..FILE
+        };
+        assert_eq!(read_capacity16_flags(&ssd), 0x80, "LBPME, not LBPRZ");
+        // LBPU only: no WRITE SAME unmapping, LBPRZ 000b, thin.
+        assert_eq!(
+            logical_block_provisioning_page(&ssd),
+            vec![0, 0xB2, 0, 4, 0, 0x80, 2, 0]
+        );
+        assert!(!write_same_unmaps(&ssd));
+        assert!(write_same_unmaps(&FILE));
+        assert!(!write_same_unmaps(&Provisioning::FULLY_PROVISIONED));
+        // UNMAP limits are reported all the same.
+        let page = block_limits_page(512, 1, &ssd, None);
+        assert_eq!(&page[28..32], &8u32.to_be_bytes());
+    }
+
+    #[test]
+    fn zvol_granularities_reach_the_block_limits_page() {
+        // A zvol with volblocksize 16 KiB and 512-byte blocks, in a partition that starts
+        // 1 MiB + 4 KiB into it (boundaries at 12 KiB + k·16 KiB of the partition).
+        let zvol = Provisioning {
+            discard: true,
+            discard_zeroes: true,
+            granularity: 16 << 10,
+            alignment: 12 << 10,
+            io_granularity: 16 << 10,
+        };
+        let page = block_limits_page(512, 1, &zvol, None);
+        assert_eq!(
+            &page[6..8],
+            &32u16.to_be_bytes(),
+            "OPTIMAL TRANSFER LENGTH GRANULARITY"
+        );
+        assert_eq!(&page[28..32], &32u32.to_be_bytes(), "UNMAP GRANULARITY");
+        assert_eq!(
+            &page[32..36],
+            &(0x8000_0000u32 | 24).to_be_bytes(),
+            "UGAVALID, LBA 24"
+        );
+        // 4 KiB blocks: 4 blocks each, alignment LBA 3.
+        let page = block_limits_page(4096, 1, &zvol, None);
+        assert_eq!(&page[6..8], &4u16.to_be_bytes());
+        assert_eq!(&page[28..32], &4u32.to_be_bytes());
+        assert_eq!(&page[32..36], &(0x8000_0000u32 | 3).to_be_bytes());
+        // An optimal size that is not a whole number of blocks, or an alignment that is not,
+        // is not reported.
+        let odd = Provisioning {
+            io_granularity: 6144,
+            alignment: 1024,
+            ..zvol
+        };
+        let page = block_limits_page(4096, 1, &odd, None);
+        assert_eq!(&page[6..8], &spc::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes());
+        assert_eq!(&page[32..36], &[0; 4], "UGAVALID = 0");
+        // A fully provisioned device still reports its optimal I/O size.
+        let thick = Provisioning {
+            io_granularity: 8192,
+            ..Provisioning::FULLY_PROVISIONED
+        };
+        assert_eq!(&block_limits_page(512, 1, &thick, None)[6..8], &16u16.to_be_bytes());
+    }
+
+    /// RAM whose discards do not promise zeros (like an SSD: LBPRZ = 0). Discard scribbles
+    /// 0xEE over the range, so anything relying on zeros after it shows.
+    #[derive(Debug)]
+    struct NoZeroes(MemoryBackend);
+    impl BlockBackend for NoZeroes {
+        fn size_bytes(&self) -> u64 {
+            self.0.size_bytes()
+        }
+        fn read_at(&self, offset: u64, len: usize) -> crate::storage::IoFuture<'_, Bytes> {
+            self.0.read_at(offset, len)
+        }
+        fn write_at(
+            &self,
+            offset: u64,
+            data: Bytes,
+            fua: bool,
+        ) -> crate::storage::IoFuture<'_, ()> {
+            self.0.write_at(offset, data, fua)
+        }
+        fn flush(&self) -> crate::storage::IoFuture<'_, ()> {
+            self.0.flush()
+        }
+        fn describe(&self) -> String {
+            "no-zeroes".into()
+        }
+        fn supports_discard(&self) -> bool {
+            true
+        }
+        fn discard(&self, offset: u64, len: u64) -> crate::storage::IoFuture<'_, ()> {
+            let junk = Bytes::from(vec![0xEE; usize::try_from(len).unwrap()]);
+            self.0.write_at(offset, junk, false)
+        }
+        fn provisioning(&self) -> Provisioning {
+            Provisioning {
+                discard_zeroes: false,
+                ..FILE
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn without_lbprz_unmap_deallocates_but_write_same_writes() {
+        let lu = lu_with(Some(Arc::new(NoZeroes(MemoryBackend::new(1 << 20)))));
+        let medium = lu.medium().unwrap();
+        assert_eq!(vpd_page(&lu, 0xB2).unwrap()[5], 0x80, "LBPU only");
+        // UNMAP reaches the backend.
+        let list = unmap_list(&[(8, 8)]);
+        unmap(
+            &lu,
+            &unmap_cdb(list.len() as u16, false),
+            &Bytes::from(list),
+        )
+        .await
+        .unwrap();
+        assert_eq!(medium.read_at(8 * 512, 1).await.unwrap()[0], 0xEE);
+        // WRITE SAME(16) with UNMAP and a 0x5A block: written, since a deallocated block
+        // would not read back as the data asked for.
+        let mut cdb = [0u8; 16];
+        cdb[0] = op::WRITE_SAME_16;
+        cdb[1] = 0x08; // UNMAP
+        cdb[2..10].copy_from_slice(&64u64.to_be_bytes());
+        cdb[10..14].copy_from_slice(&16u32.to_be_bytes());
+        crate::scsi::sbc_offload::write_same(&lu, &cdb, &Bytes::from(vec![0x5A; 512]))
+            .await
+            .unwrap();
+        assert_eq!(
+            medium.read_at(64 * 512, 16 * 512).await.unwrap(),
+            vec![0x5A; 16 * 512]
+        );
     }
 
     #[tokio::test]
@@ -580,7 +763,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend =
             FileBackend::open_file(&dir.path().join("thin.img"), Some(1 << 20), false).unwrap();
-        let granule = backend.discard_granularity();
+        let granule = backend.provisioning().granularity;
         let lu = lu_with(Some(Arc::new(backend)));
         let blocks = (1u64 << 20) / 512;
         let medium = lu.medium().unwrap();

@@ -514,7 +514,9 @@ pub async fn write_same(
     let offset = byte_offset(ws.lba, block_size)?;
     let total = blocks * u64::from(block_size);
     let _shared = lu.write_shared().await;
-    if ws.unmap {
+    // Where deallocated blocks would not read back as the zeros asked for, WRITE SAME writes
+    // instead (LBPWS = 0 there; see provisioning::write_same_unmaps).
+    if ws.unmap && super::provisioning::write_same_unmaps(&backend.provisioning()) {
         return backend
             .discard(offset, total)
             .await

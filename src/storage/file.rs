@@ -4,7 +4,12 @@
 //! work instead of starving the runtime. Flush is `fdatasync`; FUA writes are followed by one.
 //!
 //! With an io_uring engine attached ([`FileBackend::with_engine`]), reads, writes, flushes and
-//! discards go through the ring instead (same semantics); allocation queries stay on the pool.
+//! file discards go through the ring instead (same semantics); allocation queries and
+//! block-device discards (an ioctl) stay on the pool.
+//!
+//! Discard: a regular file punches holes (`fallocate(PUNCH_HOLE)`; zero-filled where the file
+//! system cannot). A block device is discarded with `BLKDISCARD` when sysfs says it can
+//! (see [`super::device`] for what is reported and why), else it is fully provisioned.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -14,8 +19,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::uring::UringEngine;
-use super::{BlockBackend, Extent, IoFuture, push_extent};
+use super::device::{self, split_discard};
+use super::uring::{UringEngine, blkdev};
+use super::{BlockBackend, Extent, IoFuture, Provisioning, push_extent};
 
 /// Reads of this size and more go to the blocking pool even when an io_uring engine is
 /// attached (see `read_at`).
@@ -33,8 +39,9 @@ pub struct FileBackend {
     read_only: bool,
     /// A block device (all mapped for GET LBA STATUS) rather than a sparse regular file.
     block_device: bool,
-    /// The file system's block size (st_blksize): the unit in which holes really appear.
-    fs_block: u64,
+    /// What discard can do here: for a file, holes of the file system's block size
+    /// (st_blksize); for a block device, what its driver reports (see [`super::device`]).
+    provisioning: Provisioning,
     /// The io_uring engine, or `None` for the blocking pool.
     engine: Option<Arc<UringEngine>>,
     /// Whether the kernel takes `RWF_NOWAIT` reads on this file (cleared the first time it
@@ -96,13 +103,20 @@ impl FileBackend {
             path: path.to_owned(),
             read_only,
             block_device: false,
-            fs_block: meta.blksize().max(512),
+            provisioning: Provisioning {
+                discard: !read_only,
+                discard_zeroes: true,
+                granularity: meta.blksize().max(512),
+                alignment: 0,
+                io_granularity: 0,
+            },
             engine: None,
             nowait_reads: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
-    /// Opens an existing block device; its size is read by seeking to its end.
+    /// Opens an existing block device; its size is read by seeking to its end, its discard
+    /// capabilities from sysfs (unreadable: logged, and the device is fully provisioned).
     pub fn open_block_device(path: &Path, read_only: bool) -> io::Result<Self> {
         let mut file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         let meta = file.metadata()?;
@@ -113,13 +127,35 @@ impl FileBackend {
             ));
         }
         let size = file.seek(SeekFrom::End(0))?;
+        let provisioning = match device::read_limits(&file) {
+            Ok(limits) => {
+                let p = device::provisioning(&limits, read_only);
+                tracing::info!(
+                    device = %path.display(), driver = %limits.driver,
+                    discard_max_bytes = limits.discard_max_bytes,
+                    discard_granularity = limits.discard_granularity,
+                    minimum_io_size = limits.minimum_io_size,
+                    optimal_io_size = limits.optimal_io_size,
+                    thin = p.discard, discard_zeroes = p.discard_zeroes,
+                    "block device provisioning"
+                );
+                p
+            }
+            Err(error) => {
+                tracing::warn!(
+                    device = %path.display(), %error,
+                    "cannot read the device's discard limits from sysfs: reporting it fully provisioned"
+                );
+                Provisioning::FULLY_PROVISIONED
+            }
+        };
         Ok(FileBackend {
             size,
             file: Arc::new(file),
             path: path.to_owned(),
             read_only,
             block_device: true,
-            fs_block: meta.blksize().max(512),
+            provisioning,
             engine: None,
             nowait_reads: std::sync::atomic::AtomicBool::new(true),
             memory_resident: false,
@@ -258,13 +294,12 @@ impl BlockBackend for FileBackend {
     }
 
     fn supports_discard(&self) -> bool {
-        !self.read_only
+        self.provisioning.discard && !self.read_only
     }
 
-    /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: on a regular file it frees whole file system
-    /// blocks and zeroes the partial ones at the edges; on a block device (Linux ≥ 4.9) it
-    /// issues WRITE ZEROES / discard that reads back as zeros. Where the call is not
-    /// supported (EOPNOTSUPP), the range is zero-filled so that LBPRZ stays true.
+    /// A regular file: `fallocate(PUNCH_HOLE | KEEP_SIZE)` frees whole file system blocks and
+    /// zeroes the partial ones at the edges; where the file system cannot (EOPNOTSUPP), the
+    /// range is zero-filled so that LBPRZ stays true. A block device: see `discard_device`.
     fn discard(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
         if self.read_only {
             return Box::pin(async {
@@ -273,6 +308,10 @@ impl BlockBackend for FileBackend {
                     "medium is read-only",
                 ))
             });
+        }
+        if self.block_device {
+            let p = self.provisioning;
+            return Box::pin(self.blocking(move |file| discard_device(file, &p, offset, len)));
         }
         if let Some(engine) = self.engine.as_ref().filter(|e| e.supports_fallocate())
             && len > 0
@@ -314,8 +353,41 @@ impl BlockBackend for FileBackend {
     }
 
     fn discard_granularity(&self) -> u64 {
-        self.fs_block
+        self.provisioning.granularity
     }
+
+    fn provisioning(&self) -> Provisioning {
+        Provisioning {
+            discard: self.supports_discard(),
+            ..self.provisioning
+        }
+    }
+}
+
+/// Discards a block device range with `BLKDISCARD`, in whole granules only (a device may
+/// ignore or round away partial ones; OpenZFS does). Where the device's discarded granules
+/// read back as zeros (LBPRZ = 1), the partial granules at the edges are zero-filled so the
+/// whole range does; otherwise (LBPRZ = 0) they are left as they are, which SBC-4 allows
+/// (an unmapped block's content is then vendor specific).
+fn discard_device(file: &File, p: &Provisioning, offset: u64, len: u64) -> io::Result<()> {
+    if !p.discard {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the device cannot discard",
+        ));
+    }
+    let split = split_discard(offset, len, p.granularity, p.alignment);
+    blkdev::discard(
+        file,
+        split.middle.start,
+        split.middle.end - split.middle.start,
+    )?;
+    if p.discard_zeroes {
+        for edge in [split.head, split.tail] {
+            zero_fill(file, edge.start, edge.end - edge.start)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes zeros over `len` bytes at `offset`, 1 MiB at a time.
@@ -582,6 +654,94 @@ mod tests {
             );
             let edge = backend.allocation(0, first).await.unwrap();
             assert!(edge.iter().all(|e| e.mapped), "{name}: {edge:?}");
+        }
+    }
+
+    /// A loop device attached for a test, detached (by its name) when dropped.
+    struct Loop(String);
+    impl Loop {
+        /// `None` where loop devices cannot be made (not root, no losetup, a container).
+        fn attach(file: &Path) -> Option<Loop> {
+            let out = std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(file)
+                .output()
+                .ok()?;
+            let dev = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+            (out.status.success() && !dev.is_empty()).then_some(Loop(dev))
+        }
+    }
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+
+    /// BLKDISCARD through a real block device: a loop device over a sparse file (its driver
+    /// punches holes, so discarded granules read as zeros and free the file's blocks). Partial
+    /// granules at the edges are zero-filled, not freed. Skipped where no loop device can be
+    /// attached.
+    #[tokio::test]
+    async fn block_device_discard_frees_whole_granules_and_zeroes_the_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("loop.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let Some(dev) = Loop::attach(&img) else {
+            eprintln!("skipped: cannot attach a loop device here");
+            return;
+        };
+        for (name, engine) in engines() {
+            let backend = FileBackend::open_block_device(Path::new(&dev.0), false)
+                .unwrap()
+                .with_engine(engine);
+            let p = backend.provisioning();
+            if !p.discard {
+                eprintln!("skipped: {} cannot discard here ({p:?})", dev.0);
+                return;
+            }
+            assert!(
+                p.discard_zeroes,
+                "loop devices read discarded granules as zeros"
+            );
+            let g = p.granularity;
+            assert!(g >= 512 && (8 << 20) % g == 0, "{p:?}");
+            backend
+                .write_at(0, Bytes::from(vec![0xCD; 8 << 20]), true)
+                .await
+                .unwrap();
+            let allocated = || std::fs::metadata(&img).unwrap().blocks() * 512;
+            let before = allocated();
+            assert!(before >= 8 << 20, "{name}: {before}");
+            // From 512 bytes into the first granule to 512 bytes into the last one.
+            backend.discard(512, (8 << 20) - g).await.unwrap();
+            let back = backend.read_at(0, 8 << 20).await.unwrap();
+            let end = (8 << 20) - g as usize + 512;
+            assert!(
+                back[..512].iter().all(|&b| b == 0xCD),
+                "{name}: before the range"
+            );
+            assert!(
+                back[512..end].iter().all(|&b| b == 0),
+                "{name}: the discarded range reads as zeros"
+            );
+            assert!(
+                back[end..].iter().all(|&b| b == 0xCD),
+                "{name}: after the range"
+            );
+            let after = allocated();
+            assert!(
+                after <= before - (8 << 20) + 2 * g,
+                "{name}: the whole granules were freed ({before} -> {after})"
+            );
+            // Read-only: not thin.
+            let ro = FileBackend::open_block_device(Path::new(&dev.0), true).unwrap();
+            assert!(!ro.supports_discard() && !ro.provisioning().discard);
+            eprintln!("{name}: ok ({before} -> {after} bytes allocated)");
         }
     }
 

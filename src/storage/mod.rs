@@ -6,6 +6,7 @@
 //! pool, or an io_uring engine: [`uring::UringEngine`]) and RAM ([`memory::MemoryBackend`],
 //! for tests). [`select_engine`] picks the engine at start.
 
+pub mod device;
 pub mod file;
 pub mod memory;
 pub mod uring;
@@ -104,9 +105,10 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Deallocates `len` bytes at `offset`. Backends that support it guarantee that the range
-    /// reads back as zeros afterwards (that is what keel reports as LBPRZ = 1, SBC-4 §4.7.4.2):
+    /// Deallocates `len` bytes at `offset`. When [`Provisioning::discard_zeroes`] is set, the
+    /// range reads back as zeros afterwards (what keel reports as LBPRZ = 1, SBC-4 §4.7.4.2):
     /// a backend that cannot free space for part of the range zero-fills that part instead.
+    /// Without it, what the range reads back as is up to the device (LBPRZ = 0).
     fn discard(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
         let _ = (offset, len);
         Box::pin(async {
@@ -129,6 +131,50 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
     fn discard_granularity(&self) -> u64 {
         4096
     }
+
+    /// What the medium can do about deallocation, for READ CAPACITY(16) and the block limits
+    /// and logical block provisioning VPD pages. The default: what
+    /// [`BlockBackend::supports_discard`] and [`BlockBackend::discard_granularity`] say, with
+    /// discarded ranges reading back as zeros.
+    fn provisioning(&self) -> Provisioning {
+        Provisioning {
+            discard: self.supports_discard(),
+            discard_zeroes: true,
+            granularity: self.discard_granularity(),
+            alignment: 0,
+            io_granularity: 0,
+        }
+    }
+}
+
+/// A medium's provisioning capabilities (see [`BlockBackend::provisioning`]); the SCSI layer
+/// maps them to LBPME/LBPRZ, LBPU/LBPWS/LBPWS10 and the UNMAP and transfer granularities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provisioning {
+    /// [`BlockBackend::discard`] releases space (thin provisioning: LBPME, UNMAP).
+    pub discard: bool,
+    /// Discarded ranges read back as zeros (LBPRZ; WRITE SAME with UNMAP may deallocate).
+    pub discard_zeroes: bool,
+    /// Bytes: space is released in whole aligned granules of this size.
+    pub granularity: u64,
+    /// Bytes: the offset in the medium of the first granule boundary (a partition that does
+    /// not start on one), below `granularity`.
+    pub alignment: u64,
+    /// Bytes: transfers that are not a multiple of this may be slow (a read-modify-write
+    /// below it): a block device's preferred minimum I/O size, e.g. a zvol's volblocksize.
+    /// 0 if unknown.
+    pub io_granularity: u64,
+}
+
+impl Provisioning {
+    /// A medium that cannot deallocate anything.
+    pub const FULLY_PROVISIONED: Provisioning = Provisioning {
+        discard: false,
+        discard_zeroes: false,
+        granularity: 0,
+        alignment: 0,
+        io_granularity: 0,
+    };
 }
 
 /// A run of bytes with one allocation state (see [`BlockBackend::allocation`]).

@@ -82,6 +82,26 @@ roundtrip() {
     echo "ok: $n MiB at $off MiB written and read back identical (O_DIRECT)"
 }
 
+# guest_keel_start: run keel INSIDE the guest with /tmp/keel.toml (checked first), logging to
+# /tmp/keel.log (appended: one log over restarts); sets KP (its pid). guest_keel_stop: SIGTERM,
+# at most 5 s, and keel must exit cleanly.
+guest_keel_start() {
+    run /vm/keel check --config /tmp/keel.toml
+    touch /tmp/keel.log; local n; n=$(wc -l < /tmp/keel.log)
+    KEEL_LOG=info /vm/keel serve --config /tmp/keel.toml >> /tmp/keel.log 2>&1 &
+    KP=$!
+    for _ in $(seq 1 100); do tail -n +$((n + 1)) /tmp/keel.log | grep -q listening && break; sleep 0.1; done
+    tail -n +$((n + 1)) /tmp/keel.log | grep -q listening || { tail -20 /tmp/keel.log; die "keel did not start in the guest"; }
+    keel_log() { echo "--- guest keel log (tail):"; tail -15 /tmp/keel.log; }
+    trap keel_log EXIT
+}
+guest_keel_stop() {
+    kill -TERM $KP; for _ in $(seq 1 50); do kill -0 $KP 2>/dev/null || break; sleep 0.1; done
+    kill -0 $KP 2>/dev/null && die "keel did not stop on SIGTERM"
+    wait $KP || die "keel exited with an error"
+    KP=
+}
+
 # zvol_setup: a pool on /dev/vdc, a sparse zvol (volblocksize 4096) and a thick one (volblocksize
 # 512), both compression=off (so zeros cost space and only a real discard frees it); keel started
 # INSIDE the guest serving them as LUN 0 and 1 on 127.0.0.1:3260; the guest initiator logged in.
@@ -120,14 +140,7 @@ lun = 1
 block = "/dev/zvol/tank/thick"
 block_size = $(lbs thick)
 EOT
-    run /vm/keel check --config /tmp/keel.toml
-    KEEL_LOG=info /vm/keel serve --config /tmp/keel.toml > /tmp/keel.log 2>&1 &
-    KP=$!
-    for _ in $(seq 1 100); do grep -q listening /tmp/keel.log && break; sleep 0.1; done
-    grep -q listening /tmp/keel.log || { cat /tmp/keel.log; die "keel did not start in the guest"; }
-    keel_log() { echo "--- guest keel log (tail):"; tail -15 /tmp/keel.log; }
-    trap keel_log EXIT
-
+    guest_keel_start
     iscsi_init
     discover
     login
@@ -137,8 +150,6 @@ EOT
 }
 zvol_teardown() {
     logout
-    kill -TERM $KP; for _ in $(seq 1 50); do kill -0 $KP 2>/dev/null || break; sleep 0.1; done
-    kill -0 $KP 2>/dev/null && die "keel did not stop on SIGTERM"
-    wait $KP || die "keel exited with an error"
+    guest_keel_stop
     run zpool export tank
 }

@@ -16,12 +16,15 @@
 //! - Short reads and writes are completed by resubmitting the rest; EINTR/EAGAIN are retried.
 //!   Reads and writes larger than Linux's per-call cap (MAX_RW_COUNT) are split the same way.
 //! - FUA is a write with `RWF_DSYNC`; flush is `IORING_OP_FSYNC` with `DATASYNC`; discard is
-//!   `IORING_OP_FALLOCATE` (the caller falls back to zero-filling where it is not supported).
+//!   `IORING_OP_FALLOCATE` (the caller falls back to zero-filling where it is not supported);
+//!   block devices are discarded with the `BLKDISCARD` ioctl of `blkdev`, which both engines
+//!   run on the blocking pool (io_uring has no discard op on Linux 6.1).
 //!
-//! This is the only module where `unsafe` is allowed. The invariant every block relies on: an
-//! op whose SQE was pushed stays in `Ring::slots` (heap buffers unmoved: moving a `BytesMut` or
-//! `Bytes` handle does not move its bytes) until its CQE is reaped; the thread exits only with
-//! no op in flight, and on an abnormal exit (a panic) the in-flight ops are leaked, not freed.
+//! This is the only module (with its `blkdev` submodule) where `unsafe` is allowed. The
+//! invariant every block here relies on: an op whose SQE was pushed stays in `Ring::slots`
+//! (heap buffers unmoved: moving a `BytesMut` or `Bytes` handle does not move its bytes) until
+//! its CQE is reaped; the thread exits only with no op in flight, and on an abnormal exit (a
+//! panic) the in-flight ops are leaked, not freed.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -36,6 +39,8 @@ use bytes::{Bytes, BytesMut};
 use io_uring::{IoUring, opcode, squeue, types};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
+
+pub(crate) mod blkdev;
 
 /// Submission queue size; the completion queue is twice as large.
 const RING_ENTRIES: u32 = 256;
