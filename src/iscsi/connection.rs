@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -731,14 +732,15 @@ impl Session<'_> {
             warn!(itt, "bidirectional command refused");
             let refuse =
                 ScsiResponse::check_condition(&Sense::invalid_field_in_cdb(0, None), false);
-            self.start(&mut task, cmd, Work::Fail(refuse), 0, None);
+            self.start(&mut task, cmd, Work::Fail(refuse), 0, None)
+                .await;
             self.tasks.insert(itt, task);
             return;
         }
         if !cmd.write || edtl == 0 || edtl > MAX_WRITE_BUFFER {
             // No data to collect (or too much to buffer: the SCSI layer refuses it).
             let work = self.scsi_request(&task, &cmd, cmd.data.clone());
-            self.start(&mut task, cmd, work, 0, None);
+            self.start(&mut task, cmd, work, 0, None).await;
             self.tasks.insert(itt, task);
             return;
         }
@@ -784,7 +786,7 @@ impl Session<'_> {
             outstanding: Vec::new(),
         });
         if collect.received == edtl {
-            self.finish_collect(&mut task, *collect);
+            self.finish_collect(&mut task, *collect).await;
         } else {
             if let Some(ticket) = awaiting_budget {
                 self.wait_for_budget(itt, ticket, edtl);
@@ -965,7 +967,7 @@ impl Session<'_> {
                 if let TaskState::Collecting(c) =
                     std::mem::replace(&mut task.state, TaskState::Running)
                 {
-                    self.finish_collect(&mut task, *c);
+                    self.finish_collect(&mut task, *c).await;
                 }
             } else if c.awaiting_budget.is_none() {
                 self.issue_r2ts(c).await;
@@ -975,13 +977,13 @@ impl Session<'_> {
         Flow::Continue
     }
 
-    fn finish_collect(&mut self, task: &mut Task, c: WriteCollect) {
+    async fn finish_collect(&mut self, task: &mut Task, c: WriteCollect) {
         let work = if let Some(sense) = &c.failure {
             Work::Fail(ScsiResponse::check_condition(sense, false))
         } else {
             self.scsi_request(task, &c.command, c.buffer.freeze())
         };
-        self.start(task, c.command, work, c.r2t_sn, c.budget);
+        self.start(task, c.command, work, c.r2t_sn, c.budget).await;
     }
 
     fn scsi_request(&self, task: &Task, cmd: &ScsiCommand, data_out: Bytes) -> Work {
@@ -1002,7 +1004,7 @@ impl Session<'_> {
     /// Runs the command's work on its own tokio task, tracked by the session.
     /// `budget`, a write's share of the write-buffer memory, is returned when the command
     /// has run and its data is gone.
-    fn start(
+    async fn start(
         &mut self,
         task: &mut Task,
         cmd: ScsiCommand,
@@ -1028,7 +1030,7 @@ impl Session<'_> {
         let done = self.done_tx.clone();
         let fate = task.fate.clone();
         let finished = task.finished.clone();
-        self.running.spawn(
+        let command = Box::pin(
             async move {
                 // Fires however this future ends, so nobody waits on it forever.
                 let _finished = finished.drop_guard();
@@ -1068,6 +1070,14 @@ impl Session<'_> {
             }
             .in_current_span(),
         );
+        // Many commands finish at their first poll (reads served from memory, refusals):
+        // those run right here, sparing a task spawn and a hop to another thread. The others
+        // go on on their own task, tracked with the session's.
+        let mut command = command;
+        let first = std::future::poll_fn(|cx| Poll::Ready(command.as_mut().poll(cx))).await;
+        if first.is_pending() {
+            self.running.spawn(command);
+        }
         task.state = TaskState::Running;
     }
 
