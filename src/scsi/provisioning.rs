@@ -684,7 +684,10 @@ mod tests {
             io_granularity: 8192,
             ..Provisioning::FULLY_PROVISIONED
         };
-        assert_eq!(&block_limits_page(512, 1, &thick, None)[6..8], &16u16.to_be_bytes());
+        assert_eq!(
+            &block_limits_page(512, 1, &thick, None)[6..8],
+            &16u16.to_be_bytes()
+        );
     }
 
     /// RAM whose discards do not promise zeros (like an SSD: LBPRZ = 0). Discard scribbles
