@@ -19,6 +19,13 @@ use crate::scsi::pr_store::file_store;
 use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
 use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
 
+mod threads;
+use threads::ConnectionThreads;
+
+/// Blocking-pool threads (storage syscalls of the thread-pool engine) over all connection
+/// threads: a slow disk queues work instead of spawning threads without limit.
+const MAX_BLOCKING_THREADS: usize = 64;
+
 /// A server with its listeners bound, ready to run.
 pub struct Server {
     ctx: Arc<Context>,
@@ -144,16 +151,29 @@ impl Server {
     /// Serves until `shutdown` resolves: then stops accepting, lets every session finish its
     /// in-flight commands, and flushes every backend.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let count = ConnectionThreads::default_count();
+        let threads = Arc::new(
+            ConnectionThreads::start(count, MAX_BLOCKING_THREADS / count)
+                .context("cannot start the connection threads")?,
+        );
         let tracker = TaskTracker::new();
         for listener in self.listeners {
             let ctx = self.ctx.clone();
             let connections = tracker.clone();
+            let threads = threads.clone();
             tracker.spawn(async move {
                 loop {
                     tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => {
-                                connections.spawn(connection::serve(stream, ctx.clone()));
+                        accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
+                            Ok(stream) => {
+                                let ctx = ctx.clone();
+                                // The socket moves to its thread's reactor there.
+                                threads.spawn(connections.track_future(async move {
+                                    match tokio::net::TcpStream::from_std(stream) {
+                                        Ok(stream) => connection::serve(stream, ctx).await,
+                                        Err(e) => warn!("cannot adopt a connection: {e}"),
+                                    }
+                                }));
                             }
                             Err(e) => {
                                 // Out of descriptors and the like: back off instead of spinning.
@@ -175,6 +195,9 @@ impl Server {
             .is_err()
         {
             warn!("some connections did not finish in time");
+        }
+        if let Ok(threads) = Arc::try_unwrap(threads) {
+            threads.stop().await;
         }
         for target in self.ctx.targets.list() {
             for lu in target.device.luns() {
