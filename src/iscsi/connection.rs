@@ -495,18 +495,22 @@ impl Session<'_> {
         let ping_timeout = Duration::from_secs(self.ctx.settings.nop_timeout_secs);
         let mut last_heard = Instant::now();
         let mut ping: Option<(u32, Instant)> = None;
+        // Made once, not per PDU: each of these registers with a waiter list or the timer
+        // wheel, which per PDU showed in profiles. The idle timer is moved lazily: hearing
+        // from the initiator does not reset it; when it fires, it checks whether the
+        // connection has really been quiet for the whole interval.
+        let replaced = self.guard.cancel.clone().cancelled_owned();
+        let shutdown = self.ctx.shutdown.clone().cancelled_owned();
+        let timer = tokio::time::sleep_until(last_heard + idle_limit);
+        tokio::pin!(replaced, shutdown, timer);
         loop {
-            let deadline = match ping {
-                Some((_, deadline)) => deadline,
-                None => last_heard + idle_limit,
-            };
             tokio::select! {
                 biased;
-                _ = self.guard.cancel.cancelled() => {
+                _ = &mut replaced => {
                     info!("session replaced or reset; closing");
                     return Ok(());
                 }
-                _ = self.ctx.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     info!("server shutting down; closing the session");
                     return Ok(());
                 }
@@ -537,14 +541,24 @@ impl Session<'_> {
                         return Ok(());
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    if ping.is_some() {
-                        warn!("no answer to NOP-In within {ping_timeout:?}; dropping the connection");
-                        return Ok(());
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    match ping {
+                        Some((_, deadline)) if now >= deadline => {
+                            warn!("no answer to NOP-In within {ping_timeout:?}; dropping the connection");
+                            return Ok(());
+                        }
+                        Some((_, deadline)) => timer.as_mut().reset(deadline),
+                        None if now < last_heard + idle_limit => {
+                            timer.as_mut().reset(last_heard + idle_limit);
+                        }
+                        None => {
+                            let ttt = self.allocate_ttt();
+                            self.send(Reply::NopIn(NopIn { lun: [0; 8], itt: RESERVED_TAG, ttt, sn: SeqNums::default(), data: Bytes::new() })).await;
+                            ping = Some((ttt, now + ping_timeout));
+                            timer.as_mut().reset(now + ping_timeout);
+                        }
                     }
-                    let ttt = self.allocate_ttt();
-                    self.send(Reply::NopIn(NopIn { lun: [0; 8], itt: RESERVED_TAG, ttt, sn: SeqNums::default(), data: Bytes::new() })).await;
-                    ping = Some((ttt, Instant::now() + ping_timeout));
                 }
             }
         }
@@ -737,8 +751,9 @@ impl Session<'_> {
             self.tasks.insert(itt, task);
             return;
         }
-        if !cmd.write || edtl == 0 || edtl > MAX_WRITE_BUFFER {
-            // No data to collect (or too much to buffer: the SCSI layer refuses it).
+        if !cmd.write || edtl == 0 || edtl > MAX_WRITE_BUFFER || immediate_len == edtl {
+            // No data to collect (or too much to buffer: the SCSI layer refuses it), or all
+            // of it came as immediate data: the command PDU's own buffer is the data.
             let work = self.scsi_request(&task, &cmd, cmd.data.clone());
             self.start(&mut task, cmd, work, 0, None).await;
             self.tasks.insert(itt, task);
