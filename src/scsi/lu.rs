@@ -627,11 +627,7 @@ mod tests {
     }
 
     fn nexus(name: &str) -> Nexus {
-        Nexus {
-            initiator_port: Arc::from(format!("iqn.2026-01.test:{name},i,0x000000000001")),
-            target_port: Arc::from("iqn.2026-01.test:t,t,0x0001"),
-            relative_port: 1,
-        }
+        Nexus::for_test(name)
     }
 
     fn removable_lu() -> LogicalUnit {

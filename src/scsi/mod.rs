@@ -50,6 +50,19 @@ pub struct Nexus {
     pub relative_port: u16,
 }
 
+#[cfg(test)]
+impl Nexus {
+    /// A nexus for unit tests: initiator `iqn.2026-01.test:NAME`, ISID 1, on port 1 of the
+    /// target `iqn.2026-01.test:t`.
+    pub(crate) fn for_test(name: &str) -> Nexus {
+        Nexus {
+            initiator_port: Arc::from(format!("iqn.2026-01.test:{name},i,0x000000000001")),
+            target_port: Arc::from("iqn.2026-01.test:t,t,0x0001"),
+            relative_port: 1,
+        }
+    }
+}
+
 /// SAM-5 task attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskAttr {

@@ -124,17 +124,12 @@ pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, cdb: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::scsi::pr::{NexusId, PrType, Registration, Reservation};
 
     fn nexus(name: &str) -> Nexus {
-        Nexus {
-            initiator_port: Arc::from(format!("iqn.2026-01.test:{name},i,0x000000000001")),
-            target_port: Arc::from("iqn.2026-01.test:t,t,0x0001"),
-            relative_port: 1,
-        }
+        Nexus::for_test(name)
     }
 
     fn registration(n: &Nexus, key: u64) -> Registration {

@@ -236,12 +236,8 @@ impl TaskSet {
 mod tests {
     use super::*;
 
-    fn nexus(initiator: &str) -> Arc<Nexus> {
-        Arc::new(Nexus {
-            initiator_port: format!("{initiator},i,0x1").into(),
-            target_port: "iqn.t,t,0x0001".into(),
-            relative_port: 1,
-        })
+    fn nexus(name: &str) -> Arc<Nexus> {
+        Arc::new(Nexus::for_test(name))
     }
 
     #[test]

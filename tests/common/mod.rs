@@ -46,19 +46,7 @@ impl Keel {
              [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n",
             dir.path().display()
         );
-        let config = config::parse(&text, "test").unwrap();
-        let server = Server::bind(&config).await.unwrap();
-        let addr = server.local_addrs()[0];
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        Keel {
-            addr,
-            dir,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Keel::serve(dir, &text).await
     }
 
     /// keel in an existing data directory (a restart): one target with one file LUN
@@ -70,7 +58,12 @@ impl Keel {
              [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n{lun_extra}\n",
             dir.path().display()
         );
-        let config = config::parse(&text, "test").unwrap();
+        Keel::serve(dir, &text).await
+    }
+
+    /// keel in this process on the configuration `text`, with `dir` as its data directory.
+    async fn serve(dir: tempfile::TempDir, text: &str) -> Keel {
+        let config = config::parse(text, "test").unwrap();
         let server = Server::bind(&config).await.unwrap();
         let addr = server.local_addrs()[0];
         let (tx, rx) = tokio::sync::oneshot::channel();
