@@ -123,6 +123,9 @@ pub struct LoginMachine {
     negotiated: Negotiated,
     answered: HashSet<String>,
     declared_our_limits: bool,
+    /// The first complete request (its text possibly spread over continued PDUs) has been
+    /// processed: names, target lookup, access control.
+    introduced: bool,
     access: LoginAccess,
     auth: Authenticator,
 }
@@ -140,6 +143,7 @@ impl LoginMachine {
             negotiated: Negotiated::defaults(settings),
             answered: HashSet::new(),
             declared_our_limits: false,
+            introduced: false,
             access: LoginAccess::default(),
             auth: Authenticator::default(),
         }
@@ -266,8 +270,12 @@ impl LoginMachine {
             }
         }
 
-        // The first request names the initiator and, for a normal session, the target.
-        let first = self.target.is_none() && expected_stage.is_none();
+        // The first request names the initiator and, for a normal session, the target. "First"
+        // is the first complete request: a request whose text came in continued PDUs has
+        // already set the stage, and must not skip the target lookup, the allow list or the
+        // CHAP requirement.
+        let first = !self.introduced;
+        self.introduced = true;
         if first {
             if self.initiator_name.as_deref().is_none_or(str::is_empty) {
                 return fail(

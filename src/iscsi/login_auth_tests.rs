@@ -471,3 +471,55 @@ fn discovery_sessions_use_the_discovery_policy() {
         LoginStep::Complete(..)
     ));
 }
+
+/// Found by fuzzing (fuzz/seeds/login/regress-continued-first-request): when the first
+/// request's text came in continued PDUs, the machine did not treat the completed request as
+/// the first one, so a normal session logged in without a target, past the allow list and
+/// CHAP, and a discovery session past discovery CHAP.
+#[test]
+fn a_continued_first_request_gets_the_first_requests_checks() {
+    fn continued(
+        m: &mut LoginMachine,
+        csg: u8,
+        pairs: &[(&str, &str)],
+        find: &dyn Fn(&str) -> Option<LoginTarget>,
+    ) -> LoginStep {
+        let full = text::encode(pairs);
+        let mut head = req(csg, 3, false, &[]);
+        head.continue_bit = true;
+        head.data = full.slice(..10);
+        assert!(matches!(m.step(&head, find), LoginStep::Respond(_)));
+        let mut tail = req(csg, 3, true, &[]);
+        tail.data = full.slice(10..);
+        m.step(&tail, find)
+    }
+    let normal = [("InitiatorName", "iqn.y:other"), ("TargetName", TARGET)];
+
+    // A CHAP target, straight to the operational stage: refused, as without the C bit.
+    let find = |_: &str| Some(target(Some(policy(false)), &[]));
+    let (s, _) = failed(continued(&mut machine(&all(), None), 1, &normal, &find));
+    assert_eq!(s, status::AUTHENTICATION_FAILED);
+    // An allow list that does not name the initiator.
+    let find = |_: &str| Some(target(None, &["iqn.x:*"]));
+    let (s, _) = failed(continued(&mut machine(&all(), None), 0, &normal, &find));
+    assert_eq!(s, status::AUTHORIZATION_FAILED);
+    // An unknown target.
+    let (s, _) = failed(continued(&mut machine(&all(), None), 0, &normal, &|_| None));
+    assert_eq!(s, status::NOT_FOUND);
+    // Discovery CHAP, skipped through the operational stage.
+    let discovery = [
+        ("InitiatorName", "iqn.y:other"),
+        ("SessionType", "Discovery"),
+    ];
+    let mut m = machine(&all(), Some(policy(false)));
+    let (s, _) = failed(continued(&mut m, 1, &discovery, &|_| None));
+    assert_eq!(s, status::AUTHENTICATION_FAILED);
+    // And the lawful case still completes, with the target named.
+    let find = |_: &str| Some(target(None, &[]));
+    match continued(&mut machine(&all(), None), 0, &normal, &find) {
+        LoginStep::Complete(_, outcome) => {
+            assert_eq!(outcome.target.map(|t| t.name).as_deref(), Some(TARGET))
+        }
+        other => panic!("expected Complete, got {other:?}"),
+    }
+}
