@@ -80,9 +80,15 @@ fn check_pdu(pdu: &RawPdu, limits: FrameLimits) {
     };
     // Round trip: encode, frame with the same digests, decode again.
     let (head, data) = req.encode();
-    assert!(head.len() >= BHS_LEN && (head.len() - BHS_LEN) % 4 == 0);
+    assert!(head.len() >= BHS_LEN && (head.len() - BHS_LEN).is_multiple_of(4));
     let mut parts = Vec::new();
-    frame_parts(&head, &data, limits.header_digest, limits.data_digest, &mut parts);
+    frame_parts(
+        &head,
+        &data,
+        limits.header_digest,
+        limits.data_digest,
+        &mut parts,
+    );
     let wire: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
 
     let mut queue = BufQueue::default();

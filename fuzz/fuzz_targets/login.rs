@@ -154,7 +154,10 @@ fuzz_target!(|input: &[u8]| {
                         discovery_chap.as_deref()
                     }
                     SessionType::Normal => {
-                        let t = outcome.target.as_ref().expect("a normal session names a target");
+                        let t = outcome
+                            .target
+                            .as_ref()
+                            .expect("a normal session names a target");
                         assert_eq!(t.name, TARGET);
                         assert!(
                             allowed.permits(&outcome.initiator_name),

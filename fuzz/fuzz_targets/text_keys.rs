@@ -48,7 +48,10 @@ fn settings(variant: u8) -> IscsiSettings {
 
 fn check_answer(key: &str, value: &str, rule: Rule, answer: &Answer, discovery: bool) {
     let Answer::Reply(reply) = answer else {
-        assert!(matches!(rule, Rule::Declare | Rule::Login), "{key} was silent");
+        assert!(
+            matches!(rule, Rule::Declare | Rule::Login),
+            "{key} was silent"
+        );
         return;
     };
     if reply == "Reject" || (discovery && reply == "Irrelevant") {
