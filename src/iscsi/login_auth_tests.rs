@@ -523,3 +523,72 @@ fn a_continued_first_request_gets_the_first_requests_checks() {
         other => panic!("expected Complete, got {other:?}"),
     }
 }
+
+/// Found by fuzzing (fuzz/seeds/login/regress-renamed-after-allow-list): a later request
+/// could change InitiatorName after the allow list had admitted the first one's, and the
+/// session then ran under the new name. Changing SessionType went further: Normal for the
+/// target lookup, Discovery (open) to leave the security stage without CHAP, Normal again
+/// to complete: a session on a CHAP target with no authentication at all.
+#[test]
+fn names_and_session_type_cannot_change_after_the_first_request() {
+    let find = |_: &str| Some(target(None, &["iqn.x:*"]));
+    let mut m = machine(&all(), None);
+    let first = [("InitiatorName", "iqn.x:i"), ("TargetName", TARGET)];
+    assert!(respond(m.step(&req(0, 1, true, &first), &find)).transit);
+    let (s, why) = failed(m.step(&req(1, 3, true, &[("InitiatorName", "iqn.y:evil")]), &find));
+    assert_eq!(s, status::INITIATOR_ERROR);
+    assert!(why.contains("InitiatorName"), "{why}");
+
+    // The CHAP bypass: stay in the security stage as Normal (target found, CHAP demanded),
+    // then declare Discovery (open here) with AuthMethod=None and transit, then Normal again.
+    // Unfixed, the third request completed a normal session with no CHAP user.
+    let find = |_: &str| Some(target(Some(policy(false)), &[]));
+    let mut m = machine(&all(), None);
+    let r = respond(m.step(
+        &req(
+            0,
+            1,
+            false,
+            &[("InitiatorName", "iqn.x:i"), ("TargetName", TARGET)],
+        ),
+        &find,
+    ));
+    assert!(!r.transit);
+    let (s, _) = failed(m.step(
+        &req(
+            0,
+            1,
+            true,
+            &[("SessionType", "Discovery"), ("AuthMethod", "None")],
+        ),
+        &find,
+    ));
+    assert_eq!(s, status::INITIATOR_ERROR);
+
+    let mut m = machine(&all(), None);
+    respond(m.step(&req(0, 1, true, &first), &|_| Some(target(None, &[]))));
+    let (s, _) = failed(m.step(
+        &req(
+            1,
+            3,
+            true,
+            &[("TargetName", "iqn.2026-11.org.example:other")],
+        ),
+        &|_| Some(target(None, &[])),
+    ));
+    assert_eq!(s, status::INITIATOR_ERROR);
+
+    // Repeating the same declarations is harmless.
+    let find = |_: &str| Some(target(None, &[]));
+    let mut m = machine(&all(), None);
+    respond(m.step(&req(0, 1, true, &first), &find));
+    let again = [
+        ("InitiatorName", "iqn.x:i"),
+        ("TargetName", TARGET),
+        ("SessionType", "Normal"),
+    ];
+    assert!(matches!(
+        m.step(&req(1, 3, true, &again), &find),
+        LoginStep::Complete(..)
+    ));
+}
