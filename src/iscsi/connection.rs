@@ -106,6 +106,10 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     .await
 }
 
+/// Read buffer of a connection in the login phase, and of one in the full feature phase.
+const LOGIN_READ_BUFFER: usize = 4 * 1024;
+const SESSION_READ_BUFFER: usize = 64 * 1024;
+
 async fn run(
     stream: TcpStream,
     ctx: &Arc<Context>,
@@ -114,7 +118,12 @@ async fn run(
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr()?;
     let (rd, mut wr) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(rd, PduCodec::new(FrameLimits::LOGIN), 64 * 1024);
+    // A connection that has not logged in gets a small read buffer (a login PDU is at most
+    // 48 + 8192 bytes, and the buffer grows when one needs more): a thousand idle
+    // connections then cost a few MiB, not 64 KiB each of heap that the allocator keeps
+    // after they are gone. The full-size buffer comes with the full feature phase.
+    let mut reader =
+        FramedRead::with_capacity(rd, PduCodec::new(FrameLimits::LOGIN), LOGIN_READ_BUFFER);
 
     let login_time = Duration::from_secs(ctx.settings.login_timeout_secs);
     let login = tokio::select! {
@@ -137,6 +146,7 @@ async fn run(
     };
 
     let params = outcome.params;
+    reader.read_buffer_mut().reserve(SESSION_READ_BUFFER);
     reader.decoder_mut().limits = FrameLimits {
         header_digest: params.header_digest,
         data_digest: params.data_digest,

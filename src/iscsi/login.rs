@@ -123,6 +123,9 @@ pub struct LoginMachine {
     negotiated: Negotiated,
     answered: HashSet<String>,
     declared_our_limits: bool,
+    /// The first complete request (its text possibly spread over continued PDUs) has been
+    /// processed: names, target lookup, access control.
+    introduced: bool,
     access: LoginAccess,
     auth: Authenticator,
 }
@@ -140,6 +143,7 @@ impl LoginMachine {
             negotiated: Negotiated::defaults(settings),
             answered: HashSet::new(),
             declared_our_limits: false,
+            introduced: false,
             access: LoginAccess::default(),
             auth: Authenticator::default(),
         }
@@ -156,6 +160,23 @@ impl LoginMachine {
         match self.session_type {
             Some(SessionType::Discovery) => self.access.discovery_chap.as_deref(),
             _ => self.target.as_ref().and_then(|t| t.chap.as_deref()),
+        }
+    }
+
+    /// Whether `key=value` changes a declaration of the first request (initiator name,
+    /// target name, session type).
+    fn redeclares(&self, key: &str, value: &str) -> bool {
+        match key {
+            "InitiatorName" => self.initiator_name.as_deref() != Some(value),
+            "TargetName" => self.target.as_ref().map(|t| t.name.as_str()) != Some(value),
+            "SessionType" => {
+                let declared = match self.session_type {
+                    Some(SessionType::Discovery) => "Discovery",
+                    _ => "Normal",
+                };
+                value != declared
+            }
+            _ => false,
         }
     }
 
@@ -220,12 +241,28 @@ impl LoginMachine {
             Err(e) => return fail(response, status::INITIATOR_ERROR, e.to_string()),
         };
 
+        // "First" is the first complete request: a request whose text came in continued PDUs
+        // has already set the stage, and must not skip the target lookup, the allow list or
+        // the CHAP requirement.
+        let first = !self.introduced;
+        self.introduced = true;
+
         let mut replies: Vec<(String, String)> = Vec::new();
         let mut requested_target: Option<String> = None;
         let mut auth_keys = AuthKeys::default();
         for (key, value) in &pairs {
             if auth_keys.take(key, value) {
                 continue;
+            }
+            // Who logs in to what, and the session type, are declared by the first request
+            // (RFC 7143 §6.3, §13.10-13.11): the access checks and the CHAP policy were
+            // decided by them. A later request may repeat them, not change them.
+            if !first && self.redeclares(key, value) {
+                return fail(
+                    response,
+                    status::INITIATOR_ERROR,
+                    format!("{key} changed after the first login request"),
+                );
             }
             match key.as_str() {
                 "InitiatorName" => self.initiator_name = Some(value.clone()),
@@ -267,7 +304,6 @@ impl LoginMachine {
         }
 
         // The first request names the initiator and, for a normal session, the target.
-        let first = self.target.is_none() && expected_stage.is_none();
         if first {
             if self.initiator_name.as_deref().is_none_or(str::is_empty) {
                 return fail(

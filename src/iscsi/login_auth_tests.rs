@@ -471,3 +471,124 @@ fn discovery_sessions_use_the_discovery_policy() {
         LoginStep::Complete(..)
     ));
 }
+
+/// Found by fuzzing (fuzz/seeds/login/regress-continued-first-request): when the first
+/// request's text came in continued PDUs, the machine did not treat the completed request as
+/// the first one, so a normal session logged in without a target, past the allow list and
+/// CHAP, and a discovery session past discovery CHAP.
+#[test]
+fn a_continued_first_request_gets_the_first_requests_checks() {
+    fn continued(
+        m: &mut LoginMachine,
+        csg: u8,
+        pairs: &[(&str, &str)],
+        find: &dyn Fn(&str) -> Option<LoginTarget>,
+    ) -> LoginStep {
+        let full = text::encode(pairs);
+        let mut head = req(csg, 3, false, &[]);
+        head.continue_bit = true;
+        head.data = full.slice(..10);
+        assert!(matches!(m.step(&head, find), LoginStep::Respond(_)));
+        let mut tail = req(csg, 3, true, &[]);
+        tail.data = full.slice(10..);
+        m.step(&tail, find)
+    }
+    let normal = [("InitiatorName", "iqn.y:other"), ("TargetName", TARGET)];
+
+    // A CHAP target, straight to the operational stage: refused, as without the C bit.
+    let find = |_: &str| Some(target(Some(policy(false)), &[]));
+    let (s, _) = failed(continued(&mut machine(&all(), None), 1, &normal, &find));
+    assert_eq!(s, status::AUTHENTICATION_FAILED);
+    // An allow list that does not name the initiator.
+    let find = |_: &str| Some(target(None, &["iqn.x:*"]));
+    let (s, _) = failed(continued(&mut machine(&all(), None), 0, &normal, &find));
+    assert_eq!(s, status::AUTHORIZATION_FAILED);
+    // An unknown target.
+    let (s, _) = failed(continued(&mut machine(&all(), None), 0, &normal, &|_| None));
+    assert_eq!(s, status::NOT_FOUND);
+    // Discovery CHAP, skipped through the operational stage.
+    let discovery = [
+        ("InitiatorName", "iqn.y:other"),
+        ("SessionType", "Discovery"),
+    ];
+    let mut m = machine(&all(), Some(policy(false)));
+    let (s, _) = failed(continued(&mut m, 1, &discovery, &|_| None));
+    assert_eq!(s, status::AUTHENTICATION_FAILED);
+    // And the lawful case still completes, with the target named.
+    let find = |_: &str| Some(target(None, &[]));
+    match continued(&mut machine(&all(), None), 0, &normal, &find) {
+        LoginStep::Complete(_, outcome) => {
+            assert_eq!(outcome.target.map(|t| t.name).as_deref(), Some(TARGET))
+        }
+        other => panic!("expected Complete, got {other:?}"),
+    }
+}
+
+/// Found by fuzzing (fuzz/seeds/login/regress-renamed-after-allow-list): a later request
+/// could change InitiatorName after the allow list had admitted the first one's, and the
+/// session then ran under the new name. Changing SessionType went further: Normal for the
+/// target lookup, Discovery (open) to leave the security stage without CHAP, Normal again
+/// to complete: a session on a CHAP target with no authentication at all.
+#[test]
+fn names_and_session_type_cannot_change_after_the_first_request() {
+    let find = |_: &str| Some(target(None, &["iqn.x:*"]));
+    let mut m = machine(&all(), None);
+    let first = [("InitiatorName", "iqn.x:i"), ("TargetName", TARGET)];
+    assert!(respond(m.step(&req(0, 1, true, &first), &find)).transit);
+    let (s, why) = failed(m.step(&req(1, 3, true, &[("InitiatorName", "iqn.y:evil")]), &find));
+    assert_eq!(s, status::INITIATOR_ERROR);
+    assert!(why.contains("InitiatorName"), "{why}");
+
+    // The CHAP bypass: stay in the security stage as Normal (target found, CHAP demanded),
+    // then declare Discovery (open here) with AuthMethod=None and transit, then Normal again.
+    // Unfixed, the third request completed a normal session with no CHAP user.
+    let find = |_: &str| Some(target(Some(policy(false)), &[]));
+    let mut m = machine(&all(), None);
+    let r = respond(m.step(
+        &req(
+            0,
+            1,
+            false,
+            &[("InitiatorName", "iqn.x:i"), ("TargetName", TARGET)],
+        ),
+        &find,
+    ));
+    assert!(!r.transit);
+    let (s, _) = failed(m.step(
+        &req(
+            0,
+            1,
+            true,
+            &[("SessionType", "Discovery"), ("AuthMethod", "None")],
+        ),
+        &find,
+    ));
+    assert_eq!(s, status::INITIATOR_ERROR);
+
+    let mut m = machine(&all(), None);
+    respond(m.step(&req(0, 1, true, &first), &|_| Some(target(None, &[]))));
+    let (s, _) = failed(m.step(
+        &req(
+            1,
+            3,
+            true,
+            &[("TargetName", "iqn.2026-11.org.example:other")],
+        ),
+        &|_| Some(target(None, &[])),
+    ));
+    assert_eq!(s, status::INITIATOR_ERROR);
+
+    // Repeating the same declarations is harmless.
+    let find = |_: &str| Some(target(None, &[]));
+    let mut m = machine(&all(), None);
+    respond(m.step(&req(0, 1, true, &first), &find));
+    let again = [
+        ("InitiatorName", "iqn.x:i"),
+        ("TargetName", TARGET),
+        ("SessionType", "Normal"),
+    ];
+    assert!(matches!(
+        m.step(&req(1, 3, true, &again), &find),
+        LoginStep::Complete(..)
+    ));
+}

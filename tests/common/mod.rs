@@ -100,6 +100,158 @@ impl Keel {
     }
 }
 
+/// keel's own binary (the one cargo builds for these tests) running as a child process, so that its descriptors
+/// and memory can be measured apart from the test harness (whose other tests run in the same
+/// process as an in-process [`Keel`]).
+pub struct KeelProcess {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+/// Open descriptors and resident memory of a process, from /proc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub fds: usize,
+    pub rss_kib: u64,
+}
+
+impl Usage {
+    /// Reads /proc/PID/fd and VmRSS from /proc/PID/status; `None` if the process is gone.
+    pub fn of(pid: u32) -> Option<Usage> {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+        Some(Usage { fds, rss_kib })
+    }
+}
+
+impl KeelProcess {
+    /// Starts `keel serve` on 127.0.0.1 (an ephemeral port) with one file LUN of `size`;
+    /// `server_extra` adds lines to [server]. Waits (bounded) for its "listening" line.
+    pub async fn start(size: &str, server_extra: &str) -> KeelProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("targets.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n{server_extra}\n\
+                 [[target]]\nname = \"{TARGET}\"\n\
+                 [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log_path = dir.path().join("keel.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("KEEL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut keel = KeelProcess {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            child,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let portal = text
+                .lines()
+                .filter(|l| l.contains("listening"))
+                .find_map(|l| l.split("portal=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok());
+            if let Some(addr) = portal {
+                keel.addr = addr;
+                return keel;
+            }
+            assert!(
+                keel.child.try_wait().unwrap().is_none(),
+                "keel exited at start: {text}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keel did not start: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn usage(&mut self) -> Usage {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "keel exited: {}",
+            self.log()
+        );
+        Usage::of(self.pid()).expect("keel's /proc entry")
+    }
+
+    /// Polls (every 50 ms, at most `within`) until `settled` holds for keel's usage; returns
+    /// the last reading either way.
+    pub async fn settle(&mut self, within: Duration, settled: impl Fn(Usage) -> bool) -> Usage {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let u = self.usage();
+            if settled(u) || std::time::Instant::now() >= deadline {
+                return u;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("keel.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then a bounded wait for a clean exit.
+    pub async fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "keel exited with {status}: {}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keel did not stop on SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for KeelProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// What the target answered to a SCSI command.
 #[derive(Debug, Default)]
 pub struct ScsiResult {
@@ -725,7 +877,12 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// A logged-in session with its power-on unit attention cleared, on its own ISID.
 pub async fn honest_session(keel: &Keel, isid: u8) -> Initiator {
-    let mut i = Initiator::connect(keel.addr).await;
+    honest_session_at(keel.addr, isid).await
+}
+
+/// [`honest_session`] against any address (e.g. a [`KeelProcess`]).
+pub async fn honest_session_at(addr: SocketAddr, isid: u8) -> Initiator {
+    let mut i = Initiator::connect(addr).await;
     i.isid[5] = isid;
     i.login(Some(TARGET), &[]).await;
     i.clear_unit_attention().await;
