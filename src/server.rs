@@ -49,6 +49,8 @@ impl Server {
         let ctx = Arc::new(ctx);
         // One ring (and its thread) for every LUN, chosen once.
         let uses_files = config.targets.iter().any(|t| !t.luns.is_empty());
+        // Large-read buffers, reused across every LUN of the server.
+        let read_buffers = crate::storage::pool::BufferPool::new();
         let engine = if uses_files {
             select_engine(config.io_engine, UringEngine::new)?
         } else {
@@ -83,7 +85,11 @@ impl Server {
                         path.display()
                     )
                 })?;
-                let backend: Arc<dyn BlockBackend> = Arc::new(opened.with_engine(engine.clone()));
+                let backend: Arc<dyn BlockBackend> = Arc::new(
+                    opened
+                        .with_engine(engine.clone())
+                        .with_buffer_pool(read_buffers.clone()),
+                );
                 if !backend.size_bytes().is_multiple_of(l.block_size as u64) {
                     warn!(target = %t.name, lun = l.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), l.block_size);
                 }

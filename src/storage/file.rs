@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::device::{self, split_discard};
+use super::pool::BufferPool;
 use super::uring::{UringEngine, blkdev};
 use super::{BlockBackend, Extent, IoFuture, Provisioning, push_extent};
 
@@ -52,6 +53,8 @@ pub struct FileBackend {
     /// through the ring (which hands tmpfs I/O to a kernel worker thread: two thread hops for
     /// a memcpy). Writes to one file do meet on its inode lock, but only for that memcpy.
     memory_resident: bool,
+    /// Buffers for large reads, shared by the backends of one server.
+    pool: Arc<BufferPool>,
 }
 
 /// `statfs.f_type` of the file systems whose files are only ever memory (linux/magic.h).
@@ -99,6 +102,7 @@ impl FileBackend {
         Ok(FileBackend {
             size: meta.len(),
             memory_resident: is_memory_resident(&file),
+            pool: BufferPool::new(),
             file: Arc::new(file),
             path: path.to_owned(),
             read_only,
@@ -159,12 +163,19 @@ impl FileBackend {
             engine: None,
             nowait_reads: std::sync::atomic::AtomicBool::new(true),
             memory_resident: false,
+            pool: BufferPool::new(),
         })
     }
 
     /// Sends reads, writes, flushes and discards through `engine` (`None`: the blocking pool).
     pub fn with_engine(mut self, engine: Option<Arc<UringEngine>>) -> Self {
         self.engine = engine;
+        self
+    }
+
+    /// Takes large-read buffers from `pool` (shared with other backends) instead of its own.
+    pub fn with_buffer_pool(mut self, pool: Arc<BufferPool>) -> Self {
+        self.pool = pool;
         self
     }
 
@@ -250,10 +261,11 @@ impl BlockBackend for FileBackend {
         if let Some(engine) = self.engine.as_ref().filter(|_| len < LARGE_READ) {
             return Box::pin(engine.read(&self.file, offset, len));
         }
+        let mut buf = self.pool.take(len);
         Box::pin(self.blocking(move |file| {
-            let mut buf = BytesMut::zeroed(len);
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(buf.freeze())
+            // Every byte is overwritten (or the read fails and the buffer goes back unused).
+            file.read_exact_at(buf.as_mut_slice(), offset)?;
+            Ok(buf.into_bytes())
         }))
     }
 

@@ -9,6 +9,7 @@
 pub mod device;
 pub mod file;
 pub mod memory;
+pub mod pool;
 pub mod uring;
 
 use std::future::Future;
