@@ -50,21 +50,7 @@ async fn login_key_floods_and_overlong_values_are_refused() {
     let mut refused = false;
     for (n, chunk) in all.chunks(8192).enumerate() {
         let last = (n + 1) * 8192 >= all.len();
-        let req = Request::Login(keel::wire::LoginRequest {
-            transit: last,
-            continue_bit: !last,
-            csg: 0,
-            nsg: 1,
-            version_max: 0,
-            version_min: 0,
-            isid: flood.isid,
-            tsih: 0,
-            itt: 0,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: Bytes::copy_from_slice(chunk),
-        });
+        let req = security_login(flood.isid, !last, Bytes::copy_from_slice(chunk));
         flood.send(&req).await;
         match flood.recv().await {
             Some(Reply::Login(r)) if r.status_class != 0 => {
@@ -319,21 +305,7 @@ async fn hostile_round(
     let mut flood = Initiator::connect(addr).await;
     let chunk = text::encode(&[("X-flood", "v".repeat(8000))]);
     for _ in 0..12 {
-        let req = Request::Login(keel::wire::LoginRequest {
-            transit: false,
-            continue_bit: true,
-            csg: 0,
-            nsg: 1,
-            version_max: 0,
-            version_min: 0,
-            isid: flood.isid,
-            tsih: 0,
-            itt: 0,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: chunk.clone(),
-        });
+        let req = security_login(flood.isid, true, chunk.clone());
         flood.send(&req).await;
         match flood.recv().await {
             Some(Reply::Login(r)) if r.status_class == 0 => continue,
@@ -419,4 +391,24 @@ async fn after_hostile_connections_keels_descriptors_and_memory_return() {
     );
     still_serves(&mut honest, 9).await;
     keel.stop().await;
+}
+
+/// A security-stage Login Request carrying `data`; with `continued` set, more text follows
+/// (C bit) and the stage does not move on yet, otherwise it asks for the next stage (T bit).
+fn security_login(isid: [u8; 6], continued: bool, data: Bytes) -> Request {
+    Request::Login(keel::wire::LoginRequest {
+        transit: !continued,
+        continue_bit: continued,
+        csg: 0,
+        nsg: 1,
+        version_max: 0,
+        version_min: 0,
+        isid,
+        tsih: 0,
+        itt: 0,
+        cid: 0,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        data,
+    })
 }
