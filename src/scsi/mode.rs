@@ -280,19 +280,6 @@ pub fn mode_sense(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
 // ---------------------------------------------------------------------------------------------
 // MODE SELECT
 
-/// 05/26/00 INVALID FIELD IN PARAMETER LIST, pointing at `byte` of the parameter list.
-pub fn invalid_field_in_parameter_list(byte: usize, bit: Option<u8>) -> Sense {
-    Sense {
-        field_pointer: Some((false, u16::try_from(byte).unwrap_or(u16::MAX), bit)),
-        ..Sense::new(SenseKey::IllegalRequest, 0x26, 0x00)
-    }
-}
-
-/// 05/1A/00 PARAMETER LIST LENGTH ERROR: the list is shorter than what it describes.
-pub const fn parameter_list_length_error() -> Sense {
-    Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
-}
-
 /// 06/2A/01 MODE PARAMETERS CHANGED.
 pub const fn mode_parameters_changed() -> Sense {
     Sense::new(SenseKey::UnitAttention, 0x2A, 0x01)
@@ -376,10 +363,12 @@ pub fn mode_select_values(
         // SPC-4 §6.9: no data, not an error.
         return Ok(*current);
     }
-    let list = list.get(..len).ok_or_else(parameter_list_length_error)?;
+    let list = list
+        .get(..len)
+        .ok_or_else(Sense::parameter_list_length_error)?;
     let header_len = if cdb.ten { 8 } else { 4 };
     if list.len() < header_len {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let (medium_type_at, bd_len, long_lba) = if cdb.ten {
         (
@@ -391,16 +380,19 @@ pub fn mode_select_values(
         (1, usize::from(list[3]), false)
     };
     if list[medium_type_at] != 0 {
-        return Err(invalid_field_in_parameter_list(medium_type_at, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(
+            medium_type_at,
+            Some(7),
+        ));
     }
     let bd_len_at = if cdb.ten { 6 } else { 3 };
     let descriptor_size = if long_lba { 16 } else { 8 };
     if bd_len != 0 && bd_len != descriptor_size {
-        return Err(invalid_field_in_parameter_list(bd_len_at, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(bd_len_at, Some(7)));
     }
     let pages_at = header_len + bd_len;
     if list.len() < pages_at {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     if bd_len != 0 {
         check_block_descriptor(&list[header_len..pages_at], header_len, long_lba, geometry)?;
@@ -413,26 +405,26 @@ pub fn mode_select_values(
     while at < list.len() {
         let header = list
             .get(at..at + 2)
-            .ok_or_else(parameter_list_length_error)?;
+            .ok_or_else(Sense::parameter_list_length_error)?;
         if header[0] & 0x40 != 0 {
             // SPF: sub_page format; none of the pages here has subpages.
-            return Err(invalid_field_in_parameter_list(at, Some(6)));
+            return Err(Sense::invalid_field_in_parameter_list(at, Some(6)));
         }
         let page = page_def(header[0] & 0x3F)
-            .ok_or_else(|| invalid_field_in_parameter_list(at, Some(5)))?;
+            .ok_or_else(|| Sense::invalid_field_in_parameter_list(at, Some(5)))?;
         if usize::from(header[1]) + 2 != page.len {
-            return Err(invalid_field_in_parameter_list(at + 1, Some(7)));
+            return Err(Sense::invalid_field_in_parameter_list(at + 1, Some(7)));
         }
         let sent = list
             .get(at..at + page.len)
-            .ok_or_else(parameter_list_length_error)?;
+            .ok_or_else(Sense::parameter_list_length_error)?;
         let now = (page.build)(&values);
         let mask = (page.changeable)();
         for (i, ((&s, &n), &m)) in sent.iter().zip(&now).zip(&mask).enumerate().skip(2) {
             let wrong = (s ^ n) & !m;
             if wrong != 0 {
                 let bit = 7 - wrong.leading_zeros() as u8;
-                return Err(invalid_field_in_parameter_list(at + i, Some(bit)));
+                return Err(Sense::invalid_field_in_parameter_list(at + i, Some(bit)));
             }
         }
         (page.apply)(sent, &mut values);
@@ -469,10 +461,13 @@ fn check_block_descriptor(
         geometry.blocks.min(u64::from(u32::MAX))
     };
     if blocks != 0 && blocks != current_blocks {
-        return Err(invalid_field_in_parameter_list(base, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(base, Some(7)));
     }
     if block_len != geometry.block_size {
-        return Err(invalid_field_in_parameter_list(base + len_at, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(
+            base + len_at,
+            Some(7),
+        ));
     }
     Ok(())
 }

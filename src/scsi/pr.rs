@@ -314,19 +314,6 @@ pub const fn registrations_preempted() -> Sense {
     Sense::new(SenseKey::UnitAttention, 0x2A, 0x05)
 }
 
-/// 05/1A/00 PARAMETER LIST LENGTH ERROR.
-pub const fn parameter_list_length_error() -> Sense {
-    Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
-}
-
-/// 05/26/00 INVALID FIELD IN PARAMETER LIST, pointing at `byte` (and `bit`).
-pub fn invalid_field_in_parameter_list(byte: usize, bit: Option<u8>) -> Sense {
-    Sense {
-        field_pointer: Some((false, u16::try_from(byte).unwrap_or(u16::MAX), bit)),
-        ..Sense::new(SenseKey::IllegalRequest, 0x26, 0x00)
-    }
-}
-
 /// 05/26/04 INVALID RELEASE OF PERSISTENT RESERVATION.
 pub const fn invalid_release() -> Sense {
     Sense::new(SenseKey::IllegalRequest, 0x26, 0x04)
@@ -417,7 +404,7 @@ struct BasicParams {
 fn decode_basic(cdb: &ProutCdb, data: &[u8]) -> Result<BasicParams, Sense> {
     let len = usize::try_from(cdb.parameter_list_length).unwrap_or(usize::MAX);
     if len < BASIC_PARAMETER_LIST_LEN || data.len() < len {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let data = &data[..len];
     let flags = data[20];
@@ -427,15 +414,15 @@ fn decode_basic(cdb: &ProutCdb, data: &[u8]) -> Result<BasicParams, Sense> {
         // SPC-4 §6.16.3: with SPEC_I_PT the list carries a TRANSPORTID PARAMETER DATA LENGTH
         // and that many bytes of TransportIDs, and nothing else.
         if len < BASIC_PARAMETER_LIST_LEN + 4 {
-            return Err(parameter_list_length_error());
+            return Err(Sense::parameter_list_length_error());
         }
         let tid_len = usize::try_from(be_u32(data, 24)).unwrap_or(usize::MAX);
         if BASIC_PARAMETER_LIST_LEN + 4 + tid_len != len {
-            return Err(parameter_list_length_error());
+            return Err(Sense::parameter_list_length_error());
         }
         transport_ids = parse_transport_ids(&data[28..], 28)?;
     } else if len != BASIC_PARAMETER_LIST_LEN {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     Ok(BasicParams {
         reservation_key: be_u64(data, 0),
@@ -464,26 +451,26 @@ pub fn parse_transport_ids(data: &[u8], base: usize) -> Result<Vec<(String, usiz
 /// One iSCSI TransportID at the start of `data`: its initiator spec and its length.
 pub fn parse_transport_id(data: &[u8], offset: usize) -> Result<(String, usize), Sense> {
     if data.len() < 4 {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let format = data[0] >> 6;
     if data[0] & 0x0F != PROTOCOL_ISCSI {
-        return Err(invalid_field_in_parameter_list(offset, Some(3)));
+        return Err(Sense::invalid_field_in_parameter_list(offset, Some(3)));
     }
     if format > 1 {
-        return Err(invalid_field_in_parameter_list(offset, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(offset, Some(7)));
     }
     let additional = usize::from(be_u16(data, 2));
     let total = 4 + additional;
     if additional % 4 != 0 || additional == 0 {
-        return Err(invalid_field_in_parameter_list(offset + 2, None));
+        return Err(Sense::invalid_field_in_parameter_list(offset + 2, None));
     }
     let Some(body) = data.get(4..total) else {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     };
     let text_len = body.iter().position(|&b| b == 0).unwrap_or(body.len());
     let text = std::str::from_utf8(&body[..text_len])
-        .map_err(|_| invalid_field_in_parameter_list(offset + 4, None))?;
+        .map_err(|_| Sense::invalid_field_in_parameter_list(offset + 4, None))?;
     let well_formed = match (format, text.split_once(ISID_SEPARATOR)) {
         (0, None) => !text.is_empty(),
         (1, Some((name, isid))) => {
@@ -492,7 +479,7 @@ pub fn parse_transport_id(data: &[u8], offset: usize) -> Result<(String, usize),
         _ => false,
     };
     if !well_formed || text.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(invalid_field_in_parameter_list(offset + 4, None));
+        return Err(Sense::invalid_field_in_parameter_list(offset + 4, None));
     }
     Ok((text.to_ascii_lowercase(), total))
 }
@@ -554,7 +541,7 @@ pub fn apply_prout(
             };
             let params = decode_basic(cdb, data)?;
             if params.spec_i_pt {
-                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+                return Err(Sense::invalid_field_in_parameter_list(20, Some(3)).into());
             }
             let key = registered_key(state, nexus)?;
             if key != params.reservation_key {
@@ -575,7 +562,7 @@ pub fn apply_prout(
         CLEAR => {
             let params = decode_basic(cdb, data)?;
             if params.spec_i_pt {
-                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+                return Err(Sense::invalid_field_in_parameter_list(20, Some(3)).into());
             }
             if registered_key(state, nexus)? != params.reservation_key {
                 return Err(Refusal::Conflict);
@@ -589,7 +576,7 @@ pub fn apply_prout(
 /// SPC-4 §6.16.3: a device server that cannot persist through power loss refuses APTPL set.
 fn check_aptpl(aptpl: bool, caps: Capabilities, byte: usize) -> Result<(), Refusal> {
     if aptpl && !caps.persist_through_power_loss {
-        Err(invalid_field_in_parameter_list(byte, Some(0)).into())
+        Err(Sense::invalid_field_in_parameter_list(byte, Some(0)).into())
     } else {
         Ok(())
     }
@@ -628,7 +615,7 @@ fn register(
                 return Err(Refusal::Conflict);
             }
             if ignore_existing && params.spec_i_pt {
-                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+                return Err(Sense::invalid_field_in_parameter_list(20, Some(3)).into());
             }
             if params.service_action_key == 0 {
                 // Unregistering an unregistered nexus: nothing to do, GOOD.
@@ -655,7 +642,7 @@ fn register(
                     .chain(added.iter())
                     .any(|r| r.overlaps(&candidate))
                 {
-                    return Err(invalid_field_in_parameter_list(*offset, None).into());
+                    return Err(Sense::invalid_field_in_parameter_list(*offset, None).into());
                 }
                 added.push(candidate);
             }
@@ -670,7 +657,7 @@ fn register(
             }
             // §6.16.3: SPEC_I_PT from a registered nexus is an invalid field.
             if params.spec_i_pt {
-                return Err(invalid_field_in_parameter_list(20, Some(3)).into());
+                return Err(Sense::invalid_field_in_parameter_list(20, Some(3)).into());
             }
             if params.service_action_key == 0 {
                 notices = unregister(&mut next, nexus, index);
@@ -813,7 +800,7 @@ fn preempt(
     // §5.13.11.4.1: SERVICE ACTION RESERVATION KEY zero only means something against an
     // all-registrants reservation.
     if key == 0 && !all_registrants {
-        return Err(invalid_field_in_parameter_list(8, None).into());
+        return Err(Sense::invalid_field_in_parameter_list(8, None).into());
     }
     let holder_key = state.reservation.as_ref().and_then(|r| {
         r.holder.as_ref().and_then(|id| {
@@ -895,12 +882,12 @@ fn register_and_move(
 ) -> Result<Outcome, Refusal> {
     let len = usize::try_from(cdb.parameter_list_length).unwrap_or(usize::MAX);
     if len < BASIC_PARAMETER_LIST_LEN || data.len() < len {
-        return Err(parameter_list_length_error().into());
+        return Err(Sense::parameter_list_length_error().into());
     }
     let data = &data[..len];
     let tid_len = usize::try_from(be_u32(data, 20)).unwrap_or(usize::MAX);
     if tid_len == 0 || BASIC_PARAMETER_LIST_LEN.saturating_add(tid_len) > len {
-        return Err(parameter_list_length_error().into());
+        return Err(Sense::parameter_list_length_error().into());
     }
     let reservation_key = be_u64(data, 0);
     let service_action_key = be_u64(data, 8);
@@ -920,12 +907,12 @@ fn register_and_move(
         return Err(Refusal::Conflict);
     }
     if service_action_key == 0 {
-        return Err(invalid_field_in_parameter_list(8, None).into());
+        return Err(Sense::invalid_field_in_parameter_list(8, None).into());
     }
     // Each keel target has one target port (its portal group); another relative port
     // identifier names nothing.
     if relative_port != nexus.relative_port {
-        return Err(invalid_field_in_parameter_list(18, None).into());
+        return Err(Sense::invalid_field_in_parameter_list(18, None).into());
     }
     let (initiator, _) = parse_transport_id(&data[24..24 + tid_len], 24)?;
     let destination = NexusId {
@@ -934,7 +921,7 @@ fn register_and_move(
         relative_port,
     };
     if destination.is(nexus) {
-        return Err(invalid_field_in_parameter_list(24, None).into());
+        return Err(Sense::invalid_field_in_parameter_list(24, None).into());
     }
     let mut next = state.clone();
     if !next.registrations.iter().any(|r| r.is_for(&destination)) {

@@ -141,7 +141,7 @@ fn parameter_list_length_must_be_24() {
         &params(0, 1, 0),
         CAPS,
     );
-    assert_eq!(r, Err(Refusal::Check(parameter_list_length_error())));
+    assert_eq!(r, Err(Refusal::Check(Sense::parameter_list_length_error())));
     // Data shorter than the CDB's parameter list length.
     let r = apply_prout(
         &PrState::default(),
@@ -150,7 +150,7 @@ fn parameter_list_length_must_be_24() {
         &[0; 10],
         CAPS,
     );
-    assert_eq!(r, Err(Refusal::Check(parameter_list_length_error())));
+    assert_eq!(r, Err(Refusal::Check(Sense::parameter_list_length_error())));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use super::lu::LogicalUnit;
 use super::opcodes::op;
 use super::sbc::check_lba_range;
 use super::sbc_offload::{max_compare_and_write_blocks, max_write_same_blocks};
-use super::sense::{Sense, SenseKey};
+use super::sense::Sense;
 use super::spc;
 use crate::storage::{Extent, Provisioning};
 
@@ -35,19 +35,6 @@ fn be<const N: usize>(data: &[u8], at: usize) -> [u8; N] {
         .and_then(|end| data.get(at..end))
         .and_then(|s| <[u8; N]>::try_from(s).ok())
         .unwrap_or([0; N])
-}
-
-/// 05/26/00 INVALID FIELD IN PARAMETER LIST, pointing at `byte` of the parameter list.
-fn invalid_field_in_parameter_list(byte: u16) -> Sense {
-    Sense {
-        field_pointer: Some((false, byte, Some(7))),
-        ..Sense::new(SenseKey::IllegalRequest, 0x26, 0x00)
-    }
-}
-
-/// 05/1A/00 PARAMETER LIST LENGTH ERROR.
-const fn parameter_list_length_error() -> Sense {
-    Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
 }
 
 /// What `lu`'s medium can do; a unit without a medium yet is fully provisioned.
@@ -210,17 +197,17 @@ pub fn parse_unmap_list(
         return Ok(Vec::new());
     }
     if list.len() < 8 {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let data_len = usize::from(u16::from_be_bytes(be(list, 0)));
     let bd_len = usize::from(u16::from_be_bytes(be(list, 2)));
     // UNMAP DATA LENGTH counts the bytes after itself; it may not claim more than was sent.
     if data_len + 2 > list.len() || bd_len + 8 > list.len() {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let count = bd_len / 16;
     if count > MAX_UNMAP_DESCRIPTORS as usize {
-        return Err(invalid_field_in_parameter_list(2));
+        return Err(Sense::invalid_field_in_parameter_list(2, Some(7)));
     }
     let mut total = 0u64;
     let mut descriptors = Vec::with_capacity(count);
@@ -234,9 +221,7 @@ pub fn parse_unmap_list(
         }
         total = total.saturating_add(u64::from(blocks));
         if total > max_lbas {
-            return Err(invalid_field_in_parameter_list(
-                u16::try_from(at + 8).unwrap_or(u16::MAX),
-            ));
+            return Err(Sense::invalid_field_in_parameter_list(at + 8, Some(7)));
         }
         if blocks > 0 {
             descriptors.push(UnmapDescriptor { lba, blocks });
@@ -263,7 +248,7 @@ pub async fn unmap(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Result
     let capacity = backend.size_bytes() / block_size;
     let available = usize::from(c.param_len).min(data_out.len());
     if c.param_len > 0 && available < 8 {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let descriptors = parse_unmap_list(
         &data_out[..available],

@@ -83,6 +83,25 @@ impl Sense {
         }
     }
 
+    /// 05/26/`ascq` (the INVALID FIELD IN PARAMETER LIST family), pointing at `byte` (and
+    /// `bit`) of the parameter list.
+    pub fn in_parameter_list(ascq: u8, byte: usize, bit: Option<u8>) -> Self {
+        Sense {
+            field_pointer: Some((false, u16::try_from(byte).unwrap_or(u16::MAX), bit)),
+            ..Sense::new(SenseKey::IllegalRequest, 0x26, ascq)
+        }
+    }
+
+    /// 05/26/00 INVALID FIELD IN PARAMETER LIST, pointing at `byte` (and `bit`) of the list.
+    pub fn invalid_field_in_parameter_list(byte: usize, bit: Option<u8>) -> Self {
+        Sense::in_parameter_list(0x00, byte, bit)
+    }
+
+    /// 05/1A/00 PARAMETER LIST LENGTH ERROR: the list is shorter or longer than it may be.
+    pub const fn parameter_list_length_error() -> Self {
+        Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
+    }
+
     /// 05/24/00 INVALID FIELD IN CDB without a field pointer (e.g. a CDB shorter than its
     /// opcode requires, where there is no byte to point at).
     pub const fn invalid_cdb() -> Self {

@@ -79,41 +79,24 @@ const IMPLEMENTED_DESCRIPTOR_TYPES: [u8; 2] = [SEGMENT_BLOCK_TO_BLOCK, CSCD_IDEN
 // ---------------------------------------------------------------------------------------
 // Sense conditions (SPC-4 §6.4.3 and Annex D).
 
-/// 05/1A/00 PARAMETER LIST LENGTH ERROR: the list is truncated or too long.
-pub const fn parameter_list_length_error() -> Sense {
-    Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
-}
-
-fn illegal_in_list(ascq: u8, byte: usize, bit: Option<u8>) -> Sense {
-    Sense {
-        field_pointer: Some((false, u16::try_from(byte).unwrap_or(u16::MAX), bit)),
-        ..Sense::new(SenseKey::IllegalRequest, 0x26, ascq)
-    }
-}
-
-/// 05/26/00 INVALID FIELD IN PARAMETER LIST at `byte` of the parameter list.
-pub fn invalid_field_in_list(byte: usize, bit: Option<u8>) -> Sense {
-    illegal_in_list(0x00, byte, bit)
-}
-
 /// 05/26/06 TOO MANY TARGET DESCRIPTORS.
 pub fn too_many_cscd_descriptors() -> Sense {
-    illegal_in_list(0x06, 2, Some(7))
+    Sense::in_parameter_list(0x06, 2, Some(7))
 }
 
 /// 05/26/07 UNSUPPORTED TARGET DESCRIPTOR TYPE CODE, at the descriptor's type code.
 pub fn unsupported_cscd_type(byte: usize) -> Sense {
-    illegal_in_list(0x07, byte, Some(7))
+    Sense::in_parameter_list(0x07, byte, Some(7))
 }
 
 /// 05/26/08 TOO MANY SEGMENT DESCRIPTORS.
 pub fn too_many_segment_descriptors() -> Sense {
-    illegal_in_list(0x08, 8, Some(7))
+    Sense::in_parameter_list(0x08, 8, Some(7))
 }
 
 /// 05/26/09 UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE, at the descriptor's type code.
 pub fn unsupported_segment_type(byte: usize) -> Sense {
-    illegal_in_list(0x09, byte, Some(7))
+    Sense::in_parameter_list(0x09, byte, Some(7))
 }
 
 /// 05/00/16 OPERATION IN PROGRESS: the list identifier belongs to a copy still running on
@@ -292,7 +275,7 @@ pub fn parse_parameter_list(list: &[u8]) -> Result<Option<ParameterList>, Sense>
         return Ok(None);
     }
     if list.len() < HEADER_LEN {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let list_id = byte_at(list, 0);
     let flags = byte_at(list, 1);
@@ -300,10 +283,10 @@ pub fn parse_parameter_list(list: &[u8]) -> Result<Option<ParameterList>, Sense>
         0b00 => ListIdUsage::Hold,
         0b10 => ListIdUsage::NoHold,
         0b11 => ListIdUsage::NoListId,
-        _ => return Err(invalid_field_in_list(1, Some(4))),
+        _ => return Err(Sense::invalid_field_in_parameter_list(1, Some(4))),
     };
     if usage == ListIdUsage::NoListId && list_id != 0 {
-        return Err(invalid_field_in_list(0, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(0, Some(7)));
     }
     let cscd_list_len = usize::from(be16(list, 2));
     let segment_list_len = be32(list, 8);
@@ -312,22 +295,22 @@ pub fn parse_parameter_list(list: &[u8]) -> Result<Option<ParameterList>, Sense>
         .ok()
         .and_then(|c| c.checked_add(u64::from(segment_list_len)));
     if descriptors_len.is_none_or(|len| len > u64::from(MAX_DESCRIPTOR_LIST_LENGTH)) {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     // MAXIMUM INLINE DATA LENGTH is zero: no inline or embedded data segments.
     if inline_len != 0 {
-        return Err(invalid_field_in_list(12, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(12, Some(7)));
     }
     // Both lengths are now within MAX_DESCRIPTOR_LIST_LENGTH, so these sums cannot overflow.
     let segment_list_len = segment_list_len as usize;
     let cscd_end = HEADER_LEN + cscd_list_len;
     let segment_end = cscd_end + segment_list_len;
     if segment_end > list.len() {
-        return Err(parameter_list_length_error());
+        return Err(Sense::parameter_list_length_error());
     }
     let cscd_offsets =
         descriptor_offsets(HEADER_LEN, cscd_end, |at| Some(cscd_len(byte_at(list, at))))
-            .ok_or_else(|| invalid_field_in_list(2, Some(7)))?;
+            .ok_or_else(|| Sense::invalid_field_in_parameter_list(2, Some(7)))?;
     if cscd_offsets.len() > usize::from(MAX_CSCD_DESCRIPTORS) {
         return Err(too_many_cscd_descriptors());
     }
@@ -336,7 +319,7 @@ pub fn parse_parameter_list(list: &[u8]) -> Result<Option<ParameterList>, Sense>
     let segment_offsets = descriptor_offsets(cscd_end, segment_end, |at| {
         (at + 4 <= segment_end).then(|| 4 + usize::from(be16(list, at + 2)))
     })
-    .ok_or_else(|| invalid_field_in_list(8, Some(7)))?;
+    .ok_or_else(|| Sense::invalid_field_in_parameter_list(8, Some(7)))?;
     if segment_offsets.len() > usize::from(MAX_SEGMENT_DESCRIPTORS) {
         return Err(too_many_segment_descriptors());
     }
@@ -392,7 +375,7 @@ fn parse_cscd(list: &[u8], at: usize) -> Result<Cscd, Sense> {
     // devices are copy targets here.
     let peripheral_type = byte_at(list, at + 1) & 0x1F;
     if peripheral_type != 0 {
-        return Err(invalid_field_in_list(at + 1, Some(4)));
+        return Err(Sense::invalid_field_in_parameter_list(at + 1, Some(4)));
     }
     // Bytes 4-7: designation descriptor header; bytes 8-27: designator (at most 20 bytes).
     let code_set = byte_at(list, at + 4) & 0x0F;
@@ -400,11 +383,11 @@ fn parse_cscd(list: &[u8], at: usize) -> Result<Cscd, Sense> {
     let designator_type = byte_at(list, at + 5) & 0x0F;
     let designator_len = usize::from(byte_at(list, at + 7));
     if designator_len > 20 {
-        return Err(invalid_field_in_list(at + 7, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(at + 7, Some(7)));
     }
     let value = list
         .get(at + 8..at + 8 + designator_len)
-        .ok_or_else(parameter_list_length_error)?
+        .ok_or_else(Sense::parameter_list_length_error)?
         .to_vec();
     // Bytes 28-31: block device type specific parameters, DISK BLOCK LENGTH in 29-31.
     let disk_block_length = be32(list, at + 28) & 0x00FF_FFFF;
@@ -427,7 +410,7 @@ fn parse_segment(list: &[u8], at: usize) -> Result<BlockSegment, Sense> {
         return Err(unsupported_segment_type(at));
     }
     if usize::from(be16(list, at + 2)) + 4 != BLOCK_TO_BLOCK_LEN {
-        return Err(invalid_field_in_list(at + 2, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(at + 2, Some(7)));
     }
     let flags = byte_at(list, at + 1);
     // CAT (bit 0) only matters when a residue is left over, which block→block copies
@@ -515,7 +498,10 @@ fn resolve(
         return Err(copy_target_not_reachable(cscd.offset + 4));
     }
     if cscd.disk_block_length != lu.block_size() {
-        return Err(invalid_field_in_list(cscd.offset + 29, Some(7)));
+        return Err(Sense::invalid_field_in_parameter_list(
+            cscd.offset + 29,
+            Some(7),
+        ));
     }
     Ok(Arc::clone(lu))
 }
@@ -543,10 +529,10 @@ pub fn plan(list: &ParameterList, luns: &[Arc<LogicalUnit>]) -> Result<Vec<Plann
             let bytes = u64::from(segment.blocks) * counted_bs;
             // No residue (SPC-4 §6.4, block→block segment PAD/CAT rules): whole blocks on both sides.
             if bytes % source_bs != 0 || bytes % destination_bs != 0 {
-                return Err(invalid_field_in_list(at + 10, Some(7)));
+                return Err(Sense::invalid_field_in_parameter_list(at + 10, Some(7)));
             }
             if bytes > u64::from(MAX_SEGMENT_BYTES) {
-                return Err(invalid_field_in_list(at + 10, Some(7)));
+                return Err(Sense::invalid_field_in_parameter_list(at + 10, Some(7)));
             }
             let in_range = |lu: &LogicalUnit, lba: u64, bs: u64| -> Option<u64> {
                 let end = lba.checked_add(bytes / bs)?;
@@ -864,7 +850,7 @@ pub async fn extended_copy(
     // A shorter data-out buffer than the CDB announces truncates the list.
     let list_bytes = data_out
         .get(..param_len)
-        .ok_or_else(parameter_list_length_error)?;
+        .ok_or_else(Sense::parameter_list_length_error)?;
     let Some(list) = parse_parameter_list(list_bytes)? else {
         return Ok(ScsiResponse::good(Bytes::new()));
     };
