@@ -19,6 +19,7 @@
 use bytes::Bytes;
 
 use super::atomic_journal::RecordHeader;
+use super::cdb::bytes_at;
 use super::lu::LogicalUnit;
 use super::opcodes::op;
 use super::sbc::{MAX_TRANSFER_BYTES, check_lba_range};
@@ -97,12 +98,6 @@ pub struct WriteAtomicCdb {
     pub fua: bool,
 }
 
-fn be<const N: usize>(cdb: &[u8], at: usize) -> [u8; N] {
-    cdb.get(at..at + N)
-        .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .unwrap_or([0; N])
-}
-
 /// Decodes WRITE ATOMIC(16): byte 1 WRPROTECT (7-5, must be 0: no protection information),
 /// DPO, FUA; LBA 2..10; ATOMIC BOUNDARY 10..12 (must be 0: the block limits page announces
 /// no boundary support); TRANSFER LENGTH 12..14.
@@ -118,12 +113,12 @@ pub fn decode_write_atomic16(cdb: &[u8]) -> Result<WriteAtomicCdb, Sense> {
     if flags & 0xE0 != 0 {
         return Err(Sense::invalid_field_in_cdb(1, Some(7)));
     }
-    if u16::from_be_bytes(be(cdb, 10)) != 0 {
+    if u16::from_be_bytes(bytes_at(cdb, 10)) != 0 {
         return Err(Sense::invalid_field_in_cdb(10, Some(7)));
     }
     Ok(WriteAtomicCdb {
-        lba: u64::from_be_bytes(be(cdb, 2)),
-        blocks: u32::from(u16::from_be_bytes(be(cdb, 12))),
+        lba: u64::from_be_bytes(bytes_at(cdb, 2)),
+        blocks: u32::from(u16::from_be_bytes(bytes_at(cdb, 12))),
         dpo: flags & 0x10 != 0,
         fua: flags & 0x08 != 0,
     })

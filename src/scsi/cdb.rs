@@ -80,9 +80,9 @@ pub fn check_control_byte(cdb: &[u8], len: usize) -> Result<(), Sense> {
     Ok(())
 }
 
-/// `N` bytes at `at`, zeros if the CDB is too short (decoders check lengths first, so the
-/// fallback only keeps this total).
-fn bytes_at<const N: usize>(cdb: &[u8], at: usize) -> [u8; N] {
+/// `N` bytes at `at` of a CDB or parameter list, zeros if it is too short (decoders check
+/// lengths first, so the fallback only keeps this total). Every SCSI decoder reads with these.
+pub(super) fn bytes_at<const N: usize>(cdb: &[u8], at: usize) -> [u8; N] {
     at.checked_add(N)
         .and_then(|end| cdb.get(at..end))
         .and_then(|s| <[u8; N]>::try_from(s).ok())
@@ -93,15 +93,15 @@ pub(super) fn byte_at(cdb: &[u8], at: usize) -> u8 {
     cdb.get(at).copied().unwrap_or(0)
 }
 
-fn be16(cdb: &[u8], at: usize) -> u16 {
+pub(super) fn be16(cdb: &[u8], at: usize) -> u16 {
     u16::from_be_bytes(bytes_at(cdb, at))
 }
 
-fn be32(cdb: &[u8], at: usize) -> u32 {
+pub(super) fn be32(cdb: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(bytes_at(cdb, at))
 }
 
-fn be64(cdb: &[u8], at: usize) -> u64 {
+pub(super) fn be64(cdb: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(bytes_at(cdb, at))
 }
 

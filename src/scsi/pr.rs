@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Nexus;
+use super::cdb::{be16, be32, be64};
 use super::sense::{Sense, SenseKey};
 
 /// Most registrations one logical unit keeps; one more answers INSUFFICIENT REGISTRATION
@@ -324,24 +325,6 @@ pub const fn insufficient_registration_resources() -> Sense {
     Sense::new(SenseKey::IllegalRequest, 0x55, 0x04)
 }
 
-fn be_u16(data: &[u8], at: usize) -> u16 {
-    data.get(at..at + 2)
-        .and_then(|s| <[u8; 2]>::try_from(s).ok())
-        .map_or(0, u16::from_be_bytes)
-}
-
-fn be_u32(data: &[u8], at: usize) -> u32 {
-    data.get(at..at + 4)
-        .and_then(|s| <[u8; 4]>::try_from(s).ok())
-        .map_or(0, u32::from_be_bytes)
-}
-
-fn be_u64(data: &[u8], at: usize) -> u64 {
-    data.get(at..at + 8)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map_or(0, u64::from_be_bytes)
-}
-
 /// A decoded PERSISTENT RESERVE OUT CDB (SPC-4 §6.16.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProutCdb {
@@ -362,7 +345,7 @@ pub fn decode_prout(cdb: &[u8]) -> Result<ProutCdb, Sense> {
         service_action,
         scope: scope_type >> 4,
         type_code: scope_type & 0x0F,
-        parameter_list_length: be_u32(cdb, 5),
+        parameter_list_length: be32(cdb, 5),
     })
 }
 
@@ -380,13 +363,13 @@ pub fn decode_prin(cdb: &[u8]) -> Result<PrinCdb, Sense> {
     }
     Ok(PrinCdb {
         service_action,
-        allocation_length: be_u16(cdb, 7),
+        allocation_length: be16(cdb, 7),
     })
 }
 
 /// The write data a PERSISTENT RESERVE OUT CDB asks for (its PARAMETER LIST LENGTH).
 pub fn prout_data_out_needed(cdb: &[u8]) -> u32 {
-    be_u32(cdb, 5)
+    be32(cdb, 5)
 }
 
 /// The basic PERSISTENT RESERVE OUT parameter list (SPC-4 §6.16.3 table 190).
@@ -416,7 +399,7 @@ fn decode_basic(cdb: &ProutCdb, data: &[u8]) -> Result<BasicParams, Sense> {
         if len < BASIC_PARAMETER_LIST_LEN + 4 {
             return Err(Sense::parameter_list_length_error());
         }
-        let tid_len = usize::try_from(be_u32(data, 24)).unwrap_or(usize::MAX);
+        let tid_len = usize::try_from(be32(data, 24)).unwrap_or(usize::MAX);
         if BASIC_PARAMETER_LIST_LEN + 4 + tid_len != len {
             return Err(Sense::parameter_list_length_error());
         }
@@ -425,8 +408,8 @@ fn decode_basic(cdb: &ProutCdb, data: &[u8]) -> Result<BasicParams, Sense> {
         return Err(Sense::parameter_list_length_error());
     }
     Ok(BasicParams {
-        reservation_key: be_u64(data, 0),
-        service_action_key: be_u64(data, 8),
+        reservation_key: be64(data, 0),
+        service_action_key: be64(data, 8),
         spec_i_pt,
         all_tg_pt: flags & 0x04 != 0,
         aptpl: flags & 0x01 != 0,
@@ -460,7 +443,7 @@ pub fn parse_transport_id(data: &[u8], offset: usize) -> Result<(String, usize),
     if format > 1 {
         return Err(Sense::invalid_field_in_parameter_list(offset, Some(7)));
     }
-    let additional = usize::from(be_u16(data, 2));
+    let additional = usize::from(be16(data, 2));
     let total = 4 + additional;
     if additional % 4 != 0 || additional == 0 {
         return Err(Sense::invalid_field_in_parameter_list(offset + 2, None));
@@ -885,15 +868,15 @@ fn register_and_move(
         return Err(Sense::parameter_list_length_error().into());
     }
     let data = &data[..len];
-    let tid_len = usize::try_from(be_u32(data, 20)).unwrap_or(usize::MAX);
+    let tid_len = usize::try_from(be32(data, 20)).unwrap_or(usize::MAX);
     if tid_len == 0 || BASIC_PARAMETER_LIST_LEN.saturating_add(tid_len) > len {
         return Err(Sense::parameter_list_length_error().into());
     }
-    let reservation_key = be_u64(data, 0);
-    let service_action_key = be_u64(data, 8);
+    let reservation_key = be64(data, 0);
+    let service_action_key = be64(data, 8);
     let unreg = data[17] & 0x02 != 0;
     let aptpl = data[17] & 0x01 != 0;
-    let relative_port = be_u16(data, 18);
+    let relative_port = be16(data, 18);
     let sender_key = registered_key(state, nexus)?;
     if sender_key != reservation_key {
         return Err(Refusal::Conflict);

@@ -11,6 +11,7 @@
 use bytes::Bytes;
 
 use super::atomic::AtomicLimits;
+use super::cdb::bytes_at;
 use super::lu::LogicalUnit;
 use super::opcodes::op;
 use super::sbc::check_lba_range;
@@ -29,13 +30,6 @@ pub const MAX_UNMAP_BYTES: u64 = 512 << 20;
 const LBA_STATUS_WINDOW: u64 = 1 << 30;
 /// GET LBA STATUS returns at most this many descriptors.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 4096;
-
-fn be<const N: usize>(data: &[u8], at: usize) -> [u8; N] {
-    at.checked_add(N)
-        .and_then(|end| data.get(at..end))
-        .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .unwrap_or([0; N])
-}
 
 /// What `lu`'s medium can do; a unit without a medium yet is fully provisioned.
 pub fn provisioning(lu: &LogicalUnit) -> Provisioning {
@@ -169,7 +163,7 @@ pub fn decode_unmap(cdb: &[u8]) -> Result<UnmapCdb, Sense> {
     }
     Ok(UnmapCdb {
         anchor: cdb[1] & 0x01 != 0,
-        param_len: u16::from_be_bytes(be(cdb, 7)),
+        param_len: u16::from_be_bytes(bytes_at(cdb, 7)),
     })
 }
 
@@ -199,8 +193,8 @@ pub fn parse_unmap_list(
     if list.len() < 8 {
         return Err(Sense::parameter_list_length_error());
     }
-    let data_len = usize::from(u16::from_be_bytes(be(list, 0)));
-    let bd_len = usize::from(u16::from_be_bytes(be(list, 2)));
+    let data_len = usize::from(u16::from_be_bytes(bytes_at(list, 0)));
+    let bd_len = usize::from(u16::from_be_bytes(bytes_at(list, 2)));
     // UNMAP DATA LENGTH counts the bytes after itself; it may not claim more than was sent.
     if data_len + 2 > list.len() || bd_len + 8 > list.len() {
         return Err(Sense::parameter_list_length_error());
@@ -213,8 +207,8 @@ pub fn parse_unmap_list(
     let mut descriptors = Vec::with_capacity(count);
     for i in 0..count {
         let at = 8 + 16 * i;
-        let lba = u64::from_be_bytes(be(list, at));
-        let blocks = u32::from_be_bytes(be(list, at + 8));
+        let lba = u64::from_be_bytes(bytes_at(list, at));
+        let blocks = u32::from_be_bytes(bytes_at(list, at + 8));
         let end = lba.checked_add(u64::from(blocks));
         if end.is_none_or(|end| end > capacity) {
             return Err(Sense::lba_out_of_range());
@@ -290,8 +284,8 @@ pub fn decode_get_lba_status(cdb: &[u8]) -> Result<GetLbaStatusCdb, Sense> {
         return Err(Sense::invalid_cdb());
     }
     Ok(GetLbaStatusCdb {
-        lba: u64::from_be_bytes(be(cdb, 2)),
-        alloc_len: u32::from_be_bytes(be(cdb, 10)),
+        lba: u64::from_be_bytes(bytes_at(cdb, 2)),
+        alloc_len: u32::from_be_bytes(bytes_at(cdb, 10)),
     })
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::cdb::{be16, be32, be64, byte_at};
 use super::lu::LogicalUnit;
 use super::opcodes::op;
 use super::sbc::{MAX_TRANSFER_BYTES, check_lba_range};
@@ -68,29 +69,6 @@ pub const fn invalid_field_in_iu() -> Sense {
 
 // ---------------------------------------------------------------------------------------
 // Pure CDB field access (the CDB was length-checked against its opcode first).
-
-fn byte_at(cdb: &[u8], at: usize) -> u8 {
-    cdb.get(at).copied().unwrap_or(0)
-}
-
-fn be<const N: usize>(cdb: &[u8], at: usize) -> [u8; N] {
-    at.checked_add(N)
-        .and_then(|end| cdb.get(at..end))
-        .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .unwrap_or([0; N])
-}
-
-fn be16(cdb: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes(be(cdb, at))
-}
-
-fn be32(cdb: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(be(cdb, at))
-}
-
-fn be64(cdb: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(be(cdb, at))
-}
 
 fn require(cdb: &[u8], len: usize) -> Result<u8, Sense> {
     let code = *cdb.first().ok_or_else(Sense::invalid_opcode)?;

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::cdb::{be16, be32, be64, byte_at};
 use super::lu::LogicalUnit;
 use super::opcodes::op;
 use super::sense::{Sense, SenseKey};
@@ -130,29 +131,6 @@ pub fn third_party_device_failure(byte: usize) -> Sense {
 // ---------------------------------------------------------------------------------------
 // Byte access over untrusted input: never panics, reads zeros past the end (callers check
 // lengths first).
-
-fn be<const N: usize>(data: &[u8], at: usize) -> [u8; N] {
-    at.checked_add(N)
-        .and_then(|end| data.get(at..end))
-        .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .unwrap_or([0; N])
-}
-
-fn be16(data: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes(be(data, at))
-}
-
-fn be32(data: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(be(data, at))
-}
-
-fn be64(data: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(be(data, at))
-}
-
-fn byte_at(data: &[u8], at: usize) -> u8 {
-    data.get(at).copied().unwrap_or(0)
-}
 
 // ---------------------------------------------------------------------------------------
 // CDBs.
