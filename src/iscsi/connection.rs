@@ -430,14 +430,24 @@ struct WriteCollect {
     /// Set when a Data-Out was unusable (bad data digest, wrong DataSN): the task then ends
     /// with CHECK CONDITION and this sense once all its data is in (RFC 7143 §7.8 b).
     failure: Option<Sense>,
-    /// This write's share of the server's write-buffer memory, held until it has run.
-    budget: Option<OwnedSemaphorePermit>,
-    /// Waiting for its share (the ticket of the request): the buffer holds only the
-    /// unsolicited data and no R2T goes out until the share is granted.
-    awaiting_budget: Option<u64>,
+    /// This write's share of the server's write-buffer memory.
+    share: Share,
     next_r2t_offset: u32,
     r2t_sn: u32,
     outstanding: Vec<OutstandingR2t>,
+}
+
+/// A collecting write's share of the write-buffer memory (`write_buffer_mib`).
+enum Share {
+    /// Held until the write has run.
+    Held(OwnedSemaphorePermit),
+    /// Asked for with this ticket: the buffer holds only the unsolicited data and no R2T
+    /// goes out until the share is granted. Dropping the write (abort, connection end)
+    /// drops the guard, which takes the request out of the queue.
+    Waiting {
+        ticket: u64,
+        _withdraw: tokio_util::sync::DropGuard,
+    },
 }
 
 /// A write-buffer share for the write with this tag and ticket.
@@ -776,22 +786,12 @@ impl Session<'_> {
         };
         // The buffer is sized once this write has its share of the write-buffer memory;
         // until then only the unsolicited data (at most FirstBurstLength) has a place.
-        let budget = (immediate_len < edtl)
-            .then(|| {
-                Arc::clone(&self.ctx.write_budget)
-                    .try_acquire_many_owned(budget_units(edtl))
-                    .ok()
-            })
-            .flatten();
-        let awaiting_budget = (immediate_len < edtl && budget.is_none()).then(|| {
-            self.next_ticket += 1;
-            self.next_ticket
-        });
-        let mut buffer = BytesMut::zeroed(if awaiting_budget.is_some() {
-            unsolicited_end as usize
-        } else {
-            edtl as usize
-        });
+        let (share, buffer_len) =
+            match Arc::clone(&self.ctx.write_budget).try_acquire_many_owned(budget_units(edtl)) {
+                Ok(permit) => (Share::Held(permit), edtl),
+                Err(_) => (self.wait_for_budget(itt, edtl), unsolicited_end),
+            };
+        let mut buffer = BytesMut::zeroed(buffer_len as usize);
         buffer[..cmd.data.len()].copy_from_slice(&cmd.data);
         let mut collect = Box::new(WriteCollect {
             command: ScsiCommand {
@@ -804,35 +804,33 @@ impl Session<'_> {
             unsolicited_end,
             unsolicited_data_sn: 0,
             failure: None,
-            budget,
-            awaiting_budget,
+            share,
             next_r2t_offset: unsolicited_end,
             r2t_sn: 0,
             outstanding: Vec::new(),
         });
-        if collect.received == edtl {
-            self.finish_collect(&mut task, *collect).await;
-        } else {
-            if let Some(ticket) = awaiting_budget {
-                self.wait_for_budget(itt, ticket, edtl);
-            } else {
-                self.issue_r2ts(&mut collect).await;
-            }
-            task.state = TaskState::Collecting(collect);
+        // Not all the data came as immediate data (that case went above): ask for the rest.
+        if let Share::Held(_) = collect.share {
+            self.issue_r2ts(&mut collect).await;
         }
+        task.state = TaskState::Collecting(collect);
         self.tasks.insert(itt, task);
     }
 
     /// Waits, off the reader, for `edtl` bytes of the server's write-buffer memory and hands
     /// the share to the reader. Writes are served in arrival order (the semaphore is fair).
-    /// If the connection ends first, the wait ends with it.
-    fn wait_for_budget(&self, itt: u32, ticket: u64, edtl: u32) {
+    /// If the write or its connection ends first, the wait ends with it.
+    fn wait_for_budget(&mut self, itt: u32, edtl: u32) -> Share {
         debug!(
             itt,
             edtl, "write waits for write-buffer memory (write_buffer_mib)"
         );
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
         let budget = Arc::clone(&self.ctx.write_budget);
         let grants = self.grant_tx.clone();
+        let withdrawn = CancellationToken::new();
+        let withdraw = withdrawn.clone().drop_guard();
         tokio::spawn(async move {
             tokio::select! {
                 permit = budget.acquire_many_owned(budget_units(edtl)) => {
@@ -840,9 +838,14 @@ impl Session<'_> {
                         let _ = grants.send(BudgetGrant { itt, ticket, permit });
                     }
                 }
+                _ = withdrawn.cancelled() => {}
                 _ = grants.closed() => {}
             }
         });
+        Share::Waiting {
+            ticket,
+            _withdraw: withdraw,
+        }
     }
 
     /// A waiting write got its memory: size its buffer and ask for its data. A grant for a
@@ -853,11 +856,10 @@ impl Session<'_> {
             return;
         };
         if let TaskState::Collecting(c) = &mut task.state
-            && c.awaiting_budget == Some(grant.ticket)
+            && matches!(c.share, Share::Waiting { ticket, .. } if ticket == grant.ticket)
         {
-            c.awaiting_budget = None;
             c.buffer.resize(c.command.expected_length as usize, 0);
-            c.budget = Some(grant.permit);
+            c.share = Share::Held(grant.permit);
             self.issue_r2ts(c).await;
         }
         self.tasks.insert(grant.itt, task);
@@ -994,7 +996,7 @@ impl Session<'_> {
                 {
                     self.finish_collect(&mut task, *c).await;
                 }
-            } else if c.awaiting_budget.is_none() {
+            } else if let Share::Held(_) = c.share {
                 self.issue_r2ts(c).await;
             }
         }
@@ -1008,7 +1010,13 @@ impl Session<'_> {
         } else {
             self.scsi_request(task, &c.command, c.buffer.freeze())
         };
-        self.start(task, c.command, work, c.r2t_sn, c.budget).await;
+        // A write still waiting for its share can only finish here when its unsolicited
+        // data was all of it; its small buffer then holds everything.
+        let budget = match c.share {
+            Share::Held(permit) => Some(permit),
+            Share::Waiting { .. } => None,
+        };
+        self.start(task, c.command, work, c.r2t_sn, budget).await;
     }
 
     fn scsi_request(&self, task: &Task, cmd: &ScsiCommand, data_out: Bytes) -> Work {
