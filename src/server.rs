@@ -22,9 +22,10 @@ use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
 mod threads;
 use threads::ConnectionThreads;
 
-/// Blocking-pool threads (storage syscalls of the thread-pool engine) over all connection
-/// threads: a slow disk queues work instead of spawning threads without limit.
-const MAX_BLOCKING_THREADS: usize = 64;
+/// Blocking-pool threads of each connection thread's runtime. Storage syscalls run on the
+/// main runtime's bounded pool (`FileBackend::with_blocking_pool`); these serve only the
+/// rare reservation and atomic-write journal files.
+const CONNECTION_BLOCKING_THREADS: usize = 4;
 
 /// A server with its listeners bound, ready to run.
 pub struct Server {
@@ -49,8 +50,10 @@ impl Server {
         let ctx = Arc::new(ctx);
         // One ring (and its thread) for every LUN, chosen once.
         let uses_files = config.targets.iter().any(|t| !t.luns.is_empty());
-        // Large-read buffers, reused across every LUN of the server.
+        // Large-read buffers, reused across every LUN of the server; storage syscalls of the
+        // thread-pool engine on this (the main) runtime's bounded blocking pool.
         let read_buffers = crate::storage::pool::BufferPool::new();
+        let blocking_pool = tokio::runtime::Handle::current();
         let engine = if uses_files {
             select_engine(config.io_engine, UringEngine::new)?
         } else {
@@ -88,7 +91,8 @@ impl Server {
                 let backend: Arc<dyn BlockBackend> = Arc::new(
                     opened
                         .with_engine(engine.clone())
-                        .with_buffer_pool(read_buffers.clone()),
+                        .with_buffer_pool(read_buffers.clone())
+                        .with_blocking_pool(blocking_pool.clone()),
                 );
                 if !backend.size_bytes().is_multiple_of(l.block_size as u64) {
                     warn!(target = %t.name, lun = l.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), l.block_size);
@@ -159,7 +163,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let count = ConnectionThreads::default_count();
         let threads = Arc::new(
-            ConnectionThreads::start(count, MAX_BLOCKING_THREADS / count)
+            ConnectionThreads::start(count, CONNECTION_BLOCKING_THREADS)
                 .context("cannot start the connection threads")?,
         );
         let tracker = TaskTracker::new();

@@ -55,6 +55,9 @@ pub struct FileBackend {
     memory_resident: bool,
     /// Buffers for large reads, shared by the backends of one server.
     pool: Arc<BufferPool>,
+    /// Where the thread-pool engine's syscalls run: one bounded pool for the whole server
+    /// (`None`: the calling runtime's own).
+    blocking_pool: Option<tokio::runtime::Handle>,
 }
 
 /// `statfs.f_type` of the file systems whose files are only ever memory (linux/magic.h).
@@ -103,6 +106,7 @@ impl FileBackend {
             size: meta.len(),
             memory_resident: is_memory_resident(&file),
             pool: BufferPool::new(),
+            blocking_pool: None,
             file: Arc::new(file),
             path: path.to_owned(),
             read_only,
@@ -164,12 +168,21 @@ impl FileBackend {
             nowait_reads: std::sync::atomic::AtomicBool::new(true),
             memory_resident: false,
             pool: BufferPool::new(),
+            blocking_pool: None,
         })
     }
 
     /// Sends reads, writes, flushes and discards through `engine` (`None`: the blocking pool).
     pub fn with_engine(mut self, engine: Option<Arc<UringEngine>>) -> Self {
         self.engine = engine;
+        self
+    }
+
+    /// Runs its blocking syscalls on `runtime`'s blocking pool, whichever runtime the command
+    /// runs on: connections live on per-core runtimes, and one busy connection should be able
+    /// to use the whole server-wide pool, not a per-core slice of it.
+    pub fn with_blocking_pool(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.blocking_pool = Some(runtime);
         self
     }
 
@@ -193,9 +206,13 @@ impl FileBackend {
         op: impl FnOnce(&File) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let file = Arc::clone(&self.file);
-        tokio::task::spawn_blocking(move || op(&file))
-            .await
-            .map_err(|e| io::Error::other(format!("storage worker failed: {e}")))?
+        let job = move || op(&file);
+        match &self.blocking_pool {
+            Some(runtime) => runtime.spawn_blocking(job),
+            None => tokio::task::spawn_blocking(job),
+        }
+        .await
+        .map_err(|e| io::Error::other(format!("storage worker failed: {e}")))?
     }
 }
 
