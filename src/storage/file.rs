@@ -229,30 +229,23 @@ impl FileBackend {
         if len == 0 || len > INLINE_READ {
             return None;
         }
-        if self.memory_resident {
-            let mut buf = BytesMut::zeroed(len);
-            return match self.file.read_exact_at(&mut buf, offset) {
-                Ok(()) => Some(buf.freeze()),
-                Err(_) => None,
-            };
-        }
-        if !self.nowait_reads.load(Relaxed) {
+        let flags = if self.memory_resident {
+            rustix::io::ReadWriteFlags::empty()
+        } else if self.nowait_reads.load(Relaxed) {
+            rustix::io::ReadWriteFlags::NOWAIT
+        } else {
             return None;
-        }
+        };
         let mut buf = BytesMut::zeroed(len);
         let mut slices = [std::io::IoSliceMut::new(&mut buf)];
-        match rustix::io::preadv2(
-            &*self.file,
-            &mut slices,
-            offset,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        ) {
+        match rustix::io::preadv2(&*self.file, &mut slices, offset, flags) {
             Ok(n) if n == len => Some(buf.freeze()),
             Ok(_) => None,
             Err(e)
-                if e == rustix::io::Errno::OPNOTSUPP
-                    || e == rustix::io::Errno::INVAL
-                    || e == rustix::io::Errno::NOSYS =>
+                if flags.contains(rustix::io::ReadWriteFlags::NOWAIT)
+                    && (e == rustix::io::Errno::OPNOTSUPP
+                        || e == rustix::io::Errno::INVAL
+                        || e == rustix::io::Errno::NOSYS) =>
             {
                 self.nowait_reads.store(false, Relaxed);
                 None
