@@ -321,7 +321,8 @@ impl BlockBackend for FileBackend {
     }
 
     fn supports_discard(&self) -> bool {
-        self.provisioning.discard && !self.read_only
+        // A read-only unit was opened with discard off (`open_file`, `device::provisioning`).
+        self.provisioning.discard
     }
 
     /// A regular file: `fallocate(PUNCH_HOLE | KEEP_SIZE)` frees whole file system blocks and
@@ -384,10 +385,7 @@ impl BlockBackend for FileBackend {
     }
 
     fn provisioning(&self) -> Provisioning {
-        Provisioning {
-            discard: self.supports_discard(),
-            ..self.provisioning
-        }
+        self.provisioning
     }
 }
 
