@@ -22,7 +22,7 @@ use super::atomic_journal::RecordHeader;
 use super::cdb::bytes_at;
 use super::lu::LogicalUnit;
 use super::opcodes::op;
-use super::sbc::{MAX_TRANSFER_BYTES, check_lba_range};
+use super::sbc::{MAX_TRANSFER_BYTES, capacity_blocks, check_lba_range};
 use super::sbc_offload::invalid_field_in_iu;
 use super::sense::Sense;
 
@@ -155,7 +155,7 @@ pub async fn write_atomic16(
         return Err(Sense::write_protected());
     }
     let block_size = lu.block_size();
-    let capacity = backend.size_bytes() / u64::from(block_size);
+    let capacity = capacity_blocks(backend.as_ref(), block_size);
     check_lba_range(c.lba, u64::from(c.blocks), capacity)?;
     limits.check(c.lba, c.blocks)?;
     if c.blocks == 0 {

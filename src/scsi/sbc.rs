@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::cdb::{self, RwCdb};
+use super::cdb;
 use super::lu::LogicalUnit;
 use super::sense::Sense;
 use crate::storage::BlockBackend;
@@ -15,7 +15,7 @@ use crate::storage::BlockBackend;
 pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
 
 /// Addressable blocks of `backend` (a partial trailing block is not addressable).
-fn capacity_blocks(backend: &dyn BlockBackend, block_size: u32) -> u64 {
+pub(super) fn capacity_blocks(backend: &dyn BlockBackend, block_size: u32) -> u64 {
     backend.size_bytes() / u64::from(block_size.max(1))
 }
 
@@ -73,14 +73,53 @@ pub fn check_lba_range(lba: u64, blocks: u64, capacity: u64) -> Result<(), Sense
 }
 
 /// Bytes a transfer of `blocks` moves, refused (INVALID FIELD IN CDB at the TRANSFER LENGTH
-/// field) above [`MAX_TRANSFER_BYTES`], as the block limits page announces (SBC-3 §6.5.3).
-fn transfer_bytes(rw: &RwCdb, opcode: u8, block_size: u32) -> Result<usize, Sense> {
-    let bytes = u64::from(rw.blocks) * u64::from(block_size);
+/// field, byte `field`) above [`MAX_TRANSFER_BYTES`], as the block limits page announces
+/// (SBC-3 §6.5.3).
+pub(super) fn transfer_len(blocks: u32, block_size: u32, field: u16) -> Result<usize, Sense> {
+    let bytes = u64::from(blocks) * u64::from(block_size);
     if bytes > u64::from(MAX_TRANSFER_BYTES) {
-        let field = cdb::rw_transfer_length_offset(opcode);
         return Err(Sense::invalid_field_in_cdb(field, Some(7)));
     }
     usize::try_from(bytes).map_err(|_| Sense::invalid_cdb())
+}
+
+/// Byte offset of `lba`.
+pub(super) fn byte_offset(lba: u64, block_size: u32) -> Result<u64, Sense> {
+    lba.checked_mul(u64::from(block_size))
+        .ok_or_else(Sense::lba_out_of_range)
+}
+
+/// Reads `len` bytes at `offset` (block `lba`, for the sense INFORMATION field); a failed or
+/// short read is a MEDIUM ERROR.
+pub(super) async fn read_blocks(
+    backend: &dyn BlockBackend,
+    offset: u64,
+    len: usize,
+    lba: u64,
+) -> Result<Bytes, Sense> {
+    let data = backend.read_at(offset, len).await.map_err(|error| {
+        tracing::warn!(backend = %backend.describe(), lba, %error, "read failed");
+        Sense::medium_error_read().with_info(lba)
+    })?;
+    if data.len() != len {
+        tracing::warn!(backend = %backend.describe(), lba, wanted = len, got = data.len(), "short read");
+        return Err(Sense::medium_error_read().with_info(lba));
+    }
+    Ok(data)
+}
+
+/// Writes `data` at `offset` (block `lba`); a failed write is a MEDIUM ERROR.
+pub(super) async fn write_blocks(
+    backend: &dyn BlockBackend,
+    offset: u64,
+    data: Bytes,
+    fua: bool,
+    lba: u64,
+) -> Result<(), Sense> {
+    backend.write_at(offset, data, fua).await.map_err(|error| {
+        tracing::warn!(backend = %backend.describe(), lba, %error, "write failed");
+        Sense::medium_error_write().with_info(lba)
+    })
 }
 
 /// Write data a CDB asks for, in bytes (for the transport's residual accounting): 0 for
@@ -116,7 +155,11 @@ pub async fn read_write(
     let block_size = lu.block_size();
     let capacity = capacity_blocks(backend.as_ref(), block_size);
     check_lba_range(rw.lba, u64::from(rw.blocks), capacity)?;
-    let len = transfer_bytes(&rw, opcode, block_size)?;
+    let len = transfer_len(
+        rw.blocks,
+        block_size,
+        cdb::rw_transfer_length_offset(opcode),
+    )?;
     // FCP-4 write residuals
     let data = if rw.is_write {
         super::sbc_offload::write_payload(data_out, len, block_size)?
@@ -126,43 +169,18 @@ pub async fn read_write(
     if len == 0 || (rw.is_write && data.is_empty()) {
         return Ok(Bytes::new());
     }
-    let offset = rw
-        .lba
-        .checked_mul(u64::from(block_size))
-        .ok_or_else(Sense::lba_out_of_range)?;
+    let offset = byte_offset(rw.lba, block_size)?;
     if rw.is_write {
         // Ordered against COMPARE AND WRITE / ORWRITE
         let _shared = lu.write_shared().await;
-        backend
-            // WCE clear (caching mode page): no write completes from the volatile cache.
-            .write_at(offset, data, rw.fua || !lu.write_cache_enabled())
-            .await
-            .map_err(|error| {
-                tracing::warn!(
-                    backend = %backend.describe(), lba = rw.lba, blocks = rw.blocks, %error,
-                    "write failed"
-                );
-                Sense::medium_error_write().with_info(rw.lba)
-            })?;
+        // WCE clear (caching mode page): no write completes from the volatile cache.
+        let fua = rw.fua || !lu.write_cache_enabled();
+        write_blocks(backend.as_ref(), offset, data, fua, rw.lba).await?;
         Ok(Bytes::new())
     } else {
         // Ordered against WRITE ATOMIC: never half of one.
         let _shared = lu.read_shared().await;
-        let data = backend.read_at(offset, len).await.map_err(|error| {
-            tracing::warn!(
-                backend = %backend.describe(), lba = rw.lba, blocks = rw.blocks, %error,
-                "read failed"
-            );
-            Sense::medium_error_read().with_info(rw.lba)
-        })?;
-        if data.len() != len {
-            tracing::warn!(
-                backend = %backend.describe(), lba = rw.lba, wanted = len, got = data.len(),
-                "short read"
-            );
-            return Err(Sense::medium_error_read().with_info(rw.lba));
-        }
-        Ok(data)
+        read_blocks(backend.as_ref(), offset, len, rw.lba).await
     }
 }
 

@@ -20,7 +20,10 @@ use bytes::{Bytes, BytesMut};
 use super::cdb::{be16, be32, be64, byte_at};
 use super::lu::LogicalUnit;
 use super::opcodes::op;
-use super::sbc::{MAX_TRANSFER_BYTES, check_lba_range};
+use super::sbc::{
+    MAX_TRANSFER_BYTES, byte_offset, capacity_blocks, check_lba_range, read_blocks, transfer_len,
+    write_blocks,
+};
 use super::sense::{Sense, SenseKey};
 use crate::storage::BlockBackend;
 
@@ -343,15 +346,6 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------
 // Medium helpers.
 
-fn capacity(backend: &dyn BlockBackend, block_size: u32) -> u64 {
-    backend.size_bytes() / u64::from(block_size.max(1))
-}
-
-fn byte_offset(lba: u64, block_size: u32) -> Result<u64, Sense> {
-    lba.checked_mul(u64::from(block_size))
-        .ok_or_else(Sense::lba_out_of_range)
-}
-
 /// The medium for a command that writes: refused on a write-protected unit.
 fn writable_medium(lu: &LogicalUnit) -> Result<Arc<dyn BlockBackend>, Sense> {
     let backend = lu.medium()?;
@@ -359,43 +353,6 @@ fn writable_medium(lu: &LogicalUnit) -> Result<Arc<dyn BlockBackend>, Sense> {
         return Err(Sense::write_protected());
     }
     Ok(backend)
-}
-
-async fn read(
-    backend: &dyn BlockBackend,
-    offset: u64,
-    len: usize,
-    lba: u64,
-) -> Result<Bytes, Sense> {
-    let data = backend.read_at(offset, len).await.map_err(|error| {
-        tracing::warn!(backend = %backend.describe(), lba, %error, "read failed");
-        Sense::medium_error_read().with_info(lba)
-    })?;
-    if data.len() != len {
-        return Err(Sense::medium_error_read().with_info(lba));
-    }
-    Ok(data)
-}
-
-async fn write(
-    backend: &dyn BlockBackend,
-    offset: u64,
-    data: Bytes,
-    fua: bool,
-    lba: u64,
-) -> Result<(), Sense> {
-    backend.write_at(offset, data, fua).await.map_err(|error| {
-        tracing::warn!(backend = %backend.describe(), lba, %error, "write failed");
-        Sense::medium_error_write().with_info(lba)
-    })
-}
-
-fn transfer_len(blocks: u32, block_size: u32, field: u16) -> Result<usize, Sense> {
-    let bytes = u64::from(blocks) * u64::from(block_size);
-    if bytes > u64::from(MAX_TRANSFER_BYTES) {
-        return Err(Sense::invalid_field_in_cdb(field, Some(7)));
-    }
-    usize::try_from(bytes).map_err(|_| Sense::invalid_cdb())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -417,7 +374,7 @@ pub async fn compare_and_write(
     check_lba_range(
         c.lba,
         u64::from(c.blocks),
-        capacity(backend.as_ref(), block_size),
+        capacity_blocks(backend.as_ref(), block_size),
     )?;
     if c.blocks > u32::from(max_compare_and_write_blocks(block_size)) {
         return Err(Sense::invalid_field_in_cdb(13, Some(7)));
@@ -431,11 +388,11 @@ pub async fn compare_and_write(
     }
     let offset = byte_offset(c.lba, block_size)?;
     let _exclusive = lu.write_exclusive().await;
-    let current = read(backend.as_ref(), offset, half, c.lba).await?;
+    let current = read_blocks(backend.as_ref(), offset, half, c.lba).await?;
     if let Some(at) = first_difference(&current, &data_out[..half]) {
         return Err(miscompare(at as u64));
     }
-    write(
+    write_blocks(
         backend.as_ref(),
         offset,
         data_out.slice(half..),
@@ -466,7 +423,7 @@ pub async fn write_same(
         return Err(Sense::invalid_field_in_cdb(1, Some(3)));
     }
     let block_size = lu.block_size();
-    let capacity = capacity(backend.as_ref(), block_size);
+    let capacity = capacity_blocks(backend.as_ref(), block_size);
     if ws.lba >= capacity {
         return Err(Sense::lba_out_of_range());
     }
@@ -518,7 +475,7 @@ pub async fn write_same(
         let n = chunk_blocks.min(blocks - done);
         let len = usize::try_from(n * u64::from(block_size)).map_err(|_| Sense::invalid_cdb())?;
         let lba = ws.lba + done;
-        write(
+        write_blocks(
             backend.as_ref(),
             offset + done * u64::from(block_size),
             pattern.slice(..len),
@@ -551,7 +508,7 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
     check_lba_range(
         v.lba,
         u64::from(v.blocks),
-        capacity(backend.as_ref(), block_size),
+        capacity_blocks(backend.as_ref(), block_size),
     )?;
     let offset = byte_offset(v.lba, block_size)?;
     let total = u64::from(v.blocks) * u64::from(block_size);
@@ -562,8 +519,8 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
             return Ok(Bytes::new());
         }
         let _shared = lu.write_shared().await;
-        write(backend.as_ref(), offset, payload.clone(), true, v.lba).await?;
-        let back = read(backend.as_ref(), offset, payload.len(), v.lba).await?;
+        write_blocks(backend.as_ref(), offset, payload.clone(), true, v.lba).await?;
+        let back = read_blocks(backend.as_ref(), offset, payload.len(), v.lba).await?;
         if let Some(at) = first_difference(&back, &payload) {
             return Err(miscompare(at as u64));
         }
@@ -580,7 +537,7 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
             if len == 0 {
                 return Ok(Bytes::new());
             }
-            let current = read(backend.as_ref(), offset, len, v.lba).await?;
+            let current = read_blocks(backend.as_ref(), offset, len, v.lba).await?;
             if let Some(at) = first_difference(&current, &data_out[..len]) {
                 return Err(miscompare(at as u64));
             }
@@ -600,7 +557,7 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
                 let n = FILL_CHUNK.min(total - done);
                 let lba = v.lba + done / u64::from(block_size);
                 let len = usize::try_from(n).map_err(|_| Sense::invalid_cdb())?;
-                let data = read(backend.as_ref(), offset + done, len, lba).await?;
+                let data = read_blocks(backend.as_ref(), offset + done, len, lba).await?;
                 if let Some(expected) = &expected {
                     for (i, block) in data.chunks(block_len).enumerate() {
                         if let Some(at) = first_difference(block, expected) {
@@ -626,7 +583,7 @@ pub async fn orwrite(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resu
     check_lba_range(
         c.lba,
         u64::from(c.blocks),
-        capacity(backend.as_ref(), block_size),
+        capacity_blocks(backend.as_ref(), block_size),
     )?;
     let len = transfer_len(c.blocks, block_size, 10)?;
     let payload = write_payload(data_out, len, block_size)?;
@@ -635,12 +592,12 @@ pub async fn orwrite(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resu
     }
     let offset = byte_offset(c.lba, block_size)?;
     let _exclusive = lu.write_exclusive().await;
-    let current = read(backend.as_ref(), offset, payload.len(), c.lba).await?;
+    let current = read_blocks(backend.as_ref(), offset, payload.len(), c.lba).await?;
     let mut merged = BytesMut::from(&current[..]);
     for (m, p) in merged.iter_mut().zip(payload.iter()) {
         *m |= p;
     }
-    write(backend.as_ref(), offset, merged.freeze(), c.fua, c.lba).await?;
+    write_blocks(backend.as_ref(), offset, merged.freeze(), c.fua, c.lba).await?;
     Ok(Bytes::new())
 }
 
@@ -651,7 +608,7 @@ pub async fn orwrite(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resu
 pub async fn prefetch(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
     let p = decode_prefetch(raw_cdb)?;
     let backend = lu.medium()?;
-    let capacity = capacity(backend.as_ref(), lu.block_size());
+    let capacity = capacity_blocks(backend.as_ref(), lu.block_size());
     if p.lba >= capacity {
         return Err(Sense::lba_out_of_range());
     }
