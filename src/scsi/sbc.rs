@@ -108,14 +108,18 @@ pub(super) async fn read_blocks(
     Ok(data)
 }
 
-/// Writes `data` at `offset` (block `lba`); a failed write is a MEDIUM ERROR.
+/// Writes `data` at `offset` (block `lba`) of `lu`'s medium `backend`; a failed write is a
+/// MEDIUM ERROR. With WCE clear (caching mode page) no write completes from the volatile
+/// cache, whatever command wrote it.
 pub(super) async fn write_blocks(
+    lu: &LogicalUnit,
     backend: &dyn BlockBackend,
     offset: u64,
     data: Bytes,
     fua: bool,
     lba: u64,
 ) -> Result<(), Sense> {
+    let fua = fua || !lu.write_cache_enabled();
     backend.write_at(offset, data, fua).await.map_err(|error| {
         tracing::warn!(backend = %backend.describe(), lba, %error, "write failed");
         Sense::medium_error_write().with_info(lba)
@@ -173,9 +177,7 @@ pub async fn read_write(
     if rw.is_write {
         // Ordered against COMPARE AND WRITE / ORWRITE
         let _shared = lu.write_shared().await;
-        // WCE clear (caching mode page): no write completes from the volatile cache.
-        let fua = rw.fua || !lu.write_cache_enabled();
-        write_blocks(backend.as_ref(), offset, data, fua, rw.lba).await?;
+        write_blocks(lu, backend.as_ref(), offset, data, rw.fua, rw.lba).await?;
         Ok(Bytes::new())
     } else {
         // Ordered against WRITE ATOMIC: never half of one.

@@ -393,6 +393,7 @@ pub async fn compare_and_write(
         return Err(miscompare(at as u64));
     }
     write_blocks(
+        lu,
         backend.as_ref(),
         offset,
         data_out.slice(half..),
@@ -476,6 +477,7 @@ pub async fn write_same(
         let len = usize::try_from(n * u64::from(block_size)).map_err(|_| Sense::invalid_cdb())?;
         let lba = ws.lba + done;
         write_blocks(
+            lu,
             backend.as_ref(),
             offset + done * u64::from(block_size),
             pattern.slice(..len),
@@ -519,7 +521,7 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
             return Ok(Bytes::new());
         }
         let _shared = lu.write_shared().await;
-        write_blocks(backend.as_ref(), offset, payload.clone(), true, v.lba).await?;
+        write_blocks(lu, backend.as_ref(), offset, payload.clone(), true, v.lba).await?;
         let back = read_blocks(backend.as_ref(), offset, payload.len(), v.lba).await?;
         if let Some(at) = first_difference(&back, &payload) {
             return Err(miscompare(at as u64));
@@ -597,7 +599,7 @@ pub async fn orwrite(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resu
     for (m, p) in merged.iter_mut().zip(payload.iter()) {
         *m |= p;
     }
-    write_blocks(backend.as_ref(), offset, merged.freeze(), c.fua, c.lba).await?;
+    write_blocks(lu, backend.as_ref(), offset, merged.freeze(), c.fua, c.lba).await?;
     Ok(Bytes::new())
 }
 
@@ -984,6 +986,50 @@ mod tests {
         fn describe(&self) -> String {
             "slow".to_string()
         }
+    }
+
+    /// Remembers the FUA flag of every write.
+    #[derive(Debug)]
+    struct FuaLog(MemoryBackend, std::sync::Mutex<Vec<bool>>);
+
+    impl BlockBackend for FuaLog {
+        fn size_bytes(&self) -> u64 {
+            self.0.size_bytes()
+        }
+        fn read_at(&self, offset: u64, len: usize) -> IoFuture<'_, Bytes> {
+            self.0.read_at(offset, len)
+        }
+        fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<'_, ()> {
+            self.1.lock().unwrap().push(fua);
+            self.0.write_at(offset, data, fua)
+        }
+        fn flush(&self) -> IoFuture<'_, ()> {
+            self.0.flush()
+        }
+        fn describe(&self) -> String {
+            "fua-log".to_string()
+        }
+    }
+
+    /// WCE clear: no write may complete from the volatile cache, whichever command wrote it
+    /// (before, only READ/WRITE honoured it).
+    #[tokio::test]
+    async fn with_the_write_cache_off_offload_writes_are_durable_too() {
+        let backend = Arc::new(FuaLog(MemoryBackend::new(1 << 20), Default::default()));
+        let lu = lu_with(backend.clone());
+        let values = lu.mode_values();
+        lu.set_mode_values(crate::scsi::mode::ModeValues {
+            wce: false,
+            ..values
+        });
+        write_same(&lu, &cdb10(op::WRITE_SAME_10, 0, 3, 4), &fill(1, 1))
+            .await
+            .unwrap();
+        orwrite(&lu, &cdb16(op::ORWRITE_16, 0, 8, 2), &fill(2, 2))
+            .await
+            .unwrap();
+        let log = backend.1.lock().unwrap().clone();
+        assert!(!log.is_empty() && log.iter().all(|&fua| fua), "{log:?}");
     }
 
     #[tokio::test]
