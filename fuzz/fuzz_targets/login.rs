@@ -81,7 +81,7 @@ fn check_response(r: &LoginResponse, itt: u32, isid: [u8; 6]) {
     );
     let out = Reply::Login(r.clone()).encode();
     assert_eq!(
-        Reply::decode(&out.header, out.data.clone()),
+        Reply::decode(&out.header, r.data.clone()),
         Ok(Reply::Login(r.clone()))
     );
 }

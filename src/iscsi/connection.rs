@@ -36,9 +36,10 @@ use crate::scsi::task_set::{Aborted, Membership, TaskFate};
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Sense, SenseKey, TaskAttr, cdb};
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{
-    self, DataOut, FrameLimits, LoginRequest, LogoutRequest, LogoutResponse, NopIn, NopOut, OutPdu,
-    PduCodec, R2t, RESERVED_TAG, Reject, Reply, Request, ScsiCommand, SeqNums, StatSnUse,
-    TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, WireError, text,
+    self, DataOut, FileSlice, FrameLimits, LoginRequest, LogoutRequest, LogoutResponse, NopIn,
+    NopOut, OutPdu, Payload, PduCodec, R2t, RESERVED_TAG, Reject, Reply, Request, ScsiCommand,
+    SeqNums, StatSnUse, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, WireError,
+    text,
 };
 
 /// Reject reasons (RFC 7143 §11.17.1).
@@ -378,9 +379,10 @@ async fn send_login(
         max_cmd_sn: req.cmd_sn.wrapping_add(ctx.settings.queue_depth.max(1) - 1),
     };
     *stat_sn = stat_sn.wrapping_add(1);
+    let data = response.data.clone();
     let pdu = Reply::Login(response).encode();
     let mut parts = Vec::new();
-    frame_parts(&pdu.header, &pdu.data, false, false, &mut parts);
+    frame_parts(&pdu.header, &data, false, false, &mut parts);
     let mut queue = BufQueue::default();
     for p in parts {
         queue.push(p);
@@ -1031,6 +1033,9 @@ impl Session<'_> {
             data_out,
             expected_in: if cmd.read { cmd.expected_length } else { 0 },
             attr: task_attr(cmd.attr),
+            // A data digest is computed over bytes in memory; without one, read data can go
+            // from the file to the socket directly.
+            file_data_in: !self.params.data_digest,
         })
     }
 
@@ -1463,13 +1468,25 @@ async fn write_loop(
             if pdu.stat_sn == StatSnUse::Advance {
                 stat_sn = stat_sn.wrapping_add(1);
             }
-            frame_parts(
-                &pdu.header,
-                &pdu.data,
-                header_digest,
-                data_digest,
-                &mut parts,
-            );
+            match &pdu.data {
+                Payload::Bytes(data) => {
+                    frame_parts(&pdu.header, data, header_digest, data_digest, &mut parts);
+                }
+                // The data digest needs the bytes: read them (the file is memory-resident).
+                Payload::File(slice) if data_digest => {
+                    let data = read_file_slice(slice)?;
+                    frame_parts(&pdu.header, &data, header_digest, data_digest, &mut parts);
+                }
+                Payload::File(slice) => {
+                    frame_parts(&pdu.header, &Bytes::new(), header_digest, false, &mut parts);
+                    for part in parts.drain(..) {
+                        queue.push(part);
+                    }
+                    stalled_after(WRITE_STALL, wr.write_all_buf(&mut queue)).await?;
+                    stalled_after(WRITE_STALL, send_file(wr.as_ref(), slice)).await?;
+                    parts.push(Bytes::from_static(&[0u8; 3][..wire::padding(slice.len)]));
+                }
+            }
             for part in parts.drain(..) {
                 queue.push(part);
             }
@@ -1478,17 +1495,62 @@ async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        match tokio::time::timeout(WRITE_STALL, wr.write_all_buf(&mut queue)).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the initiator accepted no data for {WRITE_STALL:?}"),
-                ));
-            }
-        }
+        stalled_after(WRITE_STALL, wr.write_all_buf(&mut queue)).await?;
     }
     wr.shutdown().await
+}
+
+/// `io`, failed with TimedOut if it makes no progress for `limit` (an initiator that stopped
+/// reading).
+async fn stalled_after(
+    limit: Duration,
+    io: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, io).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the initiator accepted no data for {limit:?}"),
+        )),
+    }
+}
+
+/// Sends `slice` of its file to `socket` with sendfile(2): the file's pages go to the socket
+/// without a copy through user space. Only memory-resident files get here, so the file side
+/// never waits for a disk; the socket side waits for room like any write.
+async fn send_file(socket: &TcpStream, slice: &FileSlice) -> std::io::Result<()> {
+    let mut offset = slice.offset;
+    let end = slice.offset + slice.len as u64;
+    while offset < end {
+        socket.writable().await?;
+        let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(socket, &*slice.file, Some(&mut offset), want)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            // The file ends before the range does (shrunk under keel): the PDU's length is
+            // already on the wire, so the connection cannot go on.
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the backing file ended at {offset} inside a read's data"),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of `slice`, for when they must pass through memory (a data digest).
+fn read_file_slice(slice: &FileSlice) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0u8; slice.len];
+    slice.file.read_exact_at(&mut data, slice.offset)?;
+    Ok(data.into())
 }
 
 fn task_attr(attr: u8) -> TaskAttr {

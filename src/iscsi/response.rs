@@ -2,10 +2,8 @@
 //! initiator's MaxRecvDataSegmentLength, sequences ended at MaxBurstLength, status collapsed
 //! into the last Data-In when it is GOOD, and residuals against the expected length.
 
-use bytes::Bytes;
-
 use crate::scsi::{ScsiResponse, ScsiStatus};
-use crate::wire::{DataIn, RESERVED_TAG, Reply, ScsiResponsePdu};
+use crate::wire::{DataIn, Payload, RESERVED_TAG, Reply, ScsiResponsePdu};
 
 /// What the transport knows about the command it answers.
 #[derive(Clone, Copy, Debug)]
@@ -40,21 +38,23 @@ fn residual(expected: u32, actual: u32) -> (bool, bool, u32) {
 pub fn reply_pdus(cmd: &CommandInfo, outcome: &ScsiResponse, limits: DataInLimits) -> Vec<Reply> {
     let mut pdus = Vec::new();
     // Data the initiator gets: never more than it asked for (§11.4.5.1: overflow residual).
-    let data: Bytes = if cmd.read {
-        let full = outcome.data_in.len() as u32;
-        outcome
-            .data_in
-            .slice(..full.min(cmd.expected_length) as usize)
+    let full = outcome.data_in_len();
+    let data: Payload = if cmd.read {
+        let len = full.min(cmd.expected_length as usize);
+        match &outcome.data_in_file {
+            Some(slice) => Payload::File(slice.slice(0, len)),
+            None => Payload::Bytes(outcome.data_in.slice(..len)),
+        }
     } else {
-        Bytes::new()
+        Payload::default()
     };
     let (overflow, underflow, count) = if cmd.read {
-        residual(cmd.expected_length, outcome.data_in.len() as u32)
+        residual(cmd.expected_length, full as u32)
     } else if cmd.write {
         residual(cmd.expected_length, outcome.data_out_used)
     } else {
         // No data expected: anything the CDB wanted counts as overflow.
-        residual(0, outcome.data_in.len() as u32)
+        residual(0, full as u32)
     };
     let good = outcome.status == ScsiStatus::Good && outcome.sense.is_none();
     let collapse = good && !data.is_empty();
@@ -86,7 +86,7 @@ pub fn reply_pdus(cmd: &CommandInfo, outcome: &ScsiResponse, limits: DataInLimit
             ttt: RESERVED_TAG,
             data_sn,
             buffer_offset: offset as u32,
-            data: data.slice(offset..offset + len),
+            data: data.slice(offset, len),
             ..Default::default()
         }));
         data_sn += 1;
@@ -111,6 +111,7 @@ pub fn reply_pdus(cmd: &CommandInfo, outcome: &ScsiResponse, limits: DataInLimit
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn cmd(expected_length: u32, read: bool) -> CommandInfo {
         CommandInfo {
@@ -172,6 +173,7 @@ mod tests {
         let out = ScsiResponse {
             status: ScsiStatus::CheckCondition,
             data_in: Bytes::new(),
+            data_in_file: None,
             sense: Some(Bytes::from_static(&[0x70, 0, 5])),
             data_out_used: 0,
         };

@@ -187,7 +187,9 @@ pub async fn write_atomic16(
         return Err(write_error());
     }
 
-    // 2. In place, with nothing else reading or writing the medium.
+    // 2. In place, with nothing else reading or writing the medium, nor any read's data
+    // still being sent from it.
+    let _sent_reads = lu.atomic_write_exclusive().await;
     let _exclusive = lu.write_exclusive().await;
     let mut applied = apply(backend.as_ref(), offset, data.clone()).await;
     if applied.is_err() {
@@ -439,6 +441,66 @@ mod tests {
         }
     }
 
+    /// A medium that is a tmpfs file: large reads leave as ranges of the file holding the
+    /// unit's guard; an atomic write waits until they are sent, and reads are copied after.
+    #[tokio::test]
+    async fn an_atomic_write_waits_for_reads_sent_from_the_file_and_ends_them() {
+        use crate::wire::Payload;
+        let dir = tempfile::tempdir().unwrap();
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = shm.path().join("disk.img");
+        let backend =
+            crate::storage::FileBackend::open_file(&path, Some(BLOCKS * 512), false).unwrap();
+        let lu = with_backend(dir.path(), 512, false, Arc::new(backend));
+        let read = |blocks: u32, lba: u64| {
+            let mut c = [0u8; 16];
+            c[0] = op::READ_16;
+            c[2..10].copy_from_slice(&lba.to_be_bytes());
+            c[10..14].copy_from_slice(&blocks.to_be_bytes());
+            c
+        };
+        let sbc_read = |cdb: [u8; 16], file_ok: bool| {
+            let lu = Arc::clone(&lu);
+            async move {
+                crate::scsi::sbc::read_write(&lu, &cdb, &Bytes::new(), file_ok)
+                    .await
+                    .unwrap()
+            }
+        };
+        let Payload::File(slice) = sbc_read(read(256, 8), true).await else {
+            panic!("a 128 KiB read of a tmpfs file is sent from the file");
+        };
+        assert_eq!((slice.offset, slice.len), (8 * 512, 256 * 512));
+        assert!(matches!(
+            sbc_read(read(8, 0), true).await,
+            Payload::Bytes(_)
+        ));
+        assert!(matches!(
+            sbc_read(read(256, 0), false).await,
+            Payload::Bytes(_)
+        ));
+
+        let writer = {
+            let lu = Arc::clone(&lu);
+            tokio::spawn(async move { write_atomic16(&lu, &cdb(0, 8, 0, 8), &fill(0x77, 8)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !writer.is_finished(),
+            "the atomic write waited for the read being sent"
+        );
+        drop(slice);
+        tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Payload::Bytes(data) = sbc_read(read(256, 8), true).await else {
+            panic!("reads are copied once WRITE ATOMIC is in use");
+        };
+        assert!(data[..8 * 512].iter().all(|&b| b == 0x77));
+    }
+
     /// Readers racing 256-block atomic writes of alternating patterns only ever see one
     /// pattern across the whole range (the medium writes block by block, so this fails
     /// without the read ordering).
@@ -466,9 +528,10 @@ mod tests {
         read16[10..14].copy_from_slice(&256u32.to_be_bytes());
         let mut reads = 0;
         while !writer.is_finished() || reads < 10 {
-            let data = crate::scsi::sbc::read_write(&lu, &read16, &Bytes::new())
+            let data = crate::scsi::sbc::read_write(&lu, &read16, &Bytes::new(), false)
                 .await
                 .unwrap();
+            let data = data.bytes().cloned().unwrap();
             let first = data[0];
             assert!(
                 data.iter().all(|&b| b == first),

@@ -174,6 +174,15 @@ pub struct LogicalUnit {
     /// ORWRITE) exclusive, so nothing writes between their read and their write (SBC-4
     /// §5.3). Tokio's lock is fair: a waiting exclusive holder is not starved by writers.
     write_order: tokio::sync::RwLock<()>,
+    /// Reads whose data the transport sends from the medium's file after the command has
+    /// returned hold this shared until it is sent; WRITE ATOMIC holds it exclusive while it
+    /// writes in place (besides `write_order`). A separate lock, so that such a read, which
+    /// lasts as long as the network takes, never holds up COMPARE AND WRITE or ORWRITE.
+    sent_read_order: Arc<tokio::sync::RwLock<()>>,
+    /// Set by the first WRITE ATOMIC: reads are copied from then on, never sent from the
+    /// file (pages handed to TCP are still the file's pages until the peer has them; an
+    /// atomic write in place could change part of a read on its way).
+    atomic_writes_seen: std::sync::atomic::AtomicBool,
     /// The intent journal WRITE ATOMIC needs; without one the unit does not offer it.
     atomic_journal: Option<Arc<AtomicJournal>>,
 }
@@ -219,6 +228,8 @@ impl LogicalUnit {
             mode_lock: Mutex::new(()),
             reservations: Reservations::new(),
             write_order: tokio::sync::RwLock::new(()),
+            sent_read_order: Arc::new(tokio::sync::RwLock::new(())),
+            atomic_writes_seen: std::sync::atomic::AtomicBool::new(false),
             atomic_journal: None,
         }
     }
@@ -516,6 +527,36 @@ impl LogicalUnit {
     /// deadlock a second shared acquisition).
     pub async fn read_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.write_order.read().await
+    }
+
+    /// For a read whose data the transport will send from the medium's file: the guard that
+    /// goes with the data until it is sent, or `None` once WRITE ATOMIC is in use on this
+    /// unit (the read is then copied).
+    pub async fn sent_read_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.atomic_writes_seen.load(SeqCst) {
+            return None;
+        }
+        let guard = self.sent_read_order.clone().read_owned().await;
+        // An atomic write that came meanwhile marked the unit before waiting for this lock.
+        (!self.atomic_writes_seen.load(SeqCst)).then_some(guard)
+    }
+
+    /// Taken by WRITE ATOMIC before [`LogicalUnit::write_exclusive`]: marks the unit (reads
+    /// are copied from now on) and waits until the data of reads being sent from the file
+    /// has been handed to the network.
+    pub async fn atomic_write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.atomic_writes_seen.swap(true, SeqCst)
+            && self
+                .medium()
+                .is_ok_and(|backend| backend.sendable_file().is_some())
+        {
+            tracing::info!(
+                "WRITE ATOMIC in use: reads of this unit are copied from now on, not sent from its file"
+            );
+        }
+        self.sent_read_order.write().await
     }
 
     /// Held across the read and the write of a read-modify-write command, and across the

@@ -33,6 +33,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::wire::FileSlice;
+
 pub use lu::{LogicalUnit, LuIdentity, Readiness};
 pub use sense::{Sense, SenseKey};
 pub use target::TargetDevice;
@@ -99,6 +101,10 @@ pub struct ScsiRequest {
     /// How many bytes of read data the initiator expects (its expected transfer length).
     pub expected_in: u32,
     pub attr: TaskAttr,
+    /// The transport can send read data straight from the medium's file (it has no data
+    /// digest to compute over the bytes): a READ from a memory-resident file answers with
+    /// [`ScsiResponse::data_in_file`].
+    pub file_data_in: bool,
 }
 
 /// The outcome of a command.
@@ -108,6 +114,10 @@ pub struct ScsiResponse {
     /// Read data (already cut to the CDB's allocation length; the transport cuts it further to
     /// the initiator's expected length and reports the residual).
     pub data_in: Bytes,
+    /// Read data still in the medium's file, for the transport to send from there (sendfile)
+    /// instead of `data_in`, which is then empty. Only when the request allowed it
+    /// ([`ScsiRequest::file_data_in`]).
+    pub data_in_file: Option<FileSlice>,
     /// Encoded sense data (fixed or descriptor format) for CHECK CONDITION.
     pub sense: Option<Bytes>,
     /// How many bytes of write data the command needed per its CDB (for write residuals).
@@ -119,8 +129,25 @@ impl ScsiResponse {
         ScsiResponse {
             status: ScsiStatus::Good,
             data_in,
+            data_in_file: None,
             sense: None,
             data_out_used: 0,
+        }
+    }
+
+    /// GOOD, with the read data to be sent from `slice` of the medium's file.
+    pub fn good_from_file(slice: FileSlice) -> Self {
+        ScsiResponse {
+            data_in_file: Some(slice),
+            ..ScsiResponse::status(ScsiStatus::Good)
+        }
+    }
+
+    /// How many bytes of read data the command returns.
+    pub fn data_in_len(&self) -> usize {
+        match &self.data_in_file {
+            Some(slice) => slice.len,
+            None => self.data_in.len(),
         }
     }
 
@@ -128,6 +155,7 @@ impl ScsiResponse {
         ScsiResponse {
             status,
             data_in: Bytes::new(),
+            data_in_file: None,
             sense: None,
             data_out_used: 0,
         }

@@ -3,12 +3,15 @@
 //! Handlers take the medium snapshot once ([`LogicalUnit::medium`]) and check every LBA
 //! against that snapshot's capacity with checked arithmetic before touching it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::cdb;
 use super::lu::LogicalUnit;
 use super::sense::Sense;
 use crate::storage::BlockBackend;
+use crate::wire::{FileSlice, Payload};
 
 /// Largest single READ/WRITE accepted, in bytes (reported in the block limits VPD page as
 /// MAXIMUM TRANSFER LENGTH in blocks). Bounds the memory one command can pin.
@@ -145,11 +148,17 @@ pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> u32 {
 /// completes GOOD with an overflow residual for the rest; a partial block fails the command
 /// with 05/0E/03 and nothing is written. Extra data beyond the transfer length is ignored
 /// (the transport reports it as residual via `data_out_used`).
+///
+/// With `file_data_in` (the transport can send from a file), a large read from a medium that
+/// is a memory-resident file returns the range of the file rather than a copy of it; the
+/// range holds the unit's guard against WRITE ATOMIC until it is sent, so none lands in it
+/// while its pages go out.
 pub async fn read_write(
     lu: &LogicalUnit,
     raw_cdb: &[u8],
     data_out: &Bytes,
-) -> Result<Bytes, Sense> {
+    file_data_in: bool,
+) -> Result<Payload, Sense> {
     let rw = cdb::decode_rw(raw_cdb)?;
     let opcode = raw_cdb.first().copied().unwrap_or(0);
     let backend = lu.medium()?;
@@ -171,20 +180,37 @@ pub async fn read_write(
         Bytes::new()
     };
     if len == 0 || (rw.is_write && data.is_empty()) {
-        return Ok(Bytes::new());
+        return Ok(Payload::default());
     }
     let offset = byte_offset(rw.lba, block_size)?;
     if rw.is_write {
         // Ordered against COMPARE AND WRITE / ORWRITE
         let _shared = lu.write_shared().await;
         write_blocks(lu, backend.as_ref(), offset, data, rw.fua, rw.lba).await?;
-        Ok(Bytes::new())
+        Ok(Payload::default())
+    } else if let Some(file) = backend
+        .sendable_file()
+        .filter(|_| file_data_in && len >= FILE_DATA_IN_MIN)
+        && let Some(guard) = lu.sent_read_guard().await
+    {
+        Ok(Payload::File(FileSlice {
+            file,
+            offset,
+            len,
+            hold: Some(Arc::new(guard)),
+        }))
     } else {
         // Ordered against WRITE ATOMIC: never half of one.
         let _shared = lu.read_shared().await;
-        read_blocks(backend.as_ref(), offset, len, rw.lba).await
+        read_blocks(backend.as_ref(), offset, len, rw.lba)
+            .await
+            .map(Payload::Bytes)
     }
 }
+
+/// Reads from this size up are sent from the file when they can be: below it, a copy into
+/// the PDU batch costs less than a sendfile call of its own per read.
+const FILE_DATA_IN_MIN: usize = 64 * 1024;
 
 /// SYNCHRONIZE CACHE(10)/(16) (SBC-3 §5.22/§5.23). The range is checked, then the whole
 /// backend is flushed (no per-range flush exists). IMMED is honoured by simply completing

@@ -272,6 +272,7 @@ impl ScsiResponse {
         ScsiResponse {
             status: ScsiStatus::CheckCondition,
             data_in: Bytes::new(),
+            data_in_file: None,
             sense: Some(sense.encode(descriptor)),
             data_out_used: 0,
         }

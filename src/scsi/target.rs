@@ -21,6 +21,7 @@ use super::{
     Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, atomic, log, maintenance, medium, mode,
     provisioning, reserve, sbc, sbc_offload, spc, xcopy,
 };
+use crate::wire::Payload;
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
 #[derive(Debug)]
@@ -183,7 +184,12 @@ impl TargetDevice {
             Handler::ModeSense => mode::mode_sense(lu, cdb)?,
             Handler::ReadCapacity10 => sbc::read_capacity10(lu, cdb)?,
             Handler::ReadCapacity16 => sbc::read_capacity16(lu, cdb)?,
-            Handler::ReadWrite => sbc::read_write(lu, cdb, &req.data_out).await?,
+            Handler::ReadWrite => {
+                match sbc::read_write(lu, cdb, &req.data_out, req.file_data_in).await? {
+                    Payload::Bytes(data) => data,
+                    Payload::File(slice) => return Ok(ScsiResponse::good_from_file(slice)),
+                }
+            }
             Handler::SynchronizeCache => {
                 sbc::synchronize_cache(lu, cdb).await?;
                 Bytes::new()
@@ -357,6 +363,7 @@ mod tests {
             data_out,
             expected_in: 1 << 20,
             attr: TaskAttr::Simple,
+            file_data_in: false,
         }
     }
 

@@ -316,6 +316,10 @@ impl BlockBackend for FileBackend {
         self.read_only
     }
 
+    fn sendable_file(&self) -> Option<Arc<File>> {
+        self.memory_resident.then(|| self.file.clone())
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

@@ -97,6 +97,13 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// The file whose pages are the medium, when read data may go from them to a socket
+    /// directly (sendfile) instead of through a buffer: a regular file on tmpfs or ramfs,
+    /// whose pages are memory, so sending never waits for a disk. Offsets are the backend's.
+    fn sendable_file(&self) -> Option<Arc<std::fs::File>> {
+        None
+    }
+
     /// A short description for logs, e.g. the path.
     fn describe(&self) -> String;
 

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{BHS_LEN, Opcode, WireError, be16, be32, put16, put32};
+use super::{BHS_LEN, Opcode, Payload, WireError, be16, be32, put16, put32};
 
 /// Flag bits used by several PDUs (byte 1).
 const F_BIT: u8 = 0x80;
@@ -49,7 +49,7 @@ pub enum StatSnUse {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutPdu {
     pub header: [u8; BHS_LEN],
-    pub data: Bytes,
+    pub data: Payload,
     pub stat_sn: StatSnUse,
 }
 
@@ -571,7 +571,7 @@ pub struct DataIn {
     pub data_sn: u32,
     pub buffer_offset: u32,
     pub residual: u32,
-    pub data: Bytes,
+    pub data: Payload,
 }
 
 /// Logout Response (§11.15).
@@ -649,7 +649,7 @@ impl Reply {
                 } else {
                     StatSnUse::Advance
                 };
-                (h, p.data.clone(), use_, p.sn)
+                (h, p.data.clone().into(), use_, p.sn)
             }
             Reply::ScsiResponse(p) => {
                 let flags = F_BIT
@@ -672,13 +672,13 @@ impl Reply {
                 put32(&mut h, 36, p.exp_data_sn);
                 put32(&mut h, 40, p.bidi_residual);
                 put32(&mut h, 44, p.residual);
-                (h, data, StatSnUse::Advance, p.sn)
+                (h, data.into(), StatSnUse::Advance, p.sn)
             }
             Reply::TaskMgmt(p) => {
                 let mut h = header(Opcode::TaskMgmtResponse, F_BIT, 0);
                 h[2] = p.response;
                 put32(&mut h, 16, p.itt);
-                (h, Bytes::new(), StatSnUse::Advance, p.sn)
+                (h, Payload::default(), StatSnUse::Advance, p.sn)
             }
             Reply::Login(p) => {
                 let flags = (if p.transit { 0x80 } else { 0 })
@@ -693,7 +693,7 @@ impl Reply {
                 put32(&mut h, 16, p.itt);
                 h[36] = p.status_class;
                 h[37] = p.status_detail;
-                (h, p.data.clone(), StatSnUse::Advance, p.sn)
+                (h, p.data.clone().into(), StatSnUse::Advance, p.sn)
             }
             Reply::Text(p) => {
                 let flags =
@@ -702,7 +702,7 @@ impl Reply {
                 h[8..16].copy_from_slice(&p.lun);
                 put32(&mut h, 16, p.itt);
                 put32(&mut h, 20, p.ttt);
-                (h, p.data.clone(), StatSnUse::Advance, p.sn)
+                (h, p.data.clone().into(), StatSnUse::Advance, p.sn)
             }
             Reply::DataIn(p) => {
                 let flags = (if p.final_bit { F_BIT } else { 0 })
@@ -731,7 +731,7 @@ impl Reply {
                 put32(&mut h, 16, p.itt);
                 put16(&mut h, 40, p.time2wait);
                 put16(&mut h, 42, p.time2retain);
-                (h, Bytes::new(), StatSnUse::Advance, p.sn)
+                (h, Payload::default(), StatSnUse::Advance, p.sn)
             }
             Reply::R2t(p) => {
                 let mut h = header(Opcode::R2t, F_BIT, 0);
@@ -741,7 +741,7 @@ impl Reply {
                 put32(&mut h, 36, p.r2t_sn);
                 put32(&mut h, 40, p.buffer_offset);
                 put32(&mut h, 44, p.desired_length);
-                (h, Bytes::new(), StatSnUse::Peek, p.sn)
+                (h, Payload::default(), StatSnUse::Peek, p.sn)
             }
             Reply::Async(p) => {
                 let mut h = header(Opcode::AsyncMessage, F_BIT, p.data.len());
@@ -752,14 +752,14 @@ impl Reply {
                 put16(&mut h, 38, p.parameter1);
                 put16(&mut h, 40, p.parameter2);
                 put16(&mut h, 42, p.parameter3);
-                (h, p.data.clone(), StatSnUse::Advance, p.sn)
+                (h, p.data.clone().into(), StatSnUse::Advance, p.sn)
             }
             Reply::Reject(p) => {
                 let mut h = header(Opcode::Reject, F_BIT, p.data.len());
                 h[2] = p.reason;
                 put32(&mut h, 16, super::RESERVED_TAG);
                 put32(&mut h, 36, p.data_sn);
-                (h, p.data.clone(), StatSnUse::Advance, p.sn)
+                (h, p.data.clone().into(), StatSnUse::Advance, p.sn)
             }
         };
         sn.stamp(&mut h);
@@ -852,7 +852,7 @@ impl Reply {
                 data_sn: be32(bhs, 36),
                 buffer_offset: be32(bhs, 40),
                 residual: be32(bhs, 44),
-                data,
+                data: data.into(),
             }),
             Opcode::LogoutResponse => Reply::Logout(LogoutResponse {
                 response: bhs[2],
@@ -895,6 +895,13 @@ impl Reply {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn in_memory(payload: Payload) -> Bytes {
+        payload
+            .bytes()
+            .cloned()
+            .expect("encoded replies carry bytes")
+    }
 
     fn split(head: &[u8]) -> ([u8; BHS_LEN], Vec<u8>) {
         let mut bhs = [0u8; BHS_LEN];
@@ -1057,10 +1064,10 @@ mod tests {
             let reply = Reply::DataIn(DataIn {
                 final_bit, acknowledge: false, overflow: o, underflow: u, status,
                 lun: [0; 8], itt, ttt: u32::MAX, sn: SeqNums { stat_sn: 0, exp_cmd_sn: 9, max_cmd_sn: 40 },
-                data_sn, buffer_offset: offset, residual, data,
+                data_sn, buffer_offset: offset, residual, data: data.into(),
             });
             let out = reply.encode();
-            prop_assert_eq!(Reply::decode(&out.header, out.data).unwrap(), reply);
+            prop_assert_eq!(Reply::decode(&out.header, in_memory(out.data)).unwrap(), reply);
         }
 
         #[test]
@@ -1158,7 +1165,10 @@ mod tests {
         ];
         for reply in replies {
             let out = reply.encode();
-            assert_eq!(Reply::decode(&out.header, out.data).unwrap(), reply);
+            assert_eq!(
+                Reply::decode(&out.header, in_memory(out.data)).unwrap(),
+                reply
+            );
         }
     }
 
