@@ -1481,30 +1481,23 @@ async fn write_loop(
                 Payload::Bytes(data) => {
                     frame_parts(&pdu.header, data, header_digest, data_digest, &mut parts);
                 }
-                Payload::File(slice) if data_digest => {
-                    frame_parts(&pdu.header, &Bytes::new(), header_digest, false, &mut parts);
-                    for part in parts.drain(..) {
-                        queue.push(part);
-                    }
-                    stalled_after(WRITE_STALL, wr.write_all_buf(&mut queue)).await?;
-                    let digest = stalled_after(
-                        WRITE_STALL,
-                        send_file_digested(&mut wr, slice, &mut scratch),
-                    )
-                    .await?;
-                    let mut tail = BytesMut::with_capacity(7);
-                    tail.extend_from_slice(&[0u8; 3][..wire::padding(slice.len)]);
-                    tail.extend_from_slice(&digest.to_le_bytes());
-                    parts.push(tail.freeze());
-                }
                 Payload::File(slice) => {
                     frame_parts(&pdu.header, &Bytes::new(), header_digest, false, &mut parts);
                     for part in parts.drain(..) {
                         queue.push(part);
                     }
+                    // Everything queued goes first: the file's bytes follow their header.
                     stalled_after(WRITE_STALL, wr.write_all_buf(&mut queue)).await?;
-                    stalled_after(WRITE_STALL, send_file(wr.as_ref(), slice)).await?;
-                    parts.push(Bytes::from_static(&[0u8; 3][..wire::padding(slice.len)]));
+                    let mut tail = BytesMut::with_capacity(7);
+                    tail.extend_from_slice(&[0u8; 3][..wire::padding(slice.len)]);
+                    if data_digest {
+                        let sending = send_file_digested(&mut wr, slice, &mut scratch);
+                        let digest = stalled_after(WRITE_STALL, sending).await?;
+                        tail.extend_from_slice(&digest.to_le_bytes());
+                    } else {
+                        stalled_after(WRITE_STALL, send_file(wr.as_ref(), slice)).await?;
+                    }
+                    parts.push(tail.freeze());
                 }
             }
             for part in parts.drain(..) {
