@@ -220,8 +220,6 @@ async fn run(input: &[u8]) {
             data_out: Bytes::copy_from_slice(data_out),
             expected_in: be(&head[4..7]) as u32,
             attr: attr(head[0] >> 4),
-            // The fuzzed units are in memory: there is no file to send from.
-            file_data_in: true,
         };
         let r = target.execute(req.clone()).await;
         check(&req, &r);

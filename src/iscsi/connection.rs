@@ -1033,8 +1033,6 @@ impl Session<'_> {
             data_out,
             expected_in: if cmd.read { cmd.expected_length } else { 0 },
             attr: task_attr(cmd.attr),
-            // The writer sends read data from the file, with or without a data digest.
-            file_data_in: true,
         })
     }
 

@@ -459,26 +459,20 @@ mod tests {
             c[10..14].copy_from_slice(&blocks.to_be_bytes());
             c
         };
-        let sbc_read = |cdb: [u8; 16], file_ok: bool| {
+        let sbc_read = |cdb: [u8; 16]| {
             let lu = Arc::clone(&lu);
             async move {
-                crate::scsi::sbc::read_write(&lu, &cdb, &Bytes::new(), file_ok)
+                crate::scsi::sbc::read_write(&lu, &cdb, &Bytes::new())
                     .await
                     .unwrap()
             }
         };
-        let Payload::File(slice) = sbc_read(read(256, 8), true).await else {
+        let Payload::File(slice) = sbc_read(read(256, 8)).await else {
             panic!("a 128 KiB read of a tmpfs file is sent from the file");
         };
         assert_eq!((slice.offset, slice.len), (8 * 512, 256 * 512));
-        assert!(matches!(
-            sbc_read(read(8, 0), true).await,
-            Payload::Bytes(_)
-        ));
-        assert!(matches!(
-            sbc_read(read(256, 0), false).await,
-            Payload::Bytes(_)
-        ));
+        // Small reads are copied.
+        assert!(matches!(sbc_read(read(8, 0)).await, Payload::Bytes(_)));
 
         let writer = {
             let lu = Arc::clone(&lu);
@@ -495,7 +489,7 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
-        let Payload::Bytes(data) = sbc_read(read(256, 8), true).await else {
+        let Payload::Bytes(data) = sbc_read(read(256, 8)).await else {
             panic!("reads are copied once WRITE ATOMIC is in use");
         };
         assert!(data[..8 * 512].iter().all(|&b| b == 0x77));
@@ -528,7 +522,7 @@ mod tests {
         read16[10..14].copy_from_slice(&256u32.to_be_bytes());
         let mut reads = 0;
         while !writer.is_finished() || reads < 10 {
-            let data = crate::scsi::sbc::read_write(&lu, &read16, &Bytes::new(), false)
+            let data = crate::scsi::sbc::read_write(&lu, &read16, &Bytes::new())
                 .await
                 .unwrap();
             let data = data.bytes().cloned().unwrap();

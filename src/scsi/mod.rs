@@ -101,10 +101,6 @@ pub struct ScsiRequest {
     /// How many bytes of read data the initiator expects (its expected transfer length).
     pub expected_in: u32,
     pub attr: TaskAttr,
-    /// The transport can send read data straight from the medium's file (it has no data
-    /// digest to compute over the bytes): a READ from a memory-resident file answers with
-    /// [`ScsiResponse::data_in_file`].
-    pub file_data_in: bool,
 }
 
 /// The outcome of a command.
@@ -115,8 +111,7 @@ pub struct ScsiResponse {
     /// the initiator's expected length and reports the residual).
     pub data_in: Bytes,
     /// Read data still in the medium's file, for the transport to send from there (sendfile)
-    /// instead of `data_in`, which is then empty. Only when the request allowed it
-    /// ([`ScsiRequest::file_data_in`]).
+    /// instead of `data_in`, which is then empty (see [`crate::wire::FileSlice`]).
     pub data_in_file: Option<FileSlice>,
     /// Encoded sense data (fixed or descriptor format) for CHECK CONDITION.
     pub sense: Option<Bytes>,

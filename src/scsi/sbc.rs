@@ -149,15 +149,14 @@ pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> u32 {
 /// with 05/0E/03 and nothing is written. Extra data beyond the transfer length is ignored
 /// (the transport reports it as residual via `data_out_used`).
 ///
-/// With `file_data_in` (the transport can send from a file), a large read from a medium that
-/// is a memory-resident file returns the range of the file rather than a copy of it; the
-/// range holds the unit's guard against WRITE ATOMIC until it is sent, so none lands in it
-/// while its pages go out.
+/// A large read from a medium that is a memory-resident file returns the range of the file
+/// rather than a copy of it, for the transport to send from there; the range holds the
+/// unit's guard against WRITE ATOMIC until it is sent, so none lands in it while its pages
+/// go out.
 pub async fn read_write(
     lu: &LogicalUnit,
     raw_cdb: &[u8],
     data_out: &Bytes,
-    file_data_in: bool,
 ) -> Result<Payload, Sense> {
     let rw = cdb::decode_rw(raw_cdb)?;
     let opcode = raw_cdb.first().copied().unwrap_or(0);
@@ -188,16 +187,14 @@ pub async fn read_write(
         let _shared = lu.write_shared().await;
         write_blocks(lu, backend.as_ref(), offset, data, rw.fua, rw.lba).await?;
         Ok(Payload::default())
-    } else if let Some(file) = backend
-        .sendable_file()
-        .filter(|_| file_data_in && len >= FILE_DATA_IN_MIN)
+    } else if let Some(file) = backend.sendable_file().filter(|_| len >= FILE_DATA_IN_MIN)
         && let Some(guard) = lu.sent_read_guard().await
     {
         Ok(Payload::File(FileSlice {
             file,
             offset,
             len,
-            hold: Some(Arc::new(guard)),
+            hold: Arc::new(guard),
         }))
     } else {
         // Ordered against WRITE ATOMIC: never half of one.

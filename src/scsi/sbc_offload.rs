@@ -1047,7 +1047,7 @@ mod tests {
         let write_lu = Arc::clone(&lu);
         let write_task = tokio::spawn(async move {
             let cdb = cdb10(crate::scsi::opcodes::op::WRITE_10, 0, 0, 1);
-            crate::scsi::sbc::read_write(&write_lu, &cdb, &fill(b'C', 1), false).await
+            crate::scsi::sbc::read_write(&write_lu, &cdb, &fill(b'C', 1)).await
         });
         caw_task.await.unwrap().unwrap();
         write_task.await.unwrap().unwrap();

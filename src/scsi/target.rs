@@ -184,12 +184,10 @@ impl TargetDevice {
             Handler::ModeSense => mode::mode_sense(lu, cdb)?,
             Handler::ReadCapacity10 => sbc::read_capacity10(lu, cdb)?,
             Handler::ReadCapacity16 => sbc::read_capacity16(lu, cdb)?,
-            Handler::ReadWrite => {
-                match sbc::read_write(lu, cdb, &req.data_out, req.file_data_in).await? {
-                    Payload::Bytes(data) => data,
-                    Payload::File(slice) => return Ok(ScsiResponse::good_from_file(slice)),
-                }
-            }
+            Handler::ReadWrite => match sbc::read_write(lu, cdb, &req.data_out).await? {
+                Payload::Bytes(data) => data,
+                Payload::File(slice) => return Ok(ScsiResponse::good_from_file(slice)),
+            },
             Handler::SynchronizeCache => {
                 sbc::synchronize_cache(lu, cdb).await?;
                 Bytes::new()
@@ -363,7 +361,6 @@ mod tests {
             data_out,
             expected_in: 1 << 20,
             attr: TaskAttr::Simple,
-            file_data_in: false,
         }
     }
 

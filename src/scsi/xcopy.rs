@@ -1382,7 +1382,6 @@ mod tests {
                 data_out: Bytes::from(data),
                 expected_in: 4096,
                 attr: TaskAttr::Simple,
-                file_data_in: false,
             })
             .await
     }

@@ -16,9 +16,9 @@ pub struct FileSlice {
     pub file: Arc<File>,
     pub offset: u64,
     pub len: usize,
-    /// Dropped when the last PDU cut from this slice is gone: e.g. the logical unit's read
-    /// guard, so no WRITE ATOMIC lands in the range while its pages are being sent.
-    pub hold: Option<Arc<dyn Any + Send + Sync>>,
+    /// Dropped when the last PDU cut from this slice is gone: the logical unit's guard, so
+    /// no WRITE ATOMIC lands in the range while its pages are being sent.
+    pub hold: Arc<dyn Any + Send + Sync>,
 }
 
 impl FileSlice {
@@ -96,17 +96,5 @@ impl Default for Payload {
 impl From<Bytes> for Payload {
     fn from(bytes: Bytes) -> Self {
         Payload::Bytes(bytes)
-    }
-}
-
-impl From<Vec<u8>> for Payload {
-    fn from(bytes: Vec<u8>) -> Self {
-        Payload::Bytes(bytes.into())
-    }
-}
-
-impl From<&'static [u8]> for Payload {
-    fn from(bytes: &'static [u8]) -> Self {
-        Payload::Bytes(Bytes::from_static(bytes))
     }
 }
