@@ -293,6 +293,27 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// The value of `key` when it lies in `allowed`; `default` when it is absent, or, with an
+    /// error at it, when it does not. `unit` follows the bounds in the message.
+    fn in_range<T: Copy + PartialOrd + fmt::Display>(
+        &mut self,
+        v: &Option<Spanned<T>>,
+        default: T,
+        allowed: std::ops::RangeInclusive<T>,
+        key: &str,
+        unit: &str,
+    ) -> T {
+        match v {
+            Some(x) if allowed.contains(x.get_ref()) => *x.get_ref(),
+            Some(x) => {
+                let (lo, hi) = (allowed.start(), allowed.end());
+                self.error(x, format!("{key} must be between {lo} and {hi}{unit}"));
+                default
+            }
+            None => default,
+        }
+    }
+
     fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             line: Some(line_of(self.text, at.span().start)),
@@ -420,76 +441,62 @@ impl Validator<'_> {
 
     fn iscsi(&mut self, s: &RawServer) -> IscsiSettings {
         let d = IscsiSettings::default();
-        let mut range =
-            |v: &Option<Spanned<u32>>, default: u32, lo: u32, hi: u32, key: &str| match v {
-                Some(x) if (lo..=hi).contains(x.get_ref()) => *x.get_ref(),
-                Some(x) => {
-                    self.error(x, format!("{key} must be between {lo} and {hi}"));
-                    default
-                }
-                None => default,
-            };
         // Ranges from RFC 7143 §13 (segment and burst lengths 512..2^24-1).
         let settings = IscsiSettings {
-            max_recv_data_segment_length: range(
+            max_recv_data_segment_length: self.in_range(
                 &s.max_recv_data_segment_length,
                 d.max_recv_data_segment_length,
-                512,
-                16_777_215,
+                512..=16_777_215,
                 "max_recv_data_segment_length",
+                "",
             ),
-            max_burst_length: range(
+            max_burst_length: self.in_range(
                 &s.max_burst_length,
                 d.max_burst_length,
-                512,
-                16_777_215,
+                512..=16_777_215,
                 "max_burst_length",
+                "",
             ),
-            first_burst_length: range(
+            first_burst_length: self.in_range(
                 &s.first_burst_length,
                 d.first_burst_length,
-                512,
-                16_777_215,
+                512..=16_777_215,
                 "first_burst_length",
+                "",
             ),
-            max_outstanding_r2t: range(
+            max_outstanding_r2t: self.in_range(
                 &s.max_outstanding_r2t,
                 d.max_outstanding_r2t,
-                1,
-                65535,
+                1..=65535,
                 "max_outstanding_r2t",
+                "",
             ),
-            queue_depth: range(&s.queue_depth, d.queue_depth, 1, 4096, "queue_depth"),
+            queue_depth: self.in_range(&s.queue_depth, d.queue_depth, 1..=4096, "queue_depth", ""),
             // At least one largest write (8 MiB) must fit, or it could never run.
-            write_buffer_mib: range(
+            write_buffer_mib: self.in_range(
                 &s.write_buffer_mib,
                 d.write_buffer_mib,
-                8,
-                1 << 20,
+                8..=(1 << 20),
                 "write_buffer_mib",
+                "",
             ),
             immediate_data: s.immediate_data.unwrap_or(d.immediate_data),
             initial_r2t: s.initial_r2t.unwrap_or(d.initial_r2t),
             nop_interval_secs: s.nop_interval_secs.unwrap_or(d.nop_interval_secs),
-            nop_timeout_secs: d.nop_timeout_secs,
-            login_timeout_secs: d.login_timeout_secs,
-        };
-        let mut secs = |v: &Option<Spanned<u64>>, default: u64, key: &str| match v {
-            Some(x) if (1..=3600).contains(x.get_ref()) => *x.get_ref(),
-            Some(x) => {
-                self.error(x, format!("{key} must be between 1 and 3600 seconds"));
-                default
-            }
-            None => default,
-        };
-        let settings = IscsiSettings {
-            nop_timeout_secs: secs(&s.nop_timeout_secs, d.nop_timeout_secs, "nop_timeout_secs"),
-            login_timeout_secs: secs(
+            nop_timeout_secs: self.in_range(
+                &s.nop_timeout_secs,
+                d.nop_timeout_secs,
+                1..=3600,
+                "nop_timeout_secs",
+                " seconds",
+            ),
+            login_timeout_secs: self.in_range(
                 &s.login_timeout_secs,
                 d.login_timeout_secs,
+                1..=3600,
                 "login_timeout_secs",
+                " seconds",
             ),
-            ..settings
         };
         if let Some(x) = &s.first_burst_length
             && settings.first_burst_length > settings.max_burst_length
@@ -866,6 +873,19 @@ lun = 70000
         );
         assert!(shown.contains("LUN numbers go up to 16383"), "{shown}");
         assert!(shown.contains("needs file"), "{shown}");
+    }
+
+    #[test]
+    fn out_of_range_settings_are_located_and_named_with_their_bounds() {
+        let text = "[server]\nqueue_depth = 0\nwrite_buffer_mib = 4\nlogin_timeout_secs = 0\n";
+        let shown = parse(text, "r.toml").unwrap_err().to_string();
+        for expected in [
+            "r.toml:2: queue_depth must be between 1 and 4096",
+            "r.toml:3: write_buffer_mib must be between 8 and 1048576",
+            "r.toml:4: login_timeout_secs must be between 1 and 3600 seconds",
+        ] {
+            assert!(shown.contains(expected), "{shown}");
+        }
     }
 
     #[test]

@@ -106,29 +106,27 @@ impl Validator<'_> {
             None => d.chap_algorithms,
             Some(list) => self.algorithms(list),
         };
-        let mut limit = |v: &Option<Spanned<u32>>, default: u32, key: &str| match v {
-            Some(x) if (1..=1_000_000).contains(x.get_ref()) => *x.get_ref(),
-            Some(x) => {
-                self.error(x, format!("{key} must be between 1 and 1000000"));
-                default
-            }
-            None => default,
-        };
         let limits = Limits {
-            max_connections: limit(
+            max_connections: self.in_range(
                 raw.max_connections,
                 d.limits.max_connections,
+                1..=1_000_000,
                 "max_connections",
+                "",
             ),
-            max_connections_per_address: limit(
+            max_connections_per_address: self.in_range(
                 raw.max_connections_per_address,
                 d.limits.max_connections_per_address,
+                1..=1_000_000,
                 "max_connections_per_address",
+                "",
             ),
-            max_sessions_per_initiator: limit(
+            max_sessions_per_initiator: self.in_range(
                 raw.max_sessions_per_initiator,
                 d.limits.max_sessions_per_initiator,
+                1..=1_000_000,
                 "max_sessions_per_initiator",
+                "",
             ),
         };
         let discovery_chap =
