@@ -107,14 +107,16 @@ fn conflict() -> ScsiResponse {
     ScsiResponse::status(ScsiStatus::ReservationConflict)
 }
 
-/// The write data a reservation command asks for, for the transport's residual accounting.
-pub fn data_out_needed(cdb: &[u8]) -> u32 {
+/// The write data a reservation command asks for, for the transport's residual accounting;
+/// `None` for other commands.
+pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
     match cdb.first().copied() {
-        Some(op::PERSISTENT_RESERVE_OUT) => pr::prout_data_out_needed(cdb),
-        Some(op::RESERVE_10 | op::RELEASE_10) => cdb
-            .get(7..9)
-            .map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]]))),
-        _ => 0,
+        Some(op::PERSISTENT_RESERVE_OUT) => Some(pr::prout_data_out_needed(cdb)),
+        Some(op::RESERVE_10 | op::RELEASE_10) => Some(
+            cdb.get(7..9)
+                .map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]]))),
+        ),
+        _ => None,
     }
 }
 

@@ -129,16 +129,16 @@ pub(super) async fn write_blocks(
     })
 }
 
-/// Write data a CDB asks for, in bytes (for the transport's residual accounting): 0 for
-/// anything but a well-formed WRITE, saturating at `u32::MAX`.
-pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> u32 {
-    match cdb::decode_rw(raw_cdb) {
-        Ok(rw) if rw.is_write => {
-            let bytes = u64::from(rw.blocks) * u64::from(block_size);
-            u32::try_from(bytes).unwrap_or(u32::MAX)
-        }
-        _ => 0,
-    }
+/// Write data a well-formed READ or WRITE asks for, in bytes (for the transport's residual
+/// accounting): 0 for a READ, saturating at `u32::MAX`; `None` for any other CDB.
+pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> Option<u32> {
+    let rw = cdb::decode_rw(raw_cdb).ok()?;
+    let bytes = if rw.is_write {
+        u64::from(rw.blocks) * u64::from(block_size)
+    } else {
+        0
+    };
+    Some(u32::try_from(bytes).unwrap_or(u32::MAX))
 }
 
 /// READ/WRITE 6/10/12/16. Returns the read data (empty for writes).
@@ -275,20 +275,21 @@ mod tests {
         use crate::scsi::opcodes::op;
         assert_eq!(
             data_out_needed(&[op::WRITE_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
-            2048
+            Some(2048)
         );
         assert_eq!(
             data_out_needed(&[op::WRITE_6, 0, 0, 0, 0, 0], 4096),
-            256 * 4096
+            Some(256 * 4096)
         );
         assert_eq!(
             data_out_needed(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
-            0
+            Some(0)
         );
-        assert_eq!(data_out_needed(&[op::WRITE_10, 0], 512), 0);
+        assert_eq!(data_out_needed(&[op::WRITE_10, 0], 512), None);
+        assert_eq!(data_out_needed(&[op::INQUIRY, 0, 0, 0, 36, 0], 512), None);
         let mut w16 = [0u8; 16];
         w16[0] = op::WRITE_16;
         w16[10..14].copy_from_slice(&[0xFF; 4]);
-        assert_eq!(data_out_needed(&w16, 4096), u32::MAX);
+        assert_eq!(data_out_needed(&w16, 4096), Some(u32::MAX));
     }
 }

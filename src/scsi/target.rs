@@ -32,6 +32,19 @@ pub struct TargetDevice {
     copy_results: xcopy::CopyResults,
 }
 
+/// Write data a CDB asks for, in bytes, for the transport's write residuals; 0 for a command
+/// that takes none, or one nobody recognises. Each command family answers for its own
+/// opcodes (whatever the command's outcome: the residual is against what the CDB asked).
+fn data_out_needed(cdb: &[u8], block_size: u32) -> u32 {
+    sbc::data_out_needed(cdb, block_size)
+        .or_else(|| sbc_offload::data_out_needed(cdb, block_size))
+        .or_else(|| atomic::data_out_needed(cdb, block_size))
+        .or_else(|| reserve::data_out_needed(cdb))
+        .or_else(|| mode::data_out_needed(cdb))
+        .or_else(|| xcopy::data_out_needed(cdb))
+        .unwrap_or(0)
+}
+
 impl TargetDevice {
     pub fn new(target_name: &str) -> Self {
         TargetDevice {
@@ -120,16 +133,7 @@ impl TargetDevice {
             Ok(response) => response,
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
-        response.data_out_used = sbc_offload::data_out_needed(&req.cdb, lu.block_size())
-            .or_else(|| atomic::data_out_needed(&req.cdb, lu.block_size()))
-            .unwrap_or_else(|| sbc::data_out_needed(&req.cdb, lu.block_size()))
-            .max(reserve::data_out_needed(&req.cdb));
-        if let Some(needed) = mode::data_out_needed(&req.cdb) {
-            response.data_out_used = needed;
-        }
-        if let Some(needed) = xcopy::data_out_needed(&req.cdb) {
-            response.data_out_used = needed;
-        }
+        response.data_out_used = data_out_needed(&req.cdb, lu.block_size());
         response
     }
 
