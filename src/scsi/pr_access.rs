@@ -7,6 +7,7 @@
 //! this table does not know is treated as one that changes the medium, the safe answer.
 
 use super::Nexus;
+use super::opcodes::op;
 use super::pr::PrState;
 
 /// How a command fares under a persistent reservation held by someone else.
@@ -28,48 +29,58 @@ pub fn pr_access(cdb: &[u8]) -> PrAccess {
     let opcode = cdb.first().copied().unwrap_or(0);
     let service_action = cdb.get(1).map_or(0, |b| b & 0x1F);
     match opcode {
-        0x00 // TEST UNIT READY
-        | 0x03 // REQUEST SENSE
-        | 0x12 // INQUIRY
-        | 0x25 // READ CAPACITY(10)
-        | 0x4D // LOG SENSE
-        | 0x5E // PERSISTENT RESERVE IN
-        | 0x5F // PERSISTENT RESERVE OUT
-        | 0xA0 // REPORT LUNS
-        | 0xA3 // MAINTENANCE IN (REPORT TARGET PORT GROUPS, SUPPORTED OPCODES, ...)
-        | 0x84 // RECEIVE COPY RESULTS (third-party copy): reports, moves nothing
+        op::TEST_UNIT_READY
+        | op::REQUEST_SENSE
+        | op::INQUIRY
+        | op::READ_CAPACITY_10
+        | op::LOG_SENSE
+        | op::PERSISTENT_RESERVE_IN
+        | op::PERSISTENT_RESERVE_OUT
+        | op::REPORT_LUNS
+        // REPORT TARGET PORT GROUPS, SUPPORTED OPCODES, ...
+        | op::MAINTENANCE_IN
+        // Third-party copy: reports, moves nothing.
+        | op::RECEIVE_COPY_RESULTS
         // RESERVE/RELEASE: SPC-4 "exceptions to SPC-2 RESERVE and RELEASE" refuse them in
         // their own handlers while any registration exists.
-        | 0x16 | 0x17 | 0x56 | 0x57 => PrAccess::Always,
+        | op::RESERVE_6
+        | op::RELEASE_6
+        | op::RESERVE_10
+        | op::RELEASE_10 => PrAccess::Always,
         // SBC-4 table 13: START=1 with POWER CONDITION 0h only starts the unit; stopping,
         // unloading the medium or a power condition change conflicts.
-        0x1B => match cdb.get(4).copied().unwrap_or(0) & 0xF1 {
+        op::START_STOP_UNIT => match cdb.get(4).copied().unwrap_or(0) & 0xF1 {
             0x01 => PrAccess::Always,
             _ => PrAccess::Write,
         },
         // SPC-4 table 62: PREVENT ALLOW MEDIUM REMOVAL allowing removal is harmless; a
         // prevention conflicts.
-        0x1E => match cdb.get(4).copied().unwrap_or(0) & 0x03 {
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL => match cdb.get(4).copied().unwrap_or(0) & 0x03 {
             0 => PrAccess::Always,
             _ => PrAccess::Write,
         },
-        0x9E => match service_action {
-            0x10 => PrAccess::Always, // READ CAPACITY(16)
-            _ => PrAccess::Read,      // GET LBA STATUS and other reads
+        op::SERVICE_ACTION_IN_16 => match service_action {
+            op::SA_READ_CAPACITY_16 => PrAccess::Always,
+            _ => PrAccess::Read, // GET LBA STATUS and other reads
         },
-        0x08 | 0x28 | 0xA8 | 0x88 // READ(6/10/12/16)
-        | 0x1A | 0x5A // MODE SENSE(6/10)
-        | 0x2F | 0xAF | 0x8F // VERIFY(10/12/16)
-        | 0x34 | 0x90 // PRE-FETCH(10/16)
-        | 0x37 | 0xB7 // READ DEFECT DATA
-        | 0x3C // READ BUFFER
-        | 0x1C // RECEIVE DIAGNOSTIC RESULTS
+        op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16
+        | op::MODE_SENSE_6 | op::MODE_SENSE_10
+        | op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16
+        | op::PRE_FETCH_10 | op::PRE_FETCH_16
+        | op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12
+        | READ_BUFFER
+        | RECEIVE_DIAGNOSTIC_RESULTS
         => PrAccess::Read,
-        // EXTENDED COPY (83h) falls through to Write: it writes its destination.
-        // Its copy targets other than the addressed unit are checked by the copy manager.
+        // EXTENDED COPY falls through to Write: it writes its destination. Its copy targets
+        // other than the addressed unit are checked by the copy manager.
         _ => PrAccess::Write,
     }
 }
+
+/// Reads keel does not implement, named here because table 62 lets them through the Write
+/// Exclusive types (they would be refused as unsupported after the reservation check).
+const READ_BUFFER: u8 = 0x3C;
+const RECEIVE_DIAGNOSTIC_RESULTS: u8 = 0x1C;
 
 /// Whether `nexus` gets RESERVATION CONFLICT for `cdb` under the persistent reservation in
 /// `state` (SPC-4 §5.13.1 table 62 columns).
@@ -106,8 +117,14 @@ pub enum Spc2Access {
 /// SPC-2 §5.5.1: what a logical unit reservation lets through.
 pub fn spc2_access(cdb: &[u8]) -> Spc2Access {
     match cdb.first().copied().unwrap_or(0) {
-        0x12 | 0x03 | 0xA0 | 0x16 | 0x17 | 0x56 | 0x57 => Spc2Access::Allowed,
-        0x5E | 0x5F => Spc2Access::ConflictsForAll,
+        op::INQUIRY
+        | op::REQUEST_SENSE
+        | op::REPORT_LUNS
+        | op::RESERVE_6
+        | op::RELEASE_6
+        | op::RESERVE_10
+        | op::RELEASE_10 => Spc2Access::Allowed,
+        op::PERSISTENT_RESERVE_IN | op::PERSISTENT_RESERVE_OUT => Spc2Access::ConflictsForAll,
         _ => Spc2Access::ConflictsForOthers,
     }
 }
