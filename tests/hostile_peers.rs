@@ -1,5 +1,7 @@
-//! More bad input (issue 5): each case gets an RFC answer or a dropped connection, an honest
-//! session keeps doing verified I/O beside it, and keel's descriptors come back afterwards.
+//! Hostile peers: floods of login keys and connections, slowloris logins, commands outside the
+//! window, SNACK at ERL 0, logout with commands in flight. Each case gets an RFC answer or a
+//! dropped connection, an honest session keeps doing verified I/O beside it, and keel's
+//! descriptors and memory come back afterwards.
 
 mod common;
 

@@ -1,5 +1,6 @@
-//! Bad input gets an answer or a closed connection, never a crash, and never disturbs other
-//! sessions.
+//! Hostile PDUs: garbage, oversized segments, undecodable PDUs, Data-Out out of order or with
+//! a wrong DataSN or digest. Bad input gets an answer or a closed connection, never a crash,
+//! and never disturbs other sessions.
 
 mod common;
 
