@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::config::{Backing, Config};
 use crate::iscsi::access::AllowList;
 use crate::iscsi::login::LoginAccess;
-use crate::iscsi::{Context, Target, connection};
+use crate::iscsi::{Service, Target, connection};
 use crate::scsi::atomic_journal::AtomicJournal;
 use crate::scsi::pr_store::file_store;
 use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
@@ -29,7 +29,7 @@ const CONNECTION_BLOCKING_THREADS: usize = 4;
 
 /// A server with its listeners bound, ready to run.
 pub struct Server {
-    ctx: Arc<Context>,
+    ctx: Arc<Service>,
     listeners: Vec<TcpListener>,
 }
 
@@ -40,7 +40,7 @@ impl Server {
         for w in &config.warnings {
             warn!("configuration: {w}");
         }
-        let mut ctx = Context::new(config.iscsi.clone());
+        let mut ctx = Service::new(config.iscsi.clone());
         ctx.access = LoginAccess {
             algorithms: config.access.chap_algorithms.clone(),
             discovery_chap: config.access.discovery_chap.clone().map(Arc::new),
@@ -154,7 +154,7 @@ impl Server {
     }
 
     /// The shared context (targets, sessions), for tests and the admin interface.
-    pub fn context(&self) -> Arc<Context> {
+    pub fn service(&self) -> Arc<Service> {
         self.ctx.clone()
     }
 

@@ -27,11 +27,11 @@ use tracing::{Instrument, debug, info, warn};
 use super::limits::{OverLimit, REFUSE_DELAY};
 use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, SessionType, status};
 use super::params::{self, Negotiated};
-use super::response::{CommandInfo, DataInLimits, reply_pdus};
+use super::response::{CommandForReply, DataInLimits, reply_pdus};
 use super::session::{AdmitError, SessionGuard, SessionKey};
 use super::text_exchange::{TextExchange, TextStep};
 use super::window::CmdWindow;
-use super::{Context, Target};
+use super::{Service, Target};
 use crate::scsi::task_set::{Aborted, Membership, TaskFate};
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Sense, SenseKey, TaskAttr, cdb};
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
@@ -82,7 +82,7 @@ const DRAIN_REPORT: Duration = Duration::from_secs(30);
 const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// Serves one accepted connection to its end.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
+pub async fn serve(stream: TcpStream, ctx: Arc<Service>) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -113,7 +113,7 @@ const SESSION_READ_BUFFER: usize = 64 * 1024;
 
 async fn run(
     stream: TcpStream,
-    ctx: &Arc<Context>,
+    ctx: &Arc<Service>,
     over: Option<OverLimit>,
 ) -> Result<(), FrameError> {
     let _ = stream.set_nodelay(true);
@@ -239,7 +239,7 @@ struct LoggedIn<'a> {
 async fn login_phase<'a>(
     reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
     wr: &mut OwnedWriteHalf,
-    ctx: &'a Arc<Context>,
+    ctx: &'a Arc<Service>,
     over: Option<OverLimit>,
 ) -> Result<Option<LoggedIn<'a>>, FrameError> {
     let mut machine = LoginMachine::new(&ctx.settings).with_access(ctx.access.clone());
@@ -371,7 +371,7 @@ async fn send_login(
     mut response: wire::LoginResponse,
     stat_sn: &mut u32,
     req: &LoginRequest,
-    ctx: &Context,
+    ctx: &Service,
 ) -> std::io::Result<()> {
     response.sn = SeqNums {
         stat_sn: *stat_sn,
@@ -459,7 +459,7 @@ struct BudgetGrant {
     permit: OwnedSemaphorePermit,
 }
 
-/// Write-buffer memory is counted in KiB (`Context::write_budget`).
+/// Write-buffer memory is counted in KiB (`Service::write_budget`).
 fn budget_units(bytes: u32) -> u32 {
     bytes.div_ceil(1024)
 }
@@ -477,7 +477,7 @@ enum Flow {
 }
 
 struct Session<'a> {
-    ctx: &'a Arc<Context>,
+    ctx: &'a Arc<Service>,
     guard: &'a SessionGuard<'a>,
     outcome: &'a LoginOutcome,
     params: Negotiated,
@@ -1047,7 +1047,7 @@ impl Session<'_> {
         r2t_count: u32,
         budget: Option<OwnedSemaphorePermit>,
     ) {
-        let info = CommandInfo {
+        let info = CommandForReply {
             itt: cmd.itt,
             lun: cmd.lun,
             expected_length: cmd.expected_length,

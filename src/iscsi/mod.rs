@@ -75,9 +75,10 @@ impl TargetRegistry {
     }
 }
 
-/// What every connection task shares.
+/// The iSCSI service: what every connection task shares (settings, targets, sessions,
+/// limits, the write-buffer budget, the shutdown signal).
 #[derive(Debug)]
-pub struct Context {
+pub struct Service {
     pub settings: IscsiSettings,
     pub targets: TargetRegistry,
     pub sessions: SessionRegistry,
@@ -91,10 +92,10 @@ pub struct Context {
     pub write_budget: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
-impl Context {
+impl Service {
     pub fn new(settings: IscsiSettings) -> Self {
         let budget_kib = settings.write_buffer_mib as usize * 1024;
-        Context {
+        Service {
             write_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget_kib)),
             settings,
             targets: TargetRegistry::default(),

@@ -7,7 +7,7 @@ use crate::wire::{DataIn, Payload, RESERVED_TAG, Reply, ScsiResponsePdu};
 
 /// What the transport knows about the command it answers.
 #[derive(Clone, Copy, Debug)]
-pub struct CommandInfo {
+pub struct CommandForReply {
     pub itt: u32,
     pub lun: [u8; 8],
     pub expected_length: u32,
@@ -35,7 +35,7 @@ fn residual(expected: u32, actual: u32) -> (bool, bool, u32) {
 }
 
 /// The PDUs answering one command, in send order.
-pub fn reply_pdus(cmd: &CommandInfo, outcome: &ScsiResponse, limits: DataInLimits) -> Vec<Reply> {
+pub fn reply_pdus(cmd: &CommandForReply, outcome: &ScsiResponse, limits: DataInLimits) -> Vec<Reply> {
     let mut pdus = Vec::new();
     // Data the initiator gets: never more than it asked for (§11.4.5.1: overflow residual).
     let full = outcome.data_in_len();
@@ -113,8 +113,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn cmd(expected_length: u32, read: bool) -> CommandInfo {
-        CommandInfo {
+    fn cmd(expected_length: u32, read: bool) -> CommandForReply {
+        CommandForReply {
             itt: 5,
             lun: [0; 8],
             expected_length,
