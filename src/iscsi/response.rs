@@ -35,7 +35,11 @@ fn residual(expected: u32, actual: u32) -> (bool, bool, u32) {
 }
 
 /// The PDUs answering one command, in send order.
-pub fn reply_pdus(cmd: &CommandForReply, outcome: &ScsiResponse, limits: DataInLimits) -> Vec<Reply> {
+pub fn reply_pdus(
+    cmd: &CommandForReply,
+    outcome: &ScsiResponse,
+    limits: DataInLimits,
+) -> Vec<Reply> {
     let mut pdus = Vec::new();
     // Data the initiator gets: never more than it asked for (§11.4.5.1: overflow residual).
     let full = outcome.data_in_len();
