@@ -98,6 +98,7 @@ struct RawLun {
     read_only: bool,
     #[serde(default)]
     removable: bool,
+    sanitize_rate: Option<Spanned<SizeValue>>,
 }
 
 /// A size written as a number of bytes or a string with a unit ("1GiB", "256M").
@@ -186,6 +187,8 @@ pub struct LunConfig {
     pub read_only: bool,
     /// Removable medium (virtual media): initiators may eject and load it.
     pub removable: bool,
+    /// Bytes per second SANITIZE OVERWRITE may write (`None`: unpaced).
+    pub sanitize_rate: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -578,6 +581,23 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let sanitize_rate = match &l.sanitize_rate {
+            None => None,
+            Some(r) => match parse_size(r.get_ref()) {
+                Ok(0) => {
+                    self.error(
+                        r,
+                        format!("{what}: sanitize_rate must be more than 0 per second"),
+                    );
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+                Err(why) => {
+                    self.error(r, format!("{what}: sanitize_rate: {why}"));
+                    None
+                }
+            },
+        };
         Some(LunConfig {
             lun: number,
             backing,
@@ -585,6 +605,7 @@ impl Validator<'_> {
             physical_block_size,
             read_only: l.read_only,
             removable: l.removable,
+            sanitize_rate,
         })
     }
 
@@ -904,6 +925,16 @@ lun = 70000
                 .contains("x.toml:3: io_engine \"uring\" is not one of"),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn sanitize_rate_is_a_size_per_second_and_unpaced_by_default() {
+        let text = "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n[[target.lun]]\nlun = 0\nfile = \"a.img\"\nsanitize_rate = \"8MiB\"\n[[target.lun]]\nlun = 1\nfile = \"b.img\"\n";
+        let c = parse(text, "x").unwrap();
+        let rates: Vec<Option<u64>> = c.targets[0].luns.iter().map(|l| l.sanitize_rate).collect();
+        assert_eq!(rates, [Some(8 << 20), None]);
+        assert!(parse(&text.replace("\"8MiB\"", "0"), "x").is_err());
+        assert!(parse(&text.replace("8MiB", "8 furlongs"), "x").is_err());
     }
 
     #[test]

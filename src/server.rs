@@ -113,7 +113,8 @@ impl Server {
                 let lu = LogicalUnit::new(identity, l.block_size, Some(backend), l.read_only)
                     .with_physical_block_size(l.physical_block_size)
                     .with_atomic_journal(journal)
-                    .with_removable_medium(l.removable);
+                    .with_removable_medium(l.removable)
+                    .with_sanitize_rate(l.sanitize_rate);
                 lu.set_reservation_store(file_store(&config.data_dir))
                     .with_context(|| {
                         format!(

@@ -1033,6 +1033,7 @@ impl Session<'_> {
             data_out,
             expected_in: if cmd.read { cmd.expected_length } else { 0 },
             attr: task_attr(cmd.attr),
+            fate: Some(task.fate.clone()),
         })
     }
 

@@ -15,6 +15,7 @@ use super::atomic_journal::AtomicJournal;
 use super::mode::ModeValues;
 use super::pr_store::ReservationStore;
 use super::reserve::Reservations;
+use super::sanitize_state::SanitizeState;
 use super::sense::Sense;
 use super::ua::UnitAttentions;
 
@@ -185,6 +186,8 @@ pub struct LogicalUnit {
     atomic_writes_seen: std::sync::atomic::AtomicBool,
     /// The intent journal WRITE ATOMIC needs; without one the unit does not offer it.
     atomic_journal: Option<Arc<AtomicJournal>>,
+    /// Idle, sanitizing (SANITIZE, SBC-4 §5.30) or in sanitize failure mode.
+    sanitize: SanitizeState,
 }
 
 impl LogicalUnit {
@@ -231,7 +234,20 @@ impl LogicalUnit {
             sent_read_order: Arc::new(tokio::sync::RwLock::new(())),
             atomic_writes_seen: std::sync::atomic::AtomicBool::new(false),
             atomic_journal: None,
+            sanitize: SanitizeState::default(),
         }
+    }
+
+    /// Paces SANITIZE OVERWRITE to `bytes_per_second` (`None`: as fast as the medium goes), so
+    /// a long sanitize leaves the storage it shares with other units some room.
+    pub fn with_sanitize_rate(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.sanitize = SanitizeState::with_rate(bytes_per_second);
+        self
+    }
+
+    /// Whether a sanitize operation runs, failed, or neither.
+    pub fn sanitize_state(&self) -> &SanitizeState {
+        &self.sanitize
     }
 
     /// Offers WRITE ATOMIC, made crash-atomic by `journal` (which the caller has recovered

@@ -20,6 +20,8 @@ pub mod pr_access;
 pub mod pr_store;
 pub mod provisioning;
 pub mod reserve;
+pub mod sanitize;
+pub mod sanitize_state;
 pub mod sbc;
 pub mod sbc_offload;
 pub mod sense;
@@ -101,6 +103,9 @@ pub struct ScsiRequest {
     /// How many bytes of read data the initiator expects (its expected transfer length).
     pub expected_in: u32,
     pub attr: TaskAttr,
+    /// The task's fate, when the transport tracks one: a command that waits on work going on
+    /// without it (SANITIZE without IMMED, SBC-4 §5.30) stops waiting when it is aborted.
+    pub fate: Option<Arc<task_set::TaskFate>>,
 }
 
 /// The outcome of a command.

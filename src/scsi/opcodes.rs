@@ -67,6 +67,11 @@ pub mod op {
     pub const VERIFY_12: u8 = 0xAF;
     /// SERVICE ACTION IN(16): GET LBA STATUS (SBC-4 §5.8).
     pub const SA_GET_LBA_STATUS: u8 = 0x12;
+    /// SANITIZE (SBC-4 §5.30) and its service actions.
+    pub const SANITIZE: u8 = 0x48;
+    pub const SA_SANITIZE_OVERWRITE: u8 = 0x01;
+    pub const SA_SANITIZE_BLOCK_ERASE: u8 = 0x02;
+    pub const SA_SANITIZE_EXIT_FAILURE_MODE: u8 = 0x1F;
     pub const EXTENDED_COPY: u8 = 0x83;
     pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     /// EXTENDED COPY service action: LID1 (SPC-4 §6.4).
@@ -115,6 +120,7 @@ pub enum Handler {
     WriteAtomic,
     ExtendedCopy,
     ReceiveCopyResults,
+    Sanitize,
 }
 
 /// Direction of the data phase.
@@ -328,6 +334,26 @@ static MAINTENANCE_IN: [(u8, CommandInfo); 3] = [
     ),
 ];
 
+const fn sanitize(service_action: u8) -> (u8, CommandInfo) {
+    let info = command(
+        "SANITIZE",
+        Handler::Sanitize,
+        DataDirection::Out,
+        10,
+        false,
+        true,
+    );
+    (service_action, info)
+}
+
+/// SANITIZE (48h): OVERWRITE, BLOCK ERASE, EXIT FAILURE MODE. CRYPTOGRAPHIC ERASE (03h) has no
+/// row: keel holds no media key to destroy, so it is refused at the SERVICE ACTION field.
+static SANITIZE: [(u8, CommandInfo); 3] = [
+    sanitize(op::SA_SANITIZE_OVERWRITE),
+    sanitize(op::SA_SANITIZE_BLOCK_ERASE),
+    sanitize(op::SA_SANITIZE_EXIT_FAILURE_MODE),
+];
+
 /// Every supported command as `(opcode, service action, row)`: `None` for opcodes without
 /// service actions. Ascending by opcode, then service action. REPORT SUPPORTED OPERATION CODES
 /// walks this, so its answer is exactly what dispatch accepts.
@@ -416,6 +442,7 @@ const fn build_table() -> [Slot; 256] {
     t[op::WRITE_ATOMIC_16 as usize] = media("WRITE ATOMIC(16)", WriteAtomic, Out, 16);
     t[op::WRITE_AND_VERIFY_12 as usize] = media("WRITE AND VERIFY(12)", Verify, Out, 12);
     t[op::VERIFY_12 as usize] = media("VERIFY(12)", Verify, Out, 12);
+    t[op::SANITIZE as usize] = Slot::ServiceActions(&SANITIZE);
     t[op::EXTENDED_COPY as usize] = Slot::ServiceActions(&EXTENDED_COPY);
     t[op::RECEIVE_COPY_RESULTS as usize] = Slot::ServiceActions(&RECEIVE_COPY_RESULTS);
     t

@@ -43,6 +43,9 @@ pub struct Sense {
     pub info: Option<u64>,
     /// Sense-key specific field pointer (SKSV set), for ILLEGAL REQUEST.
     pub field_pointer: Option<FieldPointer>,
+    /// Sense-key specific PROGRESS INDICATION (SKSV set), in 65536ths of the operation, for
+    /// NOT READY while a long operation runs (SPC-4 §4.5.2.4.4).
+    pub progress: Option<u16>,
 }
 
 /// Fixed-format sense is 18 bytes: 8 of header plus an additional sense length of 10.
@@ -56,6 +59,7 @@ impl Sense {
             ascq,
             info: None,
             field_pointer: None,
+            progress: None,
         }
     }
 
@@ -135,6 +139,19 @@ impl Sense {
     /// at once instead of retrying, which is what an offline unit wants).
     pub const fn not_ready_manual_intervention() -> Self {
         Sense::new(SenseKey::NotReady, 0x04, 0x03)
+    }
+
+    /// 02/04/1B LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS, with how far it has got
+    /// (SBC-4 §4.33).
+    pub const fn sanitize_in_progress(progress: u16) -> Self {
+        let mut sense = Sense::new(SenseKey::NotReady, 0x04, 0x1B);
+        sense.progress = Some(progress);
+        sense
+    }
+
+    /// 03/31/03 SANITIZE COMMAND FAILED: the unit is in sanitize failure mode (SBC-4 §4.33).
+    pub const fn sanitize_failed() -> Self {
+        Sense::new(SenseKey::MediumError, 0x31, 0x03)
     }
 
     /// 02/3A/00 MEDIUM NOT PRESENT: a removable unit whose medium is unloaded. Not the
@@ -250,9 +267,14 @@ impl Sense {
         Bytes::from(out)
     }
 
-    /// The three sense-key specific bytes with SKSV set, for a field pointer (SPC-4
-    /// §4.5.2.4.2): SKSV | C/D | BPV | bit pointer, then the byte number.
+    /// The three sense-key specific bytes with SKSV set: a progress indication (SPC-4
+    /// §4.5.2.4.4: SKSV, then the 16-bit fraction), or a field pointer (SPC-4 §4.5.2.4.2):
+    /// SKSV | C/D | BPV | bit pointer, then the byte number.
     fn sense_key_specific(&self) -> Option<[u8; 3]> {
+        if let Some(progress) = self.progress {
+            let [hi, lo] = progress.to_be_bytes();
+            return Some([0x80, hi, lo]);
+        }
         let (in_cdb, byte, bit) = self.field_pointer?;
         let mut first = 0x80;
         if in_cdb {
@@ -292,6 +314,17 @@ mod tests {
                 0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0x00, 0, 0, 0, 0
             ]
         );
+    }
+
+    #[test]
+    fn progress_indication_in_both_formats() {
+        let sense = Sense::sanitize_in_progress(0x1234);
+        let fixed = sense.encode_fixed();
+        assert_eq!((fixed[2], fixed[12], fixed[13]), (0x02, 0x04, 0x1B));
+        assert_eq!(&fixed[15..18], &[0x80, 0x12, 0x34]);
+        let descriptor = sense.encode_descriptor();
+        assert_eq!(&descriptor[..4], &[0x72, 0x02, 0x04, 0x1B]);
+        assert_eq!(&descriptor[8..16], &[0x02, 0x06, 0, 0, 0x80, 0x12, 0x34, 0]);
     }
 
     #[test]

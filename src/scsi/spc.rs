@@ -243,11 +243,14 @@ pub fn vpd_block_limits(block_size: u32) -> Vec<u8> {
     vpd_page(0xB0, &body)
 }
 
-/// VPD B1h: block device characteristics (SBC-3 §6.5.2), page length 3Ch: non-rotating
-/// medium (rate 0001h), so initiators treat it like an SSD.
+/// VPD B1h: block device characteristics (SBC-4 §6.6.2), page length 3Ch: non-rotating
+/// medium (rate 0001h), so initiators treat it like an SSD. WABEREQ = 01b: a read of a block
+/// that SANITIZE BLOCK ERASE erased (and nothing wrote since) completes with GOOD (it reads
+/// zeros); WACEREQ = 00b: CRYPTOGRAPHIC ERASE is not offered.
 pub fn vpd_block_device_characteristics() -> Vec<u8> {
     let mut body = [0u8; 0x3C];
     body[0..2].copy_from_slice(&1u16.to_be_bytes());
+    body[3] = 0x40; // byte 7: WABEREQ 01b, WACEREQ 00b, NOMINAL FORM FACTOR not reported
     vpd_page(0xB1, &body)
 }
 
@@ -478,7 +481,9 @@ mod tests {
         let page = vpd_block_device_characteristics();
         assert_eq!(page.len(), 64);
         assert_eq!(&page[0..6], &[0, 0xB1, 0, 0x3C, 0, 1]);
-        assert!(page[6..].iter().all(|&b| b == 0));
+        // WABEREQ 01b (SANITIZE BLOCK ERASE: reads return GOOD), WACEREQ 00b.
+        assert_eq!(page[7], 0x40);
+        assert!(page[6] == 0 && page[8..].iter().all(|&b| b == 0));
         assert_eq!(
             vpd_logical_block_provisioning(),
             vec![0, 0xB2, 0, 4, 0, 0, 0, 0]

@@ -19,7 +19,7 @@ use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
 use super::{
     Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, atomic, log, maintenance, medium, mode,
-    provisioning, reserve, sbc, sbc_offload, spc, xcopy,
+    provisioning, reserve, sanitize, sbc, sbc_offload, spc, xcopy,
 };
 use crate::wire::Payload;
 
@@ -42,6 +42,7 @@ fn data_out_needed(cdb: &[u8], block_size: u32) -> u32 {
         .or_else(|| reserve::data_out_needed(cdb))
         .or_else(|| mode::data_out_needed(cdb))
         .or_else(|| xcopy::data_out_needed(cdb))
+        .or_else(|| sanitize::data_out_needed(cdb))
         .unwrap_or(0)
 }
 
@@ -137,7 +138,11 @@ impl TargetDevice {
         response
     }
 
-    async fn dispatch(&self, lu: &LogicalUnit, req: &ScsiRequest) -> Result<ScsiResponse, Sense> {
+    async fn dispatch(
+        &self,
+        lu: &Arc<LogicalUnit>,
+        req: &ScsiRequest,
+    ) -> Result<ScsiResponse, Sense> {
         let cdb = &req.cdb[..];
         let nexus = &req.nexus;
         let unit_attentions = lu.unit_attentions();
@@ -157,6 +162,13 @@ impl TargetDevice {
         // readiness: a conflicting command never touches the unit.
         if lu.reservations().conflicts(nexus, cdb) {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
+        }
+        // While a sanitize operation runs or failed, only a few commands run (SBC-4 §4.33).
+        if let Some(sense) = lu
+            .sanitize_state()
+            .refusal(sanitize::during_sanitize(cdb[0]))
+        {
+            return Err(sense);
         }
         if !info.allowed_not_ready
             && let Some(sense) = lu.not_ready_sense()
@@ -179,6 +191,7 @@ impl TargetDevice {
                 // condition a media access would get, else NO SENSE.
                 let sense = unit_attentions
                     .take(nexus)
+                    .or_else(|| lu.sanitize_state().condition())
                     .or_else(|| lu.not_ready_sense())
                     .unwrap_or_else(Sense::no_sense);
                 spc::request_sense_data(&sense, &request)
@@ -225,6 +238,9 @@ impl TargetDevice {
             }
             Handler::ReceiveCopyResults => {
                 xcopy::receive_copy_results(&self.copy_results, lu, nexus, cdb)?
+            }
+            Handler::Sanitize => {
+                sanitize::sanitize(lu, cdb, &req.data_out, req.fate.as_ref()).await?
             }
         };
         Ok(ScsiResponse::good(data))
@@ -365,6 +381,7 @@ mod tests {
             data_out,
             expected_in: 1 << 20,
             attr: TaskAttr::Simple,
+            fate: None,
         }
     }
 

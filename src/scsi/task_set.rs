@@ -104,6 +104,12 @@ impl TaskFate {
         self.advance(EXECUTING, REPLYING)
     }
 
+    /// Whether the task has been aborted: a command that waits long for something that goes
+    /// on without it (SANITIZE without IMMED) looks, and stops waiting.
+    pub fn is_aborted(&self) -> bool {
+        self.0.load(Ordering::Acquire) & ABORTED != 0
+    }
+
     /// Aborts the task unless it is already replying.
     pub fn abort(&self, how: Aborted) -> AbortOutcome {
         let mark = match how {

@@ -1382,6 +1382,7 @@ mod tests {
                 data_out: Bytes::from(data),
                 expected_in: 4096,
                 attr: TaskAttr::Simple,
+                fate: None,
             })
             .await
     }
