@@ -36,6 +36,19 @@ async fn start_in(
     (addr, tx, task)
 }
 
+/// PERSISTENT RESERVE OUT service actions (SPC-4 §6.16.2 table 186).
+const REGISTER: u8 = 0;
+const RESERVE: u8 = 1;
+const PREEMPT: u8 = 4;
+const PREEMPT_AND_ABORT: u8 = 5;
+/// Persistent reservation types (SPC-4 §6.15.3.3 table 176).
+const WRITE_EXCLUSIVE: u8 = 1;
+const WRITE_EXCLUSIVE_REGISTRANTS_ONLY: u8 = 5;
+/// Status codes (SAM-5 §5.3.1).
+const GOOD: u8 = 0;
+const CHECK_CONDITION: u8 = 2;
+const RESERVATION_CONFLICT: u8 = 0x18;
+
 /// PERSISTENT RESERVE OUT with a basic parameter list.
 async fn prout(i: &mut Initiator, sa: u8, pr_type: u8, key: u64, sark: u64, flags: u8) -> u8 {
     let cdb = [0x5F, sa, pr_type, 0, 0, 0, 0, 0, 24, 0];
@@ -163,17 +176,10 @@ async fn external_keel_probe() {
 /// with TASK ABORTED and never lands, while the preempting command completes.
 #[tokio::test]
 async fn preempt_and_abort_aborts_the_preempted_nexus_tasks() {
-    const REGISTER: u8 = 0;
-    const RESERVE: u8 = 1;
-    const PREEMPT_AND_ABORT: u8 = 5;
-    const WRITE_EXCLUSIVE_REGISTRANTS_ONLY: u8 = 5;
     let dir = tempfile::tempdir().unwrap();
     let (addr, tx, task) = start_in(dir.path()).await;
     let mut a = session(addr).await;
-    let mut b = Initiator::connect(addr).await;
-    b.isid[5] = 2;
-    b.login(Some(TARGET), &[]).await;
-    b.clear_unit_attention().await;
+    let mut b = common::honest_session_at(addr, 2).await;
     assert_eq!(prout(&mut a, REGISTER, 0, 0, 0xA, 0).await, 0);
     assert_eq!(prout(&mut b, REGISTER, 0, 0, 0xB, 0).await, 0);
     assert_eq!(
@@ -227,24 +233,11 @@ async fn preempt_and_abort_aborts_the_preempted_nexus_tasks() {
 /// stays.
 #[tokio::test]
 async fn preempting_its_own_key_unregisters_every_nexus_with_it() {
-    const REGISTER: u8 = 0;
-    const RESERVE: u8 = 1;
-    const PREEMPT: u8 = 4;
-    const WRITE_EXCLUSIVE: u8 = 1;
-    const GOOD: u8 = 0;
-    const CHECK_CONDITION: u8 = 2;
-    const RESERVATION_CONFLICT: u8 = 0x18;
     let dir = tempfile::tempdir().unwrap();
     let (addr, tx, task) = start_in(dir.path()).await;
     let mut holder = session(addr).await;
-    let mut fencer = Initiator::connect(addr).await;
-    fencer.isid[5] = 2;
-    fencer.login(Some(TARGET), &[]).await;
-    fencer.clear_unit_attention().await;
-    let mut twin = Initiator::connect(addr).await;
-    twin.isid[5] = 3;
-    twin.login(Some(TARGET), &[]).await;
-    twin.clear_unit_attention().await;
+    let mut fencer = common::honest_session_at(addr, 2).await;
+    let mut twin = common::honest_session_at(addr, 3).await;
     assert_eq!(prout(&mut holder, REGISTER, 0, 0, 0xA, 0).await, GOOD);
     assert_eq!(prout(&mut fencer, REGISTER, 0, 0, 0xB, 0).await, GOOD);
     assert_eq!(prout(&mut twin, REGISTER, 0, 0, 0xB, 0).await, GOOD);

@@ -383,6 +383,12 @@ fn preempt_all_registrants_with_key_zero() {
     );
 }
 
+/// A state where each nexus registered with its key, in order.
+fn registered(with: &[(&Nexus, u64)]) -> PrState {
+    with.iter()
+        .fold(PrState::default(), |s, (n, key)| register(&s, n, *key))
+}
+
 /// The unit attentions `out` raises, as `reserve.rs` delivers them: to each of the `known`
 /// nexuses some notice's registrations cover, never to the sender (SPC-4 r36f §5.13.11.2.4.3
 /// f), §5.13.11.2.5 d)). Each as (initiator port, sense).
@@ -418,7 +424,7 @@ fn preempting_its_own_key_unregisters_a_non_holder() {
     // SERVICE ACTION RESERVATION KEY to the same value ... The registration is removed." (a
     // cluster's fence agent re-registering a node does this).
     let (a, b) = (nexus("a"), nexus("b"));
-    let s = register(&register(&PrState::default(), &a, 0x11), &b, 0x22);
+    let s = registered(&[(&a, 0x11), (&b, 0x22)]);
     let held = ok(run(&s, &a, prout_sa::RESERVE, WE, 0x11, 0, 0)).state;
     for (s, sa) in [
         (&held, prout_sa::PREEMPT),
@@ -446,11 +452,7 @@ fn preempting_a_key_shared_with_another_nexus_removes_both() {
     // §5.13.11.2.5 a): "remove the registrations for all I_T nexuses specified by the SERVICE
     // ACTION RESERVATION KEY field"; only the other nexus hears REGISTRATIONS PREEMPTED.
     let (a, b, c) = (nexus("a"), nexus("b"), nexus("c"));
-    let s = register(
-        &register(&register(&PrState::default(), &a, 0x11), &b, 0x22),
-        &c,
-        0x22,
-    );
+    let s = registered(&[(&a, 0x11), (&b, 0x22), (&c, 0x22)]);
     let s = ok(run(&s, &a, prout_sa::RESERVE, WE, 0x11, 0, 0)).state;
     let known = [&a, &b, &c];
     let out = ok(run(&s, &b, prout_sa::PREEMPT, WE, 0x22, 0x22, 0));
@@ -478,11 +480,7 @@ fn the_holder_preempting_its_own_key_keeps_registration_and_takes_the_new_type()
     // itself ... the device server shall establish the new persistent reservation and
     // maintain the registration"; b) the other nexuses with that key lose theirs.
     let (a, b, d) = (nexus("a"), nexus("b"), nexus("d"));
-    let s = register(
-        &register(&register(&PrState::default(), &a, 0x11), &b, 0x22),
-        &d,
-        0x11,
-    );
+    let s = registered(&[(&a, 0x11), (&b, 0x22), (&d, 0x11)]);
     let s = ok(run(&s, &a, prout_sa::RESERVE, WE, 0x11, 0, 0)).state;
     let known = [&a, &b, &d];
     for sa in [prout_sa::PREEMPT, prout_sa::PREEMPT_AND_ABORT] {
@@ -536,7 +534,7 @@ fn preempting_its_own_key_under_an_all_registrants_reservation_unregisters_the_s
     // (§5.13.11.2.5); the reservation stays with the remaining registrants and goes with
     // the last one.
     let (a, b) = (nexus("a"), nexus("b"));
-    let s = register(&register(&PrState::default(), &a, 0x11), &b, 0x22);
+    let s = registered(&[(&a, 0x11), (&b, 0x22)]);
     let s = ok(run(&s, &a, prout_sa::RESERVE, EA_AR, 0x11, 0, 0)).state;
     let out = ok(run(&s, &b, prout_sa::PREEMPT_AND_ABORT, WE, 0x22, 0x22, 0));
     assert_eq!(keys(&out.state), vec![0x11]);
