@@ -32,8 +32,10 @@ use super::session::{AdmitError, SessionGuard, SessionKey};
 use super::text_exchange::{TextExchange, TextStep};
 use super::window::CmdWindow;
 use super::{Service, Target};
-use crate::scsi::task_set::{Aborted, Membership, TaskFate};
-use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Sense, SenseKey, TaskAttr, cdb};
+use crate::scsi::{
+    Aborted, Membership, Nexus, ScsiRequest, ScsiResponse, Sense, SenseKey, TaskAttr, TaskFate,
+    decode_lun,
+};
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{
     self, DataOut, FileSlice, FrameLimits, LoginRequest, LogoutRequest, LogoutResponse, NopIn,
@@ -73,7 +75,7 @@ mod tmf {
 /// The largest write keel buffers for one command: what the SCSI layer accepts in one
 /// transfer. A larger ExpectedDataTransferLength is not buffered; the SCSI layer refuses the
 /// command.
-const MAX_WRITE_BUFFER: u32 = crate::scsi::sbc::MAX_TRANSFER_BYTES;
+const MAX_WRITE_BUFFER: u32 = crate::scsi::MAX_TRANSFER_BYTES;
 
 /// How often a session waiting for commands stuck in the backend says so.
 const DRAIN_REPORT: Duration = Duration::from_secs(30);
@@ -745,7 +747,7 @@ impl Session<'_> {
             self.reject(reject::PROTOCOL_ERROR, bhs).await;
             return;
         }
-        let lun = cdb::decode_lun(cmd.lun).unwrap_or(u64::MAX);
+        let lun = decode_lun(cmd.lun).unwrap_or(u64::MAX);
         let fate = TaskFate::new();
         let finished = CancellationToken::new();
         let membership = match (&self.target, &self.nexus) {
@@ -1118,7 +1120,7 @@ impl Session<'_> {
     }
 
     async fn on_task_mgmt(&mut self, p: TaskMgmtRequest) -> Flow {
-        let lun = cdb::decode_lun(p.lun).unwrap_or(u64::MAX);
+        let lun = decode_lun(p.lun).unwrap_or(u64::MAX);
         let (Some(target), Some(nexus)) = (self.target.clone(), self.nexus.clone()) else {
             return Flow::Continue;
         };

@@ -1,14 +1,14 @@
 //! A logical unit's sanitize state (SBC-4 §4.33, "Sanitize operations"): idle, a sanitize
 //! operation in progress (with how far it has got), or sanitize failure mode.
 //!
-//! The SANITIZE handler (`sanitize.rs`) starts and ends operations; dispatch asks
+//! The SANITIZE handler (`commands/sanitize.rs`) starts and ends operations; dispatch asks
 //! [`SanitizeState::refusal`] before every command, and REQUEST SENSE reports
 //! [`SanitizeState::condition`] with its progress indication.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::sense::Sense;
+use crate::scsi::sense::Sense;
 
 /// How far a running sanitize operation has got.
 #[derive(Debug)]
@@ -174,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn a_running_operation_refuses_all_but_the_exempt_commands() {
+    fn a_running_operation_refuses_everything_but_the_exempt_opcodes() {
         let state = SanitizeState::default();
         assert_eq!(state.refusal(DuringSanitize::Refused), None);
         let progress = state.begin(2).unwrap();

@@ -23,18 +23,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::cdb::{self, byte_at};
-use super::lu::LogicalUnit;
-use super::sanitize_state::{DuringSanitize, SanitizeProgress, SanitizeState};
-use super::sense::Sense;
-use super::task_set::TaskFate;
-use crate::storage::BlockBackend;
-
-use super::opcodes::op::{
+use crate::scsi::cdb::{self, byte_at};
+use crate::scsi::opcodes::op::{
     SA_SANITIZE_BLOCK_ERASE as SA_BLOCK_ERASE,
     SA_SANITIZE_EXIT_FAILURE_MODE as SA_EXIT_FAILURE_MODE, SA_SANITIZE_OVERWRITE as SA_OVERWRITE,
     SANITIZE,
 };
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::lu::LogicalUnit;
+use crate::scsi::unit::sanitize::{DuringSanitize, SanitizeProgress, SanitizeState};
+use crate::scsi::unit::task_set::TaskFate;
+use crate::storage::BlockBackend;
 
 /// The OVERWRITE parameter list header: INVERT/TEST/OVERWRITE COUNT, reserved,
 /// INITIALIZATION PATTERN LENGTH (SBC-4 §5.30.3.2).
@@ -343,7 +342,7 @@ impl Pace {
 /// How a command fares while a sanitize operation runs or failed (SBC-4 §4.33): INQUIRY,
 /// REPORT LUNS and REQUEST SENSE always run; SANITIZE may leave failure mode.
 pub fn during_sanitize(opcode: u8) -> DuringSanitize {
-    use super::opcodes::op;
+    use crate::scsi::opcodes::op;
     match opcode {
         op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE => DuringSanitize::Runs,
         SANITIZE => DuringSanitize::Sanitize,
@@ -356,8 +355,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::scsi::lu::LuIdentity;
     use crate::scsi::opcodes::op;
+    use crate::scsi::unit::lu::LuIdentity;
     use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TargetDevice, TaskAttr};
     use crate::storage::{IoFuture, MemoryBackend};
 
@@ -716,7 +715,7 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        fate.abort(crate::scsi::task_set::Aborted::Silently);
+        fate.abort(crate::scsi::unit::task_set::Aborted::Silently);
         let ended = tokio::time::timeout(Duration::from_millis(300), waiting).await;
         assert!(ended.is_ok(), "the aborted command returned");
         assert!(lu.sanitize_state().in_progress(), "the operation goes on");

@@ -17,42 +17,18 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::cdb::{be16, be32, be64, byte_at};
-use super::lu::LogicalUnit;
-use super::opcodes::op;
 use super::sbc::{
-    MAX_TRANSFER_BYTES, byte_offset, capacity_blocks, check_lba_range, read_blocks, transfer_len,
-    write_blocks,
+    byte_offset, capacity_blocks, check_lba_range, read_blocks, transfer_len, write_blocks,
 };
-use super::sense::{Sense, SenseKey};
+use crate::scsi::cdb::{be16, be32, be64, byte_at};
+use crate::scsi::opcodes::op;
+use crate::scsi::sense::{Sense, SenseKey};
+use crate::scsi::unit::limits::{max_compare_and_write_blocks, max_write_same_blocks};
+use crate::scsi::unit::lu::LogicalUnit;
 use crate::storage::BlockBackend;
-
-/// MAXIMUM COMPARE AND WRITE LENGTH in the block limits page (SBC-4 §6.6.4): the CDB field is
-/// one byte, so 255 at most; also bounded so that the 2 × N blocks of data fit the maximum
-/// transfer.
-pub fn max_compare_and_write_blocks(block_size: u32) -> u8 {
-    let fit = MAX_TRANSFER_BYTES / block_size.max(1) / 2;
-    u8::try_from(fit).unwrap_or(MAX_COMPARE_AND_WRITE_BLOCKS)
-}
-
-/// Upper bound for [`max_compare_and_write_blocks`].
-pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
-
-/// MAXIMUM WRITE SAME LENGTH bound in bytes. Writes go out in [`FILL_CHUNK`] pieces, so
-/// this bounds the time one command takes, not memory.
-pub const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
-
-/// MAXIMUM WRITE SAME LENGTH bound in blocks: FFFFh, the most WRITE SAME(10) can express,
-/// so that both CDB sizes share one limit.
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
 
 /// Largest buffer built for WRITE SAME and read for VERIFY at once.
 const FILL_CHUNK: u64 = 1 << 20;
-
-/// MAXIMUM WRITE SAME LENGTH in blocks (SBC-4 §6.6.4).
-pub fn max_write_same_blocks(block_size: u32) -> u64 {
-    (MAX_WRITE_SAME_BYTES / u64::from(block_size.max(1))).min(MAX_WRITE_SAME_BLOCKS)
-}
 
 // ---------------------------------------------------------------------------------------
 // Sense conditions specific to these commands.
@@ -628,7 +604,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::scsi::lu::LuIdentity;
+    use crate::scsi::unit::lu::LuIdentity;
     use crate::storage::{FileBackend, IoFuture, MemoryBackend};
 
     const BS: u32 = 512;
@@ -1018,7 +994,7 @@ mod tests {
         let backend = Arc::new(FuaLog(MemoryBackend::new(1 << 20), Default::default()));
         let lu = lu_with(backend.clone());
         let values = lu.mode_values();
-        lu.set_mode_values(crate::scsi::mode::ModeValues {
+        lu.set_mode_values(crate::scsi::unit::mode_values::ModeValues {
             wce: false,
             ..values
         });
@@ -1047,7 +1023,7 @@ mod tests {
         let write_lu = Arc::clone(&lu);
         let write_task = tokio::spawn(async move {
             let cdb = cdb10(crate::scsi::opcodes::op::WRITE_10, 0, 0, 1);
-            crate::scsi::sbc::read_write(&write_lu, &cdb, &fill(b'C', 1)).await
+            crate::scsi::commands::sbc::read_write(&write_lu, &cdb, &fill(b'C', 1)).await
         });
         caw_task.await.unwrap().unwrap();
         write_task.await.unwrap().unwrap();

@@ -7,15 +7,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cdb;
-use super::lu::LogicalUnit;
-use super::sense::Sense;
+use crate::payload::{FileSlice, Payload};
+use crate::scsi::cdb;
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::limits::MAX_TRANSFER_BYTES;
+use crate::scsi::unit::lu::LogicalUnit;
 use crate::storage::BlockBackend;
-use crate::wire::{FileSlice, Payload};
-
-/// Largest single READ/WRITE accepted, in bytes (reported in the block limits VPD page as
-/// MAXIMUM TRANSFER LENGTH in blocks). Bounds the memory one command can pin.
-pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
 
 /// Addressable blocks of `backend` (a partial trailing block is not addressable).
 pub(super) fn capacity_blocks(backend: &dyn BlockBackend, block_size: u32) -> u64 {

@@ -1,0 +1,23 @@
+//! The command handlers, one file per command family. Each imports the unit state
+//! (`super::super::unit`), the CDB decoders and sense; the command table (`opcodes.rs`) and
+//! the dispatcher (`target.rs`) call them.
+
+pub mod alua;
+pub mod atomic;
+pub mod log;
+pub mod maintenance;
+pub mod medium;
+pub mod mode;
+pub mod persistent_reservations;
+pub mod provisioning;
+pub mod reservation_access;
+pub mod sanitize;
+pub mod sbc;
+pub mod sbc_offload;
+pub mod spc;
+pub mod spc2_reservations;
+pub mod vpd;
+pub mod xcopy;
+
+#[cfg(test)]
+mod reservation_tests;
