@@ -248,7 +248,7 @@ async fn an_abort_or_a_reset_ends_the_command_not_the_operation() {
     );
 
     let tmf = |i: &mut Initiator, function: u8, referenced_tag: u32, ref_cmd_sn: u32| {
-        let req = Request::TaskMgmt(TaskMgmtRequest {
+        Request::TaskMgmt(TaskMgmtRequest {
             immediate: true,
             function,
             lun: [0; 8],
@@ -258,8 +258,7 @@ async fn an_abort_or_a_reset_ends_the_command_not_the_operation() {
             exp_stat_sn: i.exp_stat_sn,
             ref_cmd_sn,
             exp_data_sn: 0,
-        });
-        req
+        })
     };
     let abort = tmf(&mut a, ABORT_TASK, itt, sanitize_sn);
     let asked = Instant::now();
