@@ -134,6 +134,25 @@ enum Operation {
     BlockErase,
 }
 
+impl Operation {
+    /// For the log: the operation without its pattern bytes.
+    fn describe(&self) -> String {
+        match self {
+            Operation::Overwrite(o) => format!(
+                "OVERWRITE, {} pass(es) of a {}-byte pattern{}",
+                o.passes,
+                o.pattern.len(),
+                if o.invert {
+                    ", inverted between passes"
+                } else {
+                    ""
+                }
+            ),
+            Operation::BlockErase => "BLOCK ERASE".to_string(),
+        }
+    }
+}
+
 /// SANITIZE for `lu`. `fate`: the command's task, whose abort ends a wait without IMMED.
 pub async fn sanitize(
     lu: &Arc<LogicalUnit>,
@@ -173,7 +192,7 @@ pub async fn sanitize(
     let progress = lu.sanitize_state().begin(total)?;
     tracing::warn!(
         lun = lu.lun(),
-        ?operation,
+        operation = operation.describe(),
         "sanitize operation started: the unit's data is being destroyed"
     );
     let unit = Arc::clone(lu);
