@@ -15,8 +15,9 @@ use bytes::Bytes;
 
 use super::cdb::{self, MAX_LUN};
 use super::commands::{
-    alua, atomic, log, maintenance, medium, mode, persistent_reservations, provisioning,
-    reservation_access, sanitize, sbc, sbc_offload, spc, spc2_reservations, xcopy,
+    alua, atomic, compare_and_write, log, maintenance, medium, mode, persistent_reservations,
+    provisioning, reservation_access, sanitize, sbc, spc, spc2_reservations, verify, write_same,
+    xcopy,
 };
 use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
@@ -38,7 +39,10 @@ pub struct TargetDevice {
 /// opcodes (whatever the command's outcome: the residual is against what the CDB asked).
 fn data_out_needed(cdb: &[u8], block_size: u32) -> u32 {
     sbc::data_out_needed(cdb, block_size)
-        .or_else(|| sbc_offload::data_out_needed(cdb, block_size))
+        .or_else(|| compare_and_write::data_out_needed(cdb, block_size))
+        .or_else(|| write_same::data_out_needed(cdb, block_size))
+        .or_else(|| verify::data_out_needed(cdb, block_size))
+        .or_else(|| provisioning::data_out_needed(cdb))
         .or_else(|| atomic::data_out_needed(cdb, block_size))
         .or_else(|| persistent_reservations::data_out_needed(cdb))
         .or_else(|| spc2_reservations::data_out_needed(cdb))
@@ -232,14 +236,14 @@ impl TargetDevice {
             Handler::Reserve => return spc2_reservations::reserve(lu, nexus, cdb).await,
             Handler::Release => return spc2_reservations::release(lu, nexus, cdb).await,
             Handler::CompareAndWrite => {
-                sbc_offload::compare_and_write(lu, cdb, &req.data_out).await?
+                compare_and_write::compare_and_write(lu, cdb, &req.data_out).await?
             }
-            Handler::WriteSame => sbc_offload::write_same(lu, cdb, &req.data_out).await?,
+            Handler::WriteSame => write_same::write_same(lu, cdb, &req.data_out).await?,
             Handler::Unmap => provisioning::unmap(lu, cdb, &req.data_out).await?,
             Handler::GetLbaStatus => provisioning::get_lba_status(lu, cdb).await?,
-            Handler::Verify => sbc_offload::verify(lu, cdb, &req.data_out).await?,
-            Handler::OrWrite => sbc_offload::orwrite(lu, cdb, &req.data_out).await?,
-            Handler::PreFetch => sbc_offload::prefetch(lu, cdb).await?,
+            Handler::Verify => verify::verify(lu, cdb, &req.data_out).await?,
+            Handler::OrWrite => compare_and_write::orwrite(lu, cdb, &req.data_out).await?,
+            Handler::PreFetch => verify::prefetch(lu, cdb).await?,
             Handler::WriteAtomic => atomic::write_atomic16(lu, cdb, &req.data_out).await?,
             Handler::ExtendedCopy => {
                 return xcopy::extended_copy(self, lu, nexus, cdb, &req.data_out).await;

@@ -18,8 +18,8 @@
 
 use bytes::Bytes;
 
-use super::sbc::{capacity_blocks, check_lba_range};
-use super::sbc_offload::invalid_field_in_iu;
+use super::block_io::invalid_field_in_iu;
+use super::block_io::{capacity_blocks, check_lba_range};
 use crate::scsi::cdb::bytes_at;
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::Sense;

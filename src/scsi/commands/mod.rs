@@ -4,6 +4,8 @@
 
 pub mod alua;
 pub mod atomic;
+pub mod block_io;
+pub mod compare_and_write;
 pub mod log;
 pub mod maintenance;
 pub mod medium;
@@ -13,11 +15,14 @@ pub mod provisioning;
 pub mod reservation_access;
 pub mod sanitize;
 pub mod sbc;
-pub mod sbc_offload;
 pub mod spc;
 pub mod spc2_reservations;
+pub mod verify;
 pub mod vpd;
+pub mod write_same;
 pub mod xcopy;
 
+#[cfg(test)]
+mod block_command_tests;
 #[cfg(test)]
 mod reservation_tests;

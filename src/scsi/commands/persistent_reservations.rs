@@ -3,8 +3,8 @@
 //!
 //! Nothing here locks, waits or touches a file. [`apply_prout`] takes the current
 //! [`PrState`], the I_T nexus and the command, and returns either the next state plus the unit
-//! attentions it raises, or the answer that refuses it. The handlers (see `reservation_handlers`)
-//! persists the next state before it adopts it, so a refused save leaves everything unchanged.
+//! attentions it raises, or the answer that refuses it. The handlers at the end of this file
+//! persist the next state before it adopts it, so a refused save leaves everything unchanged.
 //!
 //! Registrations are keyed by the I_T nexus (SPC-4 §5.13.7 "Registering"): an initiator port
 //! (`name,i,0xISID` for iSCSI) and a target port, or every target port with ALL_TG_PT. An iSCSI

@@ -1,4 +1,4 @@
-//! Unit tests of the persistent reservation state machine (`pr.rs`).
+//! Unit tests of the persistent reservation state machine (`persistent_reservations.rs`).
 
 use std::sync::Arc;
 
@@ -389,7 +389,7 @@ fn registered(with: &[(&Nexus, u64)]) -> PrState {
         .fold(PrState::default(), |s, (n, key)| register(&s, n, *key))
 }
 
-/// The unit attentions `out` raises, as `reserve.rs` delivers them: to each of the `known`
+/// The unit attentions `out` raises, as `persistent_reserve_out` delivers them: to each of the `known`
 /// nexuses some notice's registrations cover, never to the sender (SPC-4 r36f §5.13.11.2.4.3
 /// f), §5.13.11.2.5 d)). Each as (initiator port, sense).
 fn delivered(out: &Outcome, sender: &Nexus, known: &[&Nexus]) -> Vec<(String, Sense)> {
@@ -404,7 +404,7 @@ fn delivered(out: &Outcome, sender: &Nexus, known: &[&Nexus]) -> Vec<(String, Se
     to
 }
 
-/// The nexuses whose tasks PREEMPT AND ABORT aborts, as `reserve.rs` picks them: covered by
+/// The nexuses whose tasks PREEMPT AND ABORT aborts, as `persistent_reserve_out` picks them: covered by
 /// `out.abort`, never the sender (§5.13.11.2.6 c) spares the PERSISTENT RESERVE OUT itself).
 fn aborted(out: &Outcome, sender: &Nexus, known: &[&Nexus]) -> Vec<String> {
     known

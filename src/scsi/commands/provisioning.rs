@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use super::sbc::check_lba_range;
+use super::block_io::check_lba_range;
 use crate::scsi::cdb::bytes_at;
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::Sense;
@@ -48,6 +48,15 @@ pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
 
 // ---------------------------------------------------------------------------------------
 // UNMAP (SBC-4 §5.30).
+
+/// Write data UNMAP asks for (its PARAMETER LIST LENGTH), for the transport's residual
+/// accounting. `None` for other opcodes.
+pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
+    match cdb.first().copied() {
+        Some(op::UNMAP) => Some(decode_unmap(cdb).map_or(0, |c| u32::from(c.param_len))),
+        _ => None,
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnmapCdb {
@@ -641,7 +650,7 @@ mod tests {
         cdb[1] = 0x08; // UNMAP
         cdb[2..10].copy_from_slice(&64u64.to_be_bytes());
         cdb[10..14].copy_from_slice(&16u32.to_be_bytes());
-        crate::scsi::commands::sbc_offload::write_same(&lu, &cdb, &Bytes::from(vec![0x5A; 512]))
+        crate::scsi::commands::write_same::write_same(&lu, &cdb, &Bytes::from(vec![0x5A; 512]))
             .await
             .unwrap();
         assert_eq!(
