@@ -278,7 +278,7 @@ def main():
                 f.write(f"| {name} | {diag.replace('|', '/')[:140]} |\n")
         for title, run_order, run in extra_runs:
             f.write(f"\n## keel, {title}\n\n")
-            f.write("The tests above that need this kind of LU, run against one by the same script.\n\n")
+            f.write("Run by the same script against a LUN made for them (see its comments for why).\n\n")
             f.write("| test | keel | detail |\n|---|---|---|\n")
             for name in run_order:
                 k, why = run[name]
@@ -300,7 +300,10 @@ def main():
             or (run[n][0] == "SKIP" and (not skip_reason(n) or n in SUITE_LEFTOVERS))
         ]
         extra_failed += failed
-        print(f"keel, {title}: {len(run_order) - len(failed)} of {len(run_order)} passed")
+        skipped = sum(1 for n in run_order if run[n][0] == "SKIP" and n not in failed)
+        passed = len(run_order) - len(failed) - skipped
+        note = f", {skipped} skipped with a recorded reason" if skipped else ""
+        print(f"keel, {title}: {passed} of {len(run_order)} passed{note}")
         if not run_order:
             extra_failed.append(f"(no test ran: {title})")
     if unexplained:
