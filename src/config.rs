@@ -14,8 +14,9 @@ use toml::Spanned;
 
 mod auth;
 
+use crate::iscsi::Settings;
 use crate::storage::IoEngine;
-pub use auth::{AccessSettings, Limits, read_secret_file};
+pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
 
 /// The configuration `keel serve` uses when given none: one 1 GiB sparse-file LUN under
@@ -108,53 +109,12 @@ enum SizeValue {
     Text(String),
 }
 
-/// Session-wide iSCSI settings: what keel offers in login negotiation, and its timers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IscsiSettings {
-    /// Our MaxRecvDataSegmentLength (declared to the initiator).
-    pub max_recv_data_segment_length: u32,
-    pub max_burst_length: u32,
-    pub first_burst_length: u32,
-    pub max_outstanding_r2t: u32,
-    pub immediate_data: bool,
-    pub initial_r2t: bool,
-    /// Commands in flight per session: the CmdSN window.
-    pub queue_depth: u32,
-    /// Memory, over all connections, for write data being collected (MiB): a write that
-    /// does not fit waits for R2Ts until earlier ones have finished.
-    pub write_buffer_mib: u32,
-    /// Idle time before keel pings the initiator with a NOP-In (0: never).
-    pub nop_interval_secs: u64,
-    /// How long a ping may go unanswered before the connection is dropped.
-    pub nop_timeout_secs: u64,
-    /// How long a connection may take from accept to full feature phase.
-    pub login_timeout_secs: u64,
-}
-
-impl Default for IscsiSettings {
-    fn default() -> Self {
-        IscsiSettings {
-            max_recv_data_segment_length: 256 * 1024,
-            max_burst_length: 1024 * 1024,
-            first_burst_length: 256 * 1024,
-            max_outstanding_r2t: 8,
-            immediate_data: true,
-            initial_r2t: false,
-            queue_depth: 128,
-            write_buffer_mib: 1024,
-            nop_interval_secs: 10,
-            nop_timeout_secs: 15,
-            login_timeout_secs: 15,
-        }
-    }
-}
-
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub portals: Vec<SocketAddr>,
     pub data_dir: PathBuf,
-    pub iscsi: IscsiSettings,
+    pub iscsi: Settings,
     pub access: AccessSettings,
     /// The storage engine for file and block-device LUNs.
     pub io_engine: IoEngine,
@@ -439,10 +399,10 @@ impl Validator<'_> {
         out
     }
 
-    fn iscsi(&mut self, s: &RawServer) -> IscsiSettings {
-        let d = IscsiSettings::default();
+    fn iscsi(&mut self, s: &RawServer) -> Settings {
+        let d = Settings::default();
         // Ranges from RFC 7143 §13 (segment and burst lengths 512..2^24-1).
-        let settings = IscsiSettings {
+        let settings = Settings {
             max_recv_data_segment_length: self.in_range(
                 &s.max_recv_data_segment_length,
                 d.max_recv_data_segment_length,
@@ -767,7 +727,7 @@ block = "/dev/sdx"
         assert_eq!(c.targets[0].luns.len(), 2);
         assert_eq!(
             c.iscsi,
-            IscsiSettings::default(),
+            Settings::default(),
             "the example shows the defaults"
         );
         assert_eq!(
