@@ -1,5 +1,5 @@
-//! The composition root: builds targets and logical units from a [`Config`], listens on the
-//! portals, serves connections, and shuts down cleanly.
+//! The composition root: builds targets and logical units from a [`Config`] (in [`build`]),
+//! listens on the portals, serves connections, and shuts down cleanly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,16 +10,12 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Backing, Config};
-use crate::iscsi::access::AllowList;
-use crate::iscsi::login::LoginAccess;
-use crate::iscsi::{Service, Target, connection};
-use crate::scsi::atomic_journal::AtomicJournal;
-use crate::scsi::pr_store::file_store;
-use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
-use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
+use crate::config::Config;
+use crate::iscsi::{Service, connection};
 
+pub mod build;
 mod threads;
+use build::StorageEnv;
 use threads::ConnectionThreads;
 
 /// Blocking-pool threads of each connection thread's runtime. Storage syscalls run on the
@@ -40,99 +36,11 @@ impl Server {
         for w in &config.warnings {
             warn!("configuration: {w}");
         }
-        let mut ctx = Service::new(config.iscsi.clone());
-        ctx.access = LoginAccess {
-            algorithms: config.access.chap_algorithms.clone(),
-            discovery_chap: config.access.discovery_chap.clone().map(Arc::new),
-            ..LoginAccess::default()
-        };
-        ctx.limits = config.access.limits;
-        let ctx = Arc::new(ctx);
-        // One ring (and its thread) for every LUN, chosen once.
-        let uses_files = config.targets.iter().any(|t| !t.luns.is_empty());
-        // Large-read buffers, reused across every LUN of the server; storage syscalls of the
-        // thread-pool engine on this (the main) runtime's bounded blocking pool.
-        let read_buffers = crate::storage::pool::BufferPool::new();
-        let blocking_pool = tokio::runtime::Handle::current();
-        let engine = if uses_files {
-            select_engine(config.io_engine, UringEngine::new)?
-        } else {
-            None
-        };
-        info!(
-            configured = config.io_engine.name(),
-            engine = if engine.is_some() {
-                "io_uring"
-            } else {
-                "threads"
-            },
-            "storage engine"
-        );
-        for t in &config.targets {
-            let device = Arc::new(TargetDevice::new(&t.name));
-            for l in &t.luns {
-                let (opened, path) = match &l.backing {
-                    Backing::File { path, create_size } => (
-                        FileBackend::open_file(path, *create_size, l.read_only),
-                        path,
-                    ),
-                    Backing::Block { path } => {
-                        (FileBackend::open_block_device(path, l.read_only), path)
-                    }
-                };
-                let opened = opened.with_context(|| {
-                    format!(
-                        "target {} LUN {}: cannot open {}",
-                        t.name,
-                        l.lun,
-                        path.display()
-                    )
-                })?;
-                let backend: Arc<dyn BlockBackend> = Arc::new(
-                    opened
-                        .with_engine(engine.clone())
-                        .with_buffer_pool(read_buffers.clone())
-                        .with_blocking_pool(blocking_pool.clone()),
-                );
-                if !backend.size_bytes().is_multiple_of(l.block_size as u64) {
-                    warn!(target = %t.name, lun = l.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), l.block_size);
-                }
-                let identity = LuIdentity::derived(&t.name, l.lun);
-                // An atomic write interrupted by a crash is completed (or, if its record is
-                // torn, known not to have started) before the unit serves anything.
-                let journal = Arc::new(AtomicJournal::new(&config.data_dir, identity.naa));
-                journal.recover(backend.as_ref()).await.with_context(|| {
-                    format!(
-                        "target {} LUN {}: cannot recover the atomic write journal {}",
-                        t.name,
-                        l.lun,
-                        journal.path().display()
-                    )
-                })?;
-                info!(target = %t.name, lun = l.lun, backend = %backend.describe(), bytes = backend.size_bytes(), "LUN ready");
-                let lu = LogicalUnit::new(identity, l.block_size, Some(backend), l.read_only)
-                    .with_physical_block_size(l.physical_block_size)
-                    .with_atomic_journal(journal)
-                    .with_removable_medium(l.removable);
-                lu.set_reservation_store(file_store(&config.data_dir))
-                    .with_context(|| {
-                        format!(
-                            "target {} LUN {}: cannot load persistent reservations from {}",
-                            t.name,
-                            l.lun,
-                            config.data_dir.join("reservations").display()
-                        )
-                    })?;
-                device.add_lun(Arc::new(lu));
-            }
-            ctx.targets.insert(Arc::new(Target {
-                name: t.name.clone(),
-                alias: t.alias.clone(),
-                portal_group_tag: t.portal_group_tag,
-                device,
-                chap: t.chap.clone().map(Arc::new),
-                allowed: Arc::new(AllowList::new(t.allowed_initiators.iter().cloned())),
-            }));
+        let ctx = Arc::new(build::service(config));
+        let storage = StorageEnv::new(config)?;
+        for target in &config.targets {
+            ctx.targets
+                .insert(Arc::new(build::build_target(target, &storage).await?));
         }
         let mut listeners = Vec::new();
         for portal in &config.portals {
