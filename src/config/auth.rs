@@ -30,9 +30,10 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Validator, check_iscsi_name};
+use super::validator::Validator;
 use crate::iscsi::Limits;
 use crate::iscsi::chap::{ALGORITHMS, Algorithm, ChapPolicy, Credential, Secret};
+use crate::iscsi::name::check_iscsi_name;
 
 /// RFC 7143 §12.1.3: CHAP secrets should be at least 96 bits; some initiators (Windows)
 /// insist on 12 to 16 characters.

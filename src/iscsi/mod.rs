@@ -8,6 +8,7 @@ pub mod chap;
 pub mod connection;
 pub mod limits;
 pub mod login;
+pub mod name;
 pub mod params;
 pub mod response;
 pub mod session;
