@@ -756,16 +756,23 @@ fn clear(state: &PrState) -> Result<Outcome, Refusal> {
     })
 }
 
-/// Removes the registrations with `key`, except the sender's own. Returns what was removed.
-fn remove_keyed(state: &mut PrState, nexus: &Nexus, key: u64) -> Vec<Registration> {
+/// Removes the registrations with `key`, except the one covering `spared` (if any). Returns
+/// what was removed.
+fn remove_keyed(state: &mut PrState, key: u64, spared: Option<&Nexus>) -> Vec<Registration> {
     let (removed, kept) = std::mem::take(&mut state.registrations)
         .into_iter()
-        .partition(|r| r.key == key && !r.covers(nexus));
+        .partition(|r| r.key == key && !spared.is_some_and(|nexus| r.covers(nexus)));
     state.registrations = kept;
     removed
 }
 
-/// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.13.11.4).
+/// PREEMPT and PREEMPT AND ABORT (SPC-4 r36f §5.13.11.2.4 table 53 and figure 9, §5.13.11.2.5,
+/// §5.13.11.2.6).
+///
+/// The unit attentions and aborts name registrations, the sender's among them when it went;
+/// the caller never delivers either to the sending I_T nexus itself (§5.13.11.2.5: "no unit
+/// attention condition is established for the I_T nexus on which the PERSISTENT RESERVE OUT
+/// command was received"), but does to the other nexuses such a registration covers.
 fn preempt(
     state: &PrState,
     nexus: &Nexus,
@@ -780,8 +787,8 @@ fn preempt(
         .reservation
         .as_ref()
         .is_some_and(|r| r.pr_type.all_registrants());
-    // §5.13.11.4.1: SERVICE ACTION RESERVATION KEY zero only means something against an
-    // all-registrants reservation.
+    // §5.13.11.2.4.1 table 53: SERVICE ACTION RESERVATION KEY zero only means something
+    // against an all-registrants reservation.
     if key == 0 && !all_registrants {
         return Err(Sense::invalid_field_in_parameter_list(8, None).into());
     }
@@ -799,8 +806,8 @@ fn preempt(
         holder: (!pr_type.all_registrants()).then(|| NexusId::of(nexus)),
     };
     let removed = if all_registrants && key == 0 {
-        // §5.13.11.4.3: every other registration goes; the sender's reservation replaces the
-        // all-registrants one.
+        // §5.13.11.2.4.3 b): every registration but the sender's goes; the sender's
+        // reservation replaces the all-registrants one.
         let (removed, kept) = std::mem::take(&mut next.registrations)
             .into_iter()
             .partition(|r| !r.covers(nexus));
@@ -808,11 +815,12 @@ fn preempt(
         next.reservation = Some(new_reservation);
         removed
     } else if holder_key == Some(key) {
-        // §5.13.11.4.3: preempting the holder: its registrations go, the sender holds the
-        // new reservation; if its type changed the remaining registrants hear RESERVATIONS
-        // RELEASED.
+        // §5.13.11.2.4.3: preempting the holder (possibly the sender itself): the
+        // registrations with its key go, except the sender's, which stays; the sender holds
+        // the new reservation; if its type changed the remaining registrants hear
+        // RESERVATIONS RELEASED.
         let previous_type = state.reservation.as_ref().map(|r| r.pr_type);
-        let removed = remove_keyed(&mut next, nexus, key);
+        let removed = remove_keyed(&mut next, key, Some(nexus));
         next.reservation = Some(new_reservation);
         if previous_type != Some(pr_type) {
             notices.push(Notice {
@@ -822,8 +830,11 @@ fn preempt(
         }
         removed
     } else {
-        // §5.13.11.4.4: only registrations are removed; the reservation (if any) stays.
-        let removed = remove_keyed(&mut next, nexus, key);
+        // §5.13.11.2.5: the key is no holder's (or an all-registrants reservation's, or there
+        // is no reservation): every registration with it goes, the sender's own included,
+        // since "it is not an error" for the two keys to be equal ("The registration is
+        // removed."). Nothing else changes: a reservation stays with its holder(s).
+        let removed = remove_keyed(&mut next, key, None);
         if removed.is_empty() {
             return Err(Refusal::Conflict);
         }
