@@ -155,3 +155,77 @@ pub async fn build_target(config: &TargetConfig, env: &StorageEnv) -> Result<Tar
         allowed: Arc::new(AllowList::new(config.allowed_initiators.iter().cloned())),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn config_in(dir: &std::path::Path, targets: &str) -> Config {
+        let text = format!(
+            "[server]\ndata_dir = \"{}\"\nio_engine = \"threads\"\n{targets}",
+            dir.display()
+        );
+        config::parse(&text, "test").unwrap()
+    }
+
+    const TWO_TARGETS: &str = "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n\
+        [[target.lun]]\nlun = 0\nfile = \"a0.img\"\nsize = \"1MiB\"\n\
+        [[target.lun]]\nlun = 3\nfile = \"a3.img\"\nsize = \"2MiB\"\nblock_size = 4096\n\
+        [[target]]\nname = \"iqn.2026-11.org.example:b\"\n\
+        [[target.lun]]\nlun = 0\nfile = \"b0.img\"\nsize = \"1MiB\"\n";
+
+    #[tokio::test]
+    async fn one_lun_and_one_target_build_on_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path(), TWO_TARGETS);
+        let env = StorageEnv::new(&config).unwrap();
+        // A single LUN of the first target, without building anything else.
+        let lun = build_lun(&config.targets[0].name, &config.targets[0].luns[1], &env)
+            .await
+            .unwrap();
+        assert_eq!(lun.lun(), 3);
+        assert!(dir.path().join("a3.img").exists());
+        assert!(!dir.path().join("a0.img").exists());
+        // The second target alone.
+        let target = build_target(&config.targets[1], &env).await.unwrap();
+        assert_eq!(target.name, "iqn.2026-11.org.example:b");
+        let luns: Vec<u64> = target.device.luns().iter().map(|l| l.lun()).collect();
+        assert_eq!(luns, [0]);
+        assert!(!dir.path().join("a0.img").exists());
+    }
+
+    #[tokio::test]
+    async fn a_lun_that_cannot_open_names_its_target_lun_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(
+            dir.path(),
+            "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n\
+             [[target.lun]]\nlun = 7\nblock = \"/nonexistent/keel-test-device\"\n",
+        );
+        let env = StorageEnv::new(&config).unwrap();
+        let err = build_target(&config.targets[0], &env).await.unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(
+                "target iqn.2026-11.org.example:a LUN 7: cannot open /nonexistent/keel-test-device"
+            ),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_service_carries_the_access_settings() {
+        let config = config::parse(
+            "[server]\nchap_algorithms = [\"SHA-256\"]\nmax_connections = 9\n\
+             [[server.discovery_chap]]\nuser = \"disc\"\nsecret = \"discovery-secret\"\n",
+            "test",
+        )
+        .unwrap();
+        let service = service(&config);
+        assert_eq!(service.settings, config.iscsi);
+        assert_eq!(service.limits.max_connections, 9);
+        assert_eq!(service.access.algorithms, config.access.chap_algorithms);
+        assert!(service.access.discovery_chap.is_some());
+        assert!(service.targets.list().is_empty());
+    }
+}
