@@ -25,10 +25,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use super::limits::{OverLimit, REFUSE_DELAY};
-use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, SessionType, status};
+use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, SessionType};
 use super::params::{self, Negotiated};
 use super::response::{CommandForReply, DataInLimits, reply_pdus};
 use super::session::{AdmitError, SessionGuard, SessionKey};
+use super::status;
 use super::text_exchange::{TextExchange, TextStep};
 use super::window::CmdWindow;
 use super::{Service, Target};

@@ -8,9 +8,12 @@ pub mod chap;
 pub mod connection;
 pub mod limits;
 pub mod login;
+pub mod name;
 pub mod params;
 pub mod response;
 pub mod session;
+pub mod settings;
+pub mod status;
 pub mod text_exchange;
 pub mod window;
 
@@ -19,7 +22,6 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{IscsiSettings, Limits};
 use crate::scsi::TargetDevice;
 
 use access::AllowList;
@@ -27,7 +29,9 @@ use chap::ChapPolicy;
 use limits::ConnectionCounter;
 use login::LoginAccess;
 
+pub use limits::Limits;
 pub use session::SessionRegistry;
+pub use settings::Settings;
 
 /// A target as the iSCSI layer sees it: a name, a portal group, and its logical units.
 #[derive(Debug)]
@@ -79,7 +83,7 @@ impl TargetRegistry {
 /// limits, the write-buffer budget, the shutdown signal).
 #[derive(Debug)]
 pub struct Service {
-    pub settings: IscsiSettings,
+    pub settings: Settings,
     pub targets: TargetRegistry,
     pub sessions: SessionRegistry,
     /// CHAP algorithms and discovery authentication.
@@ -93,7 +97,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(settings: IscsiSettings) -> Self {
+    pub fn new(settings: Settings) -> Self {
         let budget_kib = settings.write_buffer_mib as usize * 1024;
         Service {
             write_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget_kib)),

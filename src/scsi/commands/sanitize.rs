@@ -10,8 +10,9 @@
 //! operation runs to its end). Meanwhile the unit refuses every command but INQUIRY, REPORT
 //! LUNS and REQUEST SENSE with 02/04/1B and the progress indication ([`SanitizeState`]).
 //!
-//! The operation holds the unit's write-ordering lock exclusive from start to end, so a
-//! command admitted just before the unit became busy finishes first and none writes under it.
+//! The operation holds its row's ordering (the read-modify-write class: no read or write of
+//! the medium overlaps it) from start to end, so a command admitted just before the unit
+//! became busy finishes first and none writes under it.
 //! OVERWRITE writes through the backend in [`CHUNK`]-sized pieces from one buffer (memory stays
 //! bounded whatever the size of the unit), optionally paced to the unit's sanitize rate so a
 //! long operation does not starve other units of the same storage. BLOCK ERASE discards
@@ -27,11 +28,11 @@ use crate::scsi::cdb::{self, byte_at};
 use crate::scsi::opcodes::op::{
     SA_SANITIZE_BLOCK_ERASE as SA_BLOCK_ERASE,
     SA_SANITIZE_EXIT_FAILURE_MODE as SA_EXIT_FAILURE_MODE, SA_SANITIZE_OVERWRITE as SA_OVERWRITE,
-    SANITIZE,
 };
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::scsi::unit::sanitize::{DuringSanitize, SanitizeProgress, SanitizeState};
+use crate::scsi::unit::sanitize::{SanitizeProgress, SanitizeState};
 use crate::scsi::unit::task_set::TaskFate;
 use crate::storage::BlockBackend;
 
@@ -72,13 +73,6 @@ fn decode(raw: &[u8]) -> Result<SanitizeCdb, Sense> {
         service_action: flags & 0x1F,
         parameter_list_length: u16::from_be_bytes([byte_at(raw, 7), byte_at(raw, 8)]),
     })
-}
-
-/// Write data the CDB asks for (the PARAMETER LIST LENGTH), for write residuals; `None` for
-/// other opcodes.
-pub fn data_out_needed(raw: &[u8]) -> Option<u32> {
-    (raw.first() == Some(&SANITIZE) && raw.len() >= 10)
-        .then(|| u32::from(u16::from_be_bytes([byte_at(raw, 7), byte_at(raw, 8)])))
 }
 
 /// What an OVERWRITE writes (SBC-4 §5.30.3.2).
@@ -153,9 +147,11 @@ impl Operation {
     }
 }
 
-/// SANITIZE for `lu`. `fate`: the command's task, whose abort ends a wait without IMMED.
+/// SANITIZE for `lu`. `order`: its row's ordering, which the operation holds from start to
+/// end. `fate`: the command's task, whose abort ends a wait without IMMED.
 pub async fn sanitize(
     lu: &Arc<LogicalUnit>,
+    order: Order<'_>,
     raw: &[u8],
     data_out: &Bytes,
     fate: Option<&Arc<TaskFate>>,
@@ -197,9 +193,11 @@ pub async fn sanitize(
     );
     let unit = Arc::clone(lu);
     let ause = cdb.ause;
+    let class = order.class();
     let job = tokio::spawn(async move {
-        // Nothing else touches the medium until the operation ends (see the module notes).
-        let _exclusive = unit.write_exclusive().await;
+        // The row's ordering, held by the operation rather than the command: nothing reads or
+        // writes the medium until the operation ends (see the module notes).
+        let _ordered = Order::of(&unit, class).enter().await;
         let outcome = run(
             &operation,
             backend.as_ref(),
@@ -358,23 +356,12 @@ impl Pace {
     }
 }
 
-/// How a command fares while a sanitize operation runs or failed (SBC-4 §4.33): INQUIRY,
-/// REPORT LUNS and REQUEST SENSE always run; SANITIZE may leave failure mode.
-pub fn during_sanitize(opcode: u8) -> DuringSanitize {
-    use crate::scsi::opcodes::op;
-    match opcode {
-        op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE => DuringSanitize::Runs,
-        SANITIZE => DuringSanitize::Sanitize,
-        _ => DuringSanitize::Refused,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::scsi::opcodes::op;
+    use crate::scsi::opcodes::op::{self, SANITIZE};
     use crate::scsi::unit::lu::LuIdentity;
     use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TargetDevice, TaskAttr};
     use crate::storage::{IoFuture, MemoryBackend};
@@ -487,11 +474,6 @@ mod tests {
                 Some((true, byte as u16, Some(7)))
             );
         }
-        assert_eq!(
-            data_out_needed(&cdb(SA_OVERWRITE, false, false, 0x0204)),
-            Some(0x0204)
-        );
-        assert_eq!(data_out_needed(&[op::READ_10; 10]), None);
     }
 
     #[test]
@@ -730,7 +712,9 @@ mod tests {
         let waiting = {
             let (lu, fate) = (Arc::clone(&lu), Arc::clone(&fate));
             tokio::spawn(async move {
-                sanitize(&lu, &cdb(SA_OVERWRITE, false, false, 5), &list, Some(&fate)).await
+                let cdb = cdb(SA_OVERWRITE, false, false, 5);
+                let order = Order::for_command(&lu, &cdb);
+                sanitize(&lu, order, &cdb, &list, Some(&fate)).await
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -811,18 +795,29 @@ mod tests {
     }
 
     #[test]
-    fn only_inquiry_report_luns_and_request_sense_run_during_a_sanitize() {
-        assert_eq!(during_sanitize(op::INQUIRY), DuringSanitize::Runs);
-        assert_eq!(during_sanitize(op::REPORT_LUNS), DuringSanitize::Runs);
-        assert_eq!(during_sanitize(op::REQUEST_SENSE), DuringSanitize::Runs);
-        assert_eq!(during_sanitize(SANITIZE), DuringSanitize::Sanitize);
+    fn the_table_says_who_runs_during_a_sanitize() {
+        use crate::scsi::opcodes::supported_commands;
+        use crate::scsi::unit::sanitize::DuringSanitize;
+        for row in supported_commands() {
+            let expected = match row.opcode {
+                op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE => DuringSanitize::Runs,
+                SANITIZE => DuringSanitize::Sanitize,
+                _ => DuringSanitize::Refused,
+            };
+            assert_eq!(row.during_sanitize, expected, "{}", row.name);
+        }
+        let service_actions: Vec<_> = supported_commands()
+            .iter()
+            .filter(|row| row.opcode == SANITIZE)
+            .map(|row| row.service_action)
+            .collect();
         assert_eq!(
-            during_sanitize(op::TEST_UNIT_READY),
-            DuringSanitize::Refused
-        );
-        assert_eq!(
-            during_sanitize(op::PERSISTENT_RESERVE_IN),
-            DuringSanitize::Refused
+            service_actions,
+            [
+                Some(SA_OVERWRITE),
+                Some(SA_BLOCK_ERASE),
+                Some(SA_EXIT_FAILURE_MODE)
+            ]
         );
     }
 }
