@@ -1036,7 +1036,6 @@ impl Session<'_> {
             data_out,
             expected_in: if cmd.read { cmd.expected_length } else { 0 },
             attr: task_attr(cmd.attr),
-            fate: Some(task.fate.clone()),
         })
     }
 
@@ -1079,7 +1078,7 @@ impl Session<'_> {
                     Ok(()) => {
                         let outcome = match (work, target) {
                             (Work::Execute(request), Some(target)) => {
-                                target.device.execute(request).await
+                                target.device.execute_task(request, &fate).await
                             }
                             (Work::Fail(response), _) => response,
                             (Work::Execute(_), None) => {

@@ -102,9 +102,6 @@ pub struct ScsiRequest {
     /// How many bytes of read data the initiator expects (its expected transfer length).
     pub expected_in: u32,
     pub attr: TaskAttr,
-    /// The task's fate, when the transport tracks one: a command that waits on work going on
-    /// without it (SANITIZE without IMMED, SBC-4 §5.30) stops waiting when it is aborted.
-    pub fate: Option<Arc<TaskFate>>,
 }
 
 /// The outcome of a command.

@@ -28,6 +28,7 @@ use super::opcodes::{self, CommandInfo, Handler, op};
 use super::ordering::Order;
 use super::sense::Sense;
 use super::unit::lu::{LogicalUnit, LuIdentity};
+use super::unit::task_set::TaskFate;
 use super::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus};
 use crate::payload::Payload;
 
@@ -121,10 +122,21 @@ impl TargetDevice {
 
     /// Runs one command to completion.
     pub async fn execute(&self, req: ScsiRequest) -> ScsiResponse {
+        self.run_command(req, None).await
+    }
+
+    /// Runs one command of a task the transport tracks: a command that waits on work going on
+    /// without it (SANITIZE without IMMED, SBC-4 §5.30) stops waiting when `fate` says the
+    /// task was aborted.
+    pub async fn execute_task(&self, req: ScsiRequest, fate: &Arc<TaskFate>) -> ScsiResponse {
+        self.run_command(req, Some(fate)).await
+    }
+
+    async fn run_command(&self, req: ScsiRequest, fate: Option<&Arc<TaskFate>>) -> ScsiResponse {
         let Some(lu) = self.lun(req.lun) else {
             return self.execute_without_lu(&req);
         };
-        let mut response = match self.dispatch(&lu, &req).await {
+        let mut response = match self.dispatch(&lu, &req, fate).await {
             Ok(response) => response,
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
@@ -137,6 +149,7 @@ impl TargetDevice {
         &self,
         lu: &Arc<LogicalUnit>,
         req: &ScsiRequest,
+        fate: Option<&Arc<TaskFate>>,
     ) -> Result<ScsiResponse, Sense> {
         let cdb = &req.cdb[..];
         let nexus = &req.nexus;
@@ -240,9 +253,7 @@ impl TargetDevice {
             Handler::ReceiveCopyResults => {
                 xcopy::receive_copy_results(&self.copy_results, lu, nexus, cdb)?
             }
-            Handler::Sanitize => {
-                sanitize::sanitize(lu, order, cdb, &req.data_out, req.fate.as_ref()).await?
-            }
+            Handler::Sanitize => sanitize::sanitize(lu, order, cdb, &req.data_out, fate).await?,
         };
         Ok(ScsiResponse::good(data))
     }
@@ -382,7 +393,6 @@ mod tests {
             data_out,
             expected_in: 1 << 20,
             attr: TaskAttr::Simple,
-            fate: None,
         }
     }
 

@@ -48,7 +48,6 @@ async fn run(target: &TargetDevice, n: &Arc<Nexus>, cdb: &[u8], data: &[u8]) -> 
             data_out: Bytes::copy_from_slice(data),
             expected_in: 1 << 16,
             attr: TaskAttr::Simple,
-            fate: None,
         })
         .await
 }

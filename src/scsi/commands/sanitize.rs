@@ -438,7 +438,6 @@ mod tests {
                 data_out,
                 expected_in: 4096,
                 attr: TaskAttr::Simple,
-                fate: None,
             })
             .await
     }

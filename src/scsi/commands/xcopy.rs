@@ -1381,7 +1381,6 @@ mod tests {
                 data_out: Bytes::from(data),
                 expected_in: 4096,
                 attr: TaskAttr::Simple,
-                fate: None,
             })
             .await
     }
