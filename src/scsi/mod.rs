@@ -9,7 +9,9 @@
 //! Inside, two halves that depend one way: [`unit`] holds the state of a logical unit (the
 //! unit itself, mode values, reservations, unit attentions, the task set, the atomic journal,
 //! the limits) and imports nothing from [`commands`], which holds the handlers, one file per
-//! command family. `opcodes.rs` is the command table, `target.rs` dispatches through it.
+//! command family. `table.rs` is the command table (one row per command), `ordering.rs` the
+//! ordering rules between command classes, `target.rs` dispatches through both; `opcodes.rs`
+//! names the opcodes.
 //! Everything is private; what other layers use is re-exported below.
 
 mod cdb;
@@ -17,6 +19,7 @@ mod commands;
 mod opcodes;
 mod ordering;
 mod sense;
+mod table;
 mod target;
 mod unit;
 
@@ -36,8 +39,8 @@ pub use unit::atomic_journal::{AtomicJournal, RecordHeader, encode_header, unit_
 pub use unit::limits::MAX_TRANSFER_BYTES;
 pub use unit::lu::{LogicalUnit, LuIdentity, Readiness};
 pub use unit::mode_values::ModeValues;
+pub use unit::pr_state::{NexusId, PrState, PrType, Registration, Reservation};
 pub use unit::reservation_store::{FileReservationStore, ReservationStore, file_store};
-pub use unit::reservations::{NexusId, PrState, PrType, Registration, Reservation};
 pub use unit::task_set::{AbortOutcome, Aborted, Membership, TaskFate, TaskSet};
 
 /// One I_T nexus (SAM-5 §4.6): who is talking to which target port. Everything a logical unit

@@ -25,7 +25,6 @@ use crate::scsi::opcodes::op;
 use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::atomic_journal::RecordHeader;
-use crate::scsi::unit::limits::AtomicLimits;
 use crate::scsi::unit::lu::LogicalUnit;
 
 /// The fields of a WRITE ATOMIC(16) CDB.
@@ -87,7 +86,7 @@ pub async fn write_atomic16(
     data_out: &Bytes,
 ) -> Result<Bytes, Sense> {
     let c = decode_write_atomic16(raw_cdb)?;
-    let (Some(journal), Some(limits)) = (lu.atomic_journal(), AtomicLimits::of(lu)) else {
+    let (Some(journal), Some(limits)) = (lu.atomic_journal(), lu.atomic_limits()) else {
         return Err(Sense::invalid_opcode());
     };
     let backend = lu.medium()?;
@@ -180,6 +179,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::scsi::unit::limits::AtomicLimits;
 
     /// WRITE ATOMIC as dispatch runs it: with the ordering of its row.
     async fn write_atomic16(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
@@ -361,7 +361,7 @@ mod tests {
                 .unwrap_err(),
             Sense::invalid_opcode()
         );
-        assert_eq!(AtomicLimits::of(&plain), None);
+        assert_eq!(plain.atomic_limits(), None);
     }
 
     /// Writes one block at a time, yielding in between: a medium on which an unordered read

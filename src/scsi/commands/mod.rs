@@ -1,5 +1,5 @@
 //! The command handlers, one file per command family. Each imports the unit state
-//! (`super::super::unit`), the CDB decoders and sense; the command table (`opcodes.rs`) and
+//! (`super::super::unit`), the CDB decoders and sense; the command table (`table.rs`) and
 //! the dispatcher (`target.rs`) call them.
 
 pub mod alua;
@@ -10,6 +10,7 @@ pub mod log;
 pub mod maintenance;
 pub mod medium;
 pub mod mode;
+pub mod parameter_data;
 pub mod persistent_reservations;
 pub mod provisioning;
 pub mod reservation_access;

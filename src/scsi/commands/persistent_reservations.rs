@@ -13,12 +13,12 @@
 
 use bytes::Bytes;
 
-use super::spc::truncate;
+use super::parameter_data::truncate;
 use crate::scsi::cdb::{be16, be32, be64};
 use crate::scsi::ordering::Order;
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::scsi::unit::reservations::{
+use crate::scsi::unit::pr_state::{
     ISID_SEPARATOR, NexusId, PrState, PrType, Registration, Reservation,
 };
 use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
@@ -834,7 +834,7 @@ pub const fn persist_failed() -> Sense {
 }
 
 /// RESERVATION CONFLICT status (SAM-5 §5.3.1).
-pub(super) fn conflict() -> ScsiResponse {
+fn conflict() -> ScsiResponse {
     ScsiResponse::status(ScsiStatus::ReservationConflict)
 }
 

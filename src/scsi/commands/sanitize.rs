@@ -795,7 +795,7 @@ mod tests {
 
     #[test]
     fn the_table_says_who_runs_during_a_sanitize() {
-        use crate::scsi::opcodes::supported_commands;
+        use crate::scsi::table::supported_commands;
         use crate::scsi::unit::sanitize::DuringSanitize;
         for row in supported_commands() {
             let expected = match row.opcode {

@@ -3,8 +3,8 @@
 //! medium's provisioning, WRITE ATOMIC's [`AtomicLimits`]); this file lays them out, so the
 //! block limits page (B0h) is assembled in one place.
 
-use super::provisioning::{provisioning, write_same_unmaps};
-use super::spc::{DEVICE_TYPE_DISK, ascii_field};
+use super::block_io::{provisioning, write_same_unmaps};
+use super::parameter_data::{DEVICE_TYPE_DISK, ascii_field};
 use crate::scsi::Nexus;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::limits::{
@@ -304,7 +304,7 @@ pub fn unit_page(lu: &LogicalUnit, page_code: u8) -> Option<Vec<u8>> {
             lu.block_size(),
             lu.logical_blocks_per_physical_block(),
             &provisioning(lu),
-            AtomicLimits::of(lu),
+            lu.atomic_limits(),
         )),
         0xB2 => Some(logical_block_provisioning_page(&provisioning(lu))),
         _ => None,

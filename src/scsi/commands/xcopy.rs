@@ -34,14 +34,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::parameter_data::truncate;
 use super::reservation_access::{self, PrAccess, Spc2Access};
-use super::spc::truncate;
 use crate::scsi::cdb::{be16, be32, be64, byte_at};
 use crate::scsi::opcodes::op;
 use crate::scsi::ordering::{Order, OrderClass};
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::scsi::{Nexus, ScsiResponse, ScsiStatus, TargetDevice};
+use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
 
 // ---------------------------------------------------------------------------------------
 // Limits (reported by RECEIVE COPY RESULTS OPERATING PARAMETERS, SPC-4 §6.22.4).
@@ -807,7 +807,8 @@ pub fn receive_copy_results(
 
 /// EXTENDED COPY(LID1) (SPC-4 §6.4), run to completion within the command.
 pub async fn extended_copy(
-    target: &TargetDevice,
+    copy_results: &CopyResults,
+    luns: &[Arc<LogicalUnit>],
     lu: &LogicalUnit,
     nexus: &Nexus,
     raw_cdb: &[u8],
@@ -824,23 +825,21 @@ pub async fn extended_copy(
     // Registered before planning, so that a list refused while planning (COPY ABORTED,
     // reservation conflicts) leaves a held "completed with errors" status for its list
     // identifier rather than an older result under the same identifier.
-    let running = target
-        .copy_results()
-        .begin(nexus, lu.lun(), list.list_id, list.usage)?;
-    let planned = plan(&list, &target.luns())?;
+    let running = copy_results.begin(nexus, lu.lun(), list.list_id, list.usage)?;
+    let planned = plan(&list, luns)?;
     // The copy manager reads and writes its copy targets on behalf of this I_T nexus: their
     // reservations apply as to that nexus's own READ and WRITE. The addressed unit was
     // already checked (EXTENDED COPY counts as a write there).
     for segment in &planned {
         let conflict = (segment.source.lun() != lu.lun()
-            && reservation_access::conflicts_with(
+            && reservation_access::conflicts(
                 segment.source.reservations(),
                 nexus,
                 PrAccess::Read,
                 Spc2Access::ConflictsForOthers,
             ))
             || (segment.destination.lun() != lu.lun()
-                && reservation_access::conflicts_with(
+                && reservation_access::conflicts(
                     segment.destination.reservations(),
                     nexus,
                     PrAccess::Write,
@@ -908,7 +907,7 @@ async fn copy_segment(segment: &PlannedSegment) -> Result<(), Sense> {
 mod tests {
     use super::*;
     use crate::scsi::unit::lu::LuIdentity;
-    use crate::scsi::{ScsiRequest, TaskAttr};
+    use crate::scsi::{ScsiRequest, TargetDevice, TaskAttr};
     use crate::storage::MemoryBackend;
 
     const TARGET: &str = "iqn.2026-11.org.example:xcopy";

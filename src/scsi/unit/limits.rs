@@ -3,7 +3,6 @@
 //! them and the transport sizes its write buffers by them, neither of which may import the
 //! command handlers.
 
-use super::lu::LogicalUnit;
 use crate::scsi::sense::Sense;
 
 /// Largest single READ/WRITE accepted, in bytes (reported in the block limits VPD page as
@@ -68,15 +67,6 @@ impl AtomicLimits {
             alignment: unit,
             granularity: unit,
         }
-    }
-
-    /// The unit's limits, `None` when it does not offer WRITE ATOMIC (no journal).
-    pub fn of(lu: &LogicalUnit) -> Option<Self> {
-        lu.atomic_journal()?;
-        Some(Self::new(
-            lu.block_size(),
-            lu.logical_blocks_per_physical_block(),
-        ))
     }
 
     /// Bytes 44..64 of the block limits page: MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::storage::BlockBackend;
 
 use super::atomic_journal::AtomicJournal;
+use super::limits::AtomicLimits;
 use super::mode_values::ModeValues;
 use super::reservation_store::ReservationStore;
 use super::reservations::Reservations;
@@ -534,6 +535,16 @@ impl LogicalUnit {
             .collect();
         self.reservations.attach_store(&unit, store)
     }
+    /// The WRITE ATOMIC limits of this unit, `None` when it does not offer the command (no
+    /// journal).
+    pub fn atomic_limits(&self) -> Option<AtomicLimits> {
+        self.atomic_journal()?;
+        Some(AtomicLimits::new(
+            self.block_size(),
+            self.logical_blocks_per_physical_block(),
+        ))
+    }
+
     /// Held while a command writes the medium (see `write_order`).
     pub(in crate::scsi) async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.write_order.read().await
