@@ -195,12 +195,19 @@ async fn while_an_immediate_sanitize_runs_every_initiator_sees_it_and_its_progre
         (first.data[2], first.data[12], first.data[13]),
         SANITIZE_IN_PROGRESS
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let later = b.scsi(0, &request_sense, 18, None).await;
-    assert!(
-        progress(&later.data) > progress(&first.data),
-        "the progress moves"
-    );
+    // The progress moves (in 1 MiB steps here: a quarter every half second).
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let later = b.scsi(0, &request_sense, 18, None).await;
+        assert_eq!(
+            (later.data[2], later.data[12], later.data[13]),
+            SANITIZE_IN_PROGRESS,
+            "the operation ended before its progress was seen to move"
+        );
+        if progress(&later.data) > progress(&first.data) {
+            break;
+        }
+    }
 
     wait_until_ready(&mut b, Duration::from_secs(30)).await;
     assert!(started.elapsed() >= Duration::from_millis(1500), "paced");
