@@ -299,6 +299,13 @@ async fn an_abort_or_a_reset_ends_the_command_not_the_operation() {
     keel.stop().await;
 }
 
+/// OVERWRITE and BLOCK ERASE from `i` both get RESERVATION CONFLICT.
+async fn both_conflict(i: &mut Initiator) {
+    assert_eq!(overwrite(i, 0, &[1]).await.status, 0x18);
+    let erase = i.scsi(0, &sanitize_cdb(BLOCK_ERASE, 0), 0, None).await;
+    assert_eq!(erase.status, 0x18);
+}
+
 #[tokio::test]
 async fn a_reservation_holds_sanitize_off_like_a_write() {
     let keel = Keel::start("1MiB", "").await;
@@ -306,13 +313,7 @@ async fn a_reservation_holds_sanitize_off_like_a_write() {
     let mut b = common::honest_session(&keel, 2).await;
     // SPC-2 RESERVE(6) by b.
     assert_eq!(b.scsi(0, &[0x16, 0, 0, 0, 0, 0], 0, None).await.status, 0);
-    assert_eq!(overwrite(&mut a, 0, &[1]).await.status, 0x18);
-    assert_eq!(
-        a.scsi(0, &sanitize_cdb(BLOCK_ERASE, 0), 0, None)
-            .await
-            .status,
-        0x18
-    );
+    both_conflict(&mut a).await;
     assert_eq!(b.scsi(0, &[0x17, 0, 0, 0, 0, 0], 0, None).await.status, 0);
 
     // Persistent reservation, Write Exclusive, held by b; a is not registered.
@@ -331,13 +332,7 @@ async fn a_reservation_holds_sanitize_off_like_a_write() {
     assert_eq!(b.scsi(0, &cdb, 0, Some(&list)).await.status, 0);
     let (cdb, list) = prout(0x01, 0x01, 0xB0B, 0);
     assert_eq!(b.scsi(0, &cdb, 0, Some(&list)).await.status, 0);
-    assert_eq!(overwrite(&mut a, 0, &[1]).await.status, 0x18);
-    assert_eq!(
-        a.scsi(0, &sanitize_cdb(BLOCK_ERASE, 0), 0, None)
-            .await
-            .status,
-        0x18
-    );
+    both_conflict(&mut a).await;
     // The holder may.
     assert_eq!(
         b.scsi(0, &sanitize_cdb(BLOCK_ERASE, 0), 0, None)

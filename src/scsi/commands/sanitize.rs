@@ -686,19 +686,19 @@ mod tests {
             progress(&later.data_in) > progress(&first.data_in),
             "{first:?} {later:?}"
         );
+        wait_until_sanitized_with(&lu, backend.as_ref(), 0x5A).await;
+        let tur = run_on(&target, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], Bytes::new()).await;
+        assert_eq!(tur.status, ScsiStatus::Good);
+    }
+
+    /// Waits for the running operation to end; then the medium holds `byte` everywhere.
+    async fn wait_until_sanitized_with(lu: &LogicalUnit, backend: &dyn BlockBackend, byte: u8) {
         while lu.sanitize_state().in_progress() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let tur = run_on(&target, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], Bytes::new()).await;
-        assert_eq!(tur.status, ScsiStatus::Good);
-        assert!(
-            backend
-                .read_at(0, 32768)
-                .await
-                .unwrap()
-                .iter()
-                .all(|&b| b == 0x5A)
-        );
+        let size = usize::try_from(backend.size_bytes()).unwrap();
+        let data = backend.read_at(0, size).await.unwrap();
+        assert!(data.iter().all(|&b| b == byte));
     }
 
     #[tokio::test]
@@ -721,17 +721,7 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_millis(300), waiting).await;
         assert!(ended.is_ok(), "the aborted command returned");
         assert!(lu.sanitize_state().in_progress(), "the operation goes on");
-        while lu.sanitize_state().in_progress() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            backend
-                .read_at(0, 32768)
-                .await
-                .unwrap()
-                .iter()
-                .all(|&b| b == 0x77)
-        );
+        wait_until_sanitized_with(&lu, backend.as_ref(), 0x77).await;
     }
 
     #[tokio::test]
