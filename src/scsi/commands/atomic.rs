@@ -10,7 +10,8 @@
 //!   once the medium is durable. Atomic writes of one unit are serialized by the journal's
 //!   single slot: they are rare, and correctness matters more than their speed.
 //!
-//! What the block limits VPD page announces ([`AtomicLimits`]): at most
+//! What the block limits VPD page announces
+//! ([`AtomicLimits`](crate::scsi::unit::limits::AtomicLimits)): at most
 //! [`MAX_ATOMIC_BYTES`] per command; ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY
 //! equal to the logical blocks per physical block, so an atomic write always covers whole
 //! physical blocks (the unit the initiator's own atomicity is built on); no atomic
@@ -24,7 +25,6 @@ use crate::scsi::cdb::bytes_at;
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::atomic_journal::RecordHeader;
-use crate::scsi::unit::limits::AtomicLimits;
 use crate::scsi::unit::lu::LogicalUnit;
 
 /// The fields of a WRITE ATOMIC(16) CDB.
@@ -85,7 +85,7 @@ pub async fn write_atomic16(
     data_out: &Bytes,
 ) -> Result<Bytes, Sense> {
     let c = decode_write_atomic16(raw_cdb)?;
-    let (Some(journal), Some(limits)) = (lu.atomic_journal(), AtomicLimits::of(lu)) else {
+    let (Some(journal), Some(limits)) = (lu.atomic_journal(), lu.atomic_limits()) else {
         return Err(Sense::invalid_opcode());
     };
     let backend = lu.medium()?;
@@ -180,6 +180,7 @@ mod tests {
 
     use super::*;
     use crate::scsi::unit::atomic_journal::AtomicJournal;
+    use crate::scsi::unit::limits::AtomicLimits;
     use crate::scsi::unit::lu::LuIdentity;
     use crate::storage::{BlockBackend, IoFuture, MemoryBackend};
 
@@ -346,7 +347,7 @@ mod tests {
                 .unwrap_err(),
             Sense::invalid_opcode()
         );
-        assert_eq!(AtomicLimits::of(&plain), None);
+        assert_eq!(plain.atomic_limits(), None);
     }
 
     /// Writes one block at a time, yielding in between: a medium on which an unordered read

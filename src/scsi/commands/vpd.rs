@@ -301,7 +301,7 @@ pub fn unit_page(lu: &LogicalUnit, page_code: u8) -> Option<Vec<u8>> {
             lu.block_size(),
             lu.logical_blocks_per_physical_block(),
             &provisioning(lu),
-            AtomicLimits::of(lu),
+            lu.atomic_limits(),
         )),
         0xB2 => Some(logical_block_provisioning_page(&provisioning(lu))),
         _ => None,

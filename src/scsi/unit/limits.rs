@@ -1,9 +1,9 @@
 //! The limits a logical unit announces in the block limits VPD page (SBC-4 §6.6.4) and
 //! enforces on the commands they bound. State-side: the atomic journal sizes its records by
 //! them and the transport sizes its write buffers by them, neither of which may import the
-//! command handlers.
+//! command handlers. Leaf of `unit/`: a unit asks for its own limits
+//! ([`LogicalUnit::atomic_limits`](super::lu::LogicalUnit::atomic_limits)), never the reverse.
 
-use super::lu::LogicalUnit;
 use crate::scsi::sense::Sense;
 
 /// Largest single READ/WRITE accepted, in bytes (reported in the block limits VPD page as
@@ -68,15 +68,6 @@ impl AtomicLimits {
             alignment: unit,
             granularity: unit,
         }
-    }
-
-    /// The unit's limits, `None` when it does not offer WRITE ATOMIC (no journal).
-    pub fn of(lu: &LogicalUnit) -> Option<Self> {
-        lu.atomic_journal()?;
-        Some(Self::new(
-            lu.block_size(),
-            lu.logical_blocks_per_physical_block(),
-        ))
     }
 
     /// Bytes 44..64 of the block limits page: MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC

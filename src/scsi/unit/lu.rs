@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::storage::BlockBackend;
 
 use super::atomic_journal::AtomicJournal;
+use super::limits::AtomicLimits;
 use super::mode_values::ModeValues;
 use super::reservation_store::ReservationStore;
 use super::reservations::Reservations;
@@ -244,6 +245,16 @@ impl LogicalUnit {
     /// The intent journal, if the unit offers WRITE ATOMIC.
     pub fn atomic_journal(&self) -> Option<&AtomicJournal> {
         self.atomic_journal.as_deref()
+    }
+
+    /// The unit's WRITE ATOMIC limits (SBC-4 §6.6.4), `None` when it does not offer WRITE
+    /// ATOMIC (no journal).
+    pub fn atomic_limits(&self) -> Option<AtomicLimits> {
+        self.atomic_journal()?;
+        Some(AtomicLimits::new(
+            self.block_size(),
+            self.logical_blocks_per_physical_block(),
+        ))
     }
 
     /// Reports `physical_block_size` bytes per physical block.
