@@ -18,7 +18,7 @@ use crate::scsi::cdb::{be16, be32, be64};
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::scsi::unit::reservations::{
+use crate::scsi::unit::pr_state::{
     ISID_SEPARATOR, NexusId, PrState, PrType, Registration, Reservation,
 };
 use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};

@@ -8,7 +8,8 @@
 
 use crate::scsi::Nexus;
 use crate::scsi::opcodes::op;
-use crate::scsi::unit::reservations::{PrState, Reservations};
+use crate::scsi::unit::pr_state::PrState;
+use crate::scsi::unit::reservations::Reservations;
 
 /// Whether `cdb` from `nexus` meets RESERVATION CONFLICT under the unit's reservations
 /// (SPC-2 §5.5.1, SPC-4 §5.13.1).
@@ -155,7 +156,7 @@ pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, cdb: &[u8]) -> bool {
 mod tests {
 
     use super::*;
-    use crate::scsi::unit::reservations::{NexusId, PrType, Registration, Reservation};
+    use crate::scsi::unit::pr_state::{NexusId, PrType, Registration, Reservation};
 
     fn nexus(name: &str) -> Nexus {
         Nexus::for_test(name)

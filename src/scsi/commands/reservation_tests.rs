@@ -9,8 +9,8 @@ use bytes::Bytes;
 use super::persistent_reservations as pr;
 use crate::scsi::opcodes::op;
 use crate::scsi::unit::lu::{LogicalUnit, LuIdentity};
+use crate::scsi::unit::pr_state::PrState;
 use crate::scsi::unit::reservation_store::{FileReservationStore, ReservationStore};
-use crate::scsi::unit::reservations::PrState;
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TargetDevice, TaskAttr};
 use crate::storage::{IoFuture, MemoryBackend};
 

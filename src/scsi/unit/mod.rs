@@ -8,6 +8,7 @@ pub mod atomic_journal;
 pub mod limits;
 pub mod lu;
 pub mod mode_values;
+pub mod pr_state;
 pub mod reservation_store;
 pub mod reservations;
 pub mod task_set;
