@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use super::spc::truncate;
+use super::parameter_data::truncate;
 use crate::scsi::Nexus;
 use crate::scsi::cdb;
 use crate::scsi::sense::Sense;

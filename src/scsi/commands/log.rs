@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::spc::truncate;
+use super::parameter_data::truncate;
 use crate::scsi::cdb;
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::Sense;

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use super::spc::truncate;
+use super::parameter_data::truncate;
 use crate::scsi::cdb;
 use crate::scsi::opcodes::{self, CommandInfo};
 use crate::scsi::sense::Sense;

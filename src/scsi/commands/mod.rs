@@ -10,6 +10,7 @@ pub mod log;
 pub mod maintenance;
 pub mod medium;
 pub mod mode;
+pub mod parameter_data;
 pub mod persistent_reservations;
 pub mod provisioning;
 pub mod reservation_access;

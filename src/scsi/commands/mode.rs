@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use super::spc::truncate;
+use super::parameter_data::truncate;
 use crate::scsi::Nexus;
 use crate::scsi::cdb::{self, ModeSenseCdb, PageControl};
 use crate::scsi::opcodes::op;

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use super::spc::truncate;
+use super::parameter_data::truncate;
 use crate::scsi::cdb::{be16, be32, be64};
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::{Sense, SenseKey};

@@ -292,7 +292,7 @@ pub async fn get_lba_status(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, S
     let runs = block_runs(&extents, block_size);
     let room = usize::try_from(c.alloc_len.saturating_sub(8) / 16).unwrap_or(usize::MAX);
     let data = lba_status_data(c.lba, &runs, room.clamp(1, MAX_LBA_STATUS_DESCRIPTORS));
-    Ok(super::spc::truncate(
+    Ok(super::parameter_data::truncate(
         data,
         usize::try_from(c.alloc_len).unwrap_or(usize::MAX),
     ))

@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::parameter_data::truncate;
 use super::reservation_access;
-use super::spc::truncate;
 use crate::scsi::cdb::{be16, be32, be64, byte_at};
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::{Sense, SenseKey};
