@@ -232,7 +232,15 @@ impl TargetDevice {
             Handler::PreFetch => verify::prefetch(lu, cdb).await?,
             Handler::WriteAtomic => atomic::write_atomic16(lu, cdb, &req.data_out).await?,
             Handler::ExtendedCopy => {
-                return xcopy::extended_copy(self, lu, nexus, cdb, &req.data_out).await;
+                return xcopy::extended_copy(
+                    &self.copy_results,
+                    &self.luns(),
+                    lu,
+                    nexus,
+                    cdb,
+                    &req.data_out,
+                )
+                .await;
             }
             Handler::ReceiveCopyResults => {
                 xcopy::receive_copy_results(&self.copy_results, lu, nexus, cdb)?

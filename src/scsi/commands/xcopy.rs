@@ -4,8 +4,9 @@
 //! uses to clone and migrate virtual disks without moving the data through the host.
 //!
 //! The copy manager is the logical unit the command is addressed to; its copy targets (CSCDs)
-//! are logical units of the same [`TargetDevice`], named by identification descriptors (CSCD
-//! type E4h, SPC-4 §6.4 "Identification descriptor CSCD descriptor format") carrying
+//! are logical units of the same [`TargetDevice`](crate::scsi::TargetDevice) (the dispatcher
+//! passes them in; this file does not import the target), named by identification descriptors
+//! (CSCD type E4h, SPC-4 §6.4 "Identification descriptor CSCD descriptor format") carrying
 //! the VPD 83h NAA designator. Only block→block segment descriptors (type 02h, SPC-4 §6.4 "Block device to block device operations")
 //! are implemented.
 //!
@@ -40,7 +41,7 @@ use crate::scsi::cdb::{be16, be32, be64, byte_at};
 use crate::scsi::opcodes::op;
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::scsi::{Nexus, ScsiResponse, ScsiStatus, TargetDevice};
+use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
 
 // ---------------------------------------------------------------------------------------
 // Limits (reported by RECEIVE COPY RESULTS OPERATING PARAMETERS, SPC-4 §6.22.4).
@@ -817,9 +818,12 @@ pub fn receive_copy_results(
 const READ_PROBE: [u8; 16] = [op::READ_16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
 const WRITE_PROBE: [u8; 16] = [op::WRITE_16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
 
-/// EXTENDED COPY(LID1) (SPC-4 §6.4), run to completion within the command.
+/// EXTENDED COPY(LID1) (SPC-4 §6.4), run to completion within the command. `luns` are the
+/// logical units of the target, the copy targets a CSCD descriptor may name; `copy_results`
+/// is where the target keeps the status RECEIVE COPY RESULTS reports.
 pub async fn extended_copy(
-    target: &TargetDevice,
+    copy_results: &CopyResults,
+    luns: &[Arc<LogicalUnit>],
     lu: &LogicalUnit,
     nexus: &Nexus,
     raw_cdb: &[u8],
@@ -836,10 +840,8 @@ pub async fn extended_copy(
     // Registered before planning, so that a list refused while planning (COPY ABORTED,
     // reservation conflicts) leaves a held "completed with errors" status for its list
     // identifier rather than an older result under the same identifier.
-    let running = target
-        .copy_results()
-        .begin(nexus, lu.lun(), list.list_id, list.usage)?;
-    let planned = plan(&list, &target.luns())?;
+    let running = copy_results.begin(nexus, lu.lun(), list.list_id, list.usage)?;
+    let planned = plan(&list, luns)?;
     // The copy manager reads and writes its copy targets on behalf of this I_T nexus: their
     // reservations apply as to that nexus's own READ and WRITE. The addressed unit was
     // already checked (EXTENDED COPY counts as a write there).
@@ -911,7 +913,7 @@ async fn copy_segment(segment: &PlannedSegment) -> Result<(), Sense> {
 mod tests {
     use super::*;
     use crate::scsi::unit::lu::LuIdentity;
-    use crate::scsi::{ScsiRequest, TaskAttr};
+    use crate::scsi::{ScsiRequest, TargetDevice, TaskAttr};
     use crate::storage::MemoryBackend;
 
     const TARGET: &str = "iqn.2026-11.org.example:xcopy";
