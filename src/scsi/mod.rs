@@ -15,6 +15,7 @@
 mod cdb;
 mod commands;
 mod opcodes;
+mod ordering;
 mod sense;
 mod target;
 mod unit;

@@ -1,10 +1,18 @@
-//! The command table: what the target knows about each opcode before running it.
+//! The command table: one row per command (an opcode, or an opcode and service action) with
+//! everything the target knows about it before its handler runs, after FreeBSD CTL's
+//! `ctl_cmd_entry` (`sys/cam/ctl/ctl_private.h`, `ctl_cmd_table.c`).
 //!
-//! Dispatch looks a CDB up here first (by opcode, then service action for opcodes that carry
-//! one) and applies the generic checks the entry asks for (unit attention reporting,
-//! readiness, CONTROL byte) before calling the handler. The shape follows FreeBSD CTL's
-//! `ctl_cmd_table` and tgt's device type templates: one static row per opcode.
+//! A row carries the handler, the CDB usage bitmap (its length is the CDB length) and
+//! timeout for REPORT SUPPORTED OPERATION CODES, the states the command runs in (no medium,
+//! pending unit attention), its access under SPC-3 persistent and SPC-2 reservations, how
+//! much Data-Out its CDB asks for, and its ordering class (`ordering.rs`). Dispatch
+//! (`target.rs`) looks the CDB up here and applies the row (unit attention, CDB length and
+//! CONTROL byte, reservation conflict, readiness) before the handler runs, and hands the
+//! handler the ordering of the row's class.
 
+use super::commands::reservation_access::{self, PrAccess, Spc2Access};
+use super::commands::{atomic, compare_and_write, sbc, verify, write_same};
+use super::ordering::OrderClass;
 use super::sense::Sense;
 
 /// Operation codes (SPC-4 Annex D / SBC-3 §5).
@@ -76,7 +84,9 @@ pub mod op {
     pub const SA_OPERATING_PARAMETERS: u8 = 0x03;
 }
 
-/// Which handler runs the command.
+/// Which handler runs the command. Dispatch matches on it (an exhaustive match, so a new
+/// variant cannot be forgotten there); a function pointer per row would need a boxed future
+/// per command, an allocation on the READ/WRITE path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handler {
     TestUnitReady,
@@ -127,302 +137,582 @@ pub enum DataDirection {
     Out,
 }
 
-/// One row of the command table.
+/// How many bytes of write data a CDB asks for, whatever the command's outcome: the
+/// transport reports the difference from what the initiator sent as the residual (RFC 7143
+/// §11.4.5.1, SAM-5 §5.4.3).
+#[derive(Clone, Copy, Debug)]
+pub enum DataOut {
+    /// No Data-Out.
+    None,
+    /// A PARAMETER LIST LENGTH field: `width` bytes big-endian at byte `at`.
+    ParamLen { at: usize, width: usize },
+    /// Computed from the decoded CDB (a transfer length in blocks, two buffers for COMPARE
+    /// AND WRITE, BYTCHK for VERIFY, ...): a CDB its decoder refuses needs none, so a refused
+    /// command reports its whole Data-Out as residual.
+    Custom(fn(cdb: &[u8], block_size: u32) -> u32),
+}
+
+impl DataOut {
+    pub fn bytes(self, cdb: &[u8], block_size: u32) -> u32 {
+        match self {
+            DataOut::None => 0,
+            DataOut::ParamLen { at, width } => (at..at + width).fold(0, |n, i| {
+                (n << 8) | u32::from(cdb.get(i).copied().unwrap_or(0))
+            }),
+            DataOut::Custom(rule) => rule(cdb, block_size),
+        }
+    }
+}
+
+/// How a command fares under a persistent reservation it does not hold: a fixed
+/// [`PrAccess`], or one that depends on CDB bits (START STOP UNIT, PREVENT ALLOW MEDIUM
+/// REMOVAL).
+#[derive(Clone, Copy, Debug)]
+pub enum PrRule {
+    Fixed(PrAccess),
+    ByCdb(fn(&[u8]) -> PrAccess),
+}
+
+impl PrRule {
+    pub fn access(self, cdb: &[u8]) -> PrAccess {
+        match self {
+            PrRule::Fixed(access) => access,
+            PrRule::ByCdb(rule) => rule(cdb),
+        }
+    }
+}
+
+/// One row of the command table: everything the target knows about a command (an opcode, or
+/// an opcode and service action) before its handler runs.
 #[derive(Clone, Copy, Debug)]
 pub struct CommandInfo {
     /// For people and the table's tests; nothing dispatches on it.
     #[cfg_attr(not(test), allow(dead_code))]
     pub name: &'static str,
+    pub opcode: u8,
+    /// Service action (CDB byte 1, bits 4-0), for opcodes that have them.
+    pub service_action: Option<u8>,
     pub handler: Handler,
-    /// Documents the row; the Data-Out rule is what dispatch uses.
-    #[allow(dead_code)]
+    /// The table's tests check it against [`CommandInfo::data_out`]: a command with Data-Out
+    /// must say how much it takes.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub direction: DataDirection,
-    /// CDB length in bytes (where the CONTROL byte is).
-    pub cdb_len: usize,
+    /// CDB USAGE DATA for REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35.3): byte 0 the
+    /// opcode, the service action in its own field, elsewhere a bit set for every CDB bit the
+    /// device server examines. Its length is the CDB length (where the CONTROL byte is).
+    /// Protection fields are clear (INQUIRY PROTECT = 0), GROUP NUMBER fields are ignored.
+    pub usage: &'static [u8],
+    /// RECOMMENDED COMMAND TIMEOUT in seconds (command timeouts descriptor, SPC-4 §6.35.4).
+    pub timeout_secs: u32,
     /// Runs while the logical unit is becoming ready or offline (no medium needed).
-    pub allowed_not_ready: bool,
+    pub runs_not_ready: bool,
     /// Reports (and so clears) a pending unit attention instead of running. INQUIRY, REPORT
-    /// LUNS and REQUEST SENSE do not (SAM-5 §5.14 / SPC-4 §5.14).
+    /// LUNS and REQUEST SENSE do not (SAM-5 §5.14, SPC-4 §5.14).
     pub reports_unit_attention: bool,
+    /// Under a persistent reservation held by another I_T nexus (SPC-4 §5.13.1 table 62,
+    /// SBC-4 §4.17 table 13).
+    pub pr: PrRule,
+    /// Under an SPC-2 RESERVE held by another I_T nexus (SPC-2 §5.5.1).
+    pub spc2: Spc2Access,
+    /// The write data the CDB asks for.
+    pub data_out: DataOut,
+    /// The command's place in the ordering of its logical unit ([`ORDER`]).
+    ///
+    /// [`ORDER`]: super::ordering::ORDER
+    pub order: OrderClass,
 }
 
-/// A table slot: nothing, a command, or a list of service actions (taken from CDB byte 1,
-/// bits 4-0).
-#[derive(Clone, Copy, Debug)]
-enum Slot {
-    Unsupported,
-    Command(CommandInfo),
-    ServiceActions(&'static [(u8, CommandInfo)]),
-}
-
-const fn command(
-    name: &'static str,
-    handler: Handler,
-    direction: DataDirection,
-    cdb_len: usize,
-    allowed_not_ready: bool,
-    reports_unit_attention: bool,
-) -> CommandInfo {
-    CommandInfo {
-        name,
-        handler,
-        direction,
-        cdb_len,
-        allowed_not_ready,
-        reports_unit_attention,
+impl CommandInfo {
+    /// CDB length in bytes.
+    pub const fn cdb_len(&self) -> usize {
+        self.usage.len()
     }
 }
 
-/// A command that needs the medium and reports unit attentions: the common case.
-const fn media(name: &'static str, handler: Handler, dir: DataDirection, len: usize) -> Slot {
-    Slot::Command(command(name, handler, dir, len, false, true))
+/// CONTROL byte usage: NACA (bit 2) and LINK (bit 0) are examined (both refused, SAM-5 §5.2).
+const CTL: u8 = 0x05;
+
+/// What most rows share: a command on the medium, that reports unit attentions, conflicts
+/// with any reservation it does not hold, takes no data and runs with anything. A row states
+/// what differs.
+const BASE: CommandInfo = CommandInfo {
+    name: "",
+    opcode: 0,
+    service_action: None,
+    handler: Handler::TestUnitReady,
+    direction: DataDirection::None,
+    usage: &[],
+    timeout_secs: 30,
+    runs_not_ready: false,
+    reports_unit_attention: true,
+    pr: PrRule::Fixed(PrAccess::Write),
+    spc2: Spc2Access::ConflictsForOthers,
+    data_out: DataOut::None,
+    order: OrderClass::Free,
+};
+
+/// Commands that describe the target or the unit rather than the medium (they run while it
+/// is not ready, SPC-4 §4.3.4.2, and FreeBSD CTL marks them OK_ON_NO_MEDIA).
+const NO_MEDIUM: CommandInfo = CommandInfo {
+    runs_not_ready: true,
+    ..BASE
+};
+
+/// INQUIRY, REPORT LUNS, REQUEST SENSE: never report a unit attention, pass every reservation.
+const ALWAYS: CommandInfo = CommandInfo {
+    runs_not_ready: true,
+    reports_unit_attention: false,
+    pr: PrRule::Fixed(PrAccess::Always),
+    spc2: Spc2Access::Allowed,
+    ..BASE
+};
+
+/// READ(6/10/12/16).
+const READ: CommandInfo = CommandInfo {
+    handler: Handler::ReadWrite,
+    direction: DataDirection::In,
+    pr: PrRule::Fixed(PrAccess::Read),
+    order: OrderClass::Read,
+    ..BASE
+};
+
+/// WRITE(6/10/12/16).
+const WRITE: CommandInfo = CommandInfo {
+    handler: Handler::ReadWrite,
+    direction: DataDirection::Out,
+    data_out: DataOut::Custom(|cdb, bs| sbc::data_out_needed(cdb, bs).unwrap_or(0)),
+    order: OrderClass::Write,
+    ..BASE
+};
+
+/// VERIFY(10/12/16): reads the medium, compares with Data-Out when BYTCHK asks.
+const VERIFY: CommandInfo = CommandInfo {
+    handler: Handler::Verify,
+    direction: DataDirection::Out,
+    pr: PrRule::Fixed(PrAccess::Read),
+    data_out: DataOut::Custom(|cdb, bs| verify::data_out_needed(cdb, bs).unwrap_or(0)),
+    order: OrderClass::Read,
+    ..BASE
+};
+
+/// WRITE AND VERIFY(10/12/16).
+const WRITE_AND_VERIFY: CommandInfo = CommandInfo {
+    order: OrderClass::Write,
+    pr: PrRule::Fixed(PrAccess::Write),
+    ..VERIFY
+};
+
+/// PRE-FETCH(10/16): checks the range, reads nothing (no cache to fill).
+const PRE_FETCH: CommandInfo = CommandInfo {
+    handler: Handler::PreFetch,
+    pr: PrRule::Fixed(PrAccess::Read),
+    ..BASE
+};
+
+/// SYNCHRONIZE CACHE(10/16).
+const SYNCHRONIZE_CACHE: CommandInfo = CommandInfo {
+    handler: Handler::SynchronizeCache,
+    timeout_secs: 60,
+    ..BASE
+};
+
+/// WRITE SAME(10/16).
+const WRITE_SAME: CommandInfo = CommandInfo {
+    handler: Handler::WriteSame,
+    direction: DataDirection::Out,
+    timeout_secs: 60,
+    data_out: DataOut::Custom(|cdb, bs| write_same::data_out_needed(cdb, bs).unwrap_or(0)),
+    order: OrderClass::Write,
+    ..BASE
+};
+
+/// READ DEFECT DATA(10/12): an empty list.
+const READ_DEFECT_DATA: CommandInfo = CommandInfo {
+    handler: Handler::ReadDefectData,
+    direction: DataDirection::In,
+    pr: PrRule::Fixed(PrAccess::Read),
+    ..BASE
+};
+
+/// MODE SENSE(6/10).
+const MODE_SENSE: CommandInfo = CommandInfo {
+    handler: Handler::ModeSense,
+    direction: DataDirection::In,
+    pr: PrRule::Fixed(PrAccess::Read),
+    ..NO_MEDIUM
+};
+
+/// MODE SELECT(6/10); its read-modify-write of the mode values is serialized by the unit's
+/// mode lock (a state lock, like the reservation state's; no ordering against I/O).
+const MODE_SELECT: CommandInfo = CommandInfo {
+    handler: Handler::ModeSelect,
+    direction: DataDirection::Out,
+    ..NO_MEDIUM
+};
+
+/// SPC-2 RESERVE/RELEASE(6): the handlers refuse them while a persistent registration
+/// exists (SPC-4 "exceptions to SPC-2 RESERVE and RELEASE").
+const SPC2_RESERVATION: CommandInfo = CommandInfo {
+    pr: PrRule::Fixed(PrAccess::Always),
+    spc2: Spc2Access::Allowed,
+    order: OrderClass::ReservationChange,
+    ..NO_MEDIUM
+};
+
+/// RESERVE/RELEASE(10): PARAMETER LIST LENGTH is for third-party reservations (refused).
+const SPC2_RESERVATION_10: CommandInfo = CommandInfo {
+    direction: DataDirection::Out,
+    data_out: DataOut::ParamLen { at: 7, width: 2 },
+    ..SPC2_RESERVATION
+};
+
+/// PERSISTENT RESERVE IN: every service action reads the reservation state; an SPC-2
+/// reservation makes it conflict for everyone, the holder too (SPC-4 "exceptions to SPC-2
+/// RESERVE and RELEASE behavior").
+const PRIN: CommandInfo = CommandInfo {
+    name: "PERSISTENT RESERVE IN",
+    opcode: op::PERSISTENT_RESERVE_IN,
+    handler: Handler::PersistentReserveIn,
+    direction: DataDirection::In,
+    pr: PrRule::Fixed(PrAccess::Always),
+    spc2: Spc2Access::ConflictsForAll,
+    ..NO_MEDIUM
+};
+
+/// PERSISTENT RESERVE OUT: the service actions apply their own rules (SPC-4 §5.13.1); the
+/// parameter list length is a 32-bit field at byte 5.
+const PROUT: CommandInfo = CommandInfo {
+    name: "PERSISTENT RESERVE OUT",
+    opcode: op::PERSISTENT_RESERVE_OUT,
+    handler: Handler::PersistentReserveOut,
+    direction: DataDirection::Out,
+    pr: PrRule::Fixed(PrAccess::Always),
+    spc2: Spc2Access::ConflictsForAll,
+    data_out: DataOut::ParamLen { at: 5, width: 4 },
+    order: OrderClass::ReservationChange,
+    ..NO_MEDIUM
+};
+
+/// PERSISTENT RESERVE OUT CDB usage: SCOPE, TYPE, PARAMETER LIST LENGTH (SPC-4 §6.14).
+const fn prout_usage(sa: u8) -> [u8; 10] {
+    [0x5F, sa, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, CTL]
 }
 
-/// A command that works without a medium and reports unit attentions.
-const fn any_state(name: &'static str, handler: Handler, dir: DataDirection, len: usize) -> Slot {
-    Slot::Command(command(name, handler, dir, len, true, true))
+/// PERSISTENT RESERVE IN CDB usage: ALLOCATION LENGTH (SPC-4 §6.13).
+const fn prin_usage(sa: u8) -> [u8; 10] {
+    [0x5E, sa, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, CTL]
 }
 
-/// A command that works without a medium and never reports unit attentions.
-const fn no_ua(name: &'static str, handler: Handler, dir: DataDirection, len: usize) -> Slot {
-    Slot::Command(command(name, handler, dir, len, true, false))
-}
+/// MAINTENANCE IN service actions describe the target, not the medium.
+const MAINTENANCE_IN: CommandInfo = CommandInfo {
+    opcode: op::MAINTENANCE_IN,
+    direction: DataDirection::In,
+    pr: PrRule::Fixed(PrAccess::Always),
+    ..NO_MEDIUM
+};
 
-const fn prin(service_action: u8) -> (u8, CommandInfo) {
-    let info = command(
-        "PERSISTENT RESERVE IN",
-        Handler::PersistentReserveIn,
-        DataDirection::In,
-        10,
-        true,
-        true,
-    );
-    (service_action, info)
-}
+/// RECEIVE COPY RESULTS: reports on copies, moves nothing.
+const RECEIVE_COPY_RESULTS: CommandInfo = CommandInfo {
+    name: "RECEIVE COPY RESULTS",
+    opcode: op::RECEIVE_COPY_RESULTS,
+    handler: Handler::ReceiveCopyResults,
+    direction: DataDirection::In,
+    pr: PrRule::Fixed(PrAccess::Always),
+    ..NO_MEDIUM
+};
 
-const fn prout(service_action: u8) -> (u8, CommandInfo) {
-    let info = command(
-        "PERSISTENT RESERVE OUT",
-        Handler::PersistentReserveOut,
-        DataDirection::Out,
-        10,
-        true,
-        true,
-    );
-    (service_action, info)
-}
-
-/// READ KEYS, READ RESERVATION, REPORT CAPABILITIES, READ FULL STATUS.
-static PERSISTENT_RESERVE_IN: [(u8, CommandInfo); 4] =
-    [prin(0x00), prin(0x01), prin(0x02), prin(0x03)];
-
-/// REGISTER, RESERVE, RELEASE, CLEAR, PREEMPT, PREEMPT AND ABORT, REGISTER AND IGNORE
-/// EXISTING KEY, REGISTER AND MOVE.
-static PERSISTENT_RESERVE_OUT: [(u8, CommandInfo); 8] = [
-    prout(0x00),
-    prout(0x01),
-    prout(0x02),
-    prout(0x03),
-    prout(0x04),
-    prout(0x05),
-    prout(0x06),
-    prout(0x07),
+/// Every supported command, ascending by (opcode, service action): REPORT SUPPORTED
+/// OPERATION CODES walks it, so its answer is exactly what dispatch accepts. To add a
+/// command: its row here (the unit tests check the row against the CDB layout rules), its
+/// handler and the [`Handler`] arm in `target.rs`, its tests.
+#[rustfmt::skip]
+static COMMANDS: [CommandInfo; 62] = [
+    CommandInfo { name: "TEST UNIT READY", opcode: op::TEST_UNIT_READY,
+        // SPC-4 §6.47
+        usage: &[0x00, 0x00, 0x00, 0x00, 0x00, CTL],
+        pr: PrRule::Fixed(PrAccess::Always), ..BASE },
+    CommandInfo { name: "REQUEST SENSE", opcode: op::REQUEST_SENSE, handler: Handler::RequestSense,
+        direction: DataDirection::In,
+        // SPC-4 §6.39: DESC, ALLOCATION LENGTH
+        usage: &[0x03, 0x01, 0x00, 0x00, 0xFF, CTL], ..ALWAYS },
+    CommandInfo { name: "READ(6)", opcode: op::READ_6,
+        // SBC-3 §5.14
+        usage: &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, CTL], ..READ },
+    CommandInfo { name: "WRITE(6)", opcode: op::WRITE_6,
+        // SBC-3 §5.31
+        usage: &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, CTL], ..WRITE },
+    CommandInfo { name: "INQUIRY", opcode: op::INQUIRY, handler: Handler::Inquiry,
+        direction: DataDirection::In,
+        // SPC-4 §6.6: CMDDT (refused), EVPD, PAGE CODE, ALLOCATION LENGTH
+        usage: &[0x12, 0x03, 0xFF, 0xFF, 0xFF, CTL], ..ALWAYS },
+    CommandInfo { name: "MODE SELECT(6)", opcode: op::MODE_SELECT_6,
+        // SPC-4 §6.9: PF, SP, PARAMETER LIST LENGTH
+        usage: &[0x15, 0x11, 0x00, 0x00, 0xFF, CTL],
+        data_out: DataOut::ParamLen { at: 4, width: 1 }, ..MODE_SELECT },
+    CommandInfo { name: "RESERVE(6)", opcode: op::RESERVE_6, handler: Handler::Reserve,
+        // SPC-2 §7.21
+        usage: &[0x16, 0x00, 0x00, 0x00, 0x00, CTL], ..SPC2_RESERVATION },
+    CommandInfo { name: "RELEASE(6)", opcode: op::RELEASE_6, handler: Handler::Release,
+        // SPC-2 §7.17
+        usage: &[0x17, 0x00, 0x00, 0x00, 0x00, CTL], ..SPC2_RESERVATION },
+    CommandInfo { name: "MODE SENSE(6)", opcode: op::MODE_SENSE_6,
+        // SPC-4 §6.11: DBD, PC, PAGE CODE, SUBPAGE CODE, ALLOCATION LENGTH
+        usage: &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, CTL], ..MODE_SENSE },
+    // It loads the medium, so it runs without one.
+    CommandInfo { name: "START STOP UNIT", opcode: op::START_STOP_UNIT,
+        handler: Handler::StartStopUnit,
+        // SBC-3 §5.25: IMMED, POWER CONDITION MODIFIER, POWER CONDITION, NO_FLUSH, LOEJ, START
+        usage: &[0x1B, 0x01, 0x00, 0x0F, 0xF7, CTL],
+        pr: PrRule::ByCdb(reservation_access::start_stop_unit), ..NO_MEDIUM },
+    CommandInfo { name: "PREVENT ALLOW MEDIUM REMOVAL", opcode: op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+        handler: Handler::PreventAllow,
+        // SPC-4 §6.13
+        usage: &[0x1E, 0x00, 0x00, 0x00, 0x03, CTL],
+        pr: PrRule::ByCdb(reservation_access::prevent_allow_medium_removal), ..NO_MEDIUM },
+    CommandInfo { name: "READ CAPACITY(10)", opcode: op::READ_CAPACITY_10,
+        handler: Handler::ReadCapacity10, direction: DataDirection::In,
+        // SBC-3 §5.15: LBA and PMI (obsolete, still checked)
+        usage: &[0x25, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x01, CTL],
+        pr: PrRule::Fixed(PrAccess::Always), ..BASE },
+    CommandInfo { name: "READ(10)", opcode: op::READ_10,
+        // SBC-3 §5.11: DPO, FUA
+        usage: &[0x28, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, CTL], ..READ },
+    CommandInfo { name: "WRITE(10)", opcode: op::WRITE_10,
+        // SBC-3 §5.32: DPO, FUA
+        usage: &[0x2A, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, CTL], ..WRITE },
+    CommandInfo { name: "WRITE AND VERIFY(10)", opcode: op::WRITE_AND_VERIFY_10,
+        // SBC-3 §5.36: DPO, BYTCHK
+        usage: &[0x2E, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, CTL], ..WRITE_AND_VERIFY },
+    CommandInfo { name: "VERIFY(10)", opcode: op::VERIFY_10,
+        // SBC-3 §5.27: DPO, BYTCHK
+        usage: &[0x2F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, CTL], ..VERIFY },
+    CommandInfo { name: "PRE-FETCH(10)", opcode: op::PRE_FETCH_10,
+        // SBC-3 §5.9: IMMED
+        usage: &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, CTL], ..PRE_FETCH },
+    CommandInfo { name: "SYNCHRONIZE CACHE(10)", opcode: op::SYNCHRONIZE_CACHE_10,
+        // SBC-3 §5.22: IMMED
+        usage: &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, CTL], ..SYNCHRONIZE_CACHE },
+    CommandInfo { name: "READ DEFECT DATA(10)", opcode: op::READ_DEFECT_DATA_10,
+        // SBC-3 §5.12: REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT
+        usage: &[0x37, 0x00, 0x1F, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, CTL], ..READ_DEFECT_DATA },
+    CommandInfo { name: "WRITE SAME(10)", opcode: op::WRITE_SAME_10,
+        // SBC-3 §5.41: ANCHOR, UNMAP
+        usage: &[0x41, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, CTL], ..WRITE_SAME },
+    CommandInfo { name: "UNMAP", opcode: op::UNMAP, handler: Handler::Unmap,
+        direction: DataDirection::Out, timeout_secs: 60,
+        // SBC-3 §5.28: ANCHOR, PARAMETER LIST LENGTH
+        usage: &[0x42, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, CTL],
+        data_out: DataOut::ParamLen { at: 7, width: 2 }, order: OrderClass::Write, ..BASE },
+    CommandInfo { name: "LOG SENSE", opcode: op::LOG_SENSE, handler: Handler::LogSense,
+        direction: DataDirection::In,
+        // SPC-4 §6.8: PPC, SP, PC, PAGE CODE, SUBPAGE, PARAMETER POINTER, ALLOCATION LENGTH
+        usage: &[0x4D, 0x03, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, CTL],
+        pr: PrRule::Fixed(PrAccess::Always), ..NO_MEDIUM },
+    CommandInfo { name: "MODE SELECT(10)", opcode: op::MODE_SELECT_10,
+        // SPC-4 §6.10: PF, SP, PARAMETER LIST LENGTH
+        usage: &[0x55, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, CTL],
+        data_out: DataOut::ParamLen { at: 7, width: 2 }, ..MODE_SELECT },
+    CommandInfo { name: "RESERVE(10)", opcode: op::RESERVE_10, handler: Handler::Reserve,
+        // SPC-2 §7.22
+        usage: &[0x56, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, CTL], ..SPC2_RESERVATION_10 },
+    CommandInfo { name: "RELEASE(10)", opcode: op::RELEASE_10, handler: Handler::Release,
+        // SPC-2 §7.18
+        usage: &[0x57, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, CTL], ..SPC2_RESERVATION_10 },
+    CommandInfo { name: "MODE SENSE(10)", opcode: op::MODE_SENSE_10,
+        // SPC-4 §6.12: LLBAA, DBD, PC, PAGE CODE, SUBPAGE, ALLOCATION LENGTH
+        usage: &[0x5A, 0x18, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, CTL], ..MODE_SENSE },
+    // PERSISTENT RESERVE IN (SPC-4 §6.13): READ KEYS, READ RESERVATION, REPORT CAPABILITIES,
+    // READ FULL STATUS. One row per service action, so REPORT SUPPORTED OPERATION CODES lists
+    // each and an unknown one is refused at byte 1.
+    CommandInfo { service_action: Some(0x00), usage: &prin_usage(0x00), ..PRIN },
+    CommandInfo { service_action: Some(0x01), usage: &prin_usage(0x01), ..PRIN },
+    CommandInfo { service_action: Some(0x02), usage: &prin_usage(0x02), ..PRIN },
+    CommandInfo { service_action: Some(0x03), usage: &prin_usage(0x03), ..PRIN },
+    // PERSISTENT RESERVE OUT (SPC-4 §6.14): REGISTER, RESERVE, RELEASE, CLEAR, PREEMPT,
+    // PREEMPT AND ABORT, REGISTER AND IGNORE EXISTING KEY, REGISTER AND MOVE.
+    CommandInfo { service_action: Some(0x00), usage: &prout_usage(0x00), ..PROUT },
+    CommandInfo { service_action: Some(0x01), usage: &prout_usage(0x01), ..PROUT },
+    CommandInfo { service_action: Some(0x02), usage: &prout_usage(0x02), ..PROUT },
+    CommandInfo { service_action: Some(0x03), usage: &prout_usage(0x03), ..PROUT },
+    CommandInfo { service_action: Some(0x04), usage: &prout_usage(0x04), ..PROUT },
+    CommandInfo { service_action: Some(0x05), usage: &prout_usage(0x05), ..PROUT },
+    CommandInfo { service_action: Some(0x06), usage: &prout_usage(0x06), ..PROUT },
+    CommandInfo { service_action: Some(0x07), usage: &prout_usage(0x07), ..PROUT },
+    // EXTENDED COPY(LID1) (SPC-4 §6.4): PARAMETER LIST LENGTH. Copies up to 512 MiB. LID4
+    // (service action 01h) is not supported. It writes its destination (PR Write); copy
+    // targets other than the addressed unit are checked and ordered by the copy manager.
+    CommandInfo { name: "EXTENDED COPY(LID1)", opcode: op::EXTENDED_COPY,
+        service_action: Some(op::SA_EXTENDED_COPY_LID1), handler: Handler::ExtendedCopy,
+        direction: DataDirection::Out, timeout_secs: 60,
+        usage: &[0x83, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        data_out: DataOut::ParamLen { at: 10, width: 4 }, ..BASE },
+    // RECEIVE COPY RESULTS (SPC-4 §6.22) COPY STATUS: LIST IDENTIFIER, ALLOCATION LENGTH.
+    // RECEIVE DATA (01h) and FAILED SEGMENT DETAILS (04h) are refused: no data is ever held.
+    CommandInfo { service_action: Some(op::SA_COPY_STATUS),
+        usage: &[0x84, 0x00, 0xFF, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..RECEIVE_COPY_RESULTS },
+    // OPERATING PARAMETERS: ALLOCATION LENGTH (no list identifier)
+    CommandInfo { service_action: Some(op::SA_OPERATING_PARAMETERS),
+        usage: &[0x84, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..RECEIVE_COPY_RESULTS },
+    CommandInfo { name: "READ(16)", opcode: op::READ_16,
+        // SBC-3 §5.13: DPO, FUA
+        usage: &[0x88, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..READ },
+    CommandInfo { name: "COMPARE AND WRITE", opcode: op::COMPARE_AND_WRITE,
+        handler: Handler::CompareAndWrite, direction: DataDirection::Out,
+        // SBC-3 §5.2: DPO, FUA, NUMBER OF LOGICAL BLOCKS
+        usage: &[0x89, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0x00, 0x00, 0x00, 0xFF, 0x00, CTL],
+        data_out: DataOut::Custom(|cdb, bs| compare_and_write::data_out_needed(cdb, bs).unwrap_or(0)),
+        order: OrderClass::ReadModifyWrite, ..BASE },
+    CommandInfo { name: "WRITE(16)", opcode: op::WRITE_16,
+        // SBC-3 §5.34: DPO, FUA
+        usage: &[0x8A, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..WRITE },
+    CommandInfo { name: "ORWRITE(16)", opcode: op::ORWRITE_16, handler: Handler::OrWrite,
+        direction: DataDirection::Out,
+        // SBC-3 §5.8: DPO, FUA
+        usage: &[0x8B, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        data_out: DataOut::Custom(|cdb, bs| compare_and_write::data_out_needed(cdb, bs).unwrap_or(0)),
+        order: OrderClass::ReadModifyWrite, ..BASE },
+    CommandInfo { name: "WRITE AND VERIFY(16)", opcode: op::WRITE_AND_VERIFY_16,
+        // SBC-3 §5.38: DPO, BYTCHK
+        usage: &[0x8E, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..WRITE_AND_VERIFY },
+    CommandInfo { name: "VERIFY(16)", opcode: op::VERIFY_16,
+        // SBC-3 §5.29: DPO, BYTCHK
+        usage: &[0x8F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..VERIFY },
+    CommandInfo { name: "PRE-FETCH(16)", opcode: op::PRE_FETCH_16,
+        // SBC-3 §5.10: IMMED
+        usage: &[0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..PRE_FETCH },
+    CommandInfo { name: "SYNCHRONIZE CACHE(16)", opcode: op::SYNCHRONIZE_CACHE_16,
+        // SBC-3 §5.23: IMMED
+        usage: &[0x91, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..SYNCHRONIZE_CACHE },
+    CommandInfo { name: "WRITE SAME(16)", opcode: op::WRITE_SAME_16,
+        // SBC-3 §5.42: ANCHOR, UNMAP
+        usage: &[0x93, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..WRITE_SAME },
+    CommandInfo { name: "WRITE ATOMIC(16)", opcode: op::WRITE_ATOMIC_16,
+        handler: Handler::WriteAtomic, direction: DataDirection::Out,
+        // SBC-4 §5.48: DPO, FUA, ATOMIC BOUNDARY, TRANSFER LENGTH
+        usage: &[0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        data_out: DataOut::Custom(|cdb, bs| atomic::data_out_needed(cdb, bs).unwrap_or(0)),
+        order: OrderClass::Atomic, ..BASE },
+    CommandInfo { name: "READ CAPACITY(16)", opcode: op::SERVICE_ACTION_IN_16,
+        service_action: Some(op::SA_READ_CAPACITY_16), handler: Handler::ReadCapacity16,
+        direction: DataDirection::In,
+        // SBC-3 §5.16: LBA and PMI (obsolete, still checked), ALLOCATION LENGTH
+        usage: &[0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x01, CTL],
+        pr: PrRule::Fixed(PrAccess::Always), ..BASE },
+    CommandInfo { name: "GET LBA STATUS", opcode: op::SERVICE_ACTION_IN_16,
+        service_action: Some(op::SA_GET_LBA_STATUS), handler: Handler::GetLbaStatus,
+        direction: DataDirection::In,
+        // SBC-3 §5.6: STARTING LBA, ALLOCATION LENGTH
+        usage: &[0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        pr: PrRule::Fixed(PrAccess::Read), ..BASE },
+    CommandInfo { name: "REPORT LUNS", opcode: op::REPORT_LUNS, handler: Handler::ReportLuns,
+        direction: DataDirection::In,
+        // SPC-4 §6.33: SELECT REPORT, ALLOCATION LENGTH
+        usage: &[0xA0, 0x00, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..ALWAYS },
+    CommandInfo { name: "REPORT TARGET PORT GROUPS",
+        service_action: Some(op::SA_REPORT_TARGET_PORT_GROUPS),
+        handler: Handler::ReportTargetPortGroups,
+        // SPC-4 §6.36: PARAMETER DATA FORMAT, ALLOCATION LENGTH
+        usage: &[0xA3, 0xE0 | 0x0A, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        ..MAINTENANCE_IN },
+    CommandInfo { name: "REPORT SUPPORTED OPERATION CODES",
+        service_action: Some(op::SA_REPORT_SUPPORTED_OPCODES),
+        handler: Handler::ReportSupportedOpcodes,
+        // SPC-4 §6.35: RCTD, REPORTING OPTIONS, REQUESTED OPERATION CODE, REQUESTED SERVICE
+        // ACTION, ALLOCATION LENGTH
+        usage: &[0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        ..MAINTENANCE_IN },
+    CommandInfo { name: "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+        service_action: Some(op::SA_REPORT_SUPPORTED_TMFS),
+        handler: Handler::ReportSupportedTmfs,
+        // SPC-4 §6.37: REPD, ALLOCATION LENGTH
+        usage: &[0xA3, 0x0D, 0x80, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        ..MAINTENANCE_IN },
+    CommandInfo { name: "READ(12)", opcode: op::READ_12,
+        // SBC-3 §5.12: DPO, FUA
+        usage: &[0xA8, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..READ },
+    CommandInfo { name: "WRITE(12)", opcode: op::WRITE_12,
+        // SBC-3 §5.33: DPO, FUA
+        usage: &[0xAA, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..WRITE },
+    CommandInfo { name: "WRITE AND VERIFY(12)", opcode: op::WRITE_AND_VERIFY_12,
+        // SBC-3 §5.37: DPO, BYTCHK
+        usage: &[0xAE, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        ..WRITE_AND_VERIFY },
+    CommandInfo { name: "VERIFY(12)", opcode: op::VERIFY_12,
+        // SBC-3 §5.28: DPO, BYTCHK
+        usage: &[0xAF, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL], ..VERIFY },
+    CommandInfo { name: "READ DEFECT DATA(12)", opcode: op::READ_DEFECT_DATA_12,
+        // SBC-3 §5.13: REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT, ADDRESS DESCRIPTOR INDEX,
+        // ALLOCATION LENGTH
+        usage: &[0xB7, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
+        ..READ_DEFECT_DATA },
 ];
 
-static SERVICE_ACTION_IN_16: [(u8, CommandInfo); 2] = [
-    (
-        op::SA_READ_CAPACITY_16,
-        command(
-            "READ CAPACITY(16)",
-            Handler::ReadCapacity16,
-            DataDirection::In,
-            16,
-            false,
-            true,
-        ),
-    ),
-    (
-        op::SA_GET_LBA_STATUS,
-        command(
-            "GET LBA STATUS",
-            Handler::GetLbaStatus,
-            DataDirection::In,
-            16,
-            false,
-            true,
-        ),
-    ),
-];
+/// Where an opcode's rows start in [`COMMANDS`] and how many there are (0: unsupported).
+#[derive(Clone, Copy)]
+struct Span {
+    first: u8,
+    count: u8,
+}
 
-/// EXTENDED COPY (83h): LID1 only (LID4, service action 01h, is not supported).
-static EXTENDED_COPY: [(u8, CommandInfo); 1] = [(
-    op::SA_EXTENDED_COPY_LID1,
-    command(
-        "EXTENDED COPY(LID1)",
-        Handler::ExtendedCopy,
-        DataDirection::Out,
-        16,
-        false,
-        true,
-    ),
-)];
+static INDEX: [Span; 256] = build_index();
 
-/// RECEIVE COPY RESULTS (84h): COPY STATUS and OPERATING PARAMETERS. RECEIVE DATA (01h) and
-/// FAILED SEGMENT DETAILS (04h) are refused: no data is ever held.
-static RECEIVE_COPY_RESULTS: [(u8, CommandInfo); 2] = [
-    (
-        op::SA_COPY_STATUS,
-        command(
-            "RECEIVE COPY RESULTS",
-            Handler::ReceiveCopyResults,
-            DataDirection::In,
-            16,
-            true,
-            true,
-        ),
-    ),
-    (
-        op::SA_OPERATING_PARAMETERS,
-        command(
-            "RECEIVE COPY RESULTS",
-            Handler::ReceiveCopyResults,
-            DataDirection::In,
-            16,
-            true,
-            true,
-        ),
-    ),
-];
-
-/// MAINTENANCE IN (A3h) service actions, ascending. All of them describe the target rather
-/// than the medium, so they run while the unit is not ready (SPC-4 §4.3.4.2).
-static MAINTENANCE_IN: [(u8, CommandInfo); 3] = [
-    (
-        op::SA_REPORT_TARGET_PORT_GROUPS,
-        command(
-            "REPORT TARGET PORT GROUPS",
-            Handler::ReportTargetPortGroups,
-            DataDirection::In,
-            12,
-            true,
-            true,
-        ),
-    ),
-    (
-        op::SA_REPORT_SUPPORTED_OPCODES,
-        command(
-            "REPORT SUPPORTED OPERATION CODES",
-            Handler::ReportSupportedOpcodes,
-            DataDirection::In,
-            12,
-            true,
-            true,
-        ),
-    ),
-    (
-        op::SA_REPORT_SUPPORTED_TMFS,
-        command(
-            "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
-            Handler::ReportSupportedTmfs,
-            DataDirection::In,
-            12,
-            true,
-            true,
-        ),
-    ),
-];
-
-/// Every supported command as `(opcode, service action, row)`: `None` for opcodes without
-/// service actions. Ascending by opcode, then service action. REPORT SUPPORTED OPERATION CODES
-/// walks this, so its answer is exactly what dispatch accepts.
-pub fn supported_commands() -> Vec<(u8, Option<u8>, &'static CommandInfo)> {
-    let mut out = Vec::new();
-    for (opcode, slot) in (0..=u8::MAX).zip(TABLE.iter()) {
-        match slot {
-            Slot::Unsupported => {}
-            Slot::Command(info) => out.push((opcode, None, info)),
-            Slot::ServiceActions(actions) => {
-                let mut sorted: Vec<_> = actions.iter().collect();
-                sorted.sort_by_key(|(sa, _)| *sa);
-                out.extend(
-                    sorted
-                        .into_iter()
-                        .map(|(sa, info)| (opcode, Some(*sa), info)),
-                );
-            }
+/// Indexes [`COMMANDS`] by opcode; refuses (at compile time) a table out of order.
+const fn build_index() -> [Span; 256] {
+    let mut index = [Span { first: 0, count: 0 }; 256];
+    let mut i = 0;
+    while i < COMMANDS.len() {
+        let row = &COMMANDS[i];
+        if i > 0 {
+            let prev = &COMMANDS[i - 1];
+            let ordered = prev.opcode < row.opcode
+                || (prev.opcode == row.opcode
+                    && match (prev.service_action, row.service_action) {
+                        (Some(a), Some(b)) => a < b,
+                        _ => false,
+                    });
+            assert!(ordered, "COMMANDS must ascend by (opcode, service action)");
         }
+        let span = &mut index[row.opcode as usize];
+        if span.count == 0 {
+            span.first = i as u8;
+        }
+        span.count += 1;
+        i += 1;
     }
-    out
+    index
+}
+
+fn rows_of(opcode: u8) -> &'static [CommandInfo] {
+    let span = INDEX[usize::from(opcode)];
+    let first = usize::from(span.first);
+    &COMMANDS[first..first + usize::from(span.count)]
+}
+
+/// Every supported command, ascending by opcode, then service action.
+pub fn supported_commands() -> &'static [CommandInfo] {
+    &COMMANDS
 }
 
 /// Whether `opcode` selects its command by a service action field.
 pub fn has_service_actions(opcode: u8) -> bool {
-    matches!(TABLE[usize::from(opcode)], Slot::ServiceActions(_))
-}
-
-static TABLE: [Slot; 256] = build_table();
-
-const fn build_table() -> [Slot; 256] {
-    use DataDirection::{In, None, Out};
-    use Handler::*;
-    let mut t = [Slot::Unsupported; 256];
-    t[op::TEST_UNIT_READY as usize] = media("TEST UNIT READY", TestUnitReady, None, 6);
-    t[op::REQUEST_SENSE as usize] = no_ua("REQUEST SENSE", RequestSense, In, 6);
-    t[op::READ_6 as usize] = media("READ(6)", ReadWrite, In, 6);
-    t[op::WRITE_6 as usize] = media("WRITE(6)", ReadWrite, Out, 6);
-    t[op::INQUIRY as usize] = no_ua("INQUIRY", Inquiry, In, 6);
-    t[op::MODE_SENSE_6 as usize] = any_state("MODE SENSE(6)", ModeSense, In, 6);
-    // They load the medium, and guard it, so they run without one.
-    t[op::START_STOP_UNIT as usize] = any_state("START STOP UNIT", StartStopUnit, None, 6);
-    t[op::PREVENT_ALLOW_MEDIUM_REMOVAL as usize] =
-        any_state("PREVENT ALLOW MEDIUM REMOVAL", PreventAllow, None, 6);
-    t[op::READ_CAPACITY_10 as usize] = media("READ CAPACITY(10)", ReadCapacity10, In, 10);
-    t[op::READ_10 as usize] = media("READ(10)", ReadWrite, In, 10);
-    t[op::WRITE_10 as usize] = media("WRITE(10)", ReadWrite, Out, 10);
-    t[op::SYNCHRONIZE_CACHE_10 as usize] =
-        media("SYNCHRONIZE CACHE(10)", SynchronizeCache, None, 10);
-    t[op::MODE_SENSE_10 as usize] = any_state("MODE SENSE(10)", ModeSense, In, 10);
-    t[op::READ_16 as usize] = media("READ(16)", ReadWrite, In, 16);
-    t[op::WRITE_16 as usize] = media("WRITE(16)", ReadWrite, Out, 16);
-    t[op::SYNCHRONIZE_CACHE_16 as usize] =
-        media("SYNCHRONIZE CACHE(16)", SynchronizeCache, None, 16);
-    t[op::SERVICE_ACTION_IN_16 as usize] = Slot::ServiceActions(&SERVICE_ACTION_IN_16);
-    t[op::REPORT_LUNS as usize] = no_ua("REPORT LUNS", ReportLuns, In, 12);
-    t[op::READ_12 as usize] = media("READ(12)", ReadWrite, In, 12);
-    t[op::WRITE_12 as usize] = media("WRITE(12)", ReadWrite, Out, 12);
-    t[op::MODE_SELECT_6 as usize] = any_state("MODE SELECT(6)", ModeSelect, Out, 6);
-    t[op::MODE_SELECT_10 as usize] = any_state("MODE SELECT(10)", ModeSelect, Out, 10);
-    t[op::READ_DEFECT_DATA_10 as usize] = media("READ DEFECT DATA(10)", ReadDefectData, In, 10);
-    t[op::READ_DEFECT_DATA_12 as usize] = media("READ DEFECT DATA(12)", ReadDefectData, In, 12);
-    t[op::LOG_SENSE as usize] = any_state("LOG SENSE", LogSense, In, 10);
-    t[op::MAINTENANCE_IN as usize] = Slot::ServiceActions(&MAINTENANCE_IN);
-    // No medium needed (FreeBSD CTL marks them OK_ON_NO_MEDIA too); they report unit
-    // attentions like any command but INQUIRY, REPORT LUNS and REQUEST SENSE.
-    t[op::RESERVE_6 as usize] = any_state("RESERVE(6)", Reserve, None, 6);
-    t[op::RELEASE_6 as usize] = any_state("RELEASE(6)", Release, None, 6);
-    t[op::RESERVE_10 as usize] = any_state("RESERVE(10)", Reserve, Out, 10);
-    t[op::RELEASE_10 as usize] = any_state("RELEASE(10)", Release, Out, 10);
-    // One row per service action (SPC-4 §6.13, §6.14), so REPORT SUPPORTED OPERATION CODES
-    // lists each and an unknown service action is refused at byte 1.
-    t[op::PERSISTENT_RESERVE_IN as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_IN);
-    t[op::PERSISTENT_RESERVE_OUT as usize] = Slot::ServiceActions(&PERSISTENT_RESERVE_OUT);
-    t[op::WRITE_AND_VERIFY_10 as usize] = media("WRITE AND VERIFY(10)", Verify, Out, 10);
-    t[op::VERIFY_10 as usize] = media("VERIFY(10)", Verify, Out, 10);
-    t[op::PRE_FETCH_10 as usize] = media("PRE-FETCH(10)", PreFetch, None, 10);
-    t[op::WRITE_SAME_10 as usize] = media("WRITE SAME(10)", WriteSame, Out, 10);
-    t[op::UNMAP as usize] = media("UNMAP", Unmap, Out, 10);
-    t[op::COMPARE_AND_WRITE as usize] = media("COMPARE AND WRITE", CompareAndWrite, Out, 16);
-    t[op::ORWRITE_16 as usize] = media("ORWRITE(16)", OrWrite, Out, 16);
-    t[op::WRITE_AND_VERIFY_16 as usize] = media("WRITE AND VERIFY(16)", Verify, Out, 16);
-    t[op::VERIFY_16 as usize] = media("VERIFY(16)", Verify, Out, 16);
-    t[op::PRE_FETCH_16 as usize] = media("PRE-FETCH(16)", PreFetch, None, 16);
-    t[op::WRITE_SAME_16 as usize] = media("WRITE SAME(16)", WriteSame, Out, 16);
-    t[op::WRITE_ATOMIC_16 as usize] = media("WRITE ATOMIC(16)", WriteAtomic, Out, 16);
-    t[op::WRITE_AND_VERIFY_12 as usize] = media("WRITE AND VERIFY(12)", Verify, Out, 12);
-    t[op::VERIFY_12 as usize] = media("VERIFY(12)", Verify, Out, 12);
-    t[op::EXTENDED_COPY as usize] = Slot::ServiceActions(&EXTENDED_COPY);
-    t[op::RECEIVE_COPY_RESULTS as usize] = Slot::ServiceActions(&RECEIVE_COPY_RESULTS);
-    t
+    rows_of(opcode)
+        .first()
+        .is_some_and(|row| row.service_action.is_some())
 }
 
 /// Finds the command for a CDB. Errors: INVALID COMMAND OPERATION CODE for an unknown (or
@@ -430,29 +720,102 @@ const fn build_table() -> [Slot; 256] {
 /// service action of a known opcode (SPC-4 §4.3.4.2).
 pub fn lookup(cdb: &[u8]) -> Result<&'static CommandInfo, Sense> {
     let opcode = *cdb.first().ok_or_else(Sense::invalid_opcode)?;
-    match &TABLE[usize::from(opcode)] {
-        Slot::Unsupported => Err(Sense::invalid_opcode()),
-        Slot::Command(info) => Ok(info),
-        Slot::ServiceActions(actions) => {
+    let rows = rows_of(opcode);
+    match rows.first() {
+        None => Err(Sense::invalid_opcode()),
+        Some(row) if row.service_action.is_none() => Ok(row),
+        Some(_) => {
             let service_action = cdb.get(1).map_or(0, |b| b & 0x1F);
-            actions
-                .iter()
-                .find(|(sa, _)| *sa == service_action)
-                .map(|(_, info)| info)
+            rows.iter()
+                .find(|row| row.service_action == Some(service_action))
                 .ok_or_else(|| Sense::invalid_field_in_cdb(1, Some(4)))
         }
     }
 }
 
+/// Write data a CDB asks for, in bytes, for the transport's write residuals: its row's rule.
+/// An unknown service action of a known opcode still asks for what the opcode's parameter
+/// list length says (every service action of one opcode shares its rule); an unknown opcode
+/// asks for nothing.
+pub fn data_out_needed(cdb: &[u8], block_size: u32) -> u32 {
+    let Some(&opcode) = cdb.first() else {
+        return 0;
+    };
+    let row = lookup(cdb).ok().or_else(|| rows_of(opcode).first());
+    row.map_or(0, |row| row.data_out.bytes(cdb, block_size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scsi::cdb::cdb_length;
 
     #[test]
-    fn every_supported_row_matches_its_group_length() {
-        for opcode in 0..=255u8 {
-            if let Slot::Command(info) = &TABLE[usize::from(opcode)] {
-                assert_eq!(Some(info.cdb_len), super::super::cdb::cdb_length(opcode));
+    fn every_row_is_well_formed() {
+        for row in supported_commands() {
+            let name = row.name;
+            assert!(
+                !name.is_empty(),
+                "a row for {:#04x} without a name",
+                row.opcode
+            );
+            // The usage bitmap is the CDB: its length is the group code's, byte 0 the
+            // opcode, the service action in its field, the CONTROL byte last.
+            assert_eq!(Some(row.cdb_len()), cdb_length(row.opcode), "{name}");
+            assert_eq!(row.usage[0], row.opcode, "{name}");
+            assert_eq!(row.usage.last(), Some(&CTL), "{name}");
+            if let Some(sa) = row.service_action {
+                assert_eq!(row.usage[1] & 0x1F, sa, "{name}");
+            }
+            assert!(row.timeout_secs > 0, "{name}");
+            // The defaults' handler is TEST UNIT READY's: a row that forgot its own would run
+            // that.
+            assert_eq!(
+                row.handler == Handler::TestUnitReady,
+                row.opcode == op::TEST_UNIT_READY,
+                "{name}"
+            );
+            // Every command with Data-Out says how much it takes, and only those.
+            assert_eq!(
+                row.direction == DataDirection::Out,
+                !matches!(row.data_out, DataOut::None),
+                "{name}"
+            );
+            // Commands that run without a medium never take a medium guard.
+            if row.runs_not_ready {
+                assert!(
+                    matches!(row.order, OrderClass::Free | OrderClass::ReservationChange),
+                    "{name}"
+                );
+            }
+            assert_ne!(row.order, OrderClass::SentRead, "{name}: not a row's class");
+        }
+    }
+
+    #[test]
+    fn service_action_rows_agree_with_their_opcode() {
+        for opcode in 0..=u8::MAX {
+            let rows = rows_of(opcode);
+            let with_sa = rows.iter().filter(|r| r.service_action.is_some()).count();
+            assert!(with_sa == 0 || with_sa == rows.len(), "{opcode:#04x}");
+            assert!(rows.len() <= 1 || with_sa > 0, "{opcode:#04x} has two rows");
+            assert_eq!(has_service_actions(opcode), with_sa > 0);
+            // An unknown service action falls back to the first row's Data-Out rule.
+            for row in rows.iter().filter(|row| row.service_action.is_some()) {
+                match (rows[0].data_out, row.data_out) {
+                    (DataOut::None, DataOut::None) => {}
+                    (
+                        DataOut::ParamLen { at, width },
+                        DataOut::ParamLen {
+                            at: at2,
+                            width: width2,
+                        },
+                    ) => assert_eq!((at, width), (at2, width2), "{}", row.name),
+                    _ => panic!(
+                        "{}: service actions of one opcode differ in Data-Out",
+                        row.name
+                    ),
+                }
             }
         }
     }
@@ -462,7 +825,7 @@ mod tests {
         assert_eq!(lookup(&[op::INQUIRY]).unwrap().handler, Handler::Inquiry);
         assert!(!lookup(&[op::INQUIRY]).unwrap().reports_unit_attention);
         assert!(lookup(&[op::READ_10]).unwrap().reports_unit_attention);
-        assert!(!lookup(&[op::READ_10]).unwrap().allowed_not_ready);
+        assert!(!lookup(&[op::READ_10]).unwrap().runs_not_ready);
         assert_eq!(
             lookup(&[op::SERVICE_ACTION_IN_16, 0x10]).unwrap().handler,
             Handler::ReadCapacity16
@@ -473,5 +836,66 @@ mod tests {
         assert_eq!(err.field_pointer, Some((true, 1, Some(4))));
         assert_eq!(lookup(&[0xFF]).unwrap_err(), Sense::invalid_opcode());
         assert_eq!(lookup(&[]).unwrap_err(), Sense::invalid_opcode());
+    }
+
+    #[test]
+    fn data_out_by_row() {
+        let bs = 512;
+        // MODE SELECT: PARAMETER LIST LENGTH, one byte (6) or two (10).
+        assert_eq!(
+            data_out_needed(&[op::MODE_SELECT_6, 0x10, 0, 0, 24, 0], bs),
+            24
+        );
+        let ms10 = [op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 1, 2, 0];
+        assert_eq!(data_out_needed(&ms10, bs), 258);
+        assert_eq!(data_out_needed(&[op::READ_10], bs), 0);
+        // PERSISTENT RESERVE OUT: four bytes at 5, for a service action keel does not know
+        // too.
+        let prout = [0x5F, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+        assert_eq!(data_out_needed(&prout, bs), 256);
+        let unknown_sa = [0x5F, 0x1F, 0, 0, 0, 0, 0, 0, 24, 0];
+        assert_eq!(data_out_needed(&unknown_sa, bs), 24);
+        // EXTENDED COPY LID4 (not supported) still asks for its parameter list.
+        let mut xcopy = [0u8; 16];
+        xcopy[0] = op::EXTENDED_COPY;
+        xcopy[1] = 0x01;
+        xcopy[13] = 32;
+        assert_eq!(data_out_needed(&xcopy, bs), 32);
+        // RESERVE(10), UNMAP: two bytes at 7.
+        assert_eq!(data_out_needed(&[0x56, 0, 0, 0, 0, 0, 0, 0, 8, 0], bs), 8);
+        assert_eq!(data_out_needed(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], bs), 24);
+        // WRITE: blocks × block size; with WRPROTECT set its decoder refuses it: none.
+        assert_eq!(
+            data_out_needed(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 4, 0], bs),
+            2048
+        );
+        assert_eq!(
+            data_out_needed(&[0x2A, 0x20, 0, 0, 0, 0, 0, 0, 4, 0], bs),
+            0
+        );
+        // Unknown opcodes and empty CDBs take nothing.
+        assert_eq!(data_out_needed(&[0xC0, 0, 0, 0, 0, 0], bs), 0);
+        assert_eq!(data_out_needed(&[], bs), 0);
+    }
+
+    #[test]
+    fn ordering_classes_of_the_medium_commands() {
+        let class = |cdb: &[u8]| lookup(cdb).unwrap().order;
+        assert_eq!(class(&[op::READ_10]), OrderClass::Read);
+        assert_eq!(class(&[op::VERIFY_16]), OrderClass::Read);
+        assert_eq!(class(&[op::WRITE_6]), OrderClass::Write);
+        assert_eq!(class(&[op::WRITE_AND_VERIFY_12]), OrderClass::Write);
+        assert_eq!(class(&[op::WRITE_SAME_16]), OrderClass::Write);
+        assert_eq!(class(&[op::UNMAP]), OrderClass::Write);
+        assert_eq!(class(&[op::COMPARE_AND_WRITE]), OrderClass::ReadModifyWrite);
+        assert_eq!(class(&[op::ORWRITE_16]), OrderClass::ReadModifyWrite);
+        assert_eq!(class(&[op::WRITE_ATOMIC_16]), OrderClass::Atomic);
+        assert_eq!(
+            class(&[op::PERSISTENT_RESERVE_OUT, 0]),
+            OrderClass::ReservationChange
+        );
+        assert_eq!(class(&[op::RESERVE_6]), OrderClass::ReservationChange);
+        assert_eq!(class(&[op::RELEASE_10]), OrderClass::ReservationChange);
+        assert_eq!(class(&[op::INQUIRY]), OrderClass::Free);
     }
 }

@@ -3,10 +3,14 @@
 //! [`TargetDevice::execute`] applies, in order (SAM-5 §5.14, SPC-4 §5.14 and §4.3):
 //! 1. no such LUN: only INQUIRY, REPORT LUNS and REQUEST SENSE do anything useful;
 //! 2. command table lookup (unknown opcode/service action still reports a pending UA first);
+//!
+//! then what the command's row (`opcodes.rs`) says:
 //! 3. pending unit attention, except for the commands that never report one;
-//! 4. CDB length and CONTROL byte;
-//! 5. readiness for commands that need the medium;
-//! 6. the handler.
+//! 4. CDB length (the usage bitmap's) and CONTROL byte;
+//! 5. reservation conflict (the row's SPC-3 PR and SPC-2 access);
+//! 6. readiness for commands that need the medium;
+//! 7. the handler, given the ordering of the row's class (`ordering.rs`);
+//! 8. the write residual: the row's Data-Out rule.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -19,6 +23,7 @@ use super::commands::{
     provisioning, reservation_access, sbc, spc, spc2_reservations, verify, write_same, xcopy,
 };
 use super::opcodes::{self, CommandInfo, Handler, op};
+use super::ordering::Order;
 use super::sense::Sense;
 use super::unit::lu::{LogicalUnit, LuIdentity};
 use super::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus};
@@ -31,23 +36,6 @@ pub struct TargetDevice {
     luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
     /// Running EXTENDED COPY commands and held COPY STATUS results of every copy manager.
     copy_results: xcopy::CopyResults,
-}
-
-/// Write data a CDB asks for, in bytes, for the transport's write residuals; 0 for a command
-/// that takes none, or one nobody recognises. Each command family answers for its own
-/// opcodes (whatever the command's outcome: the residual is against what the CDB asked).
-fn data_out_needed(cdb: &[u8], block_size: u32) -> u32 {
-    sbc::data_out_needed(cdb, block_size)
-        .or_else(|| compare_and_write::data_out_needed(cdb, block_size))
-        .or_else(|| write_same::data_out_needed(cdb, block_size))
-        .or_else(|| verify::data_out_needed(cdb, block_size))
-        .or_else(|| provisioning::data_out_needed(cdb))
-        .or_else(|| atomic::data_out_needed(cdb, block_size))
-        .or_else(|| persistent_reservations::data_out_needed(cdb))
-        .or_else(|| spc2_reservations::data_out_needed(cdb))
-        .or_else(|| mode::data_out_needed(cdb))
-        .or_else(|| xcopy::data_out_needed(cdb))
-        .unwrap_or(0)
 }
 
 impl TargetDevice {
@@ -138,7 +126,8 @@ impl TargetDevice {
             Ok(response) => response,
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
-        response.data_out_used = data_out_needed(&req.cdb, lu.block_size());
+        // The residual is against what the CDB asked for, whatever the outcome (its row's rule).
+        response.data_out_used = opcodes::data_out_needed(&req.cdb, lu.block_size());
         response
     }
 
@@ -160,14 +149,17 @@ impl TargetDevice {
         check_cdb(cdb, info)?;
         // After unit attentions (SAM-5 §5.14: a pending UA is reported first), before
         // readiness: a conflicting command never touches the unit.
-        if reservation_access::conflicts(lu.reservations(), nexus, cdb) {
+        if reservation_access::conflicts(lu.reservations(), nexus, cdb, info) {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
         }
-        if !info.allowed_not_ready
+        if !info.runs_not_ready
             && let Some(sense) = lu.not_ready_sense()
         {
             return Err(sense);
         }
+        // The ordering of the row's class; each handler enters it when it reaches the medium
+        // or the reservation state (see ordering.rs).
+        let order = Order::of(lu, info.order);
         let data = match info.handler {
             Handler::TestUnitReady => Bytes::new(),
             Handler::StartStopUnit => {
@@ -193,7 +185,7 @@ impl TargetDevice {
             Handler::ModeSense => mode::mode_sense(lu, cdb)?,
             Handler::ReadCapacity10 => sbc::read_capacity10(lu, cdb)?,
             Handler::ReadCapacity16 => sbc::read_capacity16(lu, cdb)?,
-            Handler::ReadWrite => match sbc::read_write(lu, cdb, &req.data_out).await? {
+            Handler::ReadWrite => match sbc::read_write(lu, order, cdb, &req.data_out).await? {
                 Payload::Bytes(data) => data,
                 Payload::File(slice) => return Ok(ScsiResponse::good_from_file(slice)),
             },
@@ -213,24 +205,25 @@ impl TargetDevice {
             Handler::PersistentReserveOut => {
                 return persistent_reservations::persistent_reserve_out(
                     lu,
+                    order,
                     nexus,
                     cdb,
                     &req.data_out,
                 )
                 .await;
             }
-            Handler::Reserve => return spc2_reservations::reserve(lu, nexus, cdb).await,
-            Handler::Release => return spc2_reservations::release(lu, nexus, cdb).await,
+            Handler::Reserve => return spc2_reservations::reserve(lu, order, nexus, cdb).await,
+            Handler::Release => return spc2_reservations::release(lu, order, nexus, cdb).await,
             Handler::CompareAndWrite => {
-                compare_and_write::compare_and_write(lu, cdb, &req.data_out).await?
+                compare_and_write::compare_and_write(lu, order, cdb, &req.data_out).await?
             }
-            Handler::WriteSame => write_same::write_same(lu, cdb, &req.data_out).await?,
-            Handler::Unmap => provisioning::unmap(lu, cdb, &req.data_out).await?,
+            Handler::WriteSame => write_same::write_same(lu, order, cdb, &req.data_out).await?,
+            Handler::Unmap => provisioning::unmap(lu, order, cdb, &req.data_out).await?,
             Handler::GetLbaStatus => provisioning::get_lba_status(lu, cdb).await?,
-            Handler::Verify => verify::verify(lu, cdb, &req.data_out).await?,
-            Handler::OrWrite => compare_and_write::orwrite(lu, cdb, &req.data_out).await?,
+            Handler::Verify => verify::verify(lu, order, cdb, &req.data_out).await?,
+            Handler::OrWrite => compare_and_write::orwrite(lu, order, cdb, &req.data_out).await?,
             Handler::PreFetch => verify::prefetch(lu, cdb).await?,
-            Handler::WriteAtomic => atomic::write_atomic16(lu, cdb, &req.data_out).await?,
+            Handler::WriteAtomic => atomic::write_atomic16(lu, order, cdb, &req.data_out).await?,
             Handler::ExtendedCopy => {
                 return xcopy::extended_copy(
                     &self.copy_results,
@@ -332,8 +325,8 @@ fn reset(lu: &LogicalUnit, sense: Sense) {
 
 /// The CDB is long enough for its command and the CONTROL byte asks for nothing unsupported.
 fn check_cdb(cdb: &[u8], info: &CommandInfo) -> Result<(), Sense> {
-    cdb::require_len(cdb, info.cdb_len)?;
-    cdb::check_control_byte(cdb, info.cdb_len)
+    cdb::require_len(cdb, info.cdb_len())?;
+    cdb::check_control_byte(cdb, info.cdb_len())
 }
 
 #[cfg(test)]

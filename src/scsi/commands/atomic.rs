@@ -1,10 +1,10 @@
 //! WRITE ATOMIC(16) (SBC-4 §5.48, atomic writes §4.29): all of the logical blocks are written
 //! or none are, as seen by every other command and across a crash of keel or of the host.
 //!
-//! - Against other commands: the in-place write runs under the logical unit's write-order
-//!   lock held exclusive ([`LogicalUnit::write_exclusive`], the lock COMPARE AND WRITE uses);
-//!   writes hold it shared, and so do reads ([`LogicalUnit::read_shared`]), so nothing reads
-//!   or writes the medium while part of an atomic write is applied.
+//! - Against other commands: the in-place write runs in the ordering class
+//!   [`OrderClass::Atomic`](crate::scsi::ordering::OrderClass::Atomic) (its row says so),
+//!   which blocks every read and write of the medium, reads still being sent from its file
+//!   included, so none sees part of an atomic write.
 //! - Across a crash: the data goes to the unit's intent journal first
 //!   ([`crate::scsi::unit::atomic_journal`]), is then written in place, and the record is invalidated only
 //!   once the medium is durable. Atomic writes of one unit are serialized by the journal's
@@ -23,6 +23,7 @@ use super::block_io::invalid_field_in_iu;
 use super::block_io::{capacity_blocks, check_lba_range};
 use crate::scsi::cdb::bytes_at;
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::atomic_journal::RecordHeader;
 use crate::scsi::unit::lu::LogicalUnit;
@@ -81,6 +82,7 @@ pub fn data_out_needed(cdb: &[u8], block_size: u32) -> Option<u32> {
 /// synced before the record is invalidated), which satisfies FUA; DPO is a cache hint.
 pub async fn write_atomic16(
     lu: &LogicalUnit,
+    order: Order<'_>,
     raw_cdb: &[u8],
     data_out: &Bytes,
 ) -> Result<Bytes, Sense> {
@@ -127,8 +129,7 @@ pub async fn write_atomic16(
 
     // 2. In place, with nothing else reading or writing the medium, nor any read's data
     // still being sent from it.
-    let _sent_reads = lu.atomic_write_exclusive().await;
-    let _exclusive = lu.write_exclusive().await;
+    let _order = order.enter().await;
     let mut applied = apply(backend.as_ref(), offset, data.clone()).await;
     if applied.is_err() {
         applied = apply(backend.as_ref(), offset, data).await;
@@ -179,6 +180,20 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// WRITE ATOMIC as dispatch runs it: with the ordering of its row.
+    async fn write_atomic16(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
+        super::write_atomic16(lu, Order::for_command(lu, cdb), cdb, data).await
+    }
+
+    /// READ or WRITE as dispatch runs it.
+    async fn read_write(
+        lu: &LogicalUnit,
+        cdb: &[u8],
+        data: &Bytes,
+    ) -> Result<crate::payload::Payload, Sense> {
+        crate::scsi::commands::sbc::read_write(lu, Order::for_command(lu, cdb), cdb, data).await
+    }
     use crate::scsi::unit::atomic_journal::AtomicJournal;
     use crate::scsi::unit::limits::AtomicLimits;
     use crate::scsi::unit::lu::LuIdentity;
@@ -400,11 +415,7 @@ mod tests {
         };
         let sbc_read = |cdb: [u8; 16]| {
             let lu = Arc::clone(&lu);
-            async move {
-                crate::scsi::commands::sbc::read_write(&lu, &cdb, &Bytes::new())
-                    .await
-                    .unwrap()
-            }
+            async move { read_write(&lu, &cdb, &Bytes::new()).await.unwrap() }
         };
         let Payload::File(slice) = sbc_read(read(256, 8)).await else {
             panic!("a 128 KiB read of a tmpfs file is sent from the file");
@@ -461,9 +472,7 @@ mod tests {
         read16[10..14].copy_from_slice(&256u32.to_be_bytes());
         let mut reads = 0;
         while !writer.is_finished() || reads < 10 {
-            let data = crate::scsi::commands::sbc::read_write(&lu, &read16, &Bytes::new())
-                .await
-                .unwrap();
+            let data = read_write(&lu, &read16, &Bytes::new()).await.unwrap();
             let data = data.bytes().cloned().unwrap();
             let first = data[0];
             assert!(

@@ -12,14 +12,31 @@ use super::block_io::*;
 use super::compare_and_write::*;
 use super::verify::*;
 use super::write_same::*;
-use super::{compare_and_write, provisioning, verify, write_same};
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::limits::{max_compare_and_write_blocks, max_write_same_blocks};
 use crate::scsi::unit::lu::LogicalUnit;
 use crate::scsi::unit::lu::LuIdentity;
-use crate::storage::BlockBackend;
-use crate::storage::{FileBackend, IoFuture, MemoryBackend};
+use crate::storage::{BlockBackend, FileBackend, IoFuture, MemoryBackend};
+
+// The handlers as dispatch runs them: with the ordering of the CDB's row.
+
+async fn compare_and_write(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
+    super::compare_and_write::compare_and_write(lu, Order::for_command(lu, cdb), cdb, data).await
+}
+
+async fn orwrite(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
+    super::compare_and_write::orwrite(lu, Order::for_command(lu, cdb), cdb, data).await
+}
+
+async fn write_same(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
+    super::write_same::write_same(lu, Order::for_command(lu, cdb), cdb, data).await
+}
+
+async fn verify(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
+    super::verify::verify(lu, Order::for_command(lu, cdb), cdb, data).await
+}
 
 const BS: u32 = 512;
 const BLOCKS: u64 = 1024;
@@ -266,14 +283,15 @@ fn data_out_sizes() {
         (cdb16(op::ORWRITE_16, 0, 0, 2).to_vec(), Some(2 * BS)),
         (cdb10(op::UNMAP, 0, 0, 24).to_vec(), Some(24)),
         (cdb10(op::PRE_FETCH_10, 0, 0, 24).to_vec(), Some(0)),
-        (cdb10(op::WRITE_10, 0, 0, 1).to_vec(), None),
+        (cdb10(op::WRITE_10, 0, 0, 1).to_vec(), Some(BS)),
         (vec![], None),
     ];
+    // The command table's rules, as dispatch applies them; `None` where the table has no
+    // command.
     let needed = |cdb: &[u8], bs: u32| {
-        compare_and_write::data_out_needed(cdb, bs)
-            .or_else(|| write_same::data_out_needed(cdb, bs))
-            .or_else(|| verify::data_out_needed(cdb, bs))
-            .or_else(|| provisioning::data_out_needed(cdb))
+        crate::scsi::opcodes::lookup(cdb)
+            .ok()
+            .map(|_| crate::scsi::opcodes::data_out_needed(cdb, bs))
     };
     for (cdb, expect) in cases {
         assert_eq!(needed(&cdb, BS), expect, "{cdb:02x?}");
@@ -443,7 +461,13 @@ async fn compare_and_write_is_atomic_against_a_concurrent_write() {
     let write_lu = Arc::clone(&lu);
     let write_task = tokio::spawn(async move {
         let cdb = cdb10(crate::scsi::opcodes::op::WRITE_10, 0, 0, 1);
-        crate::scsi::commands::sbc::read_write(&write_lu, &cdb, &fill(b'C', 1)).await
+        crate::scsi::commands::sbc::read_write(
+            &write_lu,
+            Order::for_command(&write_lu, &cdb),
+            &cdb,
+            &fill(b'C', 1),
+        )
+        .await
     });
     caw_task.await.unwrap().unwrap();
     write_task.await.unwrap().unwrap();

@@ -2,10 +2,11 @@
 //! commands.
 //!
 //! Write ordering (SBC-4 §5.3, COMPARE AND WRITE is atomic against other commands writing
-//! the same blocks): every command that writes takes the logical unit's write-order lock
-//! shared ([`LogicalUnit::write_shared`]); these two take it exclusive, so no write can land
-//! between their read and their write. A range lock would let unrelated writes proceed; the
-//! LU-wide lock is kept because the exclusive holders are short (at most
+//! the same blocks): their rows put them in the ordering class
+//! [`OrderClass::ReadModifyWrite`](crate::scsi::ordering::OrderClass::ReadModifyWrite), which
+//! blocks every read and write of the unit (but reads sent from the file), so no write can
+//! land between their read and their write. A range lock would let unrelated writes proceed;
+//! the LU-wide lock is kept because the exclusive holders are short (at most
 //! [`MAX_COMPARE_AND_WRITE_BLOCKS`](crate::scsi::unit::limits::MAX_COMPARE_AND_WRITE_BLOCKS)
 //! blocks for CAW, the ATS heartbeat of VMware is one block) and it is obviously correct.
 
@@ -17,6 +18,7 @@ use super::block_io::{
 };
 use crate::scsi::cdb::{be32, be64, byte_at};
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::limits::max_compare_and_write_blocks;
 use crate::scsi::unit::lu::LogicalUnit;
@@ -74,6 +76,7 @@ pub fn decode_orwrite(cdb: &[u8]) -> Result<OrWriteCdb, Sense> {
 /// CompareAndWrite.InvalidDataOutSize requires failing it.
 pub async fn compare_and_write(
     lu: &LogicalUnit,
+    order: Order<'_>,
     raw_cdb: &[u8],
     data_out: &Bytes,
 ) -> Result<Bytes, Sense> {
@@ -96,7 +99,7 @@ pub async fn compare_and_write(
         return Ok(Bytes::new());
     }
     let offset = byte_offset(c.lba, block_size)?;
-    let _exclusive = lu.write_exclusive().await;
+    let _order = order.enter().await;
     let current = read_blocks(backend.as_ref(), offset, half, c.lba).await?;
     if let Some(at) = first_difference(&current, &data_out[..half]) {
         return Err(miscompare(at as u64));
@@ -116,7 +119,12 @@ pub async fn compare_and_write(
 /// ORWRITE(16) (SBC-4 §5.10, BMOP 000b): each block becomes the bitwise OR of its current
 /// content and the data-out buffer. Read, OR and write happen under the exclusive
 /// write-order lock, so the operation is atomic with respect to other writes.
-pub async fn orwrite(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Result<Bytes, Sense> {
+pub async fn orwrite(
+    lu: &LogicalUnit,
+    order: Order<'_>,
+    raw_cdb: &[u8],
+    data_out: &Bytes,
+) -> Result<Bytes, Sense> {
     let c = decode_orwrite(raw_cdb)?;
     let backend = writable_medium(lu)?;
     let block_size = lu.block_size();
@@ -131,7 +139,7 @@ pub async fn orwrite(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resu
         return Ok(Bytes::new());
     }
     let offset = byte_offset(c.lba, block_size)?;
-    let _exclusive = lu.write_exclusive().await;
+    let _order = order.enter().await;
     let current = read_blocks(backend.as_ref(), offset, payload.len(), c.lba).await?;
     let mut merged = BytesMut::from(&current[..]);
     for (m, p) in merged.iter_mut().zip(payload.iter()) {

@@ -298,17 +298,6 @@ pub fn decode_mode_select(raw: &[u8]) -> Result<ModeSelectCdb, Sense> {
     })
 }
 
-/// Write data MODE SELECT needs, for the transport's residual accounting; `None` for other
-/// commands.
-pub fn data_out_needed(raw: &[u8]) -> Option<u32> {
-    match raw.first().copied() {
-        Some(op::MODE_SELECT_6 | op::MODE_SELECT_10) => {
-            decode_mode_select(raw).ok().map(|c| u32::from(c.param_len))
-        }
-        _ => None,
-    }
-}
-
 /// What the parameter list must agree with besides the pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -717,15 +706,14 @@ mod tests {
             (err.asc, err.field_pointer),
             (0x24, Some((true, 1, Some(4))))
         );
+        // The Data-Out MODE SELECT takes is its row's PARAMETER LIST LENGTH rule.
+        let needed = |cdb: &[u8]| crate::scsi::opcodes::data_out_needed(cdb, 512);
+        assert_eq!(needed(&[op::MODE_SELECT_6, 0x10, 0, 0, 24, 0]), 24);
         assert_eq!(
-            data_out_needed(&[op::MODE_SELECT_6, 0x10, 0, 0, 24, 0]),
-            Some(24)
+            needed(&[op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 1, 2, 0]),
+            258
         );
-        assert_eq!(
-            data_out_needed(&[op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 1, 2, 0]),
-            Some(258)
-        );
-        assert_eq!(data_out_needed(&[op::READ_10]), None);
+        assert_eq!(needed(&[op::READ_10]), 0);
         assert!(decode_mode_select(&[op::MODE_SELECT_10, 0, 0]).is_err());
     }
 

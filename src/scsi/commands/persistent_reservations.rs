@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::parameter_data::truncate;
 use crate::scsi::cdb::{be16, be32, be64};
-use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::lu::LogicalUnit;
 use crate::scsi::unit::pr_state::{
@@ -151,11 +151,6 @@ pub fn decode_prin(cdb: &[u8]) -> Result<PrinCdb, Sense> {
         service_action,
         allocation_length: be16(cdb, 7),
     })
-}
-
-/// The write data a PERSISTENT RESERVE OUT CDB asks for (its PARAMETER LIST LENGTH).
-pub fn prout_data_out_needed(cdb: &[u8]) -> u32 {
-    be32(cdb, 5)
 }
 
 /// The basic PERSISTENT RESERVE OUT parameter list (SPC-4 §6.16.3 table 190).
@@ -843,15 +838,6 @@ pub(super) fn conflict() -> ScsiResponse {
     ScsiResponse::status(ScsiStatus::ReservationConflict)
 }
 
-/// The write data PERSISTENT RESERVE OUT asks for, for the transport's residual accounting;
-/// `None` for other commands.
-pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
-    match cdb.first().copied() {
-        Some(op::PERSISTENT_RESERVE_OUT) => Some(prout_data_out_needed(cdb)),
-        _ => None,
-    }
-}
-
 /// PERSISTENT RESERVE IN (SPC-4 §6.15).
 pub fn persistent_reserve_in(
     lu: &LogicalUnit,
@@ -874,13 +860,14 @@ pub fn persistent_reserve_in(
 /// set, then adopt it and raise the unit attentions.
 pub async fn persistent_reserve_out(
     lu: &LogicalUnit,
+    order: Order<'_>,
     nexus: &Nexus,
     cdb: &[u8],
     data: &Bytes,
 ) -> Result<ScsiResponse, Sense> {
     let request = decode_prout(cdb)?;
     let reservations = lu.reservations();
-    let _changing = reservations.changes().lock().await;
+    let _changing = order.enter().await;
     let (current, store) = {
         let inner = reservations.lock();
         if inner.spc2_holder.is_some() {

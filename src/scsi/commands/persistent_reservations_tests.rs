@@ -815,8 +815,9 @@ fn cdb_decoding() {
     );
     let c = decode_prout(&[0x5F, 0x01, 0x13, 0, 0, 0, 0, 0, 24, 0]).unwrap();
     assert_eq!((c.service_action, c.scope, c.type_code), (1, 1, 3));
+    // The Data-Out PROUT takes is its row's PARAMETER LIST LENGTH rule.
     assert_eq!(
-        prout_data_out_needed(&[0x5F, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+        crate::scsi::opcodes::data_out_needed(&[0x5F, 0, 0, 0, 0, 0, 0, 1, 0, 0], 512),
         256
     );
     for sa in 4..0x20u8 {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::block_io::check_lba_range;
 use crate::scsi::cdb::bytes_at;
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::limits::{MAX_UNMAP_BYTES, MAX_UNMAP_DESCRIPTORS};
 use crate::scsi::unit::lu::LogicalUnit;
@@ -48,15 +49,6 @@ pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
 
 // ---------------------------------------------------------------------------------------
 // UNMAP (SBC-4 §5.30).
-
-/// Write data UNMAP asks for (its PARAMETER LIST LENGTH), for the transport's residual
-/// accounting. `None` for other opcodes.
-pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
-    match cdb.first().copied() {
-        Some(op::UNMAP) => Some(decode_unmap(cdb).map_or(0, |c| u32::from(c.param_len))),
-        _ => None,
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnmapCdb {
@@ -138,7 +130,12 @@ pub fn parse_unmap_list(
 
 /// UNMAP: deallocates the listed ranges (they read back as zeros afterwards). ANCHOR is not
 /// supported (ANC_SUP = 0).
-pub async fn unmap(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Result<Bytes, Sense> {
+pub async fn unmap(
+    lu: &LogicalUnit,
+    order: Order<'_>,
+    raw_cdb: &[u8],
+    data_out: &Bytes,
+) -> Result<Bytes, Sense> {
     let c = decode_unmap(raw_cdb)?;
     let backend = lu.medium()?;
     if lu.is_read_only() {
@@ -164,7 +161,7 @@ pub async fn unmap(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Result
     if descriptors.is_empty() {
         return Ok(Bytes::new());
     }
-    let _shared = lu.write_shared().await;
+    let _order = order.enter().await;
     for d in descriptors {
         let offset = d
             .lba
@@ -303,6 +300,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::scsi::ordering::Order;
+
+    /// UNMAP as dispatch runs it: with the ordering of its row.
+    async fn unmap(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
+        super::unmap(lu, Order::for_command(lu, cdb), cdb, data).await
+    }
     use crate::scsi::commands::vpd::{
         block_limits_page, logical_block_provisioning_page, unit_page,
     };
@@ -650,9 +653,14 @@ mod tests {
         cdb[1] = 0x08; // UNMAP
         cdb[2..10].copy_from_slice(&64u64.to_be_bytes());
         cdb[10..14].copy_from_slice(&16u32.to_be_bytes());
-        crate::scsi::commands::write_same::write_same(&lu, &cdb, &Bytes::from(vec![0x5A; 512]))
-            .await
-            .unwrap();
+        crate::scsi::commands::write_same::write_same(
+            &lu,
+            Order::for_command(&lu, &cdb),
+            &cdb,
+            &Bytes::from(vec![0x5A; 512]),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             medium.read_at(64 * 512, 16 * 512).await.unwrap(),
             vec![0x5A; 16 * 512]

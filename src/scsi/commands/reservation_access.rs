@@ -2,25 +2,41 @@
 //! allowed in the presence of various reservations") and SBC-3 §4.17 table 13 (the SBC
 //! commands), plus SPC-2 §5.5.1 for RESERVE(6)/RESERVE(10) reservations.
 //!
-//! The table is keyed by opcode (and service action where it matters) and kept here, apart
-//! from the command table, so adding a command elsewhere never needs a change here: an opcode
-//! this table does not know is treated as one that changes the medium, the safe answer.
+//! Each command's row in the command table (`opcodes.rs`) names its [`PrAccess`] and
+//! [`Spc2Access`]; the two that depend on CDB bits are decided by the functions here. This
+//! file applies them to the unit's reservation state.
 
 use crate::scsi::Nexus;
-use crate::scsi::opcodes::op;
+use crate::scsi::opcodes::CommandInfo;
 use crate::scsi::unit::pr_state::PrState;
 use crate::scsi::unit::reservations::Reservations;
 
-/// Whether `cdb` from `nexus` meets RESERVATION CONFLICT under the unit's reservations
-/// (SPC-2 §5.5.1, SPC-4 §5.13.1).
-pub fn conflicts(reservations: &Reservations, nexus: &Nexus, cdb: &[u8]) -> bool {
+/// Whether `cdb` (whose row is `row`) from `nexus` meets RESERVATION CONFLICT under the
+/// unit's reservations (SPC-2 §5.5.1, SPC-4 §5.13.1).
+pub fn conflicts(
+    reservations: &Reservations,
+    nexus: &Nexus,
+    cdb: &[u8],
+    row: &CommandInfo,
+) -> bool {
+    conflicts_with(reservations, nexus, row.pr.access(cdb), row.spc2)
+}
+
+/// Whether a command with these accesses from `nexus` meets RESERVATION CONFLICT; the copy
+/// manager asks this for its copy targets, reading as READ does and writing as WRITE does.
+pub fn conflicts_with(
+    reservations: &Reservations,
+    nexus: &Nexus,
+    pr: PrAccess,
+    spc2: Spc2Access,
+) -> bool {
     let state = reservations.lock();
     if let Some(holder) = &state.spc2_holder
-        && spc2_conflicts(holder, nexus, cdb)
+        && spc2_conflicts(holder, nexus, spc2)
     {
         return true;
     }
-    pr_conflicts(&state.pr, nexus, cdb)
+    pr_conflicts(&state.pr, nexus, pr)
 }
 
 /// How a command fares under a persistent reservation held by someone else.
@@ -37,67 +53,27 @@ pub enum PrAccess {
     Write,
 }
 
-/// SPC-4 table 62 / SBC-3 table 13, by opcode.
-pub fn pr_access(cdb: &[u8]) -> PrAccess {
-    let opcode = cdb.first().copied().unwrap_or(0);
-    let service_action = cdb.get(1).map_or(0, |b| b & 0x1F);
-    match opcode {
-        op::TEST_UNIT_READY
-        | op::REQUEST_SENSE
-        | op::INQUIRY
-        | op::READ_CAPACITY_10
-        | op::LOG_SENSE
-        | op::PERSISTENT_RESERVE_IN
-        | op::PERSISTENT_RESERVE_OUT
-        | op::REPORT_LUNS
-        // REPORT TARGET PORT GROUPS, SUPPORTED OPCODES, ...
-        | op::MAINTENANCE_IN
-        // Third-party copy: reports, moves nothing.
-        | op::RECEIVE_COPY_RESULTS
-        // RESERVE/RELEASE: SPC-4 "exceptions to SPC-2 RESERVE and RELEASE" refuse them in
-        // their own handlers while any registration exists.
-        | op::RESERVE_6
-        | op::RELEASE_6
-        | op::RESERVE_10
-        | op::RELEASE_10 => PrAccess::Always,
-        // SBC-4 table 13: START=1 with POWER CONDITION 0h only starts the unit; stopping,
-        // unloading the medium or a power condition change conflicts.
-        op::START_STOP_UNIT => match cdb.get(4).copied().unwrap_or(0) & 0xF1 {
-            0x01 => PrAccess::Always,
-            _ => PrAccess::Write,
-        },
-        // SPC-4 table 62: PREVENT ALLOW MEDIUM REMOVAL allowing removal is harmless; a
-        // prevention conflicts.
-        op::PREVENT_ALLOW_MEDIUM_REMOVAL => match cdb.get(4).copied().unwrap_or(0) & 0x03 {
-            0 => PrAccess::Always,
-            _ => PrAccess::Write,
-        },
-        op::SERVICE_ACTION_IN_16 => match service_action {
-            op::SA_READ_CAPACITY_16 => PrAccess::Always,
-            _ => PrAccess::Read, // GET LBA STATUS and other reads
-        },
-        op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16
-        | op::MODE_SENSE_6 | op::MODE_SENSE_10
-        | op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16
-        | op::PRE_FETCH_10 | op::PRE_FETCH_16
-        | op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12
-        | READ_BUFFER
-        | RECEIVE_DIAGNOSTIC_RESULTS
-        => PrAccess::Read,
-        // EXTENDED COPY falls through to Write: it writes its destination. Its copy targets
-        // other than the addressed unit are checked by the copy manager.
+/// START STOP UNIT (SBC-4 table 13): START=1 with POWER CONDITION 0h only starts the unit;
+/// stopping, unloading the medium or a power condition change conflicts.
+pub fn start_stop_unit(cdb: &[u8]) -> PrAccess {
+    match cdb.get(4).copied().unwrap_or(0) & 0xF1 {
+        0x01 => PrAccess::Always,
         _ => PrAccess::Write,
     }
 }
 
-/// Reads keel does not implement, named here because table 62 lets them through the Write
-/// Exclusive types (they would be refused as unsupported after the reservation check).
-const READ_BUFFER: u8 = 0x3C;
-const RECEIVE_DIAGNOSTIC_RESULTS: u8 = 0x1C;
+/// PREVENT ALLOW MEDIUM REMOVAL (SPC-4 table 62): allowing removal is harmless; a
+/// prevention conflicts.
+pub fn prevent_allow_medium_removal(cdb: &[u8]) -> PrAccess {
+    match cdb.get(4).copied().unwrap_or(0) & 0x03 {
+        0 => PrAccess::Always,
+        _ => PrAccess::Write,
+    }
+}
 
-/// Whether `nexus` gets RESERVATION CONFLICT for `cdb` under the persistent reservation in
-/// `state` (SPC-4 §5.13.1 table 62 columns).
-pub fn pr_conflicts(state: &PrState, nexus: &Nexus, cdb: &[u8]) -> bool {
+/// Whether `nexus` gets RESERVATION CONFLICT for a command of `access` under the persistent
+/// reservation in `state` (SPC-4 §5.13.1 table 62 columns).
+pub fn pr_conflicts(state: &PrState, nexus: &Nexus, access: PrAccess) -> bool {
     let Some(reservation) = &state.reservation else {
         return false;
     };
@@ -108,14 +84,14 @@ pub fn pr_conflicts(state: &PrState, nexus: &Nexus, cdb: &[u8]) -> bool {
     if pr_type.registrants_have_access() && state.is_registered(nexus) {
         return false;
     }
-    match pr_access(cdb) {
+    match access {
         PrAccess::Always => false,
         PrAccess::Read => !pr_type.reads_allowed(),
         PrAccess::Write => true,
     }
 }
 
-/// How a command fares under an SPC-2 RESERVE held by another I_T nexus.
+/// How a command fares under an SPC-2 RESERVE held by another I_T nexus (SPC-2 §5.5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spc2Access {
     /// INQUIRY, REQUEST SENSE, REPORT LUNS, and RESERVE/RELEASE (whose handlers decide).
@@ -127,25 +103,10 @@ pub enum Spc2Access {
     ConflictsForAll,
 }
 
-/// SPC-2 §5.5.1: what a logical unit reservation lets through.
-pub fn spc2_access(cdb: &[u8]) -> Spc2Access {
-    match cdb.first().copied().unwrap_or(0) {
-        op::INQUIRY
-        | op::REQUEST_SENSE
-        | op::REPORT_LUNS
-        | op::RESERVE_6
-        | op::RELEASE_6
-        | op::RESERVE_10
-        | op::RELEASE_10 => Spc2Access::Allowed,
-        op::PERSISTENT_RESERVE_IN | op::PERSISTENT_RESERVE_OUT => Spc2Access::ConflictsForAll,
-        _ => Spc2Access::ConflictsForOthers,
-    }
-}
-
-/// Whether `nexus` gets RESERVATION CONFLICT for `cdb` while `holder` holds an SPC-2
-/// reservation.
-pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, cdb: &[u8]) -> bool {
-    match spc2_access(cdb) {
+/// Whether `nexus` gets RESERVATION CONFLICT for a command of `access` while `holder` holds
+/// an SPC-2 reservation.
+pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, access: Spc2Access) -> bool {
+    match access {
         Spc2Access::Allowed => false,
         Spc2Access::ConflictsForAll => true,
         Spc2Access::ConflictsForOthers => holder != nexus,
@@ -156,7 +117,27 @@ pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, cdb: &[u8]) -> bool {
 mod tests {
 
     use super::*;
+    use crate::scsi::opcodes::lookup;
     use crate::scsi::unit::pr_state::{NexusId, PrType, Registration, Reservation};
+
+    /// The persistent reservation access of a CDB, by its row.
+    fn pr_access(cdb: &[u8]) -> PrAccess {
+        lookup(cdb).expect("a supported command").pr.access(cdb)
+    }
+
+    /// Whether `nexus` meets a conflict for `cdb` under `state`, as dispatch asks.
+    fn pr_conflicts_for(state: &PrState, nexus: &Nexus, cdb: &[u8]) -> bool {
+        pr_conflicts(state, nexus, pr_access(cdb))
+    }
+
+    /// Whether `nexus` meets a conflict for `cdb` while `holder` holds an SPC-2 reservation.
+    fn spc2_conflicts_for(holder: &Nexus, nexus: &Nexus, cdb: &[u8]) -> bool {
+        spc2_conflicts(
+            holder,
+            nexus,
+            lookup(cdb).expect("a supported command").spc2,
+        )
+    }
 
     fn nexus(name: &str) -> Nexus {
         Nexus::for_test(name)
@@ -223,7 +204,7 @@ mod tests {
                 }),
                 ..PrState::default()
             };
-            let allowed = |n: &Nexus, cdb: &[u8]| !pr_conflicts(&state, n, cdb);
+            let allowed = |n: &Nexus, cdb: &[u8]| !pr_conflicts_for(&state, n, cdb);
             assert!(allowed(&holder, &READ10) && allowed(&holder, &WRITE10));
             assert_eq!(allowed(&other, &READ10), reg_read, "{pr_type:?}");
             assert_eq!(allowed(&other, &WRITE10), reg_write, "{pr_type:?}");
@@ -238,11 +219,12 @@ mod tests {
     #[test]
     fn no_reservation_no_conflict_and_unknown_opcodes_write() {
         let state = PrState::default();
-        assert!(!pr_conflicts(&state, &nexus("a"), &WRITE10));
-        assert_eq!(pr_access(&[0xC0]), PrAccess::Write);
+        assert!(!pr_conflicts_for(&state, &nexus("a"), &WRITE10));
+        // An opcode the table does not know never reaches the check: it is refused first.
+        assert!(lookup(&[0xC0]).is_err());
         assert_eq!(pr_access(&[0x9E, 0x10]), PrAccess::Always);
         assert_eq!(pr_access(&[0x9E, 0x12]), PrAccess::Read);
-        assert_eq!(pr_access(&[]), PrAccess::Always);
+        assert!(lookup(&[]).is_err());
         assert_eq!(pr_access(&[0x83, 0x00]), PrAccess::Write);
         assert_eq!(pr_access(&[0x84, 0x00]), PrAccess::Always);
         assert_eq!(pr_access(&[0x84, 0x03]), PrAccess::Always);
@@ -259,12 +241,20 @@ mod tests {
     #[test]
     fn spc2_reservation_lets_through_only_the_listed_commands() {
         let (holder, other) = (nexus("a"), nexus("b"));
-        assert!(!spc2_conflicts(&holder, &holder, &WRITE10));
-        assert!(spc2_conflicts(&holder, &other, &WRITE10));
-        assert!(spc2_conflicts(&holder, &other, &[0x1A, 0, 0x3F, 0, 255, 0]));
-        assert!(!spc2_conflicts(&holder, &other, &[0x12, 0, 0, 0, 36, 0]));
-        assert!(!spc2_conflicts(&holder, &other, &[0x17, 0, 0, 0, 0, 0]));
-        assert!(spc2_conflicts(
+        assert!(!spc2_conflicts_for(&holder, &holder, &WRITE10));
+        assert!(spc2_conflicts_for(&holder, &other, &WRITE10));
+        assert!(spc2_conflicts_for(
+            &holder,
+            &other,
+            &[0x1A, 0, 0x3F, 0, 255, 0]
+        ));
+        assert!(!spc2_conflicts_for(
+            &holder,
+            &other,
+            &[0x12, 0, 0, 0, 36, 0]
+        ));
+        assert!(!spc2_conflicts_for(&holder, &other, &[0x17, 0, 0, 0, 0, 0]));
+        assert!(spc2_conflicts_for(
             &holder,
             &holder,
             &[0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0]

@@ -13,6 +13,7 @@ use super::block_io::{
 };
 use crate::payload::{FileSlice, Payload};
 use crate::scsi::cdb;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::lu::LogicalUnit;
 
@@ -85,6 +86,7 @@ pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> Option<u32> {
 /// go out.
 pub async fn read_write(
     lu: &LogicalUnit,
+    order: Order<'_>,
     raw_cdb: &[u8],
     data_out: &Bytes,
 ) -> Result<Payload, Sense> {
@@ -113,12 +115,11 @@ pub async fn read_write(
     }
     let offset = byte_offset(rw.lba, block_size)?;
     if rw.is_write {
-        // Ordered against COMPARE AND WRITE / ORWRITE
-        let _shared = lu.write_shared().await;
+        let _order = order.enter().await;
         write_blocks(lu, backend.as_ref(), offset, data, rw.fua, rw.lba).await?;
         Ok(Payload::default())
     } else if let Some(file) = backend.sendable_file().filter(|_| len >= FILE_DATA_IN_MIN)
-        && let Some(guard) = lu.sent_read_guard().await
+        && let Some(guard) = order.enter_for_sending().await
     {
         Ok(Payload::File(FileSlice {
             file,
@@ -127,8 +128,7 @@ pub async fn read_write(
             hold: Arc::new(guard),
         }))
     } else {
-        // Ordered against WRITE ATOMIC: never half of one.
-        let _shared = lu.read_shared().await;
+        let _order = order.enter().await;
         read_blocks(backend.as_ref(), offset, len, rw.lba)
             .await
             .map(Payload::Bytes)

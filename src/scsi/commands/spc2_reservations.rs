@@ -8,21 +8,10 @@ use bytes::Bytes;
 
 use super::persistent_reservations::conflict;
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::lu::LogicalUnit;
 use crate::scsi::{Nexus, ScsiResponse};
-
-/// The write data RESERVE(10)/RELEASE(10) ask for (the PARAMETER LIST LENGTH of the
-/// third-party form), for the transport's residual accounting; `None` for other commands.
-pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
-    match cdb.first().copied() {
-        Some(op::RESERVE_10 | op::RELEASE_10) => Some(
-            cdb.get(7..9)
-                .map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]]))),
-        ),
-        _ => None,
-    }
-}
 
 /// RESERVE(10)/RELEASE(10) with 3RDPTY set asks for a third-party reservation, which SPC-2
 /// made optional and this target does not do.
@@ -38,10 +27,15 @@ fn check_third_party(cdb: &[u8]) -> Result<(), Sense> {
 /// RESERVE(6)/RESERVE(10) of the whole logical unit (SPC-2 §7.21): the holder may repeat it;
 /// anyone else meets RESERVATION CONFLICT, as does everyone while a persistent registration
 /// exists (SPC-4 exceptions to SPC-2 RESERVE and RELEASE behaviour).
-pub async fn reserve(lu: &LogicalUnit, nexus: &Nexus, cdb: &[u8]) -> Result<ScsiResponse, Sense> {
+pub async fn reserve(
+    lu: &LogicalUnit,
+    order: Order<'_>,
+    nexus: &Nexus,
+    cdb: &[u8],
+) -> Result<ScsiResponse, Sense> {
     check_third_party(cdb)?;
     let reservations = lu.reservations();
-    let _changing = reservations.changes().lock().await;
+    let _changing = order.enter().await;
     let mut inner = reservations.lock();
     if !inner.pr.registrations.is_empty() {
         return Ok(conflict());
@@ -57,10 +51,15 @@ pub async fn reserve(lu: &LogicalUnit, nexus: &Nexus, cdb: &[u8]) -> Result<Scsi
 
 /// RELEASE(6)/RELEASE(10) (SPC-2 §7.17): releases the holder's reservation; from anyone else
 /// it does nothing and answers GOOD.
-pub async fn release(lu: &LogicalUnit, nexus: &Nexus, cdb: &[u8]) -> Result<ScsiResponse, Sense> {
+pub async fn release(
+    lu: &LogicalUnit,
+    order: Order<'_>,
+    nexus: &Nexus,
+    cdb: &[u8],
+) -> Result<ScsiResponse, Sense> {
     check_third_party(cdb)?;
     let reservations = lu.reservations();
-    let _changing = reservations.changes().lock().await;
+    let _changing = order.enter().await;
     let mut inner = reservations.lock();
     if !inner.pr.registrations.is_empty() {
         return Ok(conflict());

@@ -11,6 +11,7 @@ use super::block_io::{
 };
 use crate::scsi::cdb::{be16, be32, be64, byte_at};
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::lu::LogicalUnit;
 
@@ -108,7 +109,12 @@ pub fn decode_prefetch(cdb: &[u8]) -> Result<PrefetchCdb, Sense> {
 /// 01b compares it with the data-out buffer, 11b compares every block with the single block
 /// sent. WRITE AND VERIFY writes durably (as with FUA), then reads back and, for BYTCHK
 /// 01b, compares; its BYTCHK 11b is not supported (INVALID FIELD IN CDB).
-pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Result<Bytes, Sense> {
+pub async fn verify(
+    lu: &LogicalUnit,
+    order: Order<'_>,
+    raw_cdb: &[u8],
+    data_out: &Bytes,
+) -> Result<Bytes, Sense> {
     let v = decode_verify(raw_cdb)?;
     let backend = if v.write {
         writable_medium(lu)?
@@ -132,7 +138,7 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
         if payload.is_empty() {
             return Ok(Bytes::new());
         }
-        let _shared = lu.write_shared().await;
+        let _order = order.enter().await;
         write_blocks(lu, backend.as_ref(), offset, payload.clone(), true, v.lba).await?;
         let back = read_blocks(backend.as_ref(), offset, payload.len(), v.lba).await?;
         if let Some(at) = first_difference(&back, &payload) {
@@ -140,8 +146,7 @@ pub async fn verify(lu: &LogicalUnit, raw_cdb: &[u8], data_out: &Bytes) -> Resul
         }
         return Ok(Bytes::new());
     }
-    // Ordered against WRITE ATOMIC: never half of one.
-    let _shared = lu.read_shared().await;
+    let _order = order.enter().await;
     match v.bytchk {
         ByteCheck::Compare => {
             let len = transfer_len(v.blocks, block_size, v.blocks_field)?;

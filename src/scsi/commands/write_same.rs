@@ -9,6 +9,7 @@ use super::block_io::{
 };
 use crate::scsi::cdb::{be16, be32, be64, byte_at};
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::limits::max_write_same_blocks;
 use crate::scsi::unit::lu::LogicalUnit;
@@ -74,6 +75,7 @@ pub fn decode_write_same(cdb: &[u8]) -> Result<WriteSameCdb, Sense> {
 /// ANCHOR is not supported (ANC_SUP = 0).
 pub async fn write_same(
     lu: &LogicalUnit,
+    order: Order<'_>,
     raw_cdb: &[u8],
     data_out: &Bytes,
 ) -> Result<Bytes, Sense> {
@@ -111,7 +113,7 @@ pub async fn write_same(
     };
     let offset = byte_offset(ws.lba, block_size)?;
     let total = blocks * u64::from(block_size);
-    let _shared = lu.write_shared().await;
+    let _order = order.enter().await;
     // Where deallocated blocks would not read back as the zeros asked for, WRITE SAME writes
     // instead (LBPWS = 0 there; see provisioning::write_same_unmaps).
     if ws.unmap && super::provisioning::write_same_unmaps(&backend.provisioning()) {

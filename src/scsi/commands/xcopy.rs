@@ -36,9 +36,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::parameter_data::truncate;
-use super::reservation_access;
+use super::reservation_access::{self, PrAccess, Spc2Access};
 use crate::scsi::cdb::{be16, be32, be64, byte_at};
 use crate::scsi::opcodes::op;
+use crate::scsi::ordering::{Order, OrderClass};
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::lu::LogicalUnit;
 use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
@@ -146,14 +147,6 @@ pub fn decode_extended_copy(cdb: &[u8]) -> Result<u32, Sense> {
         return Err(Sense::invalid_cdb());
     }
     Ok(be32(cdb, 10))
-}
-
-/// Write data EXTENDED COPY asks for (its parameter list length), for residual accounting.
-pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
-    match cdb.first() {
-        Some(&op::EXTENDED_COPY) => Some(decode_extended_copy(cdb).unwrap_or(0)),
-        _ => None,
-    }
 }
 
 /// RECEIVE COPY RESULTS CDB (SPC-4 §6.22.1).
@@ -813,11 +806,6 @@ pub fn receive_copy_results(
     Ok(truncate(data, alloc_len))
 }
 
-/// A READ(16) and a WRITE(16) CDB, for asking a copy target's reservations whether this
-/// nexus may read or write it.
-const READ_PROBE: [u8; 16] = [op::READ_16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
-const WRITE_PROBE: [u8; 16] = [op::WRITE_16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
-
 /// EXTENDED COPY(LID1) (SPC-4 §6.4), run to completion within the command. `luns` are the
 /// logical units of the target, the copy targets a CSCD descriptor may name; `copy_results`
 /// is where the target keeps the status RECEIVE COPY RESULTS reports.
@@ -847,12 +835,18 @@ pub async fn extended_copy(
     // already checked (EXTENDED COPY counts as a write there).
     for segment in &planned {
         let conflict = (segment.source.lun() != lu.lun()
-            && reservation_access::conflicts(segment.source.reservations(), nexus, &READ_PROBE))
+            && reservation_access::conflicts_with(
+                segment.source.reservations(),
+                nexus,
+                PrAccess::Read,
+                Spc2Access::ConflictsForOthers,
+            ))
             || (segment.destination.lun() != lu.lun()
-                && reservation_access::conflicts(
+                && reservation_access::conflicts_with(
                     segment.destination.reservations(),
                     nexus,
-                    &WRITE_PROBE,
+                    PrAccess::Write,
+                    Spc2Access::ConflictsForOthers,
                 ));
         if conflict {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
@@ -886,8 +880,9 @@ async fn copy_segment(segment: &PlannedSegment) -> Result<(), Sense> {
         let failure = || third_party_device_failure(segment.offset);
         let len = usize::try_from(len).map_err(|_| failure())?;
         let read_at = segment.source_offset + start;
-        // Ordered against WRITE ATOMIC; released before the destination's lock is taken.
-        let read_order = segment.source.read_shared().await;
+        // Ordered as a READ of the source would be; released before the destination's
+        // ordering is entered.
+        let read_order = Order::of(&segment.source, OrderClass::Read).enter().await;
         let data = source.read_at(read_at, len).await.map_err(|error| {
             tracing::warn!(backend = %source.describe(), offset = read_at, %error, "copy read failed");
             failure()
@@ -897,7 +892,9 @@ async fn copy_segment(segment: &PlannedSegment) -> Result<(), Sense> {
             return Err(failure());
         }
         let write_at = segment.destination_offset + start;
-        let _shared = segment.destination.write_shared().await;
+        let _write_order = Order::of(&segment.destination, OrderClass::Write)
+            .enter()
+            .await;
         destination
             .write_at(write_at, data, fua)
             .await

@@ -171,9 +171,11 @@ pub struct LogicalUnit {
     /// Serializes MODE SELECT's read-modify-write of the mode values.
     mode_lock: Mutex<()>,
     reservations: Reservations,
-    /// Write ordering: writes hold it shared, read-modify-write commands (COMPARE AND WRITE,
-    /// ORWRITE) exclusive, so nothing writes between their read and their write (SBC-4
-    /// §5.3). Tokio's lock is fair: a waiting exclusive holder is not starved by writers.
+    /// Write ordering: reads and writes hold it shared, read-modify-write commands (COMPARE AND
+    /// WRITE, ORWRITE) and WRITE ATOMIC exclusive, so nothing reads or writes between their
+    /// read and their write (SBC-4 §5.3). Tokio's lock is fair: a waiting exclusive holder is
+    /// not starved by writers. Commands take it, and `sent_read_order`, only through
+    /// `scsi/ordering.rs`, by the class their row in the command table names.
     write_order: tokio::sync::RwLock<()>,
     /// Reads whose data the transport sends from the medium's file after the command has
     /// returned hold this shared until it is sent; WRITE ATOMIC holds it exclusive while it
@@ -528,7 +530,7 @@ impl LogicalUnit {
         self.reservations.attach_store(&unit, store)
     }
     /// Held while a command writes the medium (see `write_order`).
-    pub async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+    pub(in crate::scsi) async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.write_order.read().await
     }
 
@@ -536,14 +538,16 @@ impl LogicalUnit {
     /// it writes in place, so no read sees part of it (SBC-4 §4.29.2). Never held together
     /// with another guard of the same lock (the lock is fair: a queued exclusive waiter would
     /// deadlock a second shared acquisition).
-    pub async fn read_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+    pub(in crate::scsi) async fn read_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.write_order.read().await
     }
 
     /// For a read whose data the transport will send from the medium's file: the guard that
     /// goes with the data until it is sent, or `None` once WRITE ATOMIC is in use on this
     /// unit (the read is then copied).
-    pub async fn sent_read_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+    pub(in crate::scsi) async fn sent_read_guard(
+        &self,
+    ) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
         use std::sync::atomic::Ordering::SeqCst;
         if self.atomic_writes_seen.load(SeqCst) {
             return None;
@@ -556,7 +560,9 @@ impl LogicalUnit {
     /// Taken by WRITE ATOMIC before [`LogicalUnit::write_exclusive`]: marks the unit (reads
     /// are copied from now on) and waits until the data of reads being sent from the file
     /// has been handed to the network.
-    pub async fn atomic_write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+    pub(in crate::scsi) async fn atomic_write_exclusive(
+        &self,
+    ) -> tokio::sync::RwLockWriteGuard<'_, ()> {
         use std::sync::atomic::Ordering::SeqCst;
         if !self.atomic_writes_seen.swap(true, SeqCst)
             && self
@@ -572,7 +578,7 @@ impl LogicalUnit {
 
     /// Held across the read and the write of a read-modify-write command, and across the
     /// in-place write of WRITE ATOMIC: no other write (nor read) runs meanwhile.
-    pub async fn write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+    pub(in crate::scsi) async fn write_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
         self.write_order.write().await
     }
 
