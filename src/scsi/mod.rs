@@ -9,7 +9,9 @@
 //! Inside, two halves that depend one way: [`unit`] holds the state of a logical unit (the
 //! unit itself, mode values, reservations, unit attentions, the task set, the atomic journal,
 //! the limits) and imports nothing from [`commands`], which holds the handlers, one file per
-//! command family. `opcodes.rs` is the command table, `target.rs` dispatches through it.
+//! command family. `table.rs` is the command table (one row per command), `ordering.rs` the
+//! ordering rules between command classes, `target.rs` dispatches through both; `opcodes.rs`
+//! names the opcodes.
 //! Everything is private; what other layers use is re-exported below.
 
 mod cdb;
@@ -17,6 +19,7 @@ mod commands;
 mod opcodes;
 mod ordering;
 mod sense;
+mod table;
 mod target;
 mod unit;
 

@@ -175,7 +175,7 @@ impl<'a> Order<'a> {
     /// does not know), for tests that call a handler directly.
     #[cfg(test)]
     pub fn for_command(lu: &'a LogicalUnit, cdb: &[u8]) -> Self {
-        let class = super::opcodes::lookup(cdb).map_or(OrderClass::Free, |row| row.order);
+        let class = super::table::lookup(cdb).map_or(OrderClass::Free, |row| row.order);
         Order::of(lu, class)
     }
 

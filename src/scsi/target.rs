@@ -4,7 +4,7 @@
 //! 1. no such LUN: only INQUIRY, REPORT LUNS and REQUEST SENSE do anything useful;
 //! 2. command table lookup (unknown opcode/service action still reports a pending UA first);
 //!
-//! then what the command's row (`opcodes.rs`) says:
+//! then what the command's row (`table.rs`) says:
 //! 3. pending unit attention, except for the commands that never report one;
 //! 4. CDB length (the usage bitmap's) and CONTROL byte;
 //! 5. reservation conflict (the row's SPC-3 PR and SPC-2 access);
@@ -22,9 +22,10 @@ use super::commands::{
     alua, atomic, compare_and_write, log, maintenance, medium, mode, persistent_reservations,
     provisioning, reservation_access, sbc, spc, spc2_reservations, verify, write_same, xcopy,
 };
-use super::opcodes::{self, CommandInfo, Handler, op};
+use super::opcodes::op;
 use super::ordering::Order;
 use super::sense::Sense;
+use super::table::{self, CommandInfo, Handler};
 use super::unit::lu::{LogicalUnit, LuIdentity};
 use super::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus};
 use crate::payload::Payload;
@@ -127,7 +128,7 @@ impl TargetDevice {
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
         // The residual is against what the CDB asked for, whatever the outcome (its row's rule).
-        response.data_out_used = opcodes::data_out_needed(&req.cdb, lu.block_size());
+        response.data_out_used = table::data_out_needed(&req.cdb, lu.block_size());
         response
     }
 
@@ -135,7 +136,7 @@ impl TargetDevice {
         let cdb = &req.cdb[..];
         let nexus = &req.nexus;
         let unit_attentions = lu.unit_attentions();
-        let info = match opcodes::lookup(cdb) {
+        let info = match table::lookup(cdb) {
             Ok(info) => info,
             // Only INQUIRY, REPORT LUNS and REQUEST SENSE are exempt from reporting a unit
             // attention; an unsupported command reports it before its own error.
@@ -149,7 +150,7 @@ impl TargetDevice {
         check_cdb(cdb, info)?;
         // After unit attentions (SAM-5 §5.14: a pending UA is reported first), before
         // readiness: a conflicting command never touches the unit.
-        if reservation_access::conflicts(lu.reservations(), nexus, cdb, info) {
+        if reservation_access::conflicts(lu.reservations(), nexus, info.pr.access(cdb), info.spc2) {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
         }
         if !info.runs_not_ready
@@ -249,19 +250,17 @@ impl TargetDevice {
     fn execute_without_lu(&self, req: &ScsiRequest) -> ScsiResponse {
         let cdb = &req.cdb[..];
         let result = match cdb.first().copied() {
-            Some(code @ (op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)) => {
-                opcodes::lookup(cdb)
-                    .and_then(|info| check_cdb(cdb, info))
-                    .and_then(|()| match code {
-                        op::INQUIRY => {
-                            spc::inquiry_no_lun(&LuIdentity::derived(&self.name, req.lun), cdb)
-                        }
-                        op::REPORT_LUNS => spc::report_luns(&self.lun_numbers(), cdb),
-                        _ => cdb::decode_request_sense(cdb).map(|request| {
-                            spc::request_sense_data(&Sense::lun_not_supported(), &request)
-                        }),
-                    })
-            }
+            Some(code @ (op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)) => table::lookup(cdb)
+                .and_then(|info| check_cdb(cdb, info))
+                .and_then(|()| match code {
+                    op::INQUIRY => {
+                        spc::inquiry_no_lun(&LuIdentity::derived(&self.name, req.lun), cdb)
+                    }
+                    op::REPORT_LUNS => spc::report_luns(&self.lun_numbers(), cdb),
+                    _ => cdb::decode_request_sense(cdb).map(|request| {
+                        spc::request_sense_data(&Sense::lun_not_supported(), &request)
+                    }),
+                }),
             _ => Err(Sense::lun_not_supported()),
         };
         match result {
@@ -1315,7 +1314,7 @@ mod tests {
         rsoc[8] = 4;
         let r = run(&target, &n, 0, &rsoc).await;
         assert_good(&r);
-        let commands = opcodes::supported_commands().len();
+        let commands = table::supported_commands().len();
         assert_eq!(r.data_in.len(), 4 + 8 * commands);
         rsoc[8] = 0;
         rsoc[9] = 255;

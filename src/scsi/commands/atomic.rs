@@ -180,6 +180,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::scsi::unit::limits::AtomicLimits;
 
     /// WRITE ATOMIC as dispatch runs it: with the ordering of its row.
     async fn write_atomic16(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {
@@ -195,7 +196,6 @@ mod tests {
         crate::scsi::commands::sbc::read_write(lu, Order::for_command(lu, cdb), cdb, data).await
     }
     use crate::scsi::unit::atomic_journal::AtomicJournal;
-    use crate::scsi::unit::limits::AtomicLimits;
     use crate::scsi::unit::lu::LuIdentity;
     use crate::storage::{BlockBackend, IoFuture, MemoryBackend};
 

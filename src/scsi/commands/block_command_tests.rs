@@ -289,9 +289,9 @@ fn data_out_sizes() {
     // The command table's rules, as dispatch applies them; `None` where the table has no
     // command.
     let needed = |cdb: &[u8], bs: u32| {
-        crate::scsi::opcodes::lookup(cdb)
+        crate::scsi::table::lookup(cdb)
             .ok()
-            .map(|_| crate::scsi::opcodes::data_out_needed(cdb, bs))
+            .map(|_| crate::scsi::table::data_out_needed(cdb, bs))
     };
     for (cdb, expect) in cases {
         assert_eq!(needed(&cdb, BS), expect, "{cdb:02x?}");

@@ -10,7 +10,7 @@ use crate::scsi::cdb::byte_at;
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::limits::MAX_TRANSFER_BYTES;
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::storage::BlockBackend;
+use crate::storage::{BlockBackend, Provisioning};
 
 /// Largest buffer built for WRITE SAME and read for VERIFY at once.
 pub const FILL_CHUNK: u64 = 1 << 20;
@@ -163,4 +163,26 @@ pub(super) fn writable_medium(lu: &LogicalUnit) -> Result<Arc<dyn BlockBackend>,
         return Err(Sense::write_protected());
     }
     Ok(backend)
+}
+
+/// What `lu`'s medium can do; a unit without a medium yet is fully provisioned.
+pub fn provisioning(lu: &LogicalUnit) -> Provisioning {
+    lu.medium()
+        .map_or(Provisioning::FULLY_PROVISIONED, |b| b.provisioning())
+}
+
+/// Whether WRITE SAME with UNMAP deallocates: only where deallocated blocks read back as zeros
+/// (LBPRZ = 1), since the blocks must then read as the zeros the initiator asked for. Elsewhere
+/// WRITE SAME writes (SBC-4 §5.50: each LBA is written or unmapped) and LBPWS is 0.
+pub fn write_same_unmaps(p: &Provisioning) -> bool {
+    p.discard && p.discard_zeroes
+}
+
+/// READ CAPACITY(16) byte 14: LBPME (bit 7) and LBPRZ (bit 6), SBC-4 §5.20.2.
+pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
+    match (p.discard, p.discard_zeroes) {
+        (true, true) => 0xC0,
+        (true, false) => 0x80,
+        (false, _) => 0x00,
+    }
 }

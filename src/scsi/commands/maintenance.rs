@@ -2,15 +2,15 @@
 //! CODES (SPC-4 §6.35) and REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.37).
 //!
 //! Everything REPORT SUPPORTED OPERATION CODES says comes from the command table
-//! ([`opcodes::supported_commands`]): which commands exist, their CDB usage bitmaps and their
+//! ([`table::supported_commands`]): which commands exist, their CDB usage bitmaps and their
 //! timeouts, so the report is exactly what dispatch accepts.
 
 use bytes::Bytes;
 
 use super::parameter_data::truncate;
 use crate::scsi::cdb;
-use crate::scsi::opcodes::{self, CommandInfo};
 use crate::scsi::sense::Sense;
+use crate::scsi::table::{self, CommandInfo};
 
 /// Command timeouts descriptor (SPC-4 §6.35.4): DESCRIPTOR LENGTH 0Ah, no command-specific
 /// data, NOMINAL COMMAND PROCESSING TIMEOUT 0 (not specified), RECOMMENDED COMMAND TIMEOUT.
@@ -96,7 +96,7 @@ pub fn one_command_data(
 /// The parameter data for a decoded CDB, against a command list (the real one in the
 /// handler; a fixed one in tests).
 pub fn rsoc_data(cdb: &RsocCdb, commands: &[CommandInfo]) -> Result<Vec<u8>, Sense> {
-    let has_sa = opcodes::has_service_actions(cdb.opcode);
+    let has_sa = table::has_service_actions(cdb.opcode);
     // Service actions are 5 bits in every CDB that has them here; a larger requested value
     // names no command.
     let requested_sa = u8::try_from(cdb.service_action)
@@ -124,7 +124,7 @@ pub fn rsoc_data(cdb: &RsocCdb, commands: &[CommandInfo]) -> Result<Vec<u8>, Sen
 /// REPORT SUPPORTED OPERATION CODES.
 pub fn report_supported_opcodes(raw: &[u8]) -> Result<Bytes, Sense> {
     let cdb = decode_rsoc(raw)?;
-    let data = rsoc_data(&cdb, opcodes::supported_commands())?;
+    let data = rsoc_data(&cdb, table::supported_commands())?;
     Ok(truncate(
         data,
         usize::try_from(cdb.alloc_len).unwrap_or(usize::MAX),
@@ -178,12 +178,12 @@ mod tests {
     }
 
     fn run(cdb: &RsocCdb) -> Result<Vec<u8>, Sense> {
-        rsoc_data(cdb, opcodes::supported_commands())
+        rsoc_data(cdb, table::supported_commands())
     }
 
     #[test]
     fn all_commands_lists_exactly_the_table() {
-        let commands = opcodes::supported_commands();
+        let commands = table::supported_commands();
         let d = run(&rsoc(false, 0, 0, 0)).unwrap();
         let len = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
         assert_eq!(len, d.len() - 4);
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn rctd_adds_timeouts_descriptors() {
-        let commands = opcodes::supported_commands();
+        let commands = table::supported_commands();
         let d = run(&rsoc(true, 0, 0, 0)).unwrap();
         assert_eq!(d.len(), 4 + 20 * commands.len());
         for desc in d[4..].chunks(20) {
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn only_listed_commands_are_reported() {
         // A command missing from the list (as if not merged) is reported as not supported.
-        let commands: Vec<_> = opcodes::supported_commands()
+        let commands: Vec<_> = table::supported_commands()
             .iter()
             .filter(|row| row.opcode != 0x28)
             .copied()
@@ -277,7 +277,7 @@ mod tests {
         assert_eq!(d, vec![0, 1, 0, 0]);
         // An opcode known to have service actions but not supported (PERSISTENT RESERVE IN
         // if it is not merged) still wants option 2.
-        if !opcodes::has_service_actions(0x5E) {
+        if !table::has_service_actions(0x5E) {
             assert!(rsoc_data(&rsoc(false, 1, 0x5E, 0), &commands).is_err());
             assert_eq!(
                 rsoc_data(&rsoc(false, 2, 0x5E, 0), &commands).unwrap(),

@@ -1,5 +1,5 @@
 //! The command handlers, one file per command family. Each imports the unit state
-//! (`super::super::unit`), the CDB decoders and sense; the command table (`opcodes.rs`) and
+//! (`super::super::unit`), the CDB decoders and sense; the command table (`table.rs`) and
 //! the dispatcher (`target.rs`) call them.
 
 pub mod alua;

@@ -707,7 +707,7 @@ mod tests {
             (0x24, Some((true, 1, Some(4))))
         );
         // The Data-Out MODE SELECT takes is its row's PARAMETER LIST LENGTH rule.
-        let needed = |cdb: &[u8]| crate::scsi::opcodes::data_out_needed(cdb, 512);
+        let needed = |cdb: &[u8]| crate::scsi::table::data_out_needed(cdb, 512);
         assert_eq!(needed(&[op::MODE_SELECT_6, 0x10, 0, 0, 24, 0]), 24);
         assert_eq!(
             needed(&[op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 1, 2, 0]),

@@ -1,13 +1,12 @@
-//! Encoding that the parameter data of many commands shares: the peripheral device type byte,
-//! fixed-width ASCII fields (SPC-4 §4.4.1) and allocation-length truncation (SPC-4 §4.3.5.6).
-//! A leaf of `commands/`: the handlers and the VPD page builder import it, it imports none of
-//! them, so INQUIRY (`spc.rs`) can use the VPD builder (`vpd.rs`) which uses the pieces other
-//! command families export (`provisioning.rs`) without a way back.
+//! What every command that returns parameter data shares: the allocation length rule, ASCII
+//! fields, the peripheral byte. Command files import this, not each other.
 
 use bytes::Bytes;
 
 /// Peripheral device type 00h: direct access block device (SBC-3).
 pub const DEVICE_TYPE_DISK: u8 = 0x00;
+/// Peripheral qualifier 011b with device type 1Fh: no logical unit here (SPC-4 §6.6.2).
+pub const PERIPHERAL_NO_LUN: u8 = 0x7F;
 
 /// Cuts `data` to the allocation length (SPC-4 §4.3.5.6: never an error).
 pub fn truncate(mut data: Vec<u8>, alloc_len: usize) -> Bytes {
@@ -25,16 +24,4 @@ pub fn ascii_field(text: &str, width: usize) -> Vec<u8> {
         .collect();
     field.resize(width, b' ');
     field
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ascii_fields_are_padded_cut_and_sanitised() {
-        assert_eq!(ascii_field("AB", 4), b"AB  ");
-        assert_eq!(ascii_field("ABCDEFGH", 4), b"ABCD");
-        assert_eq!(ascii_field("A\u{e9}", 4), b"A   ");
-    }
 }

@@ -834,7 +834,7 @@ pub const fn persist_failed() -> Sense {
 }
 
 /// RESERVATION CONFLICT status (SAM-5 §5.3.1).
-pub(super) fn conflict() -> ScsiResponse {
+fn conflict() -> ScsiResponse {
     ScsiResponse::status(ScsiStatus::ReservationConflict)
 }
 

@@ -817,7 +817,7 @@ fn cdb_decoding() {
     assert_eq!((c.service_action, c.scope, c.type_code), (1, 1, 3));
     // The Data-Out PROUT takes is its row's PARAMETER LIST LENGTH rule.
     assert_eq!(
-        crate::scsi::opcodes::data_out_needed(&[0x5F, 0, 0, 0, 0, 0, 0, 1, 0, 0], 512),
+        crate::scsi::table::data_out_needed(&[0x5F, 0, 0, 0, 0, 0, 0, 1, 0, 0], 512),
         256
     );
     for sa in 4..0x20u8 {

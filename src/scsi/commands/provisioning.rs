@@ -17,35 +17,13 @@ use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::limits::{MAX_UNMAP_BYTES, MAX_UNMAP_DESCRIPTORS};
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::storage::{Extent, Provisioning};
+use crate::storage::Extent;
 
 /// GET LBA STATUS looks at most this many bytes of the medium per command; the initiator
 /// asks again from where the answer ended.
 const LBA_STATUS_WINDOW: u64 = 1 << 30;
 /// GET LBA STATUS returns at most this many descriptors.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 4096;
-
-/// What `lu`'s medium can do; a unit without a medium yet is fully provisioned.
-pub fn provisioning(lu: &LogicalUnit) -> Provisioning {
-    lu.medium()
-        .map_or(Provisioning::FULLY_PROVISIONED, |b| b.provisioning())
-}
-
-/// Whether WRITE SAME with UNMAP deallocates: only where deallocated blocks read back as zeros
-/// (LBPRZ = 1), since the blocks must then read as the zeros the initiator asked for. Elsewhere
-/// WRITE SAME writes (SBC-4 §5.50: each LBA is written or unmapped) and LBPWS is 0.
-pub fn write_same_unmaps(p: &Provisioning) -> bool {
-    p.discard && p.discard_zeroes
-}
-
-/// READ CAPACITY(16) byte 14: LBPME (bit 7) and LBPRZ (bit 6), SBC-4 §5.20.2.
-pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
-    match (p.discard, p.discard_zeroes) {
-        (true, true) => 0xC0,
-        (true, false) => 0x80,
-        (false, _) => 0x00,
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // UNMAP (SBC-4 §5.30).
@@ -300,7 +278,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::scsi::commands::block_io::{provisioning, read_capacity16_flags, write_same_unmaps};
     use crate::scsi::ordering::Order;
+    use crate::storage::Provisioning;
 
     /// UNMAP as dispatch runs it: with the ordering of its row.
     async fn unmap(lu: &LogicalUnit, cdb: &[u8], data: &Bytes) -> Result<Bytes, Sense> {

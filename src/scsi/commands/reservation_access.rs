@@ -2,29 +2,18 @@
 //! allowed in the presence of various reservations") and SBC-3 §4.17 table 13 (the SBC
 //! commands), plus SPC-2 §5.5.1 for RESERVE(6)/RESERVE(10) reservations.
 //!
-//! Each command's row in the command table (`opcodes.rs`) names its [`PrAccess`] and
+//! Each command's row in the command table (`table.rs`) names its [`PrAccess`] and
 //! [`Spc2Access`]; the two that depend on CDB bits are decided by the functions here. This
 //! file applies them to the unit's reservation state.
 
 use crate::scsi::Nexus;
-use crate::scsi::opcodes::CommandInfo;
 use crate::scsi::unit::pr_state::PrState;
 use crate::scsi::unit::reservations::Reservations;
 
-/// Whether `cdb` (whose row is `row`) from `nexus` meets RESERVATION CONFLICT under the
-/// unit's reservations (SPC-2 §5.5.1, SPC-4 §5.13.1).
+/// Whether a command from `nexus` with these accesses (its row's, for its CDB) meets
+/// RESERVATION CONFLICT under the unit's reservations (SPC-2 §5.5.1, SPC-4 §5.13.1). The copy
+/// manager asks it for its copy targets too, reading as READ does and writing as WRITE does.
 pub fn conflicts(
-    reservations: &Reservations,
-    nexus: &Nexus,
-    cdb: &[u8],
-    row: &CommandInfo,
-) -> bool {
-    conflicts_with(reservations, nexus, row.pr.access(cdb), row.spc2)
-}
-
-/// Whether a command with these accesses from `nexus` meets RESERVATION CONFLICT; the copy
-/// manager asks this for its copy targets, reading as READ does and writing as WRITE does.
-pub fn conflicts_with(
     reservations: &Reservations,
     nexus: &Nexus,
     pr: PrAccess,
@@ -117,7 +106,7 @@ pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, access: Spc2Access) -> bool
 mod tests {
 
     use super::*;
-    use crate::scsi::opcodes::lookup;
+    use crate::scsi::table::lookup;
     use crate::scsi::unit::pr_state::{NexusId, PrType, Registration, Reservation};
 
     /// The persistent reservation access of a CDB, by its row.

@@ -55,7 +55,7 @@ pub fn read_capacity16(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense>
     let blocks = capacity_blocks(backend.as_ref(), lu.block_size());
     let mut data = read_capacity16_data(blocks, lu.block_size(), lu.lbppb_exponent());
     // LBPME / LBPRZ
-    data[14] |= super::provisioning::read_capacity16_flags(&backend.provisioning());
+    data[14] |= super::block_io::read_capacity16_flags(&backend.provisioning());
     let len = usize::try_from(alloc_len).map_or(data.len(), |a| a.min(data.len()));
     Ok(Bytes::copy_from_slice(&data[..len]))
 }

@@ -4,15 +4,12 @@
 
 use bytes::Bytes;
 
-use super::parameter_data::{DEVICE_TYPE_DISK, ascii_field, truncate};
+use super::parameter_data::{DEVICE_TYPE_DISK, PERIPHERAL_NO_LUN, ascii_field, truncate};
 use super::vpd;
 use crate::scsi::Nexus;
 use crate::scsi::cdb::{self, InquiryCdb, RequestSenseCdb};
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::lu::{LogicalUnit, LuIdentity};
-
-/// Peripheral qualifier 011b with device type 1Fh: no logical unit here (SPC-4 §6.6.2).
-pub const PERIPHERAL_NO_LUN: u8 = 0x7F;
 
 /// Version descriptors (SPC-4 §6.6.2 table 141): SAM-5, iSCSI, SPC-4, SBC-3.
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
@@ -157,6 +154,13 @@ mod tests {
         );
         assert!(d[66..].iter().all(|&b| b == 0));
         assert_eq!(standard_inquiry(&identity(), PERIPHERAL_NO_LUN)[0], 0x7F);
+    }
+
+    #[test]
+    fn ascii_fields_are_padded_cut_and_sanitised() {
+        assert_eq!(ascii_field("AB", 4), b"AB  ");
+        assert_eq!(ascii_field("ABCDEFGH", 4), b"ABCD");
+        assert_eq!(ascii_field("A\u{e9}", 4), b"A   ");
     }
 
     #[test]

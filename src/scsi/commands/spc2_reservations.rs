@@ -6,12 +6,16 @@
 
 use bytes::Bytes;
 
-use super::persistent_reservations::conflict;
 use crate::scsi::opcodes::op;
 use crate::scsi::ordering::Order;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::lu::LogicalUnit;
-use crate::scsi::{Nexus, ScsiResponse};
+use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
+
+/// RESERVATION CONFLICT status (SAM-5 §5.3.1).
+fn conflict() -> ScsiResponse {
+    ScsiResponse::status(ScsiStatus::ReservationConflict)
+}
 
 /// RESERVE(10)/RELEASE(10) with 3RDPTY set asks for a third-party reservation, which SPC-2
 /// made optional and this target does not do.

@@ -3,8 +3,8 @@
 //! medium's provisioning, WRITE ATOMIC's [`AtomicLimits`]); this file lays them out, so the
 //! block limits page (B0h) is assembled in one place.
 
+use super::block_io::{provisioning, write_same_unmaps};
 use super::parameter_data::{DEVICE_TYPE_DISK, ascii_field};
-use super::provisioning::{provisioning, write_same_unmaps};
 use crate::scsi::Nexus;
 use crate::scsi::sense::Sense;
 use crate::scsi::unit::limits::{

@@ -116,7 +116,7 @@ pub async fn write_same(
     let _order = order.enter().await;
     // Where deallocated blocks would not read back as the zeros asked for, WRITE SAME writes
     // instead (LBPWS = 0 there; see provisioning::write_same_unmaps).
-    if ws.unmap && super::provisioning::write_same_unmaps(&backend.provisioning()) {
+    if ws.unmap && super::block_io::write_same_unmaps(&backend.provisioning()) {
         return backend
             .discard(offset, total)
             .await

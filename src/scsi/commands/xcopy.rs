@@ -835,14 +835,14 @@ pub async fn extended_copy(
     // already checked (EXTENDED COPY counts as a write there).
     for segment in &planned {
         let conflict = (segment.source.lun() != lu.lun()
-            && reservation_access::conflicts_with(
+            && reservation_access::conflicts(
                 segment.source.reservations(),
                 nexus,
                 PrAccess::Read,
                 Spc2Access::ConflictsForOthers,
             ))
             || (segment.destination.lun() != lu.lun()
-                && reservation_access::conflicts_with(
+                && reservation_access::conflicts(
                     segment.destination.reservations(),
                     nexus,
                     PrAccess::Write,

@@ -249,16 +249,6 @@ impl LogicalUnit {
         self.atomic_journal.as_deref()
     }
 
-    /// The unit's WRITE ATOMIC limits (SBC-4 §6.6.4), `None` when it does not offer WRITE
-    /// ATOMIC (no journal).
-    pub fn atomic_limits(&self) -> Option<AtomicLimits> {
-        self.atomic_journal()?;
-        Some(AtomicLimits::new(
-            self.block_size(),
-            self.logical_blocks_per_physical_block(),
-        ))
-    }
-
     /// Reports `physical_block_size` bytes per physical block.
     ///
     /// # Panics
@@ -529,6 +519,16 @@ impl LogicalUnit {
             .collect();
         self.reservations.attach_store(&unit, store)
     }
+    /// The WRITE ATOMIC limits of this unit, `None` when it does not offer the command (no
+    /// journal).
+    pub fn atomic_limits(&self) -> Option<AtomicLimits> {
+        self.atomic_journal()?;
+        Some(AtomicLimits::new(
+            self.block_size(),
+            self.logical_blocks_per_physical_block(),
+        ))
+    }
+
     /// Held while a command writes the medium (see `write_order`).
     pub(in crate::scsi) async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.write_order.read().await

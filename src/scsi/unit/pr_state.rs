@@ -1,8 +1,6 @@
-//! The persistent reservation state of one logical unit as values (SPC-4 §5.13:
-//! registrations, the reservation, PRgeneration, APTPL): what
-//! [`Reservations`](super::reservations::Reservations) holds at run time and what a
-//! [`ReservationStore`](super::reservation_store::ReservationStore) saves and loads (SPC-4
-//! §5.13.5 APTPL). Both import these types; these import neither.
+//! The persistent reservation state of one logical unit (SPC-4 §5.13): registrations, the
+//! reservation, PRgeneration, APTPL. Plain data: what the reservation store saves and loads,
+//! what PERSISTENT RESERVE OUT's state machine turns into the next state.
 
 use serde::{Deserialize, Serialize};
 
