@@ -810,6 +810,54 @@ mod tests {
         assert_eq!(data_out_needed(&[], bs), 0);
     }
 
+    /// Commands that need the medium yet take no ordering guard, each for its reason. A new
+    /// medium command whose row forgets its class lands here as a test failure, not as a
+    /// command that silently overlaps COMPARE AND WRITE or WRITE ATOMIC.
+    const UNORDERED_MEDIUM_COMMANDS: [(u8, Option<u8>, &str); 11] = [
+        (op::TEST_UNIT_READY, None, "reads no data"),
+        (op::READ_CAPACITY_10, None, "reads the size, not the data"),
+        (
+            op::PRE_FETCH_10,
+            None,
+            "checks the range; there is no cache to fill",
+        ),
+        (
+            op::SYNCHRONIZE_CACHE_10,
+            None,
+            "a flush; the backend orders it with writes",
+        ),
+        (op::READ_DEFECT_DATA_10, None, "an empty list"),
+        (
+            op::EXTENDED_COPY,
+            Some(0),
+            "orders each copy target as READ and WRITE do",
+        ),
+        (op::PRE_FETCH_16, None, "as PRE-FETCH(10)"),
+        (op::SYNCHRONIZE_CACHE_16, None, "as SYNCHRONIZE CACHE(10)"),
+        (
+            op::SERVICE_ACTION_IN_16,
+            Some(op::SA_READ_CAPACITY_16),
+            "as READ CAPACITY(10)",
+        ),
+        (
+            op::SERVICE_ACTION_IN_16,
+            Some(op::SA_GET_LBA_STATUS),
+            "reads allocation, not data",
+        ),
+        (op::READ_DEFECT_DATA_12, None, "as READ DEFECT DATA(10)"),
+    ];
+
+    #[test]
+    fn medium_commands_are_ordered_unless_listed() {
+        for row in supported_commands() {
+            let listed = UNORDERED_MEDIUM_COMMANDS
+                .iter()
+                .any(|(opcode, sa, _)| *opcode == row.opcode && *sa == row.service_action);
+            let unordered_on_medium = !row.runs_not_ready && row.order == OrderClass::Free;
+            assert_eq!(unordered_on_medium, listed, "{}", row.name);
+        }
+    }
+
     #[test]
     fn ordering_classes_of_the_medium_commands() {
         let class = |cdb: &[u8]| lookup(cdb).unwrap().order;
