@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -24,22 +23,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
-use super::limits::{OverLimit, REFUSE_DELAY};
-use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, SessionType, status};
+use super::limits::OverLimit;
+use super::login::{LoginOutcome, SessionType};
+use super::login_driver::{LoggedIn, login_phase, opcode_name};
 use super::params::{self, Negotiated};
 use super::response::{CommandForReply, DataInLimits, reply_pdus};
-use super::session::{AdmitError, SessionGuard, SessionKey};
+use super::session::SessionGuard;
 use super::text_exchange::{TextExchange, TextStep};
 use super::window::CmdWindow;
+use super::writer::write_loop;
 use super::{Service, Target};
 use crate::scsi::task_set::{Aborted, Membership, TaskFate};
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, Sense, SenseKey, TaskAttr, cdb};
-use crate::wire::framing::{BufQueue, FrameError, frame_parts};
+use crate::wire::framing::FrameError;
 use crate::wire::{
-    self, DataOut, FileSlice, FrameLimits, LoginRequest, LogoutRequest, LogoutResponse, NopIn,
-    NopOut, OutPdu, Payload, PduCodec, R2t, RESERVED_TAG, Reject, Reply, Request, ScsiCommand,
-    SeqNums, StatSnUse, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, WireError,
-    text,
+    self, DataOut, FrameLimits, LogoutRequest, LogoutResponse, NopIn, NopOut, OutPdu, PduCodec,
+    R2t, RESERVED_TAG, Reject, Reply, Request, ScsiCommand, SeqNums, TaskMgmtRequest,
+    TaskMgmtResponse, TextRequest, TextResponse, WireError, text,
 };
 
 /// Reject reasons (RFC 7143 §11.17.1).
@@ -77,9 +77,6 @@ const MAX_WRITE_BUFFER: u32 = crate::scsi::sbc::MAX_TRANSFER_BYTES;
 
 /// How often a session waiting for commands stuck in the backend says so.
 const DRAIN_REPORT: Duration = Duration::from_secs(30);
-
-/// A socket that accepts nothing for this long belongs to a dead or stuck initiator.
-const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// Serves one accepted connection to its end.
 pub async fn serve(stream: TcpStream, ctx: Arc<Service>) {
@@ -227,167 +224,6 @@ async fn run(
     info!(parent: &span, "session ended");
     drop(guard);
     result
-}
-
-struct LoggedIn<'a> {
-    outcome: LoginOutcome,
-    guard: SessionGuard<'a>,
-    /// The StatSN the first full-feature response will carry.
-    stat_sn: u32,
-}
-
-async fn login_phase<'a>(
-    reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
-    wr: &mut OwnedWriteHalf,
-    ctx: &'a Arc<Service>,
-    over: Option<OverLimit>,
-) -> Result<Option<LoggedIn<'a>>, FrameError> {
-    let mut machine = LoginMachine::new(&ctx.settings).with_access(ctx.access.clone());
-    let mut stat_sn: u32 = 1;
-    let mut first = true;
-    let find = |name: &str| {
-        ctx.targets.get(name).map(|t| LoginTarget {
-            name: t.name.clone(),
-            alias: t.alias.clone(),
-            portal_group_tag: t.portal_group_tag,
-            chap: t.chap.clone(),
-            allowed: t.allowed.clone(),
-        })
-    };
-    loop {
-        let Some(raw) = reader.next().await else {
-            return Ok(None);
-        };
-        let raw = raw?;
-        let req = match Request::decode(&raw.bhs, &raw.ahs, raw.data) {
-            Ok(Request::Login(req)) => req,
-            Ok(other) => {
-                info!(
-                    "PDU {:?} before login completed; closing",
-                    opcode_name(&other)
-                );
-                return Ok(None);
-            }
-            Err(e) => {
-                info!("undecodable PDU during login: {e}");
-                return Ok(None);
-            }
-        };
-        if let Some(over) = over {
-            // Held briefly: open-iscsi retries class-3 refusals at once (see limits.rs).
-            tokio::time::sleep(REFUSE_DELAY).await;
-            info!(status = "0x0302", "login refused: {over}");
-            let r = login::failure_response(&req, status::OUT_OF_RESOURCES);
-            send_login(wr, r, &mut stat_sn, &req, ctx).await?;
-            return Ok(None);
-        }
-        if first && req.tsih != 0 {
-            // Adding a connection to an existing session (MC/S) arrives with a later issue.
-            let status = if ctx.sessions.tsih_exists(req.tsih) {
-                status::TOO_MANY_CONNECTIONS
-            } else {
-                status::SESSION_DOES_NOT_EXIST
-            };
-            send_login(
-                wr,
-                login::failure_response(&req, status),
-                &mut stat_sn,
-                &req,
-                ctx,
-            )
-            .await?;
-            info!(tsih = req.tsih, "login to an existing session refused");
-            return Ok(None);
-        }
-        first = false;
-        match machine.step(&req, &find) {
-            LoginStep::Respond(response) => {
-                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
-            }
-            LoginStep::Fail(response, why) => {
-                info!(
-                    status = format!(
-                        "0x{:02x}{:02x}",
-                        response.status_class, response.status_detail
-                    ),
-                    "login refused: {why}"
-                );
-                if (response.status_class, response.status_detail) == status::AUTHENTICATION_FAILED
-                {
-                    // Slows down online guessing of CHAP secrets; class 2 is not retried by
-                    // initiators, so nobody legitimate waits on this twice.
-                    tokio::time::sleep(REFUSE_DELAY).await;
-                }
-                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
-                return Ok(None);
-            }
-            LoginStep::Complete(mut response, outcome) => {
-                let key = SessionKey {
-                    initiator: outcome.initiator_name.clone(),
-                    isid: outcome.isid,
-                    target: outcome
-                        .target
-                        .as_ref()
-                        .map(|t| t.name.clone())
-                        .unwrap_or_default(),
-                };
-                let max = ctx.limits.max_sessions_per_initiator as usize;
-                let guard = match ctx.sessions.admit_limited(key, max).await {
-                    Ok(guard) => guard,
-                    Err(e) => {
-                        let status = match e {
-                            // Temporary: the initiator retries and finds the old session gone.
-                            AdmitError::OldSessionBusy => status::SERVICE_UNAVAILABLE,
-                            AdmitError::NoTsih => status::OUT_OF_RESOURCES,
-                            AdmitError::TooManySessions => {
-                                tokio::time::sleep(REFUSE_DELAY).await;
-                                status::OUT_OF_RESOURCES
-                            }
-                        };
-                        info!(
-                            initiator = %outcome.initiator_name,
-                            status = format!("0x{:02x}{:02x}", status.0, status.1),
-                            "login refused: {e}"
-                        );
-                        let r = login::failure_response(&req, status);
-                        send_login(wr, r, &mut stat_sn, &req, ctx).await?;
-                        return Ok(None);
-                    }
-                };
-                response.tsih = guard.tsih;
-                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
-                return Ok(Some(LoggedIn {
-                    outcome: *outcome,
-                    guard,
-                    stat_sn,
-                }));
-            }
-        }
-    }
-}
-
-async fn send_login(
-    wr: &mut OwnedWriteHalf,
-    mut response: wire::LoginResponse,
-    stat_sn: &mut u32,
-    req: &LoginRequest,
-    ctx: &Service,
-) -> std::io::Result<()> {
-    response.sn = SeqNums {
-        stat_sn: *stat_sn,
-        exp_cmd_sn: req.cmd_sn,
-        max_cmd_sn: req.cmd_sn.wrapping_add(ctx.settings.queue_depth.max(1) - 1),
-    };
-    *stat_sn = stat_sn.wrapping_add(1);
-    let data = response.data.clone();
-    let pdu = Reply::Login(response).encode();
-    let mut parts = Vec::new();
-    frame_parts(&pdu.header, &data, false, false, &mut parts);
-    let mut queue = BufQueue::default();
-    for p in parts {
-        queue.push(p);
-    }
-    wr.write_all_buf(&mut queue).await
 }
 
 /// A command the session knows about, from arrival to its last reply.
@@ -1435,157 +1271,6 @@ impl Session<'_> {
     }
 }
 
-/// The piece of read data that is copied, digested and sent at a time when a data digest is
-/// computed over data sent from a file: well inside a core's L2 cache.
-const DIGEST_CHUNK: usize = 64 * 1024;
-
-/// Writes PDUs as they come, many per system call, stamping StatSN, ExpCmdSN and MaxCmdSN.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<OutPdu>,
-    mut stat_sn: u32,
-    window: Arc<CmdWindow>,
-    header_digest: bool,
-    data_digest: bool,
-) -> std::io::Result<()> {
-    const MAX_BATCH_PDUS: usize = 64;
-    const MAX_BATCH_BYTES: usize = 4 << 20;
-    let mut queue = BufQueue::default();
-    let mut parts = Vec::with_capacity(4);
-    // For data digests over read data sent from a file (see send_file_digested).
-    let mut scratch = if data_digest {
-        vec![0u8; DIGEST_CHUNK]
-    } else {
-        Vec::new()
-    };
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut count = 0;
-        while let Some(mut pdu) = next.take() {
-            let sn = SeqNums {
-                stat_sn: if pdu.stat_sn == StatSnUse::Unused {
-                    0
-                } else {
-                    stat_sn
-                },
-                exp_cmd_sn: window.exp_cmd_sn(),
-                max_cmd_sn: window.announce(),
-            };
-            sn.stamp(&mut pdu.header);
-            if pdu.stat_sn == StatSnUse::Advance {
-                stat_sn = stat_sn.wrapping_add(1);
-            }
-            match &pdu.data {
-                Payload::Bytes(data) => {
-                    frame_parts(&pdu.header, data, header_digest, data_digest, &mut parts);
-                }
-                Payload::File(slice) => {
-                    frame_parts(&pdu.header, &Bytes::new(), header_digest, false, &mut parts);
-                    for part in parts.drain(..) {
-                        queue.push(part);
-                    }
-                    // Everything queued goes first: the file's bytes follow their header.
-                    stalled_after(WRITE_STALL, wr.write_all_buf(&mut queue)).await?;
-                    let mut tail = BytesMut::with_capacity(7);
-                    tail.extend_from_slice(&[0u8; 3][..wire::padding(slice.len)]);
-                    if data_digest {
-                        let sending = send_file_digested(&mut wr, slice, &mut scratch);
-                        let digest = stalled_after(WRITE_STALL, sending).await?;
-                        tail.extend_from_slice(&digest.to_le_bytes());
-                    } else {
-                        stalled_after(WRITE_STALL, send_file(wr.as_ref(), slice)).await?;
-                    }
-                    parts.push(tail.freeze());
-                }
-            }
-            for part in parts.drain(..) {
-                queue.push(part);
-            }
-            count += 1;
-            if count < MAX_BATCH_PDUS && bytes::Buf::remaining(&queue) < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
-        stalled_after(WRITE_STALL, wr.write_all_buf(&mut queue)).await?;
-    }
-    wr.shutdown().await
-}
-
-/// `io`, failed with TimedOut if it makes no progress for `limit` (an initiator that stopped
-/// reading).
-async fn stalled_after<T>(
-    limit: Duration,
-    io: impl std::future::Future<Output = std::io::Result<T>>,
-) -> std::io::Result<T> {
-    match tokio::time::timeout(limit, io).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the initiator accepted no data for {limit:?}"),
-        )),
-    }
-}
-
-/// Sends `slice` of its file to `socket` with sendfile(2): the file's pages go to the socket
-/// without a copy through user space. Only memory-resident files get here, so the file side
-/// never waits for a disk; the socket side waits for room like any write.
-async fn send_file(socket: &TcpStream, slice: &FileSlice) -> std::io::Result<()> {
-    let mut offset = slice.offset;
-    let end = slice.offset + slice.len as u64;
-    while offset < end {
-        socket.writable().await?;
-        let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
-        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
-            rustix::fs::sendfile(socket, &*slice.file, Some(&mut offset), want)
-                .map_err(std::io::Error::from)
-        });
-        match sent {
-            // The file ends before the range does (shrunk under keel): the PDU's length is
-            // already on the wire, so the connection cannot go on.
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("the backing file ended at {offset} inside a read's data"),
-                ));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Sends `slice` of its file through `scratch`, a buffer small enough to stay in the CPU
-/// cache, computing the CRC32C data digest on the way (RFC 7143 §11.1): the copy into the
-/// buffer, the digest and the socket's copy all touch the bytes while they are hot, where
-/// reading the whole range into memory first would go to RAM and back for each pass.
-/// Returns the digest over the data and its padding. The file is memory-resident: reading
-/// it never waits for a disk.
-async fn send_file_digested(
-    wr: &mut OwnedWriteHalf,
-    slice: &FileSlice,
-    scratch: &mut [u8],
-) -> std::io::Result<u32> {
-    use std::os::unix::fs::FileExt;
-    let mut crc = 0;
-    let mut done = 0;
-    while done < slice.len {
-        let n = scratch.len().min(slice.len - done);
-        let chunk = &mut scratch[..n];
-        slice
-            .file
-            .read_exact_at(chunk, slice.offset + done as u64)?;
-        crc = crc32c::crc32c_append(crc, chunk);
-        wr.write_all(chunk).await?;
-        done += n;
-    }
-    Ok(crc32c::crc32c_append(
-        crc,
-        &[0u8; 3][..wire::padding(slice.len)],
-    ))
-}
-
 fn task_attr(attr: u8) -> TaskAttr {
     match attr {
         0 => TaskAttr::Untagged,
@@ -1594,19 +1279,6 @@ fn task_attr(attr: u8) -> TaskAttr {
         3 => TaskAttr::HeadOfQueue,
         4 => TaskAttr::Aca,
         _ => TaskAttr::Simple,
-    }
-}
-
-fn opcode_name(r: &Request) -> &'static str {
-    match r {
-        Request::NopOut(_) => "NOP-Out",
-        Request::ScsiCommand(_) => "SCSI Command",
-        Request::TaskMgmt(_) => "Task Management Request",
-        Request::Login(_) => "Login Request",
-        Request::Text(_) => "Text Request",
-        Request::DataOut(_) => "Data-Out",
-        Request::Logout(_) => "Logout Request",
-        Request::Snack(_) => "SNACK",
     }
 }
 

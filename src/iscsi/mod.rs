@@ -8,11 +8,13 @@ pub mod chap;
 pub mod connection;
 pub mod limits;
 pub mod login;
+mod login_driver;
 pub mod params;
 pub mod response;
 pub mod session;
 pub mod text_exchange;
 pub mod window;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
