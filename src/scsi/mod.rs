@@ -26,6 +26,7 @@ pub mod sense;
 pub mod spc;
 pub mod target;
 pub mod task_set;
+mod tmf;
 pub mod ua;
 pub mod xcopy;
 
@@ -38,6 +39,7 @@ use crate::wire::FileSlice;
 pub use lu::{LogicalUnit, LuIdentity, Readiness};
 pub use sense::{Sense, SenseKey};
 pub use target::TargetDevice;
+pub use tmf::{Tmf, TmfOutcome, TmfResponse};
 
 /// One I_T nexus (SAM-5 §4.6): who is talking to which target port. Everything a logical unit
 /// keeps per initiator (unit attentions, later reservations) is keyed by this.
