@@ -15,6 +15,7 @@ use super::Service;
 use super::limits::{OverLimit, REFUSE_DELAY};
 use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, status};
 use super::session::{AdmitError, SessionGuard, SessionKey};
+use super::session_core::opcode_name;
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{self, LoginRequest, PduCodec, Reply, Request, SeqNums};
 
@@ -177,17 +178,4 @@ async fn send_login(
         queue.push(p);
     }
     wr.write_all_buf(&mut queue).await
-}
-
-pub(super) fn opcode_name(r: &Request) -> &'static str {
-    match r {
-        Request::NopOut(_) => "NOP-Out",
-        Request::ScsiCommand(_) => "SCSI Command",
-        Request::TaskMgmt(_) => "Task Management Request",
-        Request::Login(_) => "Login Request",
-        Request::Text(_) => "Text Request",
-        Request::DataOut(_) => "Data-Out",
-        Request::Logout(_) => "Logout Request",
-        Request::Snack(_) => "SNACK",
-    }
 }

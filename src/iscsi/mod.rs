@@ -12,6 +12,7 @@ mod login_driver;
 pub mod params;
 pub mod response;
 pub mod session;
+pub mod session_core;
 pub mod text_exchange;
 pub mod window;
 mod writer;
