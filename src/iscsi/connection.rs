@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::limits::OverLimit;
 use super::login::SessionType;
-use super::login_driver::{LoggedIn, login_phase};
+use super::login_driver::{LoggedIn, login};
 use super::response::reply_pdus;
 use super::session::SessionGuard;
 use super::session_core::{
@@ -91,17 +91,7 @@ async fn run(
     let mut reader =
         FramedRead::with_capacity(rd, PduCodec::new(FrameLimits::LOGIN), LOGIN_READ_BUFFER);
 
-    let login_time = Duration::from_secs(ctx.settings.login_timeout_secs);
-    let login = tokio::select! {
-        r = tokio::time::timeout(login_time, login_phase(&mut reader, &mut wr, ctx, over)) => match r {
-            Ok(r) => r?,
-            Err(_) => {
-                info!("login did not complete within {login_time:?}; dropping the connection");
-                return Ok(());
-            }
-        },
-        _ = ctx.shutdown.cancelled() => return Ok(()),
-    };
+    let login = login(&mut reader, &mut wr, ctx, over).await?;
     let Some(LoggedIn {
         outcome,
         guard,
@@ -132,30 +122,39 @@ async fn run(
     info!(parent: &span, chap_user = outcome.chap_user.as_deref().unwrap_or("-"), header_digest = params.header_digest, data_digest = params.data_digest,
           max_recv = params.initiator_max_recv, max_burst = params.max_burst, "logged in");
 
-    let nexus = target.as_ref().map(|t| {
-        Arc::new(Nexus {
+    let scsi = target.as_ref().map(|t| ScsiPort {
+        device: t.device.clone(),
+        nexus: Arc::new(Nexus {
             initiator_port: format!("{},i,0x{}", outcome.initiator_name, hex(&outcome.isid)).into(),
             target_port: format!("{},t,0x{:04x}", t.name, t.portal_group_tag).into(),
             relative_port: t.portal_group_tag,
-        })
+        }),
     });
-    let scsi = match (&target, &nexus) {
-        (Some(t), Some(n)) => Some(ScsiPort {
-            device: t.device.clone(),
-            nexus: n.clone(),
-        }),
-        _ => None,
-    };
+    let port = scsi.clone();
     let catalog: Box<dyn TargetCatalog> = match outcome.session_type {
-        SessionType::Discovery => Box::new(VisibleTargets {
-            ctx: ctx.clone(),
-            initiator: outcome.initiator_name.clone(),
-        }),
-        SessionType::Normal => Box::new(OwnTarget(
-            target
+        // Discovery shows only the targets this initiator is allowed to use.
+        SessionType::Discovery => {
+            let (ctx, initiator) = (ctx.clone(), outcome.initiator_name.clone());
+            Box::new(move |which: &str| {
+                let targets = match which {
+                    "All" => ctx.targets.list(),
+                    name => ctx.targets.get(name).into_iter().collect(),
+                };
+                let visible = targets
+                    .into_iter()
+                    .filter(|t| t.allowed.permits(&initiator));
+                visible
+                    .map(|t| (t.name.clone(), t.portal_group_tag))
+                    .collect()
+            })
+        }
+        // In a normal session only the session's own target is reported.
+        SessionType::Normal => {
+            let own = target
                 .as_ref()
-                .map(|t| (t.name.clone(), t.portal_group_tag)),
-        )),
+                .map(|t| (t.name.clone(), t.portal_group_tag));
+            Box::new(move |_: &str| own.iter().cloned().collect())
+        }
     };
     let interval = ctx.settings.nop_interval_secs;
     let config = SessionConfig {
@@ -201,8 +200,8 @@ async fn run(
         .instrument(span.clone())
         .await;
     session.wait_for_commands().instrument(span.clone()).await;
-    if let (Some(target), Some(nexus)) = (&session.target, &nexus) {
-        target.device.nexus_lost(nexus);
+    if let Some(port) = &port {
+        port.device.nexus_lost(&port.nexus);
     }
     drop(session);
     // All senders are gone once the commands have drained: the writer flushes and exits.
@@ -225,35 +224,6 @@ impl WriteBudget for WriteBuffers {
 
     fn try_take(&self, units: u32) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.0).try_acquire_many_owned(units).ok()
-    }
-}
-
-/// What SendTargets reports in a discovery session: the targets the initiator may use.
-struct VisibleTargets {
-    ctx: Arc<Service>,
-    initiator: String,
-}
-
-impl TargetCatalog for VisibleTargets {
-    fn send_targets(&self, which: &str) -> Vec<(String, u16)> {
-        let targets = match which {
-            "All" => self.ctx.targets.list(),
-            name => self.ctx.targets.get(name).into_iter().collect(),
-        };
-        targets
-            .into_iter()
-            .filter(|t| t.allowed.permits(&self.initiator))
-            .map(|t| (t.name.clone(), t.portal_group_tag))
-            .collect()
-    }
-}
-
-/// What SendTargets reports in a normal session: only the session's own target.
-struct OwnTarget(Option<(String, u16)>);
-
-impl TargetCatalog for OwnTarget {
-    fn send_targets(&self, _which: &str) -> Vec<(String, u16)> {
-        self.0.iter().cloned().collect()
     }
 }
 

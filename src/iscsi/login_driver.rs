@@ -4,6 +4,7 @@
 //! ISID, §6.3.5).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -26,7 +27,28 @@ pub(super) struct LoggedIn<'a> {
     pub stat_sn: u32,
 }
 
-pub(super) async fn login_phase<'a>(
+/// The login phase, within the configured time and until shutdown: `None` if the
+/// connection ends without a session.
+pub(super) async fn login<'a>(
+    reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
+    wr: &mut OwnedWriteHalf,
+    ctx: &'a Arc<Service>,
+    over: Option<OverLimit>,
+) -> Result<Option<LoggedIn<'a>>, FrameError> {
+    let login_time = Duration::from_secs(ctx.settings.login_timeout_secs);
+    tokio::select! {
+        r = tokio::time::timeout(login_time, login_phase(reader, wr, ctx, over)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                info!("login did not complete within {login_time:?}; dropping the connection");
+                Ok(None)
+            }
+        },
+        _ = ctx.shutdown.cancelled() => Ok(None),
+    }
+}
+
+async fn login_phase<'a>(
     reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
     wr: &mut OwnedWriteHalf,
     ctx: &'a Arc<Service>,

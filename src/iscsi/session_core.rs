@@ -114,6 +114,12 @@ pub trait TargetCatalog: Send + Sync {
     fn send_targets(&self, which: &str) -> Vec<(String, u16)>;
 }
 
+impl<F: Fn(&str) -> Vec<(String, u16)> + Send + Sync> TargetCatalog for F {
+    fn send_targets(&self, which: &str) -> Vec<(String, u16)> {
+        self(which)
+    }
+}
+
 /// The SCSI side of a normal session: its target's logical units and its I_T nexus.
 #[derive(Clone, Debug)]
 pub struct ScsiPort {
@@ -328,6 +334,14 @@ impl<B: WriteBudget> SessionCore<B> {
     /// Tasks in the table: collecting data or running.
     pub fn tasks(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Writes still receiving their data (each holds a window slot).
+    pub fn collecting_writes(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| matches!(t.state, TaskState::Collecting(_)))
+            .count()
     }
 
     /// Commands waiting for an earlier CmdSN.
