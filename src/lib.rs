@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod iscsi;
+pub mod payload;
 pub mod scsi;
 pub mod server;
 pub mod storage;

@@ -14,9 +14,7 @@ use crate::config::{Backing, Config};
 use crate::iscsi::access::AllowList;
 use crate::iscsi::login::LoginAccess;
 use crate::iscsi::{Service, Target, connection};
-use crate::scsi::atomic_journal::AtomicJournal;
-use crate::scsi::pr_store::file_store;
-use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
+use crate::scsi::{AtomicJournal, LogicalUnit, LuIdentity, TargetDevice, file_store};
 use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
 
 mod threads;

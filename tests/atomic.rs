@@ -8,8 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use common::{Initiator, Keel, TARGET, pattern};
-use keel::scsi::LuIdentity;
-use keel::scsi::atomic_journal::{RecordHeader, encode_header, unit_key};
+use keel::scsi::{LuIdentity, RecordHeader, encode_header, unit_key};
 
 const LUN: &str = "physical_block_size = 4096";
 

@@ -36,6 +36,19 @@ async fn start_in(
     (addr, tx, task)
 }
 
+/// PERSISTENT RESERVE OUT service actions (SPC-4 §6.16.2 table 186).
+const REGISTER: u8 = 0;
+const RESERVE: u8 = 1;
+const PREEMPT: u8 = 4;
+const PREEMPT_AND_ABORT: u8 = 5;
+/// Persistent reservation types (SPC-4 §6.15.3.3 table 176).
+const WRITE_EXCLUSIVE: u8 = 1;
+const WRITE_EXCLUSIVE_REGISTRANTS_ONLY: u8 = 5;
+/// Status codes (SAM-5 §5.3.1).
+const GOOD: u8 = 0;
+const CHECK_CONDITION: u8 = 2;
+const RESERVATION_CONFLICT: u8 = 0x18;
+
 /// PERSISTENT RESERVE OUT with a basic parameter list.
 async fn prout(i: &mut Initiator, sa: u8, pr_type: u8, key: u64, sark: u64, flags: u8) -> u8 {
     let cdb = [0x5F, sa, pr_type, 0, 0, 0, 0, 0, 24, 0];
@@ -163,17 +176,10 @@ async fn external_keel_probe() {
 /// with TASK ABORTED and never lands, while the preempting command completes.
 #[tokio::test]
 async fn preempt_and_abort_aborts_the_preempted_nexus_tasks() {
-    const REGISTER: u8 = 0;
-    const RESERVE: u8 = 1;
-    const PREEMPT_AND_ABORT: u8 = 5;
-    const WRITE_EXCLUSIVE_REGISTRANTS_ONLY: u8 = 5;
     let dir = tempfile::tempdir().unwrap();
     let (addr, tx, task) = start_in(dir.path()).await;
     let mut a = session(addr).await;
-    let mut b = Initiator::connect(addr).await;
-    b.isid[5] = 2;
-    b.login(Some(TARGET), &[]).await;
-    b.clear_unit_attention().await;
+    let mut b = common::honest_session_at(addr, 2).await;
     assert_eq!(prout(&mut a, REGISTER, 0, 0, 0xA, 0).await, 0);
     assert_eq!(prout(&mut b, REGISTER, 0, 0, 0xB, 0).await, 0);
     assert_eq!(
@@ -217,5 +223,52 @@ async fn preempt_and_abort_aborts_the_preempted_nexus_tasks() {
     assert!(r.data.iter().all(|&x| x == 0), "the aborted write landed");
     assert_eq!(read_keys(&mut a).await.1, vec![0xA]);
     drop((a, b));
+    stop(tx, task).await;
+}
+
+/// A registered node that does not hold the reservation preempts its own key, as a cluster's
+/// fence agent does when it re-registers a node (SPC-4 r36f §5.13.11.2.5): GOOD, and every
+/// registration with that key goes, the sender's included; the other nexus that had the key
+/// hears REGISTRATIONS PREEMPTED, the sender and the holder hear nothing, the reservation
+/// stays.
+#[tokio::test]
+async fn preempting_its_own_key_unregisters_every_nexus_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, tx, task) = start_in(dir.path()).await;
+    let mut holder = session(addr).await;
+    let mut fencer = common::honest_session_at(addr, 2).await;
+    let mut twin = common::honest_session_at(addr, 3).await;
+    assert_eq!(prout(&mut holder, REGISTER, 0, 0, 0xA, 0).await, GOOD);
+    assert_eq!(prout(&mut fencer, REGISTER, 0, 0, 0xB, 0).await, GOOD);
+    assert_eq!(prout(&mut twin, REGISTER, 0, 0, 0xB, 0).await, GOOD);
+    assert_eq!(
+        prout(&mut holder, RESERVE, WRITE_EXCLUSIVE, 0xA, 0, 0).await,
+        GOOD
+    );
+
+    assert_eq!(
+        prout(&mut fencer, PREEMPT, WRITE_EXCLUSIVE, 0xB, 0xB, 0).await,
+        GOOD
+    );
+    // No unit attention for the sender: its next command just runs.
+    assert_eq!(read_keys(&mut fencer).await, (4, vec![0xA]));
+    assert_eq!(
+        read_reservation(&mut fencer).await,
+        Some((0xA, WRITE_EXCLUSIVE))
+    );
+    let tur = [0u8; 6];
+    let r = twin.scsi(0, &tur, 0, None).await;
+    assert_eq!(
+        (r.status, r.sense_triple()),
+        (CHECK_CONDITION, (0x6, 0x2A, 0x05)),
+        "REGISTRATIONS PREEMPTED for the other nexus with the key"
+    );
+    assert_eq!(holder.scsi(0, &tur, 0, None).await.status, GOOD);
+    // The sender is unregistered now: a second PREEMPT conflicts.
+    assert_eq!(
+        prout(&mut fencer, PREEMPT, WRITE_EXCLUSIVE, 0xB, 0xB, 0).await,
+        RESERVATION_CONFLICT
+    );
+    drop((holder, fencer, twin));
     stop(tx, task).await;
 }

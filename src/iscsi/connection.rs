@@ -35,8 +35,7 @@ use super::session_core::{
 use super::window::CmdWindow;
 use super::writer::write_loop;
 use super::{Service, Target};
-use crate::scsi::task_set::Aborted;
-use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
+use crate::scsi::{Aborted, Nexus, ScsiResponse, ScsiStatus};
 use crate::wire::framing::FrameError;
 use crate::wire::{self, FrameLimits, OutPdu, PduCodec, Reply, WireError};
 

@@ -39,10 +39,9 @@ use super::params::{self, Negotiated};
 use super::response::{CommandForReply, DataInLimits};
 use super::text_exchange::{TextChunk, TextExchange, TextStep};
 use super::window::CmdWindow;
-use crate::scsi::task_set::{Aborted, Membership, TaskFate};
 use crate::scsi::{
-    Nexus, ScsiRequest, ScsiResponse, ScsiStatus, Sense, SenseKey, TargetDevice, TaskAttr, Tmf,
-    TmfResponse, cdb,
+    Aborted, Membership, Nexus, ScsiRequest, ScsiResponse, ScsiStatus, Sense, SenseKey,
+    TargetDevice, TaskAttr, TaskFate, Tmf, TmfResponse, decode_lun,
 };
 use crate::wire::{
     self, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut, R2t, RESERVED_TAG, RawPdu, Reject,
@@ -81,7 +80,7 @@ pub mod tmf {
 /// The largest write keel buffers for one command: what the SCSI layer accepts in one
 /// transfer. A larger ExpectedDataTransferLength is not buffered; the SCSI layer refuses the
 /// command.
-const MAX_WRITE_BUFFER: u32 = crate::scsi::sbc::MAX_TRANSFER_BYTES;
+const MAX_WRITE_BUFFER: u32 = crate::scsi::MAX_TRANSFER_BYTES;
 
 /// A Reject PDU (§11.17) quoting the rejected PDU's header.
 pub fn reject_reply(reason: u8, bhs: &[u8; wire::BHS_LEN]) -> Reply {
@@ -658,7 +657,7 @@ impl<B: WriteBudget> SessionCore<B> {
         } else {
             params.first_burst.min(edtl)
         };
-        let lun = cdb::decode_lun(cmd.lun).unwrap_or(u64::MAX);
+        let lun = decode_lun(cmd.lun).unwrap_or(u64::MAX);
         let fate = TaskFate::new();
         let finished = CancellationToken::new();
         let membership = self.scsi.as_ref().and_then(|scsi| {
@@ -939,7 +938,7 @@ impl<B: WriteBudget> SessionCore<B> {
     }
 
     fn on_task_mgmt(&mut self, p: TaskMgmtRequest) {
-        let lun = cdb::decode_lun(p.lun).unwrap_or(u64::MAX);
+        let lun = decode_lun(p.lun).unwrap_or(u64::MAX);
         let Some(scsi) = self.scsi.clone() else {
             return;
         };

@@ -45,6 +45,7 @@ pub fn decode_lun(raw: [u8; 8]) -> Option<u64> {
 
 /// The CDB length implied by the opcode's group code (SPC-4 §4.3.2), `None` for the reserved
 /// and vendor-specific groups (and variable-length 7Fh, which nothing here supports).
+#[cfg(test)] // the command table's test checks its CDB lengths against it
 pub fn cdb_length(opcode: u8) -> Option<usize> {
     match opcode >> 5 {
         0 => Some(6),

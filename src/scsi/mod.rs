@@ -5,41 +5,41 @@
 //! encoded sense). Residual accounting is the transport's job: it compares what it expected
 //! with `data_in.len()` (reads) and `data_out_used` (writes).
 
-pub mod alua;
-pub mod atomic;
-pub mod atomic_journal;
-pub mod cdb;
-pub mod log;
-pub mod lu;
-pub mod maintenance;
-pub mod medium;
-pub mod mode;
-pub mod opcodes;
-pub mod pr;
-pub mod pr_access;
-pub mod pr_store;
-pub mod provisioning;
-pub mod reserve;
-pub mod sbc;
-pub mod sbc_offload;
-pub mod sense;
-pub mod spc;
-pub mod target;
-pub mod task_set;
+//!
+//! Inside, two halves that depend one way: [`unit`] holds the state of a logical unit (the
+//! unit itself, mode values, reservations, unit attentions, the task set, the atomic journal,
+//! the limits) and imports nothing from [`commands`], which holds the handlers, one file per
+//! command family. `opcodes.rs` is the command table, `target.rs` dispatches through it.
+//! Everything is private; what other layers use is re-exported below.
+
+mod cdb;
+mod commands;
+mod opcodes;
+mod sense;
+mod target;
 mod tmf;
-pub mod ua;
-pub mod xcopy;
+mod unit;
+
+#[cfg(test)]
+mod layering_tests;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::wire::FileSlice;
+use crate::payload::FileSlice;
 
-pub use lu::{LogicalUnit, LuIdentity, Readiness};
+pub use cdb::{decode_lun, encode_lun};
 pub use sense::{Sense, SenseKey};
 pub use target::TargetDevice;
 pub use tmf::{Tmf, TmfOutcome, TmfResponse};
+pub use unit::atomic_journal::{AtomicJournal, RecordHeader, encode_header, unit_key};
+pub use unit::limits::MAX_TRANSFER_BYTES;
+pub use unit::lu::{LogicalUnit, LuIdentity, Readiness};
+pub use unit::mode_values::ModeValues;
+pub use unit::reservation_store::{FileReservationStore, ReservationStore, file_store};
+pub use unit::reservations::{NexusId, PrState, PrType, Registration, Reservation};
+pub use unit::task_set::{AbortOutcome, Aborted, Membership, TaskFate, TaskSet};
 
 /// One I_T nexus (SAM-5 §4.6): who is talking to which target port. Everything a logical unit
 /// keeps per initiator (unit attentions, later reservations) is keyed by this.
@@ -113,7 +113,7 @@ pub struct ScsiResponse {
     /// the initiator's expected length and reports the residual).
     pub data_in: Bytes,
     /// Read data still in the medium's file, for the transport to send from there (sendfile)
-    /// instead of `data_in`, which is then empty (see [`crate::wire::FileSlice`]).
+    /// instead of `data_in`, which is then empty (see [`crate::payload::FileSlice`]).
     pub data_in_file: Option<FileSlice>,
     /// Encoded sense data (fixed or descriptor format) for CHECK CONDITION.
     pub sense: Option<Bytes>,

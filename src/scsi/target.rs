@@ -14,14 +14,15 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::cdb::{self, MAX_LUN};
-use super::lu::{LogicalUnit, LuIdentity};
+use super::commands::{
+    alua, atomic, compare_and_write, log, maintenance, medium, mode, persistent_reservations,
+    provisioning, reservation_access, sbc, spc, spc2_reservations, verify, write_same, xcopy,
+};
 use super::opcodes::{self, CommandInfo, Handler, op};
 use super::sense::Sense;
-use super::{
-    Nexus, ScsiRequest, ScsiResponse, ScsiStatus, alua, atomic, log, maintenance, medium, mode,
-    provisioning, reserve, sbc, sbc_offload, spc, xcopy,
-};
-use crate::wire::Payload;
+use super::unit::lu::{LogicalUnit, LuIdentity};
+use super::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus};
+use crate::payload::Payload;
 
 /// The logical units of one target. LUNs can be added and removed while sessions run.
 #[derive(Debug)]
@@ -37,9 +38,13 @@ pub struct TargetDevice {
 /// opcodes (whatever the command's outcome: the residual is against what the CDB asked).
 fn data_out_needed(cdb: &[u8], block_size: u32) -> u32 {
     sbc::data_out_needed(cdb, block_size)
-        .or_else(|| sbc_offload::data_out_needed(cdb, block_size))
+        .or_else(|| compare_and_write::data_out_needed(cdb, block_size))
+        .or_else(|| write_same::data_out_needed(cdb, block_size))
+        .or_else(|| verify::data_out_needed(cdb, block_size))
+        .or_else(|| provisioning::data_out_needed(cdb))
         .or_else(|| atomic::data_out_needed(cdb, block_size))
-        .or_else(|| reserve::data_out_needed(cdb))
+        .or_else(|| persistent_reservations::data_out_needed(cdb))
+        .or_else(|| spc2_reservations::data_out_needed(cdb))
         .or_else(|| mode::data_out_needed(cdb))
         .or_else(|| xcopy::data_out_needed(cdb))
         .unwrap_or(0)
@@ -155,7 +160,7 @@ impl TargetDevice {
         check_cdb(cdb, info)?;
         // After unit attentions (SAM-5 §5.14: a pending UA is reported first), before
         // readiness: a conflicting command never touches the unit.
-        if lu.reservations().conflicts(nexus, cdb) {
+        if reservation_access::conflicts(lu.reservations(), nexus, cdb) {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
         }
         if !info.allowed_not_ready
@@ -203,22 +208,28 @@ impl TargetDevice {
             Handler::ReadDefectData => log::read_defect_data(cdb)?,
             Handler::LogSense => log::log_sense(cdb)?,
             Handler::PersistentReserveIn => {
-                return reserve::persistent_reserve_in(lu, nexus, cdb);
+                return persistent_reservations::persistent_reserve_in(lu, nexus, cdb);
             }
             Handler::PersistentReserveOut => {
-                return reserve::persistent_reserve_out(lu, nexus, cdb, &req.data_out).await;
+                return persistent_reservations::persistent_reserve_out(
+                    lu,
+                    nexus,
+                    cdb,
+                    &req.data_out,
+                )
+                .await;
             }
-            Handler::Reserve => return reserve::reserve(lu, nexus, cdb).await,
-            Handler::Release => return reserve::release(lu, nexus, cdb).await,
+            Handler::Reserve => return spc2_reservations::reserve(lu, nexus, cdb).await,
+            Handler::Release => return spc2_reservations::release(lu, nexus, cdb).await,
             Handler::CompareAndWrite => {
-                sbc_offload::compare_and_write(lu, cdb, &req.data_out).await?
+                compare_and_write::compare_and_write(lu, cdb, &req.data_out).await?
             }
-            Handler::WriteSame => sbc_offload::write_same(lu, cdb, &req.data_out).await?,
+            Handler::WriteSame => write_same::write_same(lu, cdb, &req.data_out).await?,
             Handler::Unmap => provisioning::unmap(lu, cdb, &req.data_out).await?,
             Handler::GetLbaStatus => provisioning::get_lba_status(lu, cdb).await?,
-            Handler::Verify => sbc_offload::verify(lu, cdb, &req.data_out).await?,
-            Handler::OrWrite => sbc_offload::orwrite(lu, cdb, &req.data_out).await?,
-            Handler::PreFetch => sbc_offload::prefetch(lu, cdb).await?,
+            Handler::Verify => verify::verify(lu, cdb, &req.data_out).await?,
+            Handler::OrWrite => compare_and_write::orwrite(lu, cdb, &req.data_out).await?,
+            Handler::PreFetch => verify::prefetch(lu, cdb).await?,
             Handler::WriteAtomic => atomic::write_atomic16(lu, cdb, &req.data_out).await?,
             Handler::ExtendedCopy => {
                 return xcopy::extended_copy(self, lu, nexus, cdb, &req.data_out).await;
@@ -325,7 +336,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::scsi::lu::Readiness;
+    use crate::scsi::Readiness;
     use crate::scsi::{ScsiStatus, TaskAttr};
     use crate::storage::{BlockBackend, IoFuture, MemoryBackend};
 
@@ -610,10 +621,10 @@ mod tests {
             false,
         )));
         let n = settled(&big, "a").await;
-        let max_blocks = sbc::MAX_TRANSFER_BYTES / BLOCK;
+        let max_blocks = crate::scsi::MAX_TRANSFER_BYTES / BLOCK;
         let r = run(&big, &n, 0, &rw16(op::READ_16, 0, max_blocks)).await;
         assert_good(&r);
-        assert_eq!(r.data_in.len(), sbc::MAX_TRANSFER_BYTES as usize);
+        assert_eq!(r.data_in.len(), crate::scsi::MAX_TRANSFER_BYTES as usize);
         let r = run(&big, &n, 0, &rw16(op::READ_16, 0, max_blocks + 1)).await;
         assert_eq!(sense_of(&r), (0x05, 0x24, 0x00));
         assert_eq!(&r.sense.unwrap()[15..18], &[0xC0 | 0x08 | 7, 0, 10]);
@@ -1339,14 +1350,14 @@ mod tests {
         let target = target_with_lun0();
         let n = settled(&target, "a").await;
         let lu = target.lun(0).unwrap();
-        lu.set_mode_values(mode::ModeValues {
+        lu.set_mode_values(crate::scsi::ModeValues {
             wce: false,
             d_sense: true,
             swp: true,
         });
         assert!(lu.is_read_only());
         target.reset_lun(0, &n);
-        assert_eq!(lu.mode_values(), mode::ModeValues::DEFAULT);
+        assert_eq!(lu.mode_values(), crate::scsi::ModeValues::DEFAULT);
         assert!(!lu.is_read_only());
     }
 
@@ -1506,7 +1517,7 @@ mod tests {
                     }
                     other => prop_assert!(false, "unexpected status {:?}", other),
                 }
-                prop_assert!(response.data_in.len() <= sbc::MAX_TRANSFER_BYTES as usize);
+                prop_assert!(response.data_in.len() <= crate::scsi::MAX_TRANSFER_BYTES as usize);
             }
         }
     }

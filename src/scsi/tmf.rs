@@ -112,7 +112,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::scsi::task_set::{Aborted, TaskFate};
+    use crate::scsi::{Aborted, Membership, TaskFate};
     use crate::scsi::{LogicalUnit, LuIdentity};
     use crate::storage::MemoryBackend;
 
@@ -137,11 +137,7 @@ mod tests {
         nexus: &Arc<Nexus>,
         lun: u64,
         running: bool,
-    ) -> (
-        Arc<TaskFate>,
-        CancellationToken,
-        crate::scsi::task_set::Membership,
-    ) {
+    ) -> (Arc<TaskFate>, CancellationToken, Membership) {
         let fate = TaskFate::new();
         let finished = CancellationToken::new();
         let lu = target.lun(lun).expect("the test's unit exists");

@@ -7,12 +7,11 @@
 
 pub mod digest;
 pub mod framing;
-pub mod payload;
 pub mod pdu;
 pub mod text;
 
+pub use crate::payload::{FileSlice, Payload};
 pub use framing::{FrameLimits, PduCodec, RawPdu};
-pub use payload::{FileSlice, Payload};
 pub use pdu::*;
 
 /// Length of the Basic Header Segment (RFC 7143 §11.2).

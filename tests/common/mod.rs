@@ -657,7 +657,7 @@ impl Initiator {
         write: Option<&[u8]>,
     ) -> ScsiResult {
         let itt = self.next_itt();
-        let lun_raw = keel::scsi::cdb::encode_lun(lun);
+        let lun_raw = keel::scsi::encode_lun(lun);
         let data = Bytes::copy_from_slice(write.unwrap_or(&[]));
         let edtl = if write.is_some() {
             data.len() as u32

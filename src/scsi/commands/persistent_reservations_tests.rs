@@ -1,4 +1,4 @@
-//! Unit tests of the persistent reservation state machine (`pr.rs`).
+//! Unit tests of the persistent reservation state machine (`persistent_reservations.rs`).
 
 use std::sync::Arc;
 
@@ -381,6 +381,200 @@ fn preempt_all_registrants_with_key_zero() {
         out.state.reservation.as_ref().unwrap().pr_type,
         PrType::WriteExclusive
     );
+}
+
+/// A state where each nexus registered with its key, in order.
+fn registered(with: &[(&Nexus, u64)]) -> PrState {
+    with.iter()
+        .fold(PrState::default(), |s, (n, key)| register(&s, n, *key))
+}
+
+/// The unit attentions `out` raises, as `persistent_reserve_out` delivers them: to each of the `known`
+/// nexuses some notice's registrations cover, never to the sender (SPC-4 r36f §5.13.11.2.4.3
+/// f), §5.13.11.2.5 d)). Each as (initiator port, sense).
+fn delivered(out: &Outcome, sender: &Nexus, known: &[&Nexus]) -> Vec<(String, Sense)> {
+    let mut to = Vec::new();
+    for notice in &out.notices {
+        for n in known.iter().filter(|n| **n != sender) {
+            if notice.to.iter().any(|r| r.covers(n)) {
+                to.push((n.initiator_port.to_string(), notice.sense.clone()));
+            }
+        }
+    }
+    to
+}
+
+/// The nexuses whose tasks PREEMPT AND ABORT aborts, as `persistent_reserve_out` picks them: covered by
+/// `out.abort`, never the sender (§5.13.11.2.6 c) spares the PERSISTENT RESERVE OUT itself).
+fn aborted(out: &Outcome, sender: &Nexus, known: &[&Nexus]) -> Vec<String> {
+    known
+        .iter()
+        .filter(|n| **n != sender && out.abort.iter().any(|r| r.covers(n)))
+        .map(|n| n.initiator_port.to_string())
+        .collect()
+}
+
+fn port(n: &Nexus) -> String {
+    n.initiator_port.to_string()
+}
+
+#[test]
+fn preempting_its_own_key_unregisters_a_non_holder() {
+    // SPC-4 r36f §5.13.11.2.5: "It is not an error ... to set the RESERVATION KEY and the
+    // SERVICE ACTION RESERVATION KEY to the same value ... The registration is removed." (a
+    // cluster's fence agent re-registering a node does this).
+    let (a, b) = (nexus("a"), nexus("b"));
+    let s = registered(&[(&a, 0x11), (&b, 0x22)]);
+    let held = ok(run(&s, &a, prout_sa::RESERVE, WE, 0x11, 0, 0)).state;
+    for (s, sa) in [
+        (&held, prout_sa::PREEMPT),
+        (&held, prout_sa::PREEMPT_AND_ABORT),
+        (&s, prout_sa::PREEMPT),
+        (&s, prout_sa::PREEMPT_AND_ABORT),
+    ] {
+        let out = ok(run(s, &b, sa, EA, 0x22, 0x22, 0));
+        assert_eq!(
+            keys(&out.state),
+            vec![0x11],
+            "the sender's registration went"
+        );
+        assert!(!out.state.is_registered(&b));
+        // The reservation (if any) stays with its holder, type unchanged: TYPE is ignored.
+        assert_eq!(out.state.reservation, s.reservation);
+        assert_eq!(out.state.generation, s.generation + 1);
+        assert_eq!(delivered(&out, &b, &[&a, &b]), vec![], "nobody hears of it");
+        assert_eq!(aborted(&out, &b, &[&a, &b]), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn preempting_a_key_shared_with_another_nexus_removes_both() {
+    // §5.13.11.2.5 a): "remove the registrations for all I_T nexuses specified by the SERVICE
+    // ACTION RESERVATION KEY field"; only the other nexus hears REGISTRATIONS PREEMPTED.
+    let (a, b, c) = (nexus("a"), nexus("b"), nexus("c"));
+    let s = registered(&[(&a, 0x11), (&b, 0x22), (&c, 0x22)]);
+    let s = ok(run(&s, &a, prout_sa::RESERVE, WE, 0x11, 0, 0)).state;
+    let known = [&a, &b, &c];
+    let out = ok(run(&s, &b, prout_sa::PREEMPT, WE, 0x22, 0x22, 0));
+    assert_eq!(keys(&out.state), vec![0x11]);
+    assert!(out.state.is_holder(&a));
+    assert_eq!(out.state.reservation, s.reservation);
+    assert_eq!(
+        delivered(&out, &b, &known),
+        vec![(port(&c), registrations_preempted())]
+    );
+    assert!(out.abort.is_empty(), "PREEMPT aborts nothing");
+    // PREEMPT AND ABORT: the same, and c's tasks are aborted, b's are not (§5.13.11.2.6 c)).
+    let out = ok(run(&s, &b, prout_sa::PREEMPT_AND_ABORT, WE, 0x22, 0x22, 0));
+    assert_eq!(keys(&out.state), vec![0x11]);
+    assert_eq!(
+        delivered(&out, &b, &known),
+        vec![(port(&c), registrations_preempted())]
+    );
+    assert_eq!(aborted(&out, &b, &known), vec![port(&c)]);
+}
+
+#[test]
+fn the_holder_preempting_its_own_key_keeps_registration_and_takes_the_new_type() {
+    // §5.13.11.2.4.3: "it is not an error for the persistent reservation holder to preempt
+    // itself ... the device server shall establish the new persistent reservation and
+    // maintain the registration"; b) the other nexuses with that key lose theirs.
+    let (a, b, d) = (nexus("a"), nexus("b"), nexus("d"));
+    let s = registered(&[(&a, 0x11), (&b, 0x22), (&d, 0x11)]);
+    let s = ok(run(&s, &a, prout_sa::RESERVE, WE, 0x11, 0, 0)).state;
+    let known = [&a, &b, &d];
+    for sa in [prout_sa::PREEMPT, prout_sa::PREEMPT_AND_ABORT] {
+        let out = ok(run(&s, &a, sa, EA, 0x11, 0x11, 0));
+        assert_eq!(keys(&out.state), vec![0x11, 0x22]);
+        assert!(out.state.is_registered(&a) && !out.state.is_registered(&d));
+        assert!(out.state.is_holder(&a));
+        assert_eq!(
+            out.state.reservation.as_ref().map(|r| r.pr_type),
+            Some(PrType::ExclusiveAccess)
+        );
+        // d lost its registration; the type changed, so b hears RESERVATIONS RELEASED (f);
+        // a hears nothing.
+        let mut heard = delivered(&out, &a, &known);
+        heard.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            heard,
+            vec![
+                (port(&b), reservations_released()),
+                (port(&d), registrations_preempted()),
+            ]
+        );
+        let expected_aborts = if sa == prout_sa::PREEMPT_AND_ABORT {
+            vec![port(&d)]
+        } else {
+            vec![]
+        };
+        assert_eq!(aborted(&out, &a, &known), expected_aborts);
+    }
+    // Same type: no RESERVATIONS RELEASED.
+    let out = ok(run(&s, &a, prout_sa::PREEMPT, WE, 0x11, 0x11, 0));
+    assert!(out.state.is_holder(&a));
+    assert_eq!(
+        delivered(&out, &a, &known),
+        vec![(port(&d), registrations_preempted())]
+    );
+    // d, registered with the holder's key but not holding, preempting that key takes the
+    // reservation and keeps its registration; a loses both (§5.13.11.2.4.3 a) to c)).
+    let out = ok(run(&s, &d, prout_sa::PREEMPT, WE, 0x11, 0x11, 0));
+    assert_eq!(keys(&out.state), vec![0x22, 0x11]);
+    assert!(out.state.is_holder(&d) && !out.state.is_registered(&a));
+    assert_eq!(
+        delivered(&out, &d, &known),
+        vec![(port(&a), registrations_preempted())]
+    );
+}
+
+#[test]
+fn preempting_its_own_key_under_an_all_registrants_reservation_unregisters_the_sender() {
+    // Table 53: under an all-registrants reservation a non-zero key removes registrations
+    // (§5.13.11.2.5); the reservation stays with the remaining registrants and goes with
+    // the last one.
+    let (a, b) = (nexus("a"), nexus("b"));
+    let s = registered(&[(&a, 0x11), (&b, 0x22)]);
+    let s = ok(run(&s, &a, prout_sa::RESERVE, EA_AR, 0x11, 0, 0)).state;
+    let out = ok(run(&s, &b, prout_sa::PREEMPT_AND_ABORT, WE, 0x22, 0x22, 0));
+    assert_eq!(keys(&out.state), vec![0x11]);
+    assert_eq!(out.state.reservation, s.reservation);
+    assert!(out.state.is_holder(&a) && !out.state.is_holder(&b));
+    assert_eq!(delivered(&out, &b, &[&a, &b]), vec![]);
+    assert_eq!(aborted(&out, &b, &[&a, &b]), Vec::<String>::new());
+    let last = ok(run(&out.state, &a, prout_sa::PREEMPT, WE, 0x11, 0x11, 0));
+    assert_eq!(keys(&last.state), Vec::<u64>::new());
+    assert_eq!(last.state.reservation, None);
+}
+
+#[test]
+fn preempting_its_own_all_target_ports_key_tells_its_other_ports() {
+    // The sender's registration also covered its nexus through another target port: that
+    // nexus lost its registration too and hears REGISTRATIONS PREEMPTED; the sender not.
+    let (a, b) = (nexus("a"), nexus("b"));
+    let s = ok(run(
+        &PrState::default(),
+        &a,
+        prout_sa::REGISTER,
+        0,
+        0,
+        0x11,
+        0x04,
+    ))
+    .state;
+    let s = register(&s, &b, 0x22);
+    let mut elsewhere = a.clone();
+    elsewhere.target_port = Arc::from("iqn.2026-01.test:t,t,0x0002");
+    elsewhere.relative_port = 2;
+    let known = [&a, &b, &elsewhere];
+    let out = ok(run(&s, &a, prout_sa::PREEMPT_AND_ABORT, WE, 0x11, 0x11, 0));
+    assert_eq!(keys(&out.state), vec![0x22]);
+    assert!(!out.state.is_registered(&elsewhere));
+    assert_eq!(
+        delivered(&out, &a, &known),
+        vec![(port(&elsewhere), registrations_preempted())]
+    );
+    assert_eq!(aborted(&out, &a, &known), vec![port(&elsewhere)]);
 }
 
 fn iscsi_tid(text: &str, format: u8) -> Vec<u8> {

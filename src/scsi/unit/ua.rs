@@ -8,8 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::Nexus;
-use super::sense::Sense;
+use crate::scsi::Nexus;
+use crate::scsi::sense::Sense;
 
 /// More conditions than this for one nexus means nobody is collecting them; the oldest
 /// non-reset ones are dropped (SPC-4 §5.14 lets a device server lose lower-precedence ones).
@@ -161,7 +161,7 @@ mod tests {
         for ascq in 0..40u8 {
             push(
                 &mut queue,
-                Sense::new(super::super::sense::SenseKey::UnitAttention, 0x2A, ascq),
+                Sense::new(crate::scsi::sense::SenseKey::UnitAttention, 0x2A, ascq),
             );
         }
         assert_eq!(queue.len(), MAX_QUEUED);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::storage::IoFuture;
 
-use super::pr::PrState;
+use super::reservations::PrState;
 
 /// Keeps the persistent reservation state of logical units, one entry per unit, named by a
 /// stable key (the NAA designator in hex, identical on every cluster node).
@@ -125,7 +125,7 @@ pub fn file_store(data_dir: &Path) -> Arc<dyn ReservationStore> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::pr::{NexusId, PrType, Registration, Reservation};
+    use crate::scsi::unit::reservations::{NexusId, PrType, Registration, Reservation};
 
     fn sample() -> PrState {
         PrState {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Nexus;
+use crate::scsi::Nexus;
 
 /// Where the task is: the low bits.
 const QUEUED: u8 = 0;

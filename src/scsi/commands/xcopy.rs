@@ -34,12 +34,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::cdb::{be16, be32, be64, byte_at};
-use super::lu::LogicalUnit;
-use super::opcodes::op;
-use super::sense::{Sense, SenseKey};
+use super::reservation_access;
 use super::spc::truncate;
-use super::{Nexus, ScsiResponse, ScsiStatus, TargetDevice};
+use crate::scsi::cdb::{be16, be32, be64, byte_at};
+use crate::scsi::opcodes::op;
+use crate::scsi::sense::{Sense, SenseKey};
+use crate::scsi::unit::lu::LogicalUnit;
+use crate::scsi::{Nexus, ScsiResponse, ScsiStatus, TargetDevice};
 
 // ---------------------------------------------------------------------------------------
 // Limits (reported by RECEIVE COPY RESULTS OPERATING PARAMETERS, SPC-4 §6.22.4).
@@ -844,12 +845,13 @@ pub async fn extended_copy(
     // already checked (EXTENDED COPY counts as a write there).
     for segment in &planned {
         let conflict = (segment.source.lun() != lu.lun()
-            && segment.source.reservations().conflicts(nexus, &READ_PROBE))
+            && reservation_access::conflicts(segment.source.reservations(), nexus, &READ_PROBE))
             || (segment.destination.lun() != lu.lun()
-                && segment
-                    .destination
-                    .reservations()
-                    .conflicts(nexus, &WRITE_PROBE));
+                && reservation_access::conflicts(
+                    segment.destination.reservations(),
+                    nexus,
+                    &WRITE_PROBE,
+                ));
         if conflict {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
         }
@@ -908,7 +910,7 @@ async fn copy_segment(segment: &PlannedSegment) -> Result<(), Sense> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lu::LuIdentity;
+    use crate::scsi::unit::lu::LuIdentity;
     use crate::scsi::{ScsiRequest, TaskAttr};
     use crate::storage::MemoryBackend;
 

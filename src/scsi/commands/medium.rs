@@ -3,10 +3,10 @@
 //! I_T nexuses prevent its removal) belongs to the [`LogicalUnit`]; this module decodes the
 //! CDBs and applies the rules about which bits count.
 
-use super::Nexus;
-use super::cdb::{byte_at, require_len};
-use super::lu::{LogicalUnit, MediumMove};
-use super::sense::Sense;
+use crate::scsi::Nexus;
+use crate::scsi::cdb::{byte_at, require_len};
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::lu::{LogicalUnit, MediumMove};
 
 /// A decoded START STOP UNIT CDB (SBC-4 §5.25, table "START STOP UNIT command").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::scsi::lu::{LuIdentity, Readiness};
+    use crate::scsi::unit::lu::{LuIdentity, Readiness};
     use crate::storage::MemoryBackend;
 
     fn nexus(name: &str) -> Nexus {

@@ -10,21 +10,14 @@
 
 use bytes::Bytes;
 
-use super::atomic::AtomicLimits;
-use super::cdb::bytes_at;
-use super::lu::LogicalUnit;
-use super::opcodes::op;
-use super::sbc::check_lba_range;
-use super::sbc_offload::{max_compare_and_write_blocks, max_write_same_blocks};
-use super::sense::Sense;
-use super::spc;
+use super::block_io::check_lba_range;
+use crate::scsi::cdb::bytes_at;
+use crate::scsi::opcodes::op;
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::limits::{MAX_UNMAP_BYTES, MAX_UNMAP_DESCRIPTORS};
+use crate::scsi::unit::lu::LogicalUnit;
 use crate::storage::{Extent, Provisioning};
 
-/// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
-pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-/// MAXIMUM UNMAP LBA COUNT, in bytes (reported in blocks): 512 MiB keeps the count at or
-/// below 2^20 blocks for 512-byte blocks, which libiscsi's Inquiry.BlockLimits calls sane.
-pub const MAX_UNMAP_BYTES: u64 = 512 << 20;
 /// GET LBA STATUS looks at most this many bytes of the medium per command; the initiator
 /// asks again from where the answer ended.
 const LBA_STATUS_WINDOW: u64 = 1 << 30;
@@ -53,98 +46,17 @@ pub fn read_capacity16_flags(p: &Provisioning) -> u8 {
     }
 }
 
-/// Smallest multiple of `unit` (a power of two, logical blocks per physical block) at least
-/// `blocks`: granularities are whole physical blocks (SBC-4 §6.6.4).
-fn whole_physical_blocks(blocks: u64, unit: u32) -> u32 {
-    let unit = u64::from(unit.max(1));
-    u32::try_from(blocks.max(1).div_ceil(unit) * unit).unwrap_or(u32::MAX)
-}
+// ---------------------------------------------------------------------------------------
+// UNMAP (SBC-4 §5.30).
 
-/// VPD B0h, block limits (SBC-4 §6.6.4): the generic page of [`spc::vpd_block_limits`] plus
-/// the limits of the commands here. WSNZ = 0 (WRITE SAME with 0 blocks = to the end).
-/// OPTIMAL TRANSFER LENGTH GRANULARITY = the medium's I/O granularity (a zvol's volblocksize)
-/// when it is a multiple of the block size, else the generic page's. For a thin unit: the
-/// UNMAP limits, UNMAP GRANULARITY = the medium's discard granule (smaller unmaps free
-/// nothing), with its alignment when it is a whole number of blocks. `lbppb` logical blocks
-/// per physical block: both granularities are whole physical blocks (unmapping less than one
-/// may leave it mapped, SBC-4 §4.7.3.4; it still reads back as LBPRZ says). `atomic`: the
-/// WRITE ATOMIC fields, when the unit offers it.
-pub fn block_limits_page(
-    block_size: u32,
-    lbppb: u32,
-    p: &Provisioning,
-    atomic: Option<AtomicLimits>,
-) -> Vec<u8> {
-    let mut page = spc::vpd_block_limits(block_size);
-    if page.len() < 64 {
-        page.resize(64, 0);
-    }
-    page[5] = max_compare_and_write_blocks(block_size);
-    let bs = u64::from(block_size.max(1));
-    let medium_granularity = (p.io_granularity != 0
-        && p.io_granularity.is_multiple_of(bs)
-        && p.io_granularity <= u64::from(super::sbc::MAX_TRANSFER_BYTES))
-    .then_some(p.io_granularity / bs);
-    let optimal = whole_physical_blocks(
-        medium_granularity.unwrap_or(u64::from(spc::OPTIMAL_GRANULARITY_BLOCKS)),
-        lbppb,
-    );
-    page[6..8].copy_from_slice(&u16::try_from(optimal).unwrap_or(u16::MAX).to_be_bytes());
-    if p.discard {
-        let lbas = u32::try_from(MAX_UNMAP_BYTES / bs).unwrap_or(u32::MAX);
-        page[20..24].copy_from_slice(&lbas.to_be_bytes());
-        page[24..28].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-        let granularity = whole_physical_blocks((p.granularity / bs).max(1), lbppb);
-        page[28..32].copy_from_slice(&granularity.to_be_bytes());
-        // UGAVALID = 1 with the UNMAP GRANULARITY ALIGNMENT (the first LBA on a granule
-        // boundary, 31 bits), when that is a whole block.
-        if p.alignment.is_multiple_of(bs)
-            && let Ok(alignment) = u32::try_from(p.alignment / bs)
-            && alignment < 0x8000_0000
-        {
-            page[32..36].copy_from_slice(&(0x8000_0000 | alignment).to_be_bytes());
-        }
-    }
-    page[36..44].copy_from_slice(&max_write_same_blocks(block_size).to_be_bytes());
-    if let Some(atomic) = atomic {
-        page[44..64].copy_from_slice(&atomic.page_fields());
-    }
-    page
-}
-
-/// VPD B2h, logical block provisioning (SBC-4 §6.6.7): for a thin unit LBPU (UNMAP) and
-/// provisioning type 010b (thin); where deallocated blocks read back as zeros also LBPWS
-/// (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP) and LBPRZ = 001b, else LBPRZ = 000b
-/// (vendor specific). ANC_SUP = 0, DP = 0.
-pub fn logical_block_provisioning_page(p: &Provisioning) -> Vec<u8> {
-    let mut page = vec![0x00, 0xB2, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00];
-    if p.discard {
-        page[5] = 0x80;
-        if write_same_unmaps(p) {
-            page[5] |= 0x40 | 0x20 | 0x04;
-        }
-        page[6] = 0x02;
-    }
-    page
-}
-
-/// The provisioning VPD pages for `lu`, or `None` for other pages (INQUIRY calls this
-/// before its generic page table).
-pub fn vpd_page(lu: &LogicalUnit, page_code: u8) -> Option<Vec<u8>> {
-    match page_code {
-        0xB0 => Some(block_limits_page(
-            lu.block_size(),
-            lu.logical_blocks_per_physical_block(),
-            &provisioning(lu),
-            AtomicLimits::of(lu),
-        )),
-        0xB2 => Some(logical_block_provisioning_page(&provisioning(lu))),
+/// Write data UNMAP asks for (its PARAMETER LIST LENGTH), for the transport's residual
+/// accounting. `None` for other opcodes.
+pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
+    match cdb.first().copied() {
+        Some(op::UNMAP) => Some(decode_unmap(cdb).map_or(0, |c| u32::from(c.param_len))),
         _ => None,
     }
 }
-
-// ---------------------------------------------------------------------------------------
-// UNMAP (SBC-4 §5.30).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnmapCdb {
@@ -380,7 +292,7 @@ pub async fn get_lba_status(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, S
     let runs = block_runs(&extents, block_size);
     let room = usize::try_from(c.alloc_len.saturating_sub(8) / 16).unwrap_or(usize::MAX);
     let data = lba_status_data(c.lba, &runs, room.clamp(1, MAX_LBA_STATUS_DESCRIPTORS));
-    Ok(spc::truncate(
+    Ok(super::spc::truncate(
         data,
         usize::try_from(c.alloc_len).unwrap_or(usize::MAX),
     ))
@@ -391,7 +303,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::scsi::lu::LuIdentity;
+    use crate::scsi::commands::vpd::{
+        block_limits_page, logical_block_provisioning_page, unit_page,
+    };
+    use crate::scsi::unit::limits::AtomicLimits;
+    use crate::scsi::unit::lu::LuIdentity;
     use crate::storage::{BlockBackend, FileBackend, MemoryBackend};
 
     const BS: u32 = 512;
@@ -578,7 +494,7 @@ mod tests {
         assert_eq!(&fully[36..44], &0xFFFFu64.to_be_bytes());
         assert_eq!(
             &fully[6..8],
-            &spc::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes(),
+            &crate::scsi::unit::limits::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes(),
             "no optimal I/O size known: the generic granularity"
         );
         // 4 KiB physical blocks of 512-byte logical blocks, 64 KiB ones: granularities are
@@ -593,10 +509,10 @@ mod tests {
         }
 
         let thin_lu = lu_with(Some(Arc::new(MemoryBackend::new(1 << 20))));
-        assert_eq!(vpd_page(&thin_lu, 0xB2).unwrap()[5], 0xE4);
-        assert!(vpd_page(&thin_lu, 0x83).is_none());
+        assert_eq!(unit_page(&thin_lu, 0xB2).unwrap()[5], 0xE4);
+        assert!(unit_page(&thin_lu, 0x83).is_none());
         let not_ready = lu_with(None);
-        assert_eq!(vpd_page(&not_ready, 0xB2).unwrap()[5], 0);
+        assert_eq!(unit_page(&not_ready, 0xB2).unwrap()[5], 0);
         assert_eq!(provisioning(&not_ready), Provisioning::FULLY_PROVISIONED);
     }
 
@@ -656,7 +572,10 @@ mod tests {
             ..zvol
         };
         let page = block_limits_page(4096, 1, &odd, None);
-        assert_eq!(&page[6..8], &spc::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes());
+        assert_eq!(
+            &page[6..8],
+            &crate::scsi::unit::limits::OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes()
+        );
         assert_eq!(&page[32..36], &[0; 4], "UGAVALID = 0");
         // A fully provisioned device still reports its optimal I/O size.
         let thick = Provisioning {
@@ -713,7 +632,7 @@ mod tests {
     async fn without_lbprz_unmap_deallocates_but_write_same_writes() {
         let lu = lu_with(Some(Arc::new(NoZeroes(MemoryBackend::new(1 << 20)))));
         let medium = lu.medium().unwrap();
-        assert_eq!(vpd_page(&lu, 0xB2).unwrap()[5], 0x80, "LBPU only");
+        assert_eq!(unit_page(&lu, 0xB2).unwrap()[5], 0x80, "LBPU only");
         // UNMAP reaches the backend.
         let list = unmap_list(&[(8, 8)]);
         unmap(
@@ -731,7 +650,7 @@ mod tests {
         cdb[1] = 0x08; // UNMAP
         cdb[2..10].copy_from_slice(&64u64.to_be_bytes());
         cdb[10..14].copy_from_slice(&16u32.to_be_bytes());
-        crate::scsi::sbc_offload::write_same(&lu, &cdb, &Bytes::from(vec![0x5A; 512]))
+        crate::scsi::commands::write_same::write_same(&lu, &cdb, &Bytes::from(vec![0x5A; 512]))
             .await
             .unwrap();
         assert_eq!(

@@ -3,19 +3,25 @@
 //!
 //! Nothing here locks, waits or touches a file. [`apply_prout`] takes the current
 //! [`PrState`], the I_T nexus and the command, and returns either the next state plus the unit
-//! attentions it raises, or the answer that refuses it. The logical unit (see `reserve.rs`)
-//! persists the next state before it adopts it, so a refused save leaves everything unchanged.
+//! attentions it raises, or the answer that refuses it. The handlers at the end of this file
+//! persist the next state before it adopts it, so a refused save leaves everything unchanged.
 //!
 //! Registrations are keyed by the I_T nexus (SPC-4 §5.13.7 "Registering"): an initiator port
 //! (`name,i,0xISID` for iSCSI) and a target port, or every target port with ALL_TG_PT. An iSCSI
 //! TransportID of format 00b names an initiator device without an ISID; its registration
 //! (`initiator` without `,i,0x`) covers every initiator port of that name.
 
-use serde::{Deserialize, Serialize};
+use bytes::Bytes;
 
-use super::Nexus;
-use super::cdb::{be16, be32, be64};
-use super::sense::{Sense, SenseKey};
+use super::spc::truncate;
+use crate::scsi::cdb::{be16, be32, be64};
+use crate::scsi::opcodes::op;
+use crate::scsi::sense::{Sense, SenseKey};
+use crate::scsi::unit::lu::LogicalUnit;
+use crate::scsi::unit::reservations::{
+    ISID_SEPARATOR, NexusId, PrState, PrType, Registration, Reservation,
+};
+use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
 
 /// Most registrations one logical unit keeps; one more answers INSUFFICIENT REGISTRATION
 /// RESOURCES (SPC-4 §6.16.2). Bounds memory and the size of READ FULL STATUS data.
@@ -26,10 +32,6 @@ pub const BASIC_PARAMETER_LIST_LEN: usize = 24;
 
 /// iSCSI protocol identifier in TransportIDs (SPC-4 §7.6.1 table 444).
 const PROTOCOL_ISCSI: u8 = 0x5;
-
-/// The separator between the iSCSI name and the ISID in an initiator port name (RFC 7143
-/// §4.2.7.1; SPC-4 §7.6.4.6 TransportID format 01b).
-const ISID_SEPARATOR: &str = ",i,0x";
 
 /// PERSISTENT RESERVE IN service actions (SPC-4 §6.15.1 table 170).
 pub mod prin_sa {
@@ -49,222 +51,6 @@ pub mod prout_sa {
     pub const PREEMPT_AND_ABORT: u8 = 0x05;
     pub const REGISTER_AND_IGNORE_EXISTING_KEY: u8 = 0x06;
     pub const REGISTER_AND_MOVE: u8 = 0x07;
-}
-
-/// Persistent reservation types (SPC-4 §6.15.3.3 table 176).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PrType {
-    WriteExclusive,
-    ExclusiveAccess,
-    WriteExclusiveRegistrantsOnly,
-    ExclusiveAccessRegistrantsOnly,
-    WriteExclusiveAllRegistrants,
-    ExclusiveAccessAllRegistrants,
-}
-
-impl PrType {
-    /// Every type, in TYPE code order.
-    pub const ALL: [PrType; 6] = [
-        PrType::WriteExclusive,
-        PrType::ExclusiveAccess,
-        PrType::WriteExclusiveRegistrantsOnly,
-        PrType::ExclusiveAccessRegistrantsOnly,
-        PrType::WriteExclusiveAllRegistrants,
-        PrType::ExclusiveAccessAllRegistrants,
-    ];
-
-    pub fn from_code(code: u8) -> Option<PrType> {
-        PrType::ALL.into_iter().find(|t| t.code() == code)
-    }
-
-    /// The TYPE field value.
-    pub fn code(self) -> u8 {
-        match self {
-            PrType::WriteExclusive => 0x1,
-            PrType::ExclusiveAccess => 0x3,
-            PrType::WriteExclusiveRegistrantsOnly => 0x5,
-            PrType::ExclusiveAccessRegistrantsOnly => 0x6,
-            PrType::WriteExclusiveAllRegistrants => 0x7,
-            PrType::ExclusiveAccessAllRegistrants => 0x8,
-        }
-    }
-
-    /// Every registered I_T nexus is a reservation holder (SPC-4 §5.13.10).
-    pub fn all_registrants(self) -> bool {
-        matches!(
-            self,
-            PrType::WriteExclusiveAllRegistrants | PrType::ExclusiveAccessAllRegistrants
-        )
-    }
-
-    /// Registered I_T nexuses have access even though they do not hold the reservation.
-    pub fn registrants_have_access(self) -> bool {
-        !matches!(self, PrType::WriteExclusive | PrType::ExclusiveAccess)
-    }
-
-    /// A Write Exclusive type: everyone may still read.
-    pub fn reads_allowed(self) -> bool {
-        matches!(
-            self,
-            PrType::WriteExclusive
-                | PrType::WriteExclusiveRegistrantsOnly
-                | PrType::WriteExclusiveAllRegistrants
-        )
-    }
-}
-
-/// Whether an initiator port name (`name,i,0xISID`) is covered by `spec`, which is either a
-/// full initiator port name or a bare iSCSI name (every port of that initiator device). iSCSI
-/// names and hex ISIDs compare without regard to case (RFC 7143 §4.2.7.2 names are
-/// normalized to lower case).
-fn initiator_covers(spec: &str, initiator_port: &str) -> bool {
-    if spec.contains(ISID_SEPARATOR) {
-        spec.eq_ignore_ascii_case(initiator_port)
-    } else {
-        let name = initiator_port
-            .split_once(ISID_SEPARATOR)
-            .map_or(initiator_port, |(name, _)| name);
-        spec.eq_ignore_ascii_case(name)
-    }
-}
-
-/// One I_T nexus as the persistent state remembers it (the reservation holder).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NexusId {
-    /// Initiator port name, or a bare iSCSI name after REGISTER AND MOVE to a format 00b
-    /// TransportID.
-    pub initiator: String,
-    pub target_port: String,
-    pub relative_port: u16,
-}
-
-impl NexusId {
-    pub fn of(nexus: &Nexus) -> NexusId {
-        NexusId {
-            initiator: nexus.initiator_port.to_string(),
-            target_port: nexus.target_port.to_string(),
-            relative_port: nexus.relative_port,
-        }
-    }
-
-    pub fn is(&self, nexus: &Nexus) -> bool {
-        *self.target_port == *nexus.target_port
-            && initiator_covers(&self.initiator, &nexus.initiator_port)
-    }
-}
-
-/// One registration (SPC-4 §5.13.7).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Registration {
-    /// TOML integers are signed 64 bit; keys use all 64 bits, so they are stored as hex text.
-    #[serde(with = "key_as_hex")]
-    pub key: u64,
-    /// Initiator port name, or a bare iSCSI name (format 00b TransportID: every port).
-    pub initiator: String,
-    pub target_port: String,
-    pub relative_port: u16,
-    /// Registered through every target port (ALL_TG_PT).
-    pub all_target_ports: bool,
-}
-
-impl Registration {
-    pub fn covers(&self, nexus: &Nexus) -> bool {
-        (self.all_target_ports || *self.target_port == *nexus.target_port)
-            && initiator_covers(&self.initiator, &nexus.initiator_port)
-    }
-
-    /// Whether this registration is the one for `id` (same initiator spec, same port).
-    fn is_for(&self, id: &NexusId) -> bool {
-        (self.all_target_ports || self.target_port == id.target_port)
-            && self.initiator.eq_ignore_ascii_case(&id.initiator)
-    }
-
-    /// Whether this registration and `other` could both cover one I_T nexus.
-    fn overlaps(&self, other: &Registration) -> bool {
-        let ports = self.all_target_ports
-            || other.all_target_ports
-            || self.target_port == other.target_port;
-        let initiators = initiator_covers(&self.initiator, &other.initiator)
-            || initiator_covers(&other.initiator, &self.initiator);
-        ports && initiators
-    }
-}
-
-mod key_as_hex {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(key: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("0x{key:016x}"))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let text = String::deserialize(d)?;
-        let digits = text.strip_prefix("0x").unwrap_or(&text);
-        u64::from_str_radix(digits, 16).map_err(serde::de::Error::custom)
-    }
-}
-
-/// The persistent reservation (scope is always LU_SCOPE, the only one SPC-4 keeps).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    pub pr_type: PrType,
-    /// The holder for non all-registrants types; `None` for all-registrants types, where
-    /// every registered I_T nexus holds it (SPC-4 §5.13.10).
-    pub holder: Option<NexusId>,
-}
-
-/// The persistent reservation state of one logical unit: what the store saves.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrState {
-    /// PRgeneration (SPC-4 §6.15.2): counts registration changes, wraps.
-    pub generation: u32,
-    /// Activate persist through power loss: the APTPL bit of the last successful REGISTER,
-    /// REGISTER AND IGNORE EXISTING KEY or REGISTER AND MOVE (SPC-4 §5.13.5).
-    pub aptpl: bool,
-    pub registrations: Vec<Registration>,
-    pub reservation: Option<Reservation>,
-}
-
-impl PrState {
-    /// The registration of `nexus`, if any.
-    pub fn registration(&self, nexus: &Nexus) -> Option<&Registration> {
-        self.registrations.iter().find(|r| r.covers(nexus))
-    }
-
-    fn registration_index(&self, nexus: &Nexus) -> Option<usize> {
-        self.registrations.iter().position(|r| r.covers(nexus))
-    }
-
-    pub fn is_registered(&self, nexus: &Nexus) -> bool {
-        self.registration(nexus).is_some()
-    }
-
-    /// Whether `nexus` holds the reservation (SPC-4 §5.13.10).
-    pub fn is_holder(&self, nexus: &Nexus) -> bool {
-        match &self.reservation {
-            None => false,
-            Some(Reservation { holder: None, .. }) => self.is_registered(nexus),
-            Some(Reservation {
-                holder: Some(id), ..
-            }) => id.is(nexus),
-        }
-    }
-
-    /// Whether registration `r` belongs to a reservation holder (READ FULL STATUS R_HOLDER).
-    fn registration_holds(&self, r: &Registration) -> bool {
-        match &self.reservation {
-            None => false,
-            Some(Reservation { holder: None, .. }) => true,
-            Some(Reservation {
-                holder: Some(id), ..
-            }) => r.is_for(id),
-        }
-    }
-
-    fn bump_generation(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-    }
 }
 
 /// Who gets a unit attention after a PERSISTENT RESERVE OUT: the I_T nexuses these
@@ -756,16 +542,23 @@ fn clear(state: &PrState) -> Result<Outcome, Refusal> {
     })
 }
 
-/// Removes the registrations with `key`, except the sender's own. Returns what was removed.
-fn remove_keyed(state: &mut PrState, nexus: &Nexus, key: u64) -> Vec<Registration> {
+/// Removes the registrations with `key`, except the one covering `spared` (if any). Returns
+/// what was removed.
+fn remove_keyed(state: &mut PrState, key: u64, spared: Option<&Nexus>) -> Vec<Registration> {
     let (removed, kept) = std::mem::take(&mut state.registrations)
         .into_iter()
-        .partition(|r| r.key == key && !r.covers(nexus));
+        .partition(|r| r.key == key && !spared.is_some_and(|nexus| r.covers(nexus)));
     state.registrations = kept;
     removed
 }
 
-/// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.13.11.4).
+/// PREEMPT and PREEMPT AND ABORT (SPC-4 r36f §5.13.11.2.4 table 53 and figure 9, §5.13.11.2.5,
+/// §5.13.11.2.6).
+///
+/// The unit attentions and aborts name registrations, the sender's among them when it went;
+/// the caller never delivers either to the sending I_T nexus itself (§5.13.11.2.5: "no unit
+/// attention condition is established for the I_T nexus on which the PERSISTENT RESERVE OUT
+/// command was received"), but does to the other nexuses such a registration covers.
 fn preempt(
     state: &PrState,
     nexus: &Nexus,
@@ -780,8 +573,8 @@ fn preempt(
         .reservation
         .as_ref()
         .is_some_and(|r| r.pr_type.all_registrants());
-    // §5.13.11.4.1: SERVICE ACTION RESERVATION KEY zero only means something against an
-    // all-registrants reservation.
+    // §5.13.11.2.4.1 table 53: SERVICE ACTION RESERVATION KEY zero only means something
+    // against an all-registrants reservation.
     if key == 0 && !all_registrants {
         return Err(Sense::invalid_field_in_parameter_list(8, None).into());
     }
@@ -799,8 +592,8 @@ fn preempt(
         holder: (!pr_type.all_registrants()).then(|| NexusId::of(nexus)),
     };
     let removed = if all_registrants && key == 0 {
-        // §5.13.11.4.3: every other registration goes; the sender's reservation replaces the
-        // all-registrants one.
+        // §5.13.11.2.4.3 b): every registration but the sender's goes; the sender's
+        // reservation replaces the all-registrants one.
         let (removed, kept) = std::mem::take(&mut next.registrations)
             .into_iter()
             .partition(|r| !r.covers(nexus));
@@ -808,11 +601,12 @@ fn preempt(
         next.reservation = Some(new_reservation);
         removed
     } else if holder_key == Some(key) {
-        // §5.13.11.4.3: preempting the holder: its registrations go, the sender holds the
-        // new reservation; if its type changed the remaining registrants hear RESERVATIONS
-        // RELEASED.
+        // §5.13.11.2.4.3: preempting the holder (possibly the sender itself): the
+        // registrations with its key go, except the sender's, which stays; the sender holds
+        // the new reservation; if its type changed the remaining registrants hear
+        // RESERVATIONS RELEASED.
         let previous_type = state.reservation.as_ref().map(|r| r.pr_type);
-        let removed = remove_keyed(&mut next, nexus, key);
+        let removed = remove_keyed(&mut next, key, Some(nexus));
         next.reservation = Some(new_reservation);
         if previous_type != Some(pr_type) {
             notices.push(Notice {
@@ -822,8 +616,11 @@ fn preempt(
         }
         removed
     } else {
-        // §5.13.11.4.4: only registrations are removed; the reservation (if any) stays.
-        let removed = remove_keyed(&mut next, nexus, key);
+        // §5.13.11.2.5: the key is no holder's (or an all-registrants reservation's, or there
+        // is no reservation): every registration with it goes, the sender's own included,
+        // since "it is not an error" for the two keys to be equal ("The registration is
+        // removed."). Nothing else changes: a reservation stays with its holder(s).
+        let removed = remove_keyed(&mut next, key, None);
         if removed.is_empty() {
             return Err(Refusal::Conflict);
         }
@@ -1032,6 +829,109 @@ fn read_full_status(state: &PrState) -> Vec<u8> {
     out
 }
 
+// ---------------------------------------------------------------------------------------
+// The handlers: the state machine above applied to the logical unit's state.
+
+/// 04/44/00 INTERNAL TARGET FAILURE: the state could not be made persistent (SPC-4 §4.5.6
+/// table 52); nothing changed.
+pub const fn persist_failed() -> Sense {
+    Sense::new(SenseKey::HardwareError, 0x44, 0x00)
+}
+
+/// RESERVATION CONFLICT status (SAM-5 §5.3.1).
+pub(super) fn conflict() -> ScsiResponse {
+    ScsiResponse::status(ScsiStatus::ReservationConflict)
+}
+
+/// The write data PERSISTENT RESERVE OUT asks for, for the transport's residual accounting;
+/// `None` for other commands.
+pub fn data_out_needed(cdb: &[u8]) -> Option<u32> {
+    match cdb.first().copied() {
+        Some(op::PERSISTENT_RESERVE_OUT) => Some(prout_data_out_needed(cdb)),
+        _ => None,
+    }
+}
+
+/// PERSISTENT RESERVE IN (SPC-4 §6.15).
+pub fn persistent_reserve_in(
+    lu: &LogicalUnit,
+    _nexus: &Nexus,
+    cdb: &[u8],
+) -> Result<ScsiResponse, Sense> {
+    let request = decode_prin(cdb)?;
+    let reservations = lu.reservations();
+    let caps = Capabilities {
+        persist_through_power_loss: reservations.persists_through_power_loss(),
+    };
+    let data = prin_data(&reservations.snapshot(), request.service_action, caps);
+    Ok(ScsiResponse::good(truncate(
+        data,
+        usize::from(request.allocation_length),
+    )))
+}
+
+/// PERSISTENT RESERVE OUT (SPC-4 §6.16): decide on a copy, save it while APTPL is (or was)
+/// set, then adopt it and raise the unit attentions.
+pub async fn persistent_reserve_out(
+    lu: &LogicalUnit,
+    nexus: &Nexus,
+    cdb: &[u8],
+    data: &Bytes,
+) -> Result<ScsiResponse, Sense> {
+    let request = decode_prout(cdb)?;
+    let reservations = lu.reservations();
+    let _changing = reservations.changes().lock().await;
+    let (current, store) = {
+        let inner = reservations.lock();
+        if inner.spc2_holder.is_some() {
+            return Ok(conflict());
+        }
+        (inner.pr.clone(), inner.store.clone())
+    };
+    let caps = Capabilities {
+        persist_through_power_loss: store.is_some(),
+    };
+    let outcome = match apply_prout(&current, nexus, &request, data, caps) {
+        Ok(outcome) => outcome,
+        Err(Refusal::Conflict) => return Ok(conflict()),
+        Err(Refusal::Check(sense)) => return Err(sense),
+    };
+    if outcome.state != current {
+        if let Some((store, unit)) = &store
+            && (outcome.state.aptpl || current.aptpl)
+        {
+            let to_save = outcome.state.aptpl.then(|| outcome.state.clone());
+            if let Err(e) = store.save(unit, to_save).await {
+                tracing::warn!(unit = %unit, "cannot save persistent reservations: {e}");
+                return Err(persist_failed());
+            }
+        }
+        reservations.lock().pr = outcome.state;
+    }
+    let unit_attentions = lu.unit_attentions();
+    let known = unit_attentions.known_nexuses();
+    for notice in &outcome.notices {
+        for other in known.iter().filter(|n| *n != nexus) {
+            if notice.to.iter().any(|r| r.covers(other)) {
+                unit_attentions.establish(other, notice.sense.clone());
+            }
+        }
+    }
+    if !outcome.abort.is_empty() {
+        // PREEMPT AND ABORT (SPC-4 §5.13.11.2.3): the preempted nexuses' tasks are aborted
+        // (ending with TASK ABORTED) and the command completes only once none of them can
+        // still touch the medium. Other reservation changes may go on meanwhile.
+        drop(_changing);
+        let waits = lu.task_set().abort_where(nexus, |n| {
+            n != nexus && outcome.abort.iter().any(|r| r.covers(n))
+        });
+        for finished in waits {
+            finished.cancelled().await;
+        }
+    }
+    Ok(ScsiResponse::good(Bytes::new()))
+}
+
 #[cfg(test)]
-#[path = "pr_tests.rs"]
+#[path = "persistent_reservations_tests.rs"]
 mod tests;

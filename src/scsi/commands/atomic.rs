@@ -6,7 +6,7 @@
 //!   writes hold it shared, and so do reads ([`LogicalUnit::read_shared`]), so nothing reads
 //!   or writes the medium while part of an atomic write is applied.
 //! - Across a crash: the data goes to the unit's intent journal first
-//!   ([`super::atomic_journal`]), is then written in place, and the record is invalidated only
+//!   ([`crate::scsi::unit::atomic_journal`]), is then written in place, and the record is invalidated only
 //!   once the medium is durable. Atomic writes of one unit are serialized by the journal's
 //!   single slot: they are rare, and correctness matters more than their speed.
 //!
@@ -18,76 +18,14 @@
 
 use bytes::Bytes;
 
-use super::atomic_journal::RecordHeader;
-use super::cdb::bytes_at;
-use super::lu::LogicalUnit;
-use super::opcodes::op;
-use super::sbc::{MAX_TRANSFER_BYTES, capacity_blocks, check_lba_range};
-use super::sbc_offload::invalid_field_in_iu;
-use super::sense::Sense;
-
-/// MAXIMUM ATOMIC TRANSFER LENGTH, in bytes: 256 blocks of 4096 bytes, 2048 of 512. Bounds
-/// what one journal record holds.
-pub const MAX_ATOMIC_BYTES: u64 = 1 << 20;
-
-/// The atomic write fields of the block limits VPD page (SBC-4 §6.6.4), in logical blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AtomicLimits {
-    pub max_blocks: u32,
-    pub alignment: u32,
-    pub granularity: u32,
-}
-
-impl AtomicLimits {
-    /// The limits for `block_size`-byte blocks, `lbppb` of them per physical block.
-    pub fn new(block_size: u32, lbppb: u32) -> Self {
-        let unit = lbppb.max(1);
-        let bytes = MAX_ATOMIC_BYTES.min(u64::from(MAX_TRANSFER_BYTES));
-        let fit = u32::try_from(bytes / u64::from(block_size.max(1))).unwrap_or(u32::MAX);
-        // TRANSFER LENGTH is a 16-bit field; the maximum is a whole number of granules.
-        let max_blocks = fit.min(u32::from(u16::MAX)) / unit * unit;
-        AtomicLimits {
-            max_blocks,
-            alignment: unit,
-            granularity: unit,
-        }
-    }
-
-    /// The unit's limits, `None` when it does not offer WRITE ATOMIC (no journal).
-    pub fn of(lu: &LogicalUnit) -> Option<Self> {
-        lu.atomic_journal()?;
-        Some(Self::new(
-            lu.block_size(),
-            lu.logical_blocks_per_physical_block(),
-        ))
-    }
-
-    /// Bytes 44..64 of the block limits page: MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC
-    /// ALIGNMENT, ATOMIC TRANSFER LENGTH GRANULARITY, and the two boundary fields (0: atomic
-    /// boundaries are not supported).
-    pub fn page_fields(&self) -> [u8; 20] {
-        let mut b = [0u8; 20];
-        b[0..4].copy_from_slice(&self.max_blocks.to_be_bytes());
-        b[4..8].copy_from_slice(&self.alignment.to_be_bytes());
-        b[8..12].copy_from_slice(&self.granularity.to_be_bytes());
-        b
-    }
-
-    /// SBC-4 §4.29.2: the starting LBA must be a multiple of the alignment and the length a
-    /// multiple of the granularity, at most the maximum (INVALID FIELD IN CDB otherwise,
-    /// pointing at the LOGICAL BLOCK ADDRESS or TRANSFER LENGTH field).
-    pub fn check(&self, lba: u64, blocks: u32) -> Result<(), Sense> {
-        if self.alignment > 1 && !lba.is_multiple_of(u64::from(self.alignment)) {
-            return Err(Sense::invalid_field_in_cdb(2, Some(7)));
-        }
-        if (self.granularity > 1 && !blocks.is_multiple_of(self.granularity))
-            || blocks > self.max_blocks
-        {
-            return Err(Sense::invalid_field_in_cdb(12, Some(7)));
-        }
-        Ok(())
-    }
-}
+use super::block_io::invalid_field_in_iu;
+use super::block_io::{capacity_blocks, check_lba_range};
+use crate::scsi::cdb::bytes_at;
+use crate::scsi::opcodes::op;
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::atomic_journal::RecordHeader;
+use crate::scsi::unit::limits::AtomicLimits;
+use crate::scsi::unit::lu::LogicalUnit;
 
 /// The fields of a WRITE ATOMIC(16) CDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +162,7 @@ async fn apply(
 /// replays the record.
 fn stop_serving(
     lu: &LogicalUnit,
-    journal: &super::atomic_journal::AtomicJournal,
+    journal: &crate::scsi::unit::atomic_journal::AtomicJournal,
     lba: u64,
     error: &std::io::Error,
 ) {
@@ -241,8 +179,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::scsi::atomic_journal::AtomicJournal;
-    use crate::scsi::lu::LuIdentity;
+    use crate::scsi::unit::atomic_journal::AtomicJournal;
+    use crate::scsi::unit::lu::LuIdentity;
     use crate::storage::{BlockBackend, IoFuture, MemoryBackend};
 
     const BLOCKS: u64 = 4096;
@@ -445,7 +383,7 @@ mod tests {
     /// unit's guard; an atomic write waits until they are sent, and reads are copied after.
     #[tokio::test]
     async fn an_atomic_write_waits_for_reads_sent_from_the_file_and_ends_them() {
-        use crate::wire::Payload;
+        use crate::payload::Payload;
         let dir = tempfile::tempdir().unwrap();
         let shm = tempfile::tempdir_in("/dev/shm").unwrap();
         let path = shm.path().join("disk.img");
@@ -462,7 +400,7 @@ mod tests {
         let sbc_read = |cdb: [u8; 16]| {
             let lu = Arc::clone(&lu);
             async move {
-                crate::scsi::sbc::read_write(&lu, &cdb, &Bytes::new())
+                crate::scsi::commands::sbc::read_write(&lu, &cdb, &Bytes::new())
                     .await
                     .unwrap()
             }
@@ -522,7 +460,7 @@ mod tests {
         read16[10..14].copy_from_slice(&256u32.to_be_bytes());
         let mut reads = 0;
         while !writer.is_finished() || reads < 10 {
-            let data = crate::scsi::sbc::read_write(&lu, &read16, &Bytes::new())
+            let data = crate::scsi::commands::sbc::read_write(&lu, &read16, &Bytes::new())
                 .await
                 .unwrap();
             let data = data.bytes().cloned().unwrap();

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::*;
-use crate::scsi::lu::LuIdentity;
-use crate::scsi::pr_store::{FileReservationStore, ReservationStore};
-use crate::scsi::{ScsiRequest, TargetDevice, TaskAttr};
+use super::persistent_reservations as pr;
+use crate::scsi::opcodes::op;
+use crate::scsi::unit::lu::{LogicalUnit, LuIdentity};
+use crate::scsi::unit::reservation_store::{FileReservationStore, ReservationStore};
+use crate::scsi::unit::reservations::PrState;
+use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TargetDevice, TaskAttr};
 use crate::storage::{IoFuture, MemoryBackend};
 
 const TARGET: &str = "iqn.2026-01.org.example:disk0";

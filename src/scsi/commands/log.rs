@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 
-use super::cdb;
-use super::opcodes::op;
-use super::sense::Sense;
 use super::spc::truncate;
+use crate::scsi::cdb;
+use crate::scsi::opcodes::op;
+use crate::scsi::sense::Sense;
 
 /// Supported log pages page code (SPC-4 §7.3.18) and its "supported log pages and subpages"
 /// variant (subpage FFh, §7.3.19).

@@ -10,10 +10,10 @@
 
 use bytes::Bytes;
 
-use super::cdb;
-use super::opcodes::{self, CommandInfo};
-use super::sense::Sense;
 use super::spc::truncate;
+use crate::scsi::cdb;
+use crate::scsi::opcodes::{self, CommandInfo};
+use crate::scsi::sense::Sense;
 
 /// CONTROL byte usage: NACA (bit 2) and LINK (bit 0) are examined (both refused, SAM-5 §5.2).
 const CTL: u8 = 0x05;

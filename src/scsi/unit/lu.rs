@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::storage::BlockBackend;
 
-use super::Nexus;
 use super::atomic_journal::AtomicJournal;
-use super::mode::ModeValues;
-use super::pr_store::ReservationStore;
-use super::reserve::Reservations;
-use super::sense::Sense;
+use super::mode_values::ModeValues;
+use super::reservation_store::ReservationStore;
+use super::reservations::Reservations;
 use super::ua::UnitAttentions;
+use crate::scsi::Nexus;
+use crate::scsi::sense::Sense;
 
 /// INQUIRY PRODUCT REVISION LEVEL reported by every logical unit.
 pub const PRODUCT_REVISION: &str = "0001";
@@ -146,7 +146,7 @@ struct MediumState {
     preventing: HashSet<Nexus>,
 }
 
-/// One logical unit of a [`super::TargetDevice`].
+/// One logical unit of a [`crate::scsi::TargetDevice`].
 #[derive(Debug)]
 pub struct LogicalUnit {
     identity: LuIdentity,

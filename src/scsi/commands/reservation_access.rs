@@ -6,9 +6,21 @@
 //! from the command table, so adding a command elsewhere never needs a change here: an opcode
 //! this table does not know is treated as one that changes the medium, the safe answer.
 
-use super::Nexus;
-use super::opcodes::op;
-use super::pr::PrState;
+use crate::scsi::Nexus;
+use crate::scsi::opcodes::op;
+use crate::scsi::unit::reservations::{PrState, Reservations};
+
+/// Whether `cdb` from `nexus` meets RESERVATION CONFLICT under the unit's reservations
+/// (SPC-2 §5.5.1, SPC-4 §5.13.1).
+pub fn conflicts(reservations: &Reservations, nexus: &Nexus, cdb: &[u8]) -> bool {
+    let state = reservations.lock();
+    if let Some(holder) = &state.spc2_holder
+        && spc2_conflicts(holder, nexus, cdb)
+    {
+        return true;
+    }
+    pr_conflicts(&state.pr, nexus, cdb)
+}
 
 /// How a command fares under a persistent reservation held by someone else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +155,7 @@ pub fn spc2_conflicts(holder: &Nexus, nexus: &Nexus, cdb: &[u8]) -> bool {
 mod tests {
 
     use super::*;
-    use crate::scsi::pr::{NexusId, PrType, Registration, Reservation};
+    use crate::scsi::unit::reservations::{NexusId, PrType, Registration, Reservation};
 
     fn nexus(name: &str) -> Nexus {
         Nexus::for_test(name)

@@ -7,11 +7,11 @@
 
 use bytes::Bytes;
 
-use super::Nexus;
-use super::cdb;
-use super::lu::LogicalUnit;
-use super::sense::Sense;
 use super::spc::truncate;
+use crate::scsi::Nexus;
+use crate::scsi::cdb;
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::lu::LogicalUnit;
 
 /// ASYMMETRIC ACCESS STATE 0h: active/optimized (SPC-4 §6.36.2 table 247).
 const STATE_ACTIVE_OPTIMIZED: u8 = 0x0;

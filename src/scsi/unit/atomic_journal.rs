@@ -33,8 +33,8 @@ pub const VERSION: u32 = 1;
 /// Bytes before the data.
 pub const HEADER_LEN: usize = 64;
 /// Largest data a record may carry: the most any WRITE ATOMIC may write (see
-/// [`super::atomic::MAX_ATOMIC_BYTES`]), so a huge slot file is refused before it is read.
-pub const MAX_RECORD_DATA: u64 = super::atomic::MAX_ATOMIC_BYTES;
+/// [`super::limits::MAX_ATOMIC_BYTES`]), so a huge slot file is refused before it is read.
+pub const MAX_RECORD_DATA: u64 = super::limits::MAX_ATOMIC_BYTES;
 
 /// What a record describes: `blocks` logical blocks of `block_size` bytes at `lba` of the
 /// unit whose NAA designator is `unit`.

@@ -4,11 +4,11 @@
 
 use bytes::Bytes;
 
-use super::Nexus;
-use super::cdb::{self, InquiryCdb, RequestSenseCdb};
-use super::lu::{LogicalUnit, LuIdentity};
-use super::sbc::MAX_TRANSFER_BYTES;
-use super::sense::Sense;
+use super::vpd;
+use crate::scsi::Nexus;
+use crate::scsi::cdb::{self, InquiryCdb, RequestSenseCdb};
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::lu::{LogicalUnit, LuIdentity};
 
 /// Peripheral device type 00h: direct access block device (SBC-3).
 pub const DEVICE_TYPE_DISK: u8 = 0x00;
@@ -70,199 +70,12 @@ pub fn standard_inquiry(identity: &LuIdentity, peripheral: u8) -> Vec<u8> {
     data
 }
 
-/// VPD page codes this target returns, ascending (the order page 00h must list them in).
-pub const SUPPORTED_VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
-
-/// A VPD page: byte 0 peripheral, byte 1 page code, bytes 2-3 page length, then `body`
-/// (SPC-4 §7.8.1). Bodies here are far below 64 KiB.
-fn vpd_page(page_code: u8, body: &[u8]) -> Vec<u8> {
-    let mut page = Vec::with_capacity(4 + body.len());
-    page.push(DEVICE_TYPE_DISK);
-    page.push(page_code);
-    let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
-    page.extend_from_slice(&len.to_be_bytes());
-    page.extend_from_slice(body);
-    page
-}
-
-/// VPD 00h: supported VPD pages (SPC-4 §7.8.16).
-pub fn vpd_supported_pages() -> Vec<u8> {
-    vpd_page(0x00, &SUPPORTED_VPD_PAGES)
-}
-
-/// VPD 80h: unit serial number (SPC-4 §7.8.17).
-pub fn vpd_unit_serial(identity: &LuIdentity) -> Vec<u8> {
-    let serial = ascii_field(&identity.serial, identity.serial.len().min(252));
-    vpd_page(0x80, &serial)
-}
-
-/// Designator code sets and types (SPC-4 §7.8.6.1 tables 459-461).
-const CODE_SET_BINARY: u8 = 0x1;
-const CODE_SET_ASCII: u8 = 0x2;
-const CODE_SET_UTF8: u8 = 0x3;
-const TYPE_T10_VENDOR_ID: u8 = 0x1;
-const TYPE_NAA: u8 = 0x3;
-const TYPE_RELATIVE_TARGET_PORT: u8 = 0x4;
-const TYPE_TARGET_PORT_GROUP: u8 = 0x5;
-const TYPE_SCSI_NAME_STRING: u8 = 0x8;
-const ASSOC_LOGICAL_UNIT: u8 = 0x0;
-const ASSOC_TARGET_PORT: u8 = 0x1;
-const ASSOC_TARGET_DEVICE: u8 = 0x2;
-/// SPC-4 §7.6.1 table 445: protocol identifier 5h = iSCSI.
-const PROTOCOL_ISCSI: u8 = 0x5;
-
-/// Appends one designation descriptor (SPC-4 §7.8.6.1). With `protocol`, PIV is set and the
-/// protocol identifier filled in. Designators longer than 255 bytes are cut (callers keep
-/// them shorter).
-fn push_designator(
-    out: &mut Vec<u8>,
-    protocol: Option<u8>,
-    code_set: u8,
-    association: u8,
-    designator_type: u8,
-    designator: &[u8],
-) {
-    let designator = &designator[..designator.len().min(255)];
-    let (protocol_id, piv) = match protocol {
-        Some(p) => (p, 0x80),
-        None => (0, 0),
-    };
-    out.push((protocol_id << 4) | code_set);
-    out.push(piv | (association << 4) | designator_type);
-    out.push(0);
-    out.push(designator.len() as u8);
-    out.extend_from_slice(designator);
-}
-
-/// A SCSI name string designator body: UTF-8, NUL terminated, NUL padded to a multiple of
-/// four, at most 252 bytes (SPC-4 §7.8.6.11). Over-long names are cut at a character
-/// boundary.
-fn scsi_name_string(name: &str) -> Vec<u8> {
-    const MAX: usize = 252;
-    let mut end = name.len().min(MAX - 1);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = name.as_bytes()[..end].to_vec();
-    let padded = (out.len() + 1).next_multiple_of(4);
-    out.resize(padded, 0);
-    out
-}
-
-/// VPD 83h: device identification (SPC-4 §7.8.6). The logical unit's NAA and T10 vendor ID
-/// designators, the target port's relative port and SCSI name, the target device's name.
-pub fn vpd_device_identification(identity: &LuIdentity, nexus: &Nexus) -> Vec<u8> {
-    let mut body = Vec::with_capacity(256);
-    push_designator(
-        &mut body,
-        None,
-        CODE_SET_BINARY,
-        ASSOC_LOGICAL_UNIT,
-        TYPE_NAA,
-        &identity.naa,
-    );
-    let mut t10 = ascii_field(&identity.vendor, 8);
-    t10.extend_from_slice(&ascii_field(
-        &identity.serial,
-        identity.serial.len().min(255 - 8),
-    ));
-    push_designator(
-        &mut body,
-        None,
-        CODE_SET_ASCII,
-        ASSOC_LOGICAL_UNIT,
-        TYPE_T10_VENDOR_ID,
-        &t10,
-    );
-    // Relative target port: bytes 0-1 obsolete, 2-3 the identifier (SPC-4 §7.8.6.7).
-    let [hi, lo] = nexus.relative_port.to_be_bytes();
-    push_designator(
-        &mut body,
-        Some(PROTOCOL_ISCSI),
-        CODE_SET_BINARY,
-        ASSOC_TARGET_PORT,
-        TYPE_RELATIVE_TARGET_PORT,
-        &[0, 0, hi, lo],
-    );
-    // ALUA
-    // Target port group (SPC-4 §7.8.6.8): each target port is its own group, same number.
-    push_designator(
-        &mut body,
-        Some(PROTOCOL_ISCSI),
-        CODE_SET_BINARY,
-        ASSOC_TARGET_PORT,
-        TYPE_TARGET_PORT_GROUP,
-        &[0, 0, hi, lo],
-    );
-    push_designator(
-        &mut body,
-        Some(PROTOCOL_ISCSI),
-        CODE_SET_UTF8,
-        ASSOC_TARGET_PORT,
-        TYPE_SCSI_NAME_STRING,
-        &scsi_name_string(&nexus.target_port),
-    );
-    push_designator(
-        &mut body,
-        Some(PROTOCOL_ISCSI),
-        CODE_SET_UTF8,
-        ASSOC_TARGET_DEVICE,
-        TYPE_SCSI_NAME_STRING,
-        &scsi_name_string(&identity.target_name),
-    );
-    vpd_page(0x83, &body)
-}
-
-/// VPD 86h: Extended INQUIRY Data (SPC-4 §7.8.7), page length 3Ch. Only what is true here:
-/// - no protection information (SPT/GRD_CHK/APP_CHK/REF_CHK 0);
-/// - HEADSUP and SIMPSUP: HEAD OF QUEUE and SIMPLE tasks run as soon as they arrive, nothing
-///   queues ahead of them. ORDSUP clear: ORDERED tasks are not serialized against the others
-///   (commands run concurrently);
-/// - V_SUP: there is a volatile cache (the page cache; WCE, FUA and SYNCHRONIZE CACHE apply);
-///   NV_SUP clear: no non-volatile cache;
-/// - LUICLR: unit attentions are kept and cleared per I_T nexus.
-pub fn vpd_extended_inquiry() -> Vec<u8> {
-    let mut body = [0u8; 0x3C];
-    body[1] = 0x04 | 0x01; // HEADSUP, SIMPSUP (byte 5)
-    body[2] = 0x01; // V_SUP (byte 6)
-    body[3] = 0x01; // LUICLR (byte 7)
-    vpd_page(0x86, &body)
-}
-
-/// Optimal transfer length granularity reported in the block limits page, in blocks.
-pub const OPTIMAL_GRANULARITY_BLOCKS: u16 = 8;
-
-/// VPD B0h: block limits (SBC-3 §6.5.3), page length 3Ch.
-pub fn vpd_block_limits(block_size: u32) -> Vec<u8> {
-    let mut body = [0u8; 0x3C];
-    // body offsets are page offsets minus 4.
-    body[2..4].copy_from_slice(&OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes());
-    let max_blocks = MAX_TRANSFER_BYTES / block_size.max(1);
-    body[4..8].copy_from_slice(&max_blocks.to_be_bytes()); // MAXIMUM TRANSFER LENGTH
-    body[8..12].copy_from_slice(&max_blocks.to_be_bytes()); // OPTIMAL TRANSFER LENGTH
-    vpd_page(0xB0, &body)
-}
-
-/// VPD B1h: block device characteristics (SBC-3 §6.5.2), page length 3Ch: non-rotating
-/// medium (rate 0001h), so initiators treat it like an SSD.
-pub fn vpd_block_device_characteristics() -> Vec<u8> {
-    let mut body = [0u8; 0x3C];
-    body[0..2].copy_from_slice(&1u16.to_be_bytes());
-    vpd_page(0xB1, &body)
-}
-
-/// VPD B2h: logical block provisioning (SBC-3 §6.5.4): no UNMAP/WRITE SAME support yet, fully
-/// provisioned.
-pub fn vpd_logical_block_provisioning() -> Vec<u8> {
-    vpd_page(0xB2, &[0; 4])
-}
-
 /// INQUIRY for an existing logical unit.
 pub fn inquiry(lu: &LogicalUnit, nexus: &Nexus, raw_cdb: &[u8]) -> Result<Bytes, Sense> {
     let cdb = cdb::decode_inquiry(raw_cdb)?;
     // Block limits and provisioning pages know the medium
     if cdb.evpd
-        && let Some(page) = super::provisioning::vpd_page(lu, cdb.page_code)
+        && let Some(page) = vpd::unit_page(lu, cdb.page_code)
     {
         return Ok(truncate(page, usize::from(cdb.alloc_len)));
     }
@@ -283,16 +96,7 @@ pub fn inquiry_data(
     if !cdb.evpd {
         return Ok(standard_inquiry(identity, DEVICE_TYPE_DISK));
     }
-    Ok(match cdb.page_code {
-        0x00 => vpd_supported_pages(),
-        0x80 => vpd_unit_serial(identity),
-        0x83 => vpd_device_identification(identity, nexus),
-        0x86 => vpd_extended_inquiry(),
-        0xB0 => vpd_block_limits(block_size),
-        0xB1 => vpd_block_device_characteristics(),
-        0xB2 => vpd_logical_block_provisioning(),
-        _ => return Err(Sense::invalid_field_in_cdb(2, Some(7))),
-    })
+    vpd::generic_page(identity, block_size, nexus, cdb.page_code)
 }
 
 /// INQUIRY addressed to a LUN that does not exist: standard data with peripheral qualifier
@@ -341,6 +145,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::scsi::commands::vpd::*;
     use crate::scsi::opcodes::op;
     use crate::scsi::sense::SenseKey;
 

@@ -7,20 +7,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cdb;
-use super::lu::LogicalUnit;
-use super::sense::Sense;
-use crate::storage::BlockBackend;
-use crate::wire::{FileSlice, Payload};
-
-/// Largest single READ/WRITE accepted, in bytes (reported in the block limits VPD page as
-/// MAXIMUM TRANSFER LENGTH in blocks). Bounds the memory one command can pin.
-pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
-
-/// Addressable blocks of `backend` (a partial trailing block is not addressable).
-pub(super) fn capacity_blocks(backend: &dyn BlockBackend, block_size: u32) -> u64 {
-    backend.size_bytes() / u64::from(block_size.max(1))
-}
+use super::block_io::{
+    byte_offset, capacity_blocks, check_lba_range, read_blocks, transfer_len, write_blocks,
+    write_payload,
+};
+use crate::payload::{FileSlice, Payload};
+use crate::scsi::cdb;
+use crate::scsi::sense::Sense;
+use crate::scsi::unit::lu::LogicalUnit;
 
 /// READ CAPACITY(10) parameter data (SBC-3 §5.15.2): last LBA, or FFFFFFFFh when it does not
 /// fit (the initiator then asks READ CAPACITY(16)), and the block length.
@@ -65,70 +59,6 @@ pub fn read_capacity16(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense>
     Ok(Bytes::copy_from_slice(&data[..len]))
 }
 
-/// SBC-3 §4.5: the addressed range must lie on the medium. The starting LBA must exist even
-/// for a zero-length transfer.
-pub fn check_lba_range(lba: u64, blocks: u64, capacity: u64) -> Result<(), Sense> {
-    let end = lba.checked_add(blocks);
-    if lba >= capacity || end.is_none_or(|end| end > capacity) {
-        return Err(Sense::lba_out_of_range());
-    }
-    Ok(())
-}
-
-/// Bytes a transfer of `blocks` moves, refused (INVALID FIELD IN CDB at the TRANSFER LENGTH
-/// field, byte `field`) above [`MAX_TRANSFER_BYTES`], as the block limits page announces
-/// (SBC-3 §6.5.3).
-pub(super) fn transfer_len(blocks: u32, block_size: u32, field: u16) -> Result<usize, Sense> {
-    let bytes = u64::from(blocks) * u64::from(block_size);
-    if bytes > u64::from(MAX_TRANSFER_BYTES) {
-        return Err(Sense::invalid_field_in_cdb(field, Some(7)));
-    }
-    usize::try_from(bytes).map_err(|_| Sense::invalid_cdb())
-}
-
-/// Byte offset of `lba`.
-pub(super) fn byte_offset(lba: u64, block_size: u32) -> Result<u64, Sense> {
-    lba.checked_mul(u64::from(block_size))
-        .ok_or_else(Sense::lba_out_of_range)
-}
-
-/// Reads `len` bytes at `offset` (block `lba`, for the sense INFORMATION field); a failed or
-/// short read is a MEDIUM ERROR.
-pub(super) async fn read_blocks(
-    backend: &dyn BlockBackend,
-    offset: u64,
-    len: usize,
-    lba: u64,
-) -> Result<Bytes, Sense> {
-    let data = backend.read_at(offset, len).await.map_err(|error| {
-        tracing::warn!(backend = %backend.describe(), lba, %error, "read failed");
-        Sense::medium_error_read().with_info(lba)
-    })?;
-    if data.len() != len {
-        tracing::warn!(backend = %backend.describe(), lba, wanted = len, got = data.len(), "short read");
-        return Err(Sense::medium_error_read().with_info(lba));
-    }
-    Ok(data)
-}
-
-/// Writes `data` at `offset` (block `lba`) of `lu`'s medium `backend`; a failed write is a
-/// MEDIUM ERROR. With WCE clear (caching mode page) no write completes from the volatile
-/// cache, whatever command wrote it.
-pub(super) async fn write_blocks(
-    lu: &LogicalUnit,
-    backend: &dyn BlockBackend,
-    offset: u64,
-    data: Bytes,
-    fua: bool,
-    lba: u64,
-) -> Result<(), Sense> {
-    let fua = fua || !lu.write_cache_enabled();
-    backend.write_at(offset, data, fua).await.map_err(|error| {
-        tracing::warn!(backend = %backend.describe(), lba, %error, "write failed");
-        Sense::medium_error_write().with_info(lba)
-    })
-}
-
 /// Write data a well-formed READ or WRITE asks for, in bytes (for the transport's residual
 /// accounting): 0 for a READ, saturating at `u32::MAX`; `None` for any other CDB.
 pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> Option<u32> {
@@ -144,7 +74,7 @@ pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> Option<u32> {
 /// READ/WRITE 6/10/12/16. Returns the read data (empty for writes).
 ///
 /// Write data shorter than the CDB's transfer length follows FCP-4 §9.4.2 (see
-/// [`super::sbc_offload::write_payload`]): whole blocks received are written and the command
+/// [`super::block_io::write_payload`]): whole blocks received are written and the command
 /// completes GOOD with an overflow residual for the rest; a partial block fails the command
 /// with 05/0E/03 and nothing is written. Extra data beyond the transfer length is ignored
 /// (the transport reports it as residual via `data_out_used`).
@@ -174,7 +104,7 @@ pub async fn read_write(
     )?;
     // FCP-4 write residuals
     let data = if rw.is_write {
-        super::sbc_offload::write_payload(data_out, len, block_size)?
+        write_payload(data_out, len, block_size)?
     } else {
         Bytes::new()
     };

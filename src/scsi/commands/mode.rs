@@ -9,32 +9,13 @@
 
 use bytes::Bytes;
 
-use super::Nexus;
-use super::cdb::{self, ModeSenseCdb, PageControl};
-use super::lu::LogicalUnit;
-use super::opcodes::op;
-use super::sense::{Sense, SenseKey};
 use super::spc::truncate;
-
-/// The mode parameters MODE SELECT can change. Shared by every I_T nexus (SPC-4 §7.5.1), not
-/// saved (no PS bit), back to [`ModeValues::DEFAULT`] on a logical unit reset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ModeValues {
-    /// Caching page WCE: writes may complete from a volatile cache (the page cache).
-    pub wce: bool,
-    /// Control page D_SENSE: CHECK CONDITION carries descriptor-format sense.
-    pub d_sense: bool,
-    /// Control page SWP: software write protect, the medium refuses writes.
-    pub swp: bool,
-}
-
-impl ModeValues {
-    pub const DEFAULT: ModeValues = ModeValues {
-        wce: true,
-        d_sense: false,
-        swp: false,
-    };
-}
+use crate::scsi::Nexus;
+use crate::scsi::cdb::{self, ModeSenseCdb, PageControl};
+use crate::scsi::opcodes::op;
+use crate::scsi::sense::{Sense, SenseKey};
+use crate::scsi::unit::lu::LogicalUnit;
+use crate::scsi::unit::mode_values::ModeValues;
 
 /// What MODE SENSE reports about a logical unit besides its pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
