@@ -875,18 +875,19 @@ fn abort_task_ref_cmd_sn_rule_for_a_task_not_received() {
     );
 }
 
-#[test]
-fn lun_reset_reaches_collecting_and_running_tasks_of_every_nexus() {
+/// Two sessions from different initiators to one target, sharing its write-buffer memory.
+fn two_nexuses() -> (Pair, Pair, Arc<TargetDevice>) {
     let device = device();
     let free = Arc::new(AtomicU32::new(1024));
-    let mut a = Pair::sharing(
-        params(),
-        SessionType::Normal,
-        device.clone(),
-        "a",
-        free.clone(),
-    );
-    let mut b = Pair::sharing(params(), SessionType::Normal, device.clone(), "b", free);
+    let normal = SessionType::Normal;
+    let a = Pair::sharing(params(), normal, device.clone(), "a", free.clone());
+    let b = Pair::sharing(params(), normal, device.clone(), "b", free);
+    (a, b, device)
+}
+
+#[test]
+fn lun_reset_reaches_collecting_and_running_tasks_of_every_nexus() {
+    let (mut a, mut b, device) = two_nexuses();
     let w = a.initiator.write(8192, &[], true);
     let collecting = a.send(w);
     let r = a.initiator.read(512);
@@ -929,16 +930,7 @@ fn lun_reset_reaches_collecting_and_running_tasks_of_every_nexus() {
 
 #[test]
 fn abort_task_set_spares_other_nexuses_and_cold_reset_ends_sessions() {
-    let device = device();
-    let free = Arc::new(AtomicU32::new(1024));
-    let mut a = Pair::sharing(
-        params(),
-        SessionType::Normal,
-        device.clone(),
-        "a",
-        free.clone(),
-    );
-    let mut b = Pair::sharing(params(), SessionType::Normal, device, "b", free);
+    let (mut a, mut b, _) = two_nexuses();
     let r = b.initiator.read(512);
     let other = b.send(r);
     let r = a.initiator.read(512);
