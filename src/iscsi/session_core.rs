@@ -15,9 +15,12 @@
 //! - **`poll_*`** hand out what the core decided: PDUs to send
 //!   ([`SessionCore::poll_transmit`]), work to run ([`SessionCore::poll_work`]), and the next
 //!   deadline ([`SessionCore::poll_timeout`]). After any `handle_*` or mutator call the
-//!   driver drains `poll_transmit` and `poll_work` (PDUs first: a Reject queued before a
-//!   [`Work::Close`] must leave before the connection closes) and reschedules its timer from
-//!   `poll_timeout`.
+//!   driver calls `poll_transmit` and `poll_work` in turn until both are `None`, acting on
+//!   each item before asking for the next, and reschedules its timer from `poll_timeout`.
+//!   Both come from one queue, in the order decided (each answers `None` while the other's
+//!   item is ahead): a Reject queued before a [`Work::Close`] leaves before the connection
+//!   closes, and a command that arrived early is released only once the one before it has
+//!   been started.
 //!
 //! The window is shared with the writer, which stamps ExpCmdSN and MaxCmdSN on every PDU
 //! as it leaves: the core advances ExpCmdSN and takes slots; a command handed out with
@@ -507,6 +510,7 @@ impl<B: WriteBudget> SessionCore<B> {
     /// The next PDU to send; `None` also while a piece of work decided earlier waits in
     /// [`SessionCore::poll_work`].
     pub fn poll_transmit(&mut self) -> Option<Reply> {
+        self.run_ready();
         match self.out.front() {
             Some(Output::Transmit(_)) => match self.out.pop_front() {
                 Some(Output::Transmit(reply)) => Some(reply),
@@ -519,6 +523,7 @@ impl<B: WriteBudget> SessionCore<B> {
     /// The next piece of work for the driver; `None` also while a PDU decided earlier waits
     /// in [`SessionCore::poll_transmit`].
     pub fn poll_work(&mut self) -> Option<Work<B::Share>> {
+        self.run_ready();
         match self.out.front() {
             Some(Output::Work(_)) => match self.out.pop_front() {
                 Some(Output::Work(work)) => Some(work),
@@ -563,9 +568,12 @@ impl<B: WriteBudget> SessionCore<B> {
     }
 
     /// Runs, in CmdSN order, the early commands whose turn has come, stepping over CmdSNs
-    /// that count as received without a command.
+    /// that count as received without a command. One at a time, and only once everything
+    /// decided before has been handed out: a command released here is accepted after the
+    /// one before it has started (and perhaps finished, freeing its window slot, at its
+    /// first poll), as when they arrive in order.
     fn run_ready(&mut self) {
-        while !self.closing {
+        while self.out.is_empty() && !self.closing {
             let exp = self.window.exp_cmd_sn();
             if let Some((next, bhs)) = self.ahead.remove(&exp) {
                 self.window.accept(matches!(next, Request::ScsiCommand(_)));
