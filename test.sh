@@ -13,6 +13,9 @@ echo "== format and lints"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 
+echo "== layering: no import cycle, no upward edge (interop/check-imports)"
+interop/check-imports
+
 echo "== unit and integration tests"
 cargo test --all-targets
 

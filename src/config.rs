@@ -13,10 +13,15 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod auth;
+mod validator;
 
+use crate::iscsi::Settings;
+use crate::iscsi::name::check_iscsi_name;
 use crate::storage::IoEngine;
-pub use auth::{AccessSettings, Limits, read_secret_file};
+pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
+pub use validator::ConfigError;
+use validator::{Validator, line_of};
 
 /// The configuration `keel serve` uses when given none: one 1 GiB sparse-file LUN under
 /// `./keel-data`, on 127.0.0.1:3260.
@@ -108,53 +113,12 @@ enum SizeValue {
     Text(String),
 }
 
-/// Session-wide iSCSI settings: what keel offers in login negotiation, and its timers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IscsiSettings {
-    /// Our MaxRecvDataSegmentLength (declared to the initiator).
-    pub max_recv_data_segment_length: u32,
-    pub max_burst_length: u32,
-    pub first_burst_length: u32,
-    pub max_outstanding_r2t: u32,
-    pub immediate_data: bool,
-    pub initial_r2t: bool,
-    /// Commands in flight per session: the CmdSN window.
-    pub queue_depth: u32,
-    /// Memory, over all connections, for write data being collected (MiB): a write that
-    /// does not fit waits for R2Ts until earlier ones have finished.
-    pub write_buffer_mib: u32,
-    /// Idle time before keel pings the initiator with a NOP-In (0: never).
-    pub nop_interval_secs: u64,
-    /// How long a ping may go unanswered before the connection is dropped.
-    pub nop_timeout_secs: u64,
-    /// How long a connection may take from accept to full feature phase.
-    pub login_timeout_secs: u64,
-}
-
-impl Default for IscsiSettings {
-    fn default() -> Self {
-        IscsiSettings {
-            max_recv_data_segment_length: 256 * 1024,
-            max_burst_length: 1024 * 1024,
-            first_burst_length: 256 * 1024,
-            max_outstanding_r2t: 8,
-            immediate_data: true,
-            initial_r2t: false,
-            queue_depth: 128,
-            write_buffer_mib: 1024,
-            nop_interval_secs: 10,
-            nop_timeout_secs: 15,
-            login_timeout_secs: 15,
-        }
-    }
-}
-
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub portals: Vec<SocketAddr>,
     pub data_dir: PathBuf,
-    pub iscsi: IscsiSettings,
+    pub iscsi: Settings,
     pub access: AccessSettings,
     /// The storage engine for file and block-device LUNs.
     pub io_engine: IoEngine,
@@ -199,22 +163,6 @@ pub enum Backing {
     Block { path: PathBuf },
 }
 
-/// One problem in a configuration file, with its line when known.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "line {line}: {}", self.message),
-            None => write!(f, "{}", self.message),
-        }
-    }
-}
-
 /// All problems found in one file; displays one per line, prefixed with the file name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigErrors {
@@ -238,13 +186,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// Line number (1-based) of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map(|s| s.bytes().filter(|&b| b == b'\n').count() + 1)
-        .unwrap_or(1)
-}
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -272,11 +213,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
             message: e.message().trim().to_string(),
         }])
     })?;
-    let mut v = Validator {
-        text,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut v = Validator::new(text);
     let mut config = v.config(raw);
     if v.errors.is_empty() {
         config.warnings = v.warnings;
@@ -286,48 +223,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-struct Validator<'a> {
-    text: &'a str,
-    errors: Vec<ConfigError>,
-    warnings: Vec<ConfigError>,
-}
-
 impl Validator<'_> {
-    /// The value of `key` when it lies in `allowed`; `default` when it is absent, or, with an
-    /// error at it, when it does not. `unit` follows the bounds in the message.
-    fn in_range<T: Copy + PartialOrd + fmt::Display>(
-        &mut self,
-        v: &Option<Spanned<T>>,
-        default: T,
-        allowed: std::ops::RangeInclusive<T>,
-        key: &str,
-        unit: &str,
-    ) -> T {
-        match v {
-            Some(x) if allowed.contains(x.get_ref()) => *x.get_ref(),
-            Some(x) => {
-                let (lo, hi) = (allowed.start(), allowed.end());
-                self.error(x, format!("{key} must be between {lo} and {hi}{unit}"));
-                default
-            }
-            None => default,
-        }
-    }
-
-    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            line: Some(line_of(self.text, at.span().start)),
-            message: message.into(),
-        });
-    }
-
-    fn warn<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
-        self.warnings.push(ConfigError {
-            line: Some(line_of(self.text, at.span().start)),
-            message: message.into(),
-        });
-    }
-
     fn config(&mut self, raw: RawConfig) -> Config {
         let data_dir = PathBuf::from(
             raw.server
@@ -439,10 +335,10 @@ impl Validator<'_> {
         out
     }
 
-    fn iscsi(&mut self, s: &RawServer) -> IscsiSettings {
-        let d = IscsiSettings::default();
+    fn iscsi(&mut self, s: &RawServer) -> Settings {
+        let d = Settings::default();
         // Ranges from RFC 7143 §13 (segment and burst lengths 512..2^24-1).
-        let settings = IscsiSettings {
+        let settings = Settings {
             max_recv_data_segment_length: self.in_range(
                 &s.max_recv_data_segment_length,
                 d.max_recv_data_segment_length,
@@ -671,49 +567,6 @@ fn parse_portal(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// Checks an iSCSI name (RFC 7143 §4.2.7): `iqn.`, `eui.` or `naa.` format, at most 223
-/// bytes, lower case. Returns why it is not valid.
-pub fn check_iscsi_name(name: &str) -> Result<(), String> {
-    if name.len() > 223 {
-        return Err("longer than 223 bytes".into());
-    }
-    if name.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err("iSCSI names are lower case (RFC 7143 §4.2.7.1)".into());
-    }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
-    if let Some(rest) = name.strip_prefix("iqn.") {
-        // iqn.yyyy-mm.reversed.domain[:anything]
-        let date_ok = rest.len() >= 8
-            && rest.as_bytes()[..4].iter().all(u8::is_ascii_digit)
-            && rest.as_bytes()[4] == b'-'
-            && rest.as_bytes()[5..7].iter().all(u8::is_ascii_digit)
-            && rest.as_bytes()[7] == b'.';
-        if !date_ok {
-            return Err(
-                "an iqn name starts with iqn.yyyy-mm. followed by a reversed domain".into(),
-            );
-        }
-        if !name.chars().all(allowed) {
-            return Err("only letters, digits, '.', '-' and ':' are allowed".into());
-        }
-        Ok(())
-    } else if let Some(hex) = name.strip_prefix("eui.") {
-        if hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            Ok(())
-        } else {
-            Err("an eui name is eui. followed by 16 hex digits".into())
-        }
-    } else if let Some(hex) = name.strip_prefix("naa.") {
-        if matches!(hex.len(), 16 | 32) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            Ok(())
-        } else {
-            Err("a naa name is naa. followed by 16 or 32 hex digits".into())
-        }
-    } else {
-        Err("must start with iqn., eui. or naa.".into())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,7 +620,7 @@ block = "/dev/sdx"
         assert_eq!(c.targets[0].luns.len(), 2);
         assert_eq!(
             c.iscsi,
-            IscsiSettings::default(),
+            Settings::default(),
             "the example shows the defaults"
         );
         assert_eq!(
@@ -950,16 +803,6 @@ lun = 70000
         );
         assert_eq!(parse_portal("[::1]"), Ok("[::1]:3260".parse().unwrap()));
         assert!(parse_portal("not an address:x").is_err());
-    }
-
-    #[test]
-    fn iscsi_names() {
-        assert!(check_iscsi_name("iqn.2026-11.org.example:disk0").is_ok());
-        assert!(check_iscsi_name("eui.02004567A425678D".to_ascii_lowercase().as_str()).is_ok());
-        assert!(check_iscsi_name("naa.52004567ba64678d").is_ok());
-        assert!(check_iscsi_name("iqn.26-11.x").is_err());
-        assert!(check_iscsi_name("iqn.2026-11.org.example:disk 0").is_err());
-        assert!(check_iscsi_name("target0").is_err());
     }
 
     #[test]

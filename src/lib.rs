@@ -1,8 +1,10 @@
 //! keel: a userspace iSCSI target.
 //!
-//! Layers, top to bottom (nothing below knows about the layer above): [`config`] describes
-//! targets; [`iscsi`] speaks the protocol over TCP using the pure codec in [`wire`]; [`scsi`]
-//! emulates logical units on top of [`storage`] backends.
+//! Layers, top to bottom; each imports only the layers below it (`interop/check-imports`
+//! checks this and that there are no import cycles): [`server`] turns a configuration into
+//! running objects and serves; [`config`] decodes `targets.toml` into the lower layers' own
+//! settings types (such as [`iscsi::Settings`]); [`iscsi`] speaks the protocol over TCP using
+//! the pure codec in [`wire`]; [`scsi`] emulates logical units on top of [`storage`] backends.
 
 pub mod config;
 pub mod iscsi;

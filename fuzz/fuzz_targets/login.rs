@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use keel::config::IscsiSettings;
+use keel::iscsi::Settings;
 use keel::iscsi::access::AllowList;
 use keel::iscsi::chap::{ALGORITHMS, Algorithm, ChapPolicy, Credential, Secret};
 use keel::iscsi::login::{
@@ -119,7 +119,7 @@ fuzz_target!(|input: &[u8]| {
             fixed_random
         },
     };
-    let mut machine = LoginMachine::new(&IscsiSettings::default()).with_access(access);
+    let mut machine = LoginMachine::new(&Settings::default()).with_access(access);
 
     let mut codec = PduCodec::new(FrameLimits::LOGIN);
     let mut buf = BytesMut::from(stream);

@@ -15,7 +15,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use keel::config::IscsiSettings;
+use keel::iscsi::Settings;
 use keel::iscsi::auth::AuthKeys;
 use keel::iscsi::chap::{self, ALGORITHMS, Algorithm};
 use keel::iscsi::params::{self, Answer, Negotiated, Rule};
@@ -23,11 +23,11 @@ use keel::iscsi::text_exchange::{TextExchange, TextStep};
 use keel::wire::{RESERVED_TAG, text};
 use libfuzzer_sys::fuzz_target;
 
-fn settings(variant: u8) -> IscsiSettings {
-    let d = IscsiSettings::default();
+fn settings(variant: u8) -> Settings {
+    let d = Settings::default();
     match variant % 3 {
         0 => d,
-        1 => IscsiSettings {
+        1 => Settings {
             max_recv_data_segment_length: 8192,
             max_burst_length: 65_536,
             first_burst_length: 65_536,
@@ -36,7 +36,7 @@ fn settings(variant: u8) -> IscsiSettings {
             initial_r2t: true,
             ..d
         },
-        _ => IscsiSettings {
+        _ => Settings {
             max_recv_data_segment_length: 16_777_215,
             max_burst_length: 16_777_215,
             first_burst_length: 512,

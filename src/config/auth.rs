@@ -30,8 +30,10 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Validator, check_iscsi_name};
+use super::validator::Validator;
+use crate::iscsi::Limits;
 use crate::iscsi::chap::{ALGORITHMS, Algorithm, ChapPolicy, Credential, Secret};
+use crate::iscsi::name::check_iscsi_name;
 
 /// RFC 7143 §12.1.3: CHAP secrets should be at least 96 bits; some initiators (Windows)
 /// insist on 12 to 16 characters.
@@ -46,27 +48,6 @@ pub(super) struct RawCredential {
     user: Spanned<String>,
     secret: Option<Spanned<String>>,
     secret_file: Option<Spanned<String>>,
-}
-
-/// Refusal limits for connections and sessions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections keel serves at once, over all portals.
-    pub max_connections: u32,
-    /// Connections from one initiator IP address at once.
-    pub max_connections_per_address: u32,
-    /// Sessions (normal and discovery) one initiator name may hold at once.
-    pub max_sessions_per_initiator: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 4096,
-            max_connections_per_address: 512,
-            max_sessions_per_initiator: 256,
-        }
-    }
 }
 
 /// Server-wide access settings.

@@ -12,7 +12,7 @@
 //! for the log that never contains a secret.
 
 use super::chap::{self, Algorithm, ChapPolicy, Random};
-use super::login::status::{self, Status};
+use super::status::{self, Status};
 
 /// The authentication keys of one request (other keys go to negotiation).
 #[derive(Debug, Default)]

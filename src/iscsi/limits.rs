@@ -1,5 +1,6 @@
-//! Connection counting for the limits in [`crate::config::Limits`]: connections overall and
-//! per initiator address. (Sessions per initiator name are counted by the session registry.)
+//! Connection and session limits ([`Limits`]) and the counting of connections against them:
+//! overall and per initiator address. (Sessions per initiator name are counted by the
+//! session registry.)
 //!
 //! A connection over a limit is not dropped at accept: keel reads its first Login Request,
 //! waits [`REFUSE_DELAY`], and answers status 0x0302 (out of resources, RFC 7143 §11.13.5).
@@ -11,10 +12,29 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::config::Limits;
-
 /// How long keel holds a refusal for exceeded limits before answering it.
 pub const REFUSE_DELAY: Duration = Duration::from_secs(1);
+
+/// Refusal limits for connections and sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections keel serves at once, over all portals.
+    pub max_connections: u32,
+    /// Connections from one initiator IP address at once.
+    pub max_connections_per_address: u32,
+    /// Sessions (normal and discovery) one initiator name may hold at once.
+    pub max_sessions_per_initiator: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_address: 512,
+            max_sessions_per_initiator: 256,
+        }
+    }
+}
 
 /// Which limit a connection exceeded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

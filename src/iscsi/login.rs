@@ -11,29 +11,9 @@ use super::access::AllowList;
 use super::auth::{AuthKeys, Authenticator};
 use super::chap::{self, Algorithm, ChapPolicy, Random};
 use super::params::{self, Answer, Negotiated, Rule};
-use crate::config::IscsiSettings;
+use super::settings::Settings;
+use super::status;
 use crate::wire::{LoginRequest, LoginResponse, SeqNums, text};
-
-/// Login status class and detail (RFC 7143 §11.13.5).
-pub mod status {
-    pub type Status = (u8, u8);
-    pub const SUCCESS: Status = (0x00, 0x00);
-    pub const INITIATOR_ERROR: Status = (0x02, 0x00);
-    pub const AUTHENTICATION_FAILED: Status = (0x02, 0x01);
-    pub const AUTHORIZATION_FAILED: Status = (0x02, 0x02);
-    pub const NOT_FOUND: Status = (0x02, 0x03);
-    pub const TARGET_REMOVED: Status = (0x02, 0x04);
-    pub const UNSUPPORTED_VERSION: Status = (0x02, 0x05);
-    pub const TOO_MANY_CONNECTIONS: Status = (0x02, 0x06);
-    pub const MISSING_PARAMETER: Status = (0x02, 0x07);
-    pub const CANT_INCLUDE_IN_SESSION: Status = (0x02, 0x08);
-    pub const SESSION_TYPE_NOT_SUPPORTED: Status = (0x02, 0x09);
-    pub const SESSION_DOES_NOT_EXIST: Status = (0x02, 0x0a);
-    pub const INVALID_DURING_LOGIN: Status = (0x02, 0x0b);
-    pub const TARGET_ERROR: Status = (0x03, 0x00);
-    pub const SERVICE_UNAVAILABLE: Status = (0x03, 0x01);
-    pub const OUT_OF_RESOURCES: Status = (0x03, 0x02);
-}
 
 /// Login stages (CSG/NSG values, RFC 7143 §11.12.3).
 pub const SECURITY_STAGE: u8 = 0;
@@ -113,7 +93,7 @@ pub enum LoginStep {
 /// State of one connection's login.
 #[derive(Debug)]
 pub struct LoginMachine {
-    settings: IscsiSettings,
+    settings: Settings,
     stage: Option<u8>,
     pending_text: BytesMut,
     initiator_name: Option<String>,
@@ -131,7 +111,7 @@ pub struct LoginMachine {
 }
 
 impl LoginMachine {
-    pub fn new(settings: &IscsiSettings) -> Self {
+    pub fn new(settings: &Settings) -> Self {
         LoginMachine {
             settings: settings.clone(),
             stage: None,
@@ -498,7 +478,7 @@ mod tests {
 
     #[test]
     fn a_normal_login_through_both_stages() {
-        let mut m = LoginMachine::new(&IscsiSettings::default());
+        let mut m = LoginMachine::new(&Settings::default());
         let step = m.step(
             &req(
                 0,
@@ -542,9 +522,7 @@ mod tests {
         assert!(has(
             &r,
             "MaxRecvDataSegmentLength",
-            &IscsiSettings::default()
-                .max_recv_data_segment_length
-                .to_string()
+            &Settings::default().max_recv_data_segment_length.to_string()
         ));
         assert!(outcome.params.header_digest && !outcome.params.data_digest);
         assert_eq!(outcome.params.initiator_max_recv, 262144);
@@ -554,7 +532,7 @@ mod tests {
 
     #[test]
     fn a_discovery_login_straight_to_full_feature() {
-        let mut m = LoginMachine::new(&IscsiSettings::default());
+        let mut m = LoginMachine::new(&Settings::default());
         let step = m.step(
             &req(
                 0,
@@ -633,7 +611,7 @@ mod tests {
             (req(3, 3, true, &[]), status::INITIATOR_ERROR),
         ];
         for (request, expected) in cases {
-            let mut m = LoginMachine::new(&IscsiSettings::default());
+            let mut m = LoginMachine::new(&Settings::default());
             match m.step(&request, &targets) {
                 LoginStep::Fail(r, _) => {
                     assert_eq!((r.status_class, r.status_detail), expected, "{request:?}")
@@ -641,7 +619,7 @@ mod tests {
                 other => panic!("{request:?} gave {other:?}"),
             }
         }
-        let mut m = LoginMachine::new(&IscsiSettings::default());
+        let mut m = LoginMachine::new(&Settings::default());
         let mut bad_version = req(0, 1, true, &[("InitiatorName", "iqn.x:i")]);
         bad_version.version_min = 2;
         assert!(
@@ -651,7 +629,7 @@ mod tests {
 
     #[test]
     fn continued_text_is_collected_before_answering() {
-        let mut m = LoginMachine::new(&IscsiSettings::default());
+        let mut m = LoginMachine::new(&Settings::default());
         let full = text::encode(&[("InitiatorName", "iqn.x:i"), ("SessionType", "Discovery")]);
         let mut first = req(0, 3, false, &[]);
         first.continue_bit = true;
@@ -666,7 +644,7 @@ mod tests {
 
     #[test]
     fn staying_in_a_stage_without_transit_is_allowed() {
-        let mut m = LoginMachine::new(&IscsiSettings::default());
+        let mut m = LoginMachine::new(&Settings::default());
         let step = m.step(
             &req(
                 0,

@@ -42,7 +42,7 @@ fn target(chap: Option<ChapPolicy>, allowed: &[&str]) -> LoginTarget {
 }
 
 fn machine(algorithms: &[Algorithm], discovery: Option<ChapPolicy>) -> LoginMachine {
-    LoginMachine::new(&IscsiSettings::default()).with_access(LoginAccess {
+    LoginMachine::new(&Settings::default()).with_access(LoginAccess {
         algorithms: algorithms.to_vec(),
         discovery_chap: discovery.map(Arc::new),
         random: fixed_random,

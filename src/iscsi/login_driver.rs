@@ -14,9 +14,10 @@ use tracing::info;
 
 use super::Service;
 use super::limits::{OverLimit, REFUSE_DELAY};
-use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget, status};
+use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget};
 use super::session::{AdmitError, SessionGuard, SessionKey};
 use super::session_core::opcode_name;
+use super::status;
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{self, LoginRequest, PduCodec, Reply, Request, SeqNums};
 

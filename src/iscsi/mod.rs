@@ -9,10 +9,13 @@ pub mod connection;
 pub mod limits;
 pub mod login;
 mod login_driver;
+pub mod name;
 pub mod params;
 pub mod response;
 pub mod session;
 pub mod session_core;
+pub mod settings;
+pub mod status;
 pub mod text_exchange;
 pub mod window;
 mod writer;
@@ -22,7 +25,6 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{IscsiSettings, Limits};
 use crate::scsi::TargetDevice;
 
 use access::AllowList;
@@ -30,7 +32,9 @@ use chap::ChapPolicy;
 use limits::ConnectionCounter;
 use login::LoginAccess;
 
+pub use limits::Limits;
 pub use session::SessionRegistry;
+pub use settings::Settings;
 
 /// A target as the iSCSI layer sees it: a name, a portal group, and its logical units.
 #[derive(Debug)]
@@ -82,7 +86,7 @@ impl TargetRegistry {
 /// limits, the write-buffer budget, the shutdown signal).
 #[derive(Debug)]
 pub struct Service {
-    pub settings: IscsiSettings,
+    pub settings: Settings,
     pub targets: TargetRegistry,
     pub sessions: SessionRegistry,
     /// CHAP algorithms and discovery authentication.
@@ -96,7 +100,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(settings: IscsiSettings) -> Self {
+    pub fn new(settings: Settings) -> Self {
         let budget_kib = settings.write_buffer_mib as usize * 1024;
         Service {
             write_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget_kib)),

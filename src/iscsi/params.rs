@@ -4,7 +4,7 @@
 //! result is computed (the RFC's result functions: boolean AND/OR, numerical min/max, first
 //! acceptable list item, or declarative). Unknown keys are answered `NotUnderstood`.
 
-use crate::config::IscsiSettings;
+use super::settings::Settings;
 
 /// How a key's result is computed (RFC 7143 §6.2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +121,7 @@ pub struct Negotiated {
 
 impl Negotiated {
     /// RFC defaults, with our declared receive limit.
-    pub fn defaults(settings: &IscsiSettings) -> Self {
+    pub fn defaults(settings: &Settings) -> Self {
         Negotiated {
             header_digest: false,
             data_digest: false,
@@ -152,7 +152,7 @@ pub enum Answer {
 }
 
 /// Our side's value for a negotiated key, from configuration.
-fn ours(name: &str, s: &IscsiSettings) -> u32 {
+fn ours(name: &str, s: &Settings) -> u32 {
     match name {
         // Multiple connections per session arrive with a later issue.
         "MaxConnections" => 1,
@@ -167,7 +167,7 @@ fn ours(name: &str, s: &IscsiSettings) -> u32 {
     }
 }
 
-fn our_bool(name: &str, s: &IscsiSettings) -> bool {
+fn our_bool(name: &str, s: &Settings) -> bool {
     match name {
         "InitialR2T" => s.initial_r2t,
         "ImmediateData" => s.immediate_data,
@@ -207,7 +207,7 @@ pub fn negotiate(
     def: &KeyDef,
     value: &str,
     discovery: bool,
-    settings: &IscsiSettings,
+    settings: &Settings,
     n: &mut Negotiated,
 ) -> Answer {
     if discovery && def.irrelevant_in_discovery {
@@ -297,7 +297,7 @@ mod tests {
     use super::*;
 
     fn run(key: &str, value: &str) -> (Answer, Negotiated) {
-        let s = IscsiSettings::default();
+        let s = Settings::default();
         let mut n = Negotiated::defaults(&s);
         let def = lookup(key).unwrap();
         (negotiate(def, value, false, &s, &mut n), n)
@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn result_functions_follow_the_rfc() {
-        let s = IscsiSettings::default();
+        let s = Settings::default();
         assert_eq!(
             run("InitialR2T", "No").0,
             reply(if s.initial_r2t { "Yes" } else { "No" })
@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn discovery_sessions_mark_session_keys_irrelevant() {
-        let s = IscsiSettings::default();
+        let s = Settings::default();
         let mut n = Negotiated::defaults(&s);
         let a = negotiate(lookup("MaxBurstLength").unwrap(), "1024", true, &s, &mut n);
         assert_eq!(a, reply("Irrelevant"));
@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn first_burst_never_exceeds_max_burst() {
-        let s = IscsiSettings::default();
+        let s = Settings::default();
         let mut n = Negotiated::defaults(&s);
         negotiate(lookup("MaxBurstLength").unwrap(), "8192", false, &s, &mut n);
         negotiate(

@@ -1,0 +1,231 @@
+//! Configuration into running objects: each LUN's backend opened and wrapped in a logical unit,
+//! targets assembled from their LUNs, the iSCSI service set up from the server settings.
+//!
+//! The only place that does this (`config` describes, `iscsi`/`scsi`/`storage` run). Each
+//! function builds one thing from its part of the [`Config`], so a reload can build just the
+//! targets and LUNs that changed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use tracing::{info, warn};
+
+use crate::config::{AccessSettings, Backing, Config, LunConfig, TargetConfig};
+use crate::iscsi::access::AllowList;
+use crate::iscsi::login::LoginAccess;
+use crate::iscsi::{Service, Target};
+use crate::scsi::{AtomicJournal, LogicalUnit, LuIdentity, TargetDevice, file_store};
+use crate::storage::pool::BufferPool;
+use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
+
+/// What every LUN of a server shares: where its state files live and how its storage I/O
+/// runs.
+#[derive(Clone)]
+pub struct StorageEnv {
+    /// Persistent reservations and atomic-write journals live here (`data_dir`).
+    pub data_dir: PathBuf,
+    /// One io_uring (and its thread) for every LUN; `None`: the thread-pool engine.
+    pub engine: Option<Arc<UringEngine>>,
+    /// Large-read buffers, reused across every LUN of the server.
+    pub read_buffers: Arc<BufferPool>,
+    /// The runtime whose bounded blocking pool runs the thread-pool engine's syscalls.
+    pub blocking_pool: tokio::runtime::Handle,
+}
+
+impl StorageEnv {
+    /// Chooses the storage engine once, for the whole server: a ring only when some target
+    /// has a LUN. Storage syscalls of the thread-pool engine run on the current runtime's
+    /// blocking pool, so call this on the main runtime.
+    pub fn new(config: &Config) -> Result<StorageEnv> {
+        let uses_files = config.targets.iter().any(|t| !t.luns.is_empty());
+        let engine = if uses_files {
+            select_engine(config.io_engine, UringEngine::new)?
+        } else {
+            None
+        };
+        info!(
+            configured = config.io_engine.name(),
+            engine = if engine.is_some() {
+                "io_uring"
+            } else {
+                "threads"
+            },
+            "storage engine"
+        );
+        Ok(StorageEnv {
+            data_dir: config.data_dir.clone(),
+            engine,
+            read_buffers: BufferPool::new(),
+            blocking_pool: tokio::runtime::Handle::current(),
+        })
+    }
+}
+
+/// The iSCSI service of a configuration: its settings, CHAP algorithms, discovery
+/// authentication and limits, with no targets yet.
+pub fn service(config: &Config) -> Service {
+    let mut service = Service::new(config.iscsi.clone());
+    service.access = login_access(&config.access);
+    service.limits = config.access.limits;
+    service
+}
+
+/// The server-wide authentication a login applies.
+pub fn login_access(access: &AccessSettings) -> LoginAccess {
+    LoginAccess {
+        algorithms: access.chap_algorithms.clone(),
+        discovery_chap: access.discovery_chap.clone().map(Arc::new),
+        ..LoginAccess::default()
+    }
+}
+
+/// Opens one LUN of `target`: its backend, its atomic-write journal (recovered before the
+/// unit serves anything) and its persistent reservations.
+pub async fn build_lun(
+    target: &str,
+    lun: &LunConfig,
+    env: &StorageEnv,
+) -> Result<Arc<LogicalUnit>> {
+    let (opened, path) = match &lun.backing {
+        Backing::File { path, create_size } => (
+            FileBackend::open_file(path, *create_size, lun.read_only),
+            path,
+        ),
+        Backing::Block { path } => (FileBackend::open_block_device(path, lun.read_only), path),
+    };
+    let opened = opened.with_context(|| {
+        format!(
+            "target {} LUN {}: cannot open {}",
+            target,
+            lun.lun,
+            path.display()
+        )
+    })?;
+    let backend: Arc<dyn BlockBackend> = Arc::new(
+        opened
+            .with_engine(env.engine.clone())
+            .with_buffer_pool(env.read_buffers.clone())
+            .with_blocking_pool(env.blocking_pool.clone()),
+    );
+    if !backend.size_bytes().is_multiple_of(lun.block_size as u64) {
+        warn!(target = %target, lun = lun.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), lun.block_size);
+    }
+    let identity = LuIdentity::derived(target, lun.lun);
+    // An atomic write interrupted by a crash is completed (or, if its record is torn, known
+    // not to have started) before the unit serves anything.
+    let journal = Arc::new(AtomicJournal::new(&env.data_dir, identity.naa));
+    journal.recover(backend.as_ref()).await.with_context(|| {
+        format!(
+            "target {} LUN {}: cannot recover the atomic write journal {}",
+            target,
+            lun.lun,
+            journal.path().display()
+        )
+    })?;
+    info!(target = %target, lun = lun.lun, backend = %backend.describe(), bytes = backend.size_bytes(), "LUN ready");
+    let unit = LogicalUnit::new(identity, lun.block_size, Some(backend), lun.read_only)
+        .with_physical_block_size(lun.physical_block_size)
+        .with_atomic_journal(journal)
+        .with_removable_medium(lun.removable);
+    unit.set_reservation_store(file_store(&env.data_dir))
+        .with_context(|| {
+            format!(
+                "target {} LUN {}: cannot load persistent reservations from {}",
+                target,
+                lun.lun,
+                env.data_dir.join("reservations").display()
+            )
+        })?;
+    Ok(Arc::new(unit))
+}
+
+/// Builds one target with all its LUNs (opened in the order the configuration lists them).
+pub async fn build_target(config: &TargetConfig, env: &StorageEnv) -> Result<Target> {
+    let device = Arc::new(TargetDevice::new(&config.name));
+    for lun in &config.luns {
+        device.add_lun(build_lun(&config.name, lun, env).await?);
+    }
+    Ok(Target {
+        name: config.name.clone(),
+        alias: config.alias.clone(),
+        portal_group_tag: config.portal_group_tag,
+        device,
+        chap: config.chap.clone().map(Arc::new),
+        allowed: Arc::new(AllowList::new(config.allowed_initiators.iter().cloned())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn config_in(dir: &std::path::Path, targets: &str) -> Config {
+        let text = format!(
+            "[server]\ndata_dir = \"{}\"\nio_engine = \"threads\"\n{targets}",
+            dir.display()
+        );
+        config::parse(&text, "test").unwrap()
+    }
+
+    const TWO_TARGETS: &str = "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n\
+        [[target.lun]]\nlun = 0\nfile = \"a0.img\"\nsize = \"1MiB\"\n\
+        [[target.lun]]\nlun = 3\nfile = \"a3.img\"\nsize = \"2MiB\"\nblock_size = 4096\n\
+        [[target]]\nname = \"iqn.2026-11.org.example:b\"\n\
+        [[target.lun]]\nlun = 0\nfile = \"b0.img\"\nsize = \"1MiB\"\n";
+
+    #[tokio::test]
+    async fn one_lun_and_one_target_build_on_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path(), TWO_TARGETS);
+        let env = StorageEnv::new(&config).unwrap();
+        // A single LUN of the first target, without building anything else.
+        let lun = build_lun(&config.targets[0].name, &config.targets[0].luns[1], &env)
+            .await
+            .unwrap();
+        assert_eq!(lun.lun(), 3);
+        assert!(dir.path().join("a3.img").exists());
+        assert!(!dir.path().join("a0.img").exists());
+        // The second target alone.
+        let target = build_target(&config.targets[1], &env).await.unwrap();
+        assert_eq!(target.name, "iqn.2026-11.org.example:b");
+        let luns: Vec<u64> = target.device.luns().iter().map(|l| l.lun()).collect();
+        assert_eq!(luns, [0]);
+        assert!(!dir.path().join("a0.img").exists());
+    }
+
+    #[tokio::test]
+    async fn a_lun_that_cannot_open_names_its_target_lun_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(
+            dir.path(),
+            "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n\
+             [[target.lun]]\nlun = 7\nblock = \"/nonexistent/keel-test-device\"\n",
+        );
+        let env = StorageEnv::new(&config).unwrap();
+        let err = build_target(&config.targets[0], &env).await.unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(
+                "target iqn.2026-11.org.example:a LUN 7: cannot open /nonexistent/keel-test-device"
+            ),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_service_carries_the_access_settings() {
+        let config = config::parse(
+            "[server]\nchap_algorithms = [\"SHA-256\"]\nmax_connections = 9\n\
+             [[server.discovery_chap]]\nuser = \"disc\"\nsecret = \"discovery-secret\"\n",
+            "test",
+        )
+        .unwrap();
+        let service = service(&config);
+        assert_eq!(service.settings, config.iscsi);
+        assert_eq!(service.limits.max_connections, 9);
+        assert_eq!(service.access.algorithms, config.access.chap_algorithms);
+        assert!(service.access.discovery_chap.is_some());
+        assert!(service.targets.list().is_empty());
+    }
+}
