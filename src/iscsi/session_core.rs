@@ -96,7 +96,7 @@ pub fn reject_reply(reason: u8, bhs: &[u8; wire::BHS_LEN]) -> Reply {
 }
 
 /// Write-buffer memory is counted in KiB (`Service::write_budget`).
-pub fn budget_units(bytes: u32) -> u32 {
+fn budget_units(bytes: u32) -> u32 {
     bytes.div_ceil(1024)
 }
 
