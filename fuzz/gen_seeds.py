@@ -79,8 +79,8 @@ def nop_out(itt=2, cmd_sn=1, data=b"", **kw):
     return frame(bhs, data, **kw)
 
 
-def scsi_command(cdb, itt, cmd_sn, read=False, write=False, length=0, data=b"", ahs=b"", **kw):
-    flags = 0x80 | (0x40 if read else 0) | (0x20 if write else 0) | 0x01
+def scsi_command(cdb, itt, cmd_sn, read=False, write=False, length=0, data=b"", ahs=b"", final=True, **kw):
+    flags = (0x80 if final else 0) | (0x40 if read else 0) | (0x20 if write else 0) | 0x01
     base = cdb[:16].ljust(16, b"\0")
     bhs = struct.pack(">BBHI8sIIII", 0x01, flags, 0, 0, b"", itt, length, cmd_sn, 1) + base
     return frame(bhs, data, ahs=ahs, **kw)
@@ -409,11 +409,77 @@ def cdb_seeds():
     ]))
 
 
+def session_seeds():
+    # Input: a config byte, a shape byte, then events: 0x00 + a framed PDU, 0x80|n complete
+    # running command n, 0xa0|n start it, 0xc0|s advance s seconds, 0xe0 grant write-buffer
+    # memory, 0xf0 end (see fuzz_targets/session.rs). Target transfer tags count from 1.
+    def pdu(frame_bytes):
+        return b"\0" + frame_bytes
+
+    def seed(name, config, shape, *events):
+        write("session", name, bytes([config, shape]) + b"".join(events))
+
+    write16 = cdb16(0x2A, 0, 0, 0, 0, 16, 0, 0, 16)
+    send_targets = [("SendTargets", "All")]
+    seed("basic", 0x04, 0x07,
+         pdu(scsi_command(READ10, 0x10, 1, read=True, length=4096)), b"\x80",
+         pdu(nop_out(0x11, 2, b"ping")),
+         pdu(text_request(send_targets, itt=0x12, cmd_sn=3)),
+         pdu(logout(0x13, 4)))
+    seed("r2t", 0x06, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=8192)),
+         pdu(data_out(0x10, 1, 0, 0, b"\xaa" * 8192)), b"\x80")
+    seed("r2t-bursts", 0x1e | 0x80, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=8192)),
+         pdu(data_out(0x10, 1, 0, 0, b"\x01" * 4096)),
+         pdu(data_out(0x10, 2, 0, 4096, b"\x02" * 4096)), b"\x80")
+    seed("unsolicited", 0x04, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=8192, data=b"\x05" * 1024,
+                          final=False)),
+         pdu(data_out(0x10, 0xFFFFFFFF, 0, 1024, b"\x06" * 3072)),
+         pdu(data_out(0x10, 1, 0, 4096, b"\x07" * 4096)), b"\x80")
+    seed("wrong-data-sn", 0x06, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=8192)),
+         pdu(data_out(0x10, 1, 3, 0, b"\xaa" * 8192)), b"\x80")
+    seed("out-of-order-offset", 0x06, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=8192)),
+         pdu(data_out(0x10, 1, 0, 512, b"\xaa" * 4096)))
+    bad = bytearray(data_out(0x10, 1, 0, 0, b"\xaa" * 8192, dd=True))
+    bad[-1] ^= 0xFF
+    seed("data-digest", 0x26, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=8192, dd=True)),
+         pdu(bytes(bad)), b"\x80", pdu(nop_out(0x11, 2, b"x", dd=True)))
+    seed("cmd-sn-gap", 0x04, 0x07,
+         pdu(nop_out(0x11, 3)), pdu(scsi_command(READ10, 0x12, 2, read=True, length=4096)),
+         pdu(nop_out(0x13, 1)), b"\x80",
+         pdu(task_mgmt(1, 0x14, 5, ref=0x99)), pdu(nop_out(0x15, 5)))
+    seed("task-management", 0x06, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=8192)),
+         pdu(scsi_command(READ10, 0x11, 2, read=True, length=4096)), b"\xa0",
+         pdu(task_mgmt(1, 0x12, 3, ref=0x10)),
+         pdu(task_mgmt(5, 0x13, 3)), b"\x80",
+         pdu(task_mgmt(2, 0x14, 3)), pdu(task_mgmt(7, 0x15, 3)))
+    seed("ping", 0x04, 0x07, b"\xc5", b"\xc3")
+    seed("budget", 0x46, 0x07,
+         pdu(scsi_command(write16, 0x10, 1, write=True, length=16384)), b"\xe0",
+         pdu(data_out(0x10, 1, 0, 0, b"\x09" * 8192, final=False)),
+         pdu(data_out(0x10, 1, 1, 8192, b"\x09" * 8192)), b"\x80")
+    seed("discovery", 0x01, 0x07,
+         pdu(text_request(send_targets, itt=0x12, cmd_sn=1)),
+         pdu(scsi_command(READ10, 0x10, 2, read=True, length=4096)),
+         pdu(snack(0x13)), pdu(logout(0x14, 3)))
+    seed("wrap", 0x04, 0xF3,
+         pdu(scsi_command(READ10, 0x10, 0xFFFFFFFD, read=True, length=4096)),
+         pdu(nop_out(0x11, 0xFFFFFFFE)), pdu(nop_out(0x12, 0xFFFFFFFF)),
+         pdu(nop_out(0x13, 0)), b"\x80")
+
+
 def main():
     framing_seeds()
     text_seeds()
     login_seeds()
     cdb_seeds()
+    session_seeds()
     for t in sorted(os.listdir(os.path.join(HERE, "seeds"))):
         d = os.path.join(HERE, "seeds", t)
         files = os.listdir(d)

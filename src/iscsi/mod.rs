@@ -8,14 +8,17 @@ pub mod chap;
 pub mod connection;
 pub mod limits;
 pub mod login;
+mod login_driver;
 pub mod name;
 pub mod params;
 pub mod response;
 pub mod session;
+pub mod session_core;
 pub mod settings;
 pub mod status;
 pub mod text_exchange;
 pub mod window;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

@@ -21,6 +21,7 @@ mod ordering;
 mod sense;
 mod table;
 mod target;
+mod tmf;
 mod unit;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ use crate::payload::FileSlice;
 pub use cdb::{decode_lun, encode_lun};
 pub use sense::{Sense, SenseKey};
 pub use target::TargetDevice;
+pub use tmf::{Tmf, TmfOutcome, TmfResponse};
 pub use unit::atomic_journal::{AtomicJournal, RecordHeader, encode_header, unit_key};
 pub use unit::limits::MAX_TRANSFER_BYTES;
 pub use unit::lu::{LogicalUnit, LuIdentity, Readiness};

@@ -10,7 +10,8 @@
 //!   once the medium is durable. Atomic writes of one unit are serialized by the journal's
 //!   single slot: they are rare, and correctness matters more than their speed.
 //!
-//! What the block limits VPD page announces ([`AtomicLimits`]): at most
+//! What the block limits VPD page announces
+//! ([`AtomicLimits`](crate::scsi::unit::limits::AtomicLimits)): at most
 //! [`MAX_ATOMIC_BYTES`] per command; ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY
 //! equal to the logical blocks per physical block, so an atomic write always covers whole
 //! physical blocks (the unit the initiator's own atomicity is built on); no atomic

@@ -4,8 +4,9 @@
 //! uses to clone and migrate virtual disks without moving the data through the host.
 //!
 //! The copy manager is the logical unit the command is addressed to; its copy targets (CSCDs)
-//! are logical units of the same [`TargetDevice`], named by identification descriptors (CSCD
-//! type E4h, SPC-4 §6.4 "Identification descriptor CSCD descriptor format") carrying
+//! are logical units of the same [`TargetDevice`](crate::scsi::TargetDevice) (the dispatcher
+//! passes them in; this file does not import the target), named by identification descriptors
+//! (CSCD type E4h, SPC-4 §6.4 "Identification descriptor CSCD descriptor format") carrying
 //! the VPD 83h NAA designator. Only block→block segment descriptors (type 02h, SPC-4 §6.4 "Block device to block device operations")
 //! are implemented.
 //!
@@ -805,7 +806,9 @@ pub fn receive_copy_results(
     Ok(truncate(data, alloc_len))
 }
 
-/// EXTENDED COPY(LID1) (SPC-4 §6.4), run to completion within the command.
+/// EXTENDED COPY(LID1) (SPC-4 §6.4), run to completion within the command. `luns` are the
+/// logical units of the target, the copy targets a CSCD descriptor may name; `copy_results`
+/// is where the target keeps the status RECEIVE COPY RESULTS reports.
 pub async fn extended_copy(
     copy_results: &CopyResults,
     luns: &[Arc<LogicalUnit>],

@@ -1,7 +1,8 @@
 //! The limits a logical unit announces in the block limits VPD page (SBC-4 §6.6.4) and
 //! enforces on the commands they bound. State-side: the atomic journal sizes its records by
 //! them and the transport sizes its write buffers by them, neither of which may import the
-//! command handlers.
+//! command handlers. Leaf of `unit/`: a unit asks for its own limits
+//! ([`LogicalUnit::atomic_limits`](super::lu::LogicalUnit::atomic_limits)), never the reverse.
 
 use crate::scsi::sense::Sense;
 

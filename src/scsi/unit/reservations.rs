@@ -1,6 +1,7 @@
 //! The reservation state of one logical unit: SCSI-3 persistent reservations (SPC-4 §5.13:
 //! registrations, the reservation, PRgeneration, APTPL) and the SPC-2 reservation holder
-//! (SPC-2 §5.5.1). The commands that read and change it live in
+//! (SPC-2 §5.5.1), behind one mutex; the state types themselves, shared with the store, are
+//! in `pr_state.rs`. The commands that read and change it live in
 //! `commands/persistent_reservations.rs` and `commands/spc2_reservations.rs`; which commands
 //! meet RESERVATION CONFLICT is `commands/reservation_access.rs`.
 //!

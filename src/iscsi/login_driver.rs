@@ -1,0 +1,204 @@
+//! The login phase of a connection (RFC 7143 §6): reads Login Requests, feeds them to the
+//! sans-IO [`LoginMachine`], sends its responses, and admits the new session in the
+//! [`SessionRegistry`](super::SessionRegistry) (reinstating an older one with the same
+//! ISID, §6.3.5).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::FramedRead;
+use tracing::info;
+
+use super::Service;
+use super::limits::{OverLimit, REFUSE_DELAY};
+use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget};
+use super::session::{AdmitError, SessionGuard, SessionKey};
+use super::session_core::opcode_name;
+use super::status;
+use crate::wire::framing::{BufQueue, FrameError, frame_parts};
+use crate::wire::{self, LoginRequest, PduCodec, Reply, Request, SeqNums};
+
+pub(super) struct LoggedIn<'a> {
+    pub outcome: LoginOutcome,
+    pub guard: SessionGuard<'a>,
+    /// The StatSN the first full-feature response will carry.
+    pub stat_sn: u32,
+}
+
+/// The login phase, within the configured time and until shutdown: `None` if the
+/// connection ends without a session.
+pub(super) async fn login<'a>(
+    reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
+    wr: &mut OwnedWriteHalf,
+    ctx: &'a Arc<Service>,
+    over: Option<OverLimit>,
+) -> Result<Option<LoggedIn<'a>>, FrameError> {
+    let login_time = Duration::from_secs(ctx.settings.login_timeout_secs);
+    tokio::select! {
+        r = tokio::time::timeout(login_time, login_phase(reader, wr, ctx, over)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                info!("login did not complete within {login_time:?}; dropping the connection");
+                Ok(None)
+            }
+        },
+        _ = ctx.shutdown.cancelled() => Ok(None),
+    }
+}
+
+async fn login_phase<'a>(
+    reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
+    wr: &mut OwnedWriteHalf,
+    ctx: &'a Arc<Service>,
+    over: Option<OverLimit>,
+) -> Result<Option<LoggedIn<'a>>, FrameError> {
+    let mut machine = LoginMachine::new(&ctx.settings).with_access(ctx.access.clone());
+    let mut stat_sn: u32 = 1;
+    let mut first = true;
+    let find = |name: &str| {
+        ctx.targets.get(name).map(|t| LoginTarget {
+            name: t.name.clone(),
+            alias: t.alias.clone(),
+            portal_group_tag: t.portal_group_tag,
+            chap: t.chap.clone(),
+            allowed: t.allowed.clone(),
+        })
+    };
+    loop {
+        let Some(raw) = reader.next().await else {
+            return Ok(None);
+        };
+        let raw = raw?;
+        let req = match Request::decode(&raw.bhs, &raw.ahs, raw.data) {
+            Ok(Request::Login(req)) => req,
+            Ok(other) => {
+                info!(
+                    "PDU {:?} before login completed; closing",
+                    opcode_name(&other)
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                info!("undecodable PDU during login: {e}");
+                return Ok(None);
+            }
+        };
+        if let Some(over) = over {
+            // Held briefly: open-iscsi retries class-3 refusals at once (see limits.rs).
+            tokio::time::sleep(REFUSE_DELAY).await;
+            info!(status = "0x0302", "login refused: {over}");
+            let r = login::failure_response(&req, status::OUT_OF_RESOURCES);
+            send_login(wr, r, &mut stat_sn, &req, ctx).await?;
+            return Ok(None);
+        }
+        if first && req.tsih != 0 {
+            // Adding a connection to an existing session (MC/S) arrives with a later issue.
+            let status = if ctx.sessions.tsih_exists(req.tsih) {
+                status::TOO_MANY_CONNECTIONS
+            } else {
+                status::SESSION_DOES_NOT_EXIST
+            };
+            send_login(
+                wr,
+                login::failure_response(&req, status),
+                &mut stat_sn,
+                &req,
+                ctx,
+            )
+            .await?;
+            info!(tsih = req.tsih, "login to an existing session refused");
+            return Ok(None);
+        }
+        first = false;
+        match machine.step(&req, &find) {
+            LoginStep::Respond(response) => {
+                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
+            }
+            LoginStep::Fail(response, why) => {
+                info!(
+                    status = format!(
+                        "0x{:02x}{:02x}",
+                        response.status_class, response.status_detail
+                    ),
+                    "login refused: {why}"
+                );
+                if (response.status_class, response.status_detail) == status::AUTHENTICATION_FAILED
+                {
+                    // Slows down online guessing of CHAP secrets; class 2 is not retried by
+                    // initiators, so nobody legitimate waits on this twice.
+                    tokio::time::sleep(REFUSE_DELAY).await;
+                }
+                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
+                return Ok(None);
+            }
+            LoginStep::Complete(mut response, outcome) => {
+                let key = SessionKey {
+                    initiator: outcome.initiator_name.clone(),
+                    isid: outcome.isid,
+                    target: outcome
+                        .target
+                        .as_ref()
+                        .map(|t| t.name.clone())
+                        .unwrap_or_default(),
+                };
+                let max = ctx.limits.max_sessions_per_initiator as usize;
+                let guard = match ctx.sessions.admit_limited(key, max).await {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        let status = match e {
+                            // Temporary: the initiator retries and finds the old session gone.
+                            AdmitError::OldSessionBusy => status::SERVICE_UNAVAILABLE,
+                            AdmitError::NoTsih => status::OUT_OF_RESOURCES,
+                            AdmitError::TooManySessions => {
+                                tokio::time::sleep(REFUSE_DELAY).await;
+                                status::OUT_OF_RESOURCES
+                            }
+                        };
+                        info!(
+                            initiator = %outcome.initiator_name,
+                            status = format!("0x{:02x}{:02x}", status.0, status.1),
+                            "login refused: {e}"
+                        );
+                        let r = login::failure_response(&req, status);
+                        send_login(wr, r, &mut stat_sn, &req, ctx).await?;
+                        return Ok(None);
+                    }
+                };
+                response.tsih = guard.tsih;
+                send_login(wr, response, &mut stat_sn, &req, ctx).await?;
+                return Ok(Some(LoggedIn {
+                    outcome: *outcome,
+                    guard,
+                    stat_sn,
+                }));
+            }
+        }
+    }
+}
+
+async fn send_login(
+    wr: &mut OwnedWriteHalf,
+    mut response: wire::LoginResponse,
+    stat_sn: &mut u32,
+    req: &LoginRequest,
+    ctx: &Service,
+) -> std::io::Result<()> {
+    response.sn = SeqNums {
+        stat_sn: *stat_sn,
+        exp_cmd_sn: req.cmd_sn,
+        max_cmd_sn: req.cmd_sn.wrapping_add(ctx.settings.queue_depth.max(1) - 1),
+    };
+    *stat_sn = stat_sn.wrapping_add(1);
+    let data = response.data.clone();
+    let pdu = Reply::Login(response).encode();
+    let mut parts = Vec::new();
+    frame_parts(&pdu.header, &data, false, false, &mut parts);
+    let mut queue = BufQueue::default();
+    for p in parts {
+        queue.push(p);
+    }
+    wr.write_all_buf(&mut queue).await
+}
