@@ -4,7 +4,6 @@
 //! collected) to a [`TargetDevice`] and gets a [`ScsiResponse`] back (status, read data,
 //! encoded sense). Residual accounting is the transport's job: it compares what it expected
 //! with `data_in.len()` (reads) and `data_out_used` (writes).
-
 //!
 //! Inside, two halves that depend one way: [`unit`] holds the state of a logical unit (the
 //! unit itself, mode values, reservations, unit attentions, the task set, the atomic journal,
@@ -100,7 +99,8 @@ pub enum ScsiStatus {
 pub struct ScsiRequest {
     pub nexus: Arc<Nexus>,
     pub lun: u64,
-    /// The CDB, 6 to 260 bytes (the transport strips any padding beyond the CDB it received).
+    /// The CDB as the transport received it: at least the command's CDB length (iSCSI
+    /// always carries 16 bytes, more with an extended-CDB AHS); bytes past it are padding.
     pub cdb: Bytes,
     /// Write data, as much as the initiator sent (its expected transfer length).
     pub data_out: Bytes,

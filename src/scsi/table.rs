@@ -90,8 +90,10 @@ impl DataOut {
     pub fn bytes(self, cdb: &[u8], block_size: u32) -> u32 {
         match self {
             DataOut::None => 0,
-            DataOut::ParamLen { at, width } => (at..at + width).fold(0, |n, i| {
-                (n << 8) | u32::from(cdb.get(i).copied().unwrap_or(0))
+            // A CDB too short to hold the field asks for nothing (dispatch refuses it), as
+            // the decoders the rule replaced answered.
+            DataOut::ParamLen { at, width } => cdb.get(at..at + width).map_or(0, |field| {
+                field.iter().fold(0, |n, &b| (n << 8) | u32::from(b))
             }),
             DataOut::Custom(rule) => rule(cdb, block_size),
         }
@@ -653,6 +655,11 @@ const fn build_index() -> [Span; 256] {
                     });
             assert!(ordered, "COMMANDS must ascend by (opcode, service action)");
         }
+        // The index keeps row numbers in a byte.
+        assert!(
+            COMMANDS.len() <= 256,
+            "the command index holds at most 256 rows"
+        );
         let span = &mut index[row.opcode as usize];
         if span.count == 0 {
             span.first = i as u8;
