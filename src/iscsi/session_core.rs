@@ -1014,7 +1014,10 @@ impl<B: WriteBudget> SessionCore<B> {
         let in_window = wire::sn_le(self.window.exp_cmd_sn(), p.ref_cmd_sn)
             && wire::sn_le(p.ref_cmd_sn, self.window.max_cmd_sn())
             && wire::sn_lt(p.ref_cmd_sn, p.cmd_sn);
-        if in_window && self.ahead.remove(&p.ref_cmd_sn).is_none() {
+        if in_window {
+            // §11.5.1: "consider the CmdSN as received". A command waiting ahead of a gap is
+            // dropped, and either way its CmdSN is marked so ExpCmdSN can step over it.
+            self.ahead.remove(&p.ref_cmd_sn);
             self.skip.insert(p.ref_cmd_sn);
         }
         let response = if in_window {

@@ -1101,3 +1101,28 @@ fn snack_and_login_in_full_feature_phase_are_rejected() {
         Some(reject::SNACK_REJECT | reject::INVALID_PDU_FIELD)
     ));
 }
+
+#[test]
+fn abort_task_of_a_command_waiting_ahead_counts_its_cmd_sn_as_received() {
+    let mut p = Pair::new();
+    // CmdSN 2 arrives early (1 is missing) and is aborted while it waits.
+    p.initiator.cmd_sn = 2;
+    let early = p.initiator.read(512);
+    p.send(early);
+    assert_eq!(p.core.queued_ahead(), 1);
+    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, 0x77, 2);
+    p.send(r);
+    assert_eq!(tmf_response(&mut p), tmf::COMPLETE);
+    assert_eq!(p.core.queued_ahead(), 0);
+    // §11.5.1: the target considers CmdSN 2 received, so once CmdSN 1 fills the gap,
+    // ExpCmdSN moves past both and CmdSN 3 runs at once.
+    p.initiator.cmd_sn = 1;
+    let r = p.initiator.read(512);
+    let itt1 = p.send(r);
+    assert_eq!(p.core.window().exp_cmd_sn(), 3);
+    p.initiator.cmd_sn = 3;
+    let r = p.initiator.read(512);
+    let itt3 = p.send(r);
+    assert_eq!(p.running_itts(), [itt1, itt3]);
+    assert_eq!(p.core.window().exp_cmd_sn(), 4);
+}
