@@ -276,6 +276,9 @@ pub struct SessionCore<B: WriteBudget> {
     /// Commands that arrived ahead of ExpCmdSN, waiting for the gap to fill.
     ahead: HashMap<u32, (Request, [u8; wire::BHS_LEN])>,
     /// CmdSNs considered received without a command (aborted before arrival, §11.5.1).
+    /// Each lies in the window (ExpCmdSN ..= MaxCmdSN when it was added) and is removed
+    /// when ExpCmdSN passes it, so there are never more than the queue depth, and none is
+    /// left to match a later command after CmdSN wraps.
     skip: HashSet<u32>,
     text: TextExchange,
     next_ttt: u32,
@@ -408,8 +411,12 @@ impl<B: WriteBudget> SessionCore<B> {
             }
             Some((false, cmd_sn)) => {
                 let exp = self.window.exp_cmd_sn();
-                if !self.window.admits(cmd_sn) || self.ahead.contains_key(&cmd_sn) {
-                    // §4.2.2.1: outside the window (or a duplicate): silently ignored.
+                if !self.window.admits(cmd_sn)
+                    || self.ahead.contains_key(&cmd_sn)
+                    || self.skip.contains(&cmd_sn)
+                {
+                    // §4.2.2.1: outside the window, or a duplicate (queued already, or
+                    // declared received by an ABORT TASK, §11.5.1): silently ignored.
                     debug!(cmd_sn, exp, "command outside the CmdSN window ignored");
                     return;
                 }
@@ -575,11 +582,15 @@ impl<B: WriteBudget> SessionCore<B> {
     fn run_ready(&mut self) {
         while self.out.is_empty() && !self.closing {
             let exp = self.window.exp_cmd_sn();
-            if let Some((next, bhs)) = self.ahead.remove(&exp) {
+            if self.skip.remove(&exp) {
+                // Aborted before its turn: never runs, even if it is queued (abort_task
+                // drops it from `ahead` and handle_pdu drops it on arrival; this is the
+                // last guard, so no entry outlives ExpCmdSN's passing).
+                self.ahead.remove(&exp);
+                self.window.accept(false);
+            } else if let Some((next, bhs)) = self.ahead.remove(&exp) {
                 self.window.accept(matches!(next, Request::ScsiCommand(_)));
                 self.execute(next, &bhs);
-            } else if self.skip.remove(&exp) {
-                self.window.accept(false);
             } else {
                 return;
             }

@@ -1126,3 +1126,59 @@ fn abort_task_of_a_command_waiting_ahead_counts_its_cmd_sn_as_received() {
     assert_eq!(p.running_itts(), [itt1, itt3]);
     assert_eq!(p.core.window().exp_cmd_sn(), 4);
 }
+
+#[test]
+fn a_command_abort_task_declared_received_is_a_duplicate_when_it_arrives() {
+    let mut p = Pair::new();
+    // CmdSN 2 is aborted before it arrives (RefCmdSN 2 < CmdSN 3): "Function complete".
+    p.initiator.cmd_sn = 3;
+    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, 0x77, 2);
+    p.send(r);
+    assert_eq!(tmf_response(&mut p), tmf::COMPLETE);
+    // CmdSN 2 arrives after all: it counts as received already, so it is a duplicate and
+    // silently ignored (§4.2.2.1), whether it comes early or in turn.
+    p.initiator.cmd_sn = 2;
+    let late = p.initiator.read(512);
+    let itt2 = p.send(late);
+    assert_eq!(p.core.queued_ahead(), 0);
+    p.initiator.cmd_sn = 1;
+    let r = p.initiator.read(512);
+    let itt1 = p.send(r);
+    assert_eq!(
+        p.running_itts(),
+        [itt1],
+        "the aborted CmdSN 2 ({itt2:#x}) never runs"
+    );
+    assert_eq!(p.core.window().exp_cmd_sn(), 3);
+    assert!(
+        p.core.skip.is_empty(),
+        "ExpCmdSN passed it: nothing left to skip"
+    );
+    p.initiator.cmd_sn = 2;
+    let again = p.initiator.read(512);
+    p.send(again);
+    assert_eq!(p.running_itts(), [itt1]);
+}
+
+#[test]
+fn cmd_sns_declared_received_stay_within_the_window() {
+    let mut p = Pair::new();
+    // CmdSN 1 is missing; the initiator aborts every CmdSN it could, and more.
+    p.initiator.cmd_sn = 1 + 4 * DEPTH;
+    for ref_cmd_sn in 2..4 * DEPTH {
+        let r = p
+            .initiator
+            .tmf(tmf::ABORT_TASK, 0, 0x1000 + ref_cmd_sn, ref_cmd_sn);
+        p.send(r);
+    }
+    assert!(
+        p.core.skip.len() < DEPTH as usize,
+        "only CmdSNs inside the window are remembered"
+    );
+    // CmdSN 1 arrives: ExpCmdSN steps over every aborted CmdSN and forgets them.
+    p.initiator.cmd_sn = 1;
+    let r = p.initiator.read(512);
+    p.send(r);
+    assert!(p.core.skip.is_empty());
+    assert_eq!(p.core.window().exp_cmd_sn(), 1 + DEPTH);
+}
