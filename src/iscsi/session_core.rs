@@ -28,6 +28,7 @@
 //! [`CmdWindow::complete`] when the command's work is over (before its reply is queued, so
 //! the reply announces the wider window), then reports [`SessionCore::handle_completion`].
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -437,12 +438,11 @@ impl<B: WriteBudget> SessionCore<B> {
     /// The command `itt` handed out with [`Work::Execute`] has run (or was aborted) and its
     /// replies, if any, are queued: the tag is free again.
     pub fn handle_completion(&mut self, itt: u32) {
-        if let Some(Task {
-            state: TaskState::Running,
-            ..
-        }) = self.tasks.get(&itt)
+        // One lookup: this runs after every command.
+        if let Entry::Occupied(task) = self.tasks.entry(itt)
+            && let TaskState::Running = task.get().state
         {
-            self.tasks.remove(&itt);
+            task.remove();
         }
     }
 
@@ -580,6 +580,10 @@ impl<B: WriteBudget> SessionCore<B> {
     /// one before it has started (and perhaps finished, freeing its window slot, at its
     /// first poll), as when they arrive in order.
     fn run_ready(&mut self) {
+        // The common case, called from every poll: nothing waits, so no lookups.
+        if self.ahead.is_empty() && self.skip.is_empty() {
+            return;
+        }
         while self.out.is_empty() && !self.closing {
             let exp = self.window.exp_cmd_sn();
             if self.skip.remove(&exp) {
