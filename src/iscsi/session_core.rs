@@ -59,6 +59,8 @@ pub mod reject {
     pub const SNACK_REJECT: u8 = 0x03;
     pub const PROTOCOL_ERROR: u8 = 0x04;
     pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    /// "Immediate command reject - too many immediate commands".
+    pub const IMMEDIATE_COMMAND_REJECT: u8 = 0x06;
     pub const TASK_IN_PROGRESS: u8 = 0x07;
     pub const INVALID_PDU_FIELD: u8 = 0x09;
 }
@@ -209,6 +211,8 @@ pub enum Run {
 /// A command the session knows about, from arrival to its last reply.
 struct Task<S> {
     lun: u64,
+    /// Sent for immediate delivery: it holds a slot the CmdSN window did not grant.
+    immediate: bool,
     /// Whether the task executes and replies or was aborted: decided once, atomically,
     /// between its own progress and task management (its own session's or, through the
     /// unit's task set, another's), so an initiator never sees both a status and a
@@ -406,6 +410,11 @@ impl<B: WriteBudget> SessionCore<B> {
             None => self.execute(request, &raw.bhs),
             Some((true, _)) => {
                 if is_command {
+                    if !self.takes_immediate_command() {
+                        warn!("immediate command beyond the queue depth; rejected");
+                        self.reject(reject::IMMEDIATE_COMMAND_REJECT, &raw.bhs);
+                        return;
+                    }
                     self.window.occupy();
                 }
                 self.execute(request, &raw.bhs);
@@ -574,6 +583,16 @@ impl<B: WriteBudget> SessionCore<B> {
         self.send(reject_reply(reason, bhs));
     }
 
+    /// Whether an immediate SCSI command may take a slot. The CmdSN window does not bound
+    /// immediate commands (§4.2.2.1), so the queue depth does: beyond it they are refused
+    /// (§11.17.1, reason 0x06), except that a target handles at least one immediate
+    /// non-task-management request per connection at any time (§4.2.2.1; RFC 3720
+    /// §3.2.2.1). The task table is scanned only when the window is full.
+    fn takes_immediate_command(&self) -> bool {
+        self.window.in_flight() < self.config.queue_depth
+            || !self.tasks.values().any(|task| task.immediate)
+    }
+
     /// Runs, in CmdSN order, the early commands whose turn has come, stepping over CmdSNs
     /// that count as received without a command. One at a time, and only once everything
     /// decided before has been handed out: a command released here is accepted after the
@@ -691,6 +710,7 @@ impl<B: WriteBudget> SessionCore<B> {
         });
         let mut task = Task {
             lun,
+            immediate: cmd.immediate,
             fate,
             finished,
             state: TaskState::Running,

@@ -1182,3 +1182,77 @@ fn cmd_sns_declared_received_stay_within_the_window() {
     assert!(p.core.skip.is_empty());
     assert_eq!(p.core.window().exp_cmd_sn(), 1 + DEPTH);
 }
+
+impl Initiator {
+    /// An immediate READ: its CmdSN is the next one, not advanced (§4.2.2.1).
+    fn immediate_read(&mut self, len: u32) -> Request {
+        let mut cmd = self.command(true, false, len, Bytes::new());
+        cmd.immediate = true;
+        self.cmd_sn = cmd.cmd_sn;
+        Request::ScsiCommand(cmd)
+    }
+}
+
+#[test]
+fn immediate_commands_beyond_the_queue_depth_are_rejected() {
+    let mut p = Pair::new();
+    let mut admitted = Vec::new();
+    for _ in 0..DEPTH {
+        let r = p.initiator.immediate_read(512);
+        admitted.push(p.send(r));
+    }
+    assert_eq!(p.running_itts(), admitted);
+    assert!(p.received.is_empty());
+    // One more than the depth: refused (§11.17.1 reason 0x06), holding no slot and no task.
+    let r = p.initiator.immediate_read(512);
+    p.send(r);
+    let replies = p.take();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(
+        reject_reason(&replies[0]),
+        Some(reject::IMMEDIATE_COMMAND_REJECT)
+    );
+    assert_eq!(p.core.window().in_flight(), DEPTH);
+    assert_eq!(p.core.tasks(), DEPTH as usize);
+    assert_eq!(
+        p.core.window().exp_cmd_sn(),
+        1,
+        "immediate: no CmdSN consumed"
+    );
+    // A slot frees: the next immediate command runs again.
+    p.complete(admitted[0]);
+    p.take();
+    let r = p.initiator.immediate_read(512);
+    let again = p.send(r);
+    assert!(p.running_itts().contains(&again));
+    for itt in p.running_itts() {
+        p.complete(itt);
+    }
+    assert_eq!(p.core.window().in_flight(), 0, "the window balances");
+}
+
+#[test]
+fn one_immediate_command_is_taken_even_when_the_window_is_full() {
+    let mut p = Pair::new();
+    for _ in 0..DEPTH {
+        let r = p.initiator.read(512);
+        p.send(r);
+    }
+    // §4.2.2.1 (RFC 3720 §3.2.2.1): a target handles at least one immediate
+    // non-task-management request per connection at any time.
+    let r = p.initiator.immediate_read(512);
+    let first = p.send(r);
+    assert!(p.running_itts().contains(&first));
+    assert!(p.received.is_empty());
+    let r = p.initiator.immediate_read(512);
+    p.send(r);
+    assert_eq!(
+        reject_reason(&p.take()[0]),
+        Some(reject::IMMEDIATE_COMMAND_REJECT)
+    );
+    assert_eq!(p.core.window().in_flight(), DEPTH + 1);
+    for itt in p.running_itts() {
+        p.complete(itt);
+    }
+    assert_eq!(p.core.window().in_flight(), 0, "the window balances");
+}
