@@ -845,7 +845,7 @@ impl<B: WriteBudget> SessionCore<B> {
             let expected = c.unsolicited_data_sn;
             if ok {
                 c.unsolicited_next = end;
-                c.unsolicited_data_sn += 1;
+                c.unsolicited_data_sn = c.unsolicited_data_sn.wrapping_add(1);
             }
             (ok, expected)
         } else {
@@ -853,7 +853,7 @@ impl<B: WriteBudget> SessionCore<B> {
                 Some(i) if start == c.outstanding[i].next && end <= c.outstanding[i].end => {
                     let expected = c.outstanding[i].data_sn;
                     c.outstanding[i].next = end;
-                    c.outstanding[i].data_sn += 1;
+                    c.outstanding[i].data_sn = c.outstanding[i].data_sn.wrapping_add(1);
                     if end == c.outstanding[i].end {
                         c.outstanding.remove(i);
                     }
