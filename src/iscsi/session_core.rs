@@ -7,7 +7,8 @@
 //!
 //! # The contract
 //!
-//! - **Getters** ([`SessionCore::window`], [`SessionCore::is_closing`], ...) only look.
+//! - **Getters** ([`SessionCore::window`], [`SessionCore::is_closing`], ...) only look. The
+//!   driver needs only `window`; the others serve the tests and the fuzz target.
 //! - **`handle_*`** take what happened: a PDU read ([`SessionCore::handle_pdu`]), a command
 //!   that has run ([`SessionCore::handle_completion`]), a write-buffer share granted
 //!   ([`SessionCore::handle_budget`]), time passing ([`SessionCore::handle_timeout`]).
@@ -65,8 +66,9 @@ pub mod reject {
     pub const INVALID_PDU_FIELD: u8 = 0x09;
 }
 
-/// Task management function codes (§11.5.1) and responses (§11.6.1).
-pub mod tmf {
+/// Task management function codes (§11.5.1) and responses (§11.6.1) as they are on the
+/// wire; the functions themselves are SAM's ([`crate::scsi::tmf`]).
+pub mod tmf_code {
     pub const ABORT_TASK: u8 = 1;
     pub const ABORT_TASK_SET: u8 = 2;
     pub const CLEAR_ACA: u8 = 3;
@@ -189,7 +191,7 @@ pub enum Work<S> {
 /// One command to run, with what its reply needs.
 pub struct Execution<S> {
     pub run: Run,
-    pub reply: CommandForReply,
+    pub for_reply: CommandForReply,
     pub limits: DataInLimits,
     /// Decides between the command's completion and an abort: the driver calls
     /// [`TaskFate::begin`] before acting and [`TaskFate::complete`] after.
@@ -336,17 +338,20 @@ impl<B: WriteBudget> SessionCore<B> {
         &self.window
     }
 
-    /// Whether the core has decided the connection ends.
+    /// Whether the core has decided the connection ends. The driver learns that from
+    /// [`Work::Close`] and [`Work::Logout`]; this is for the fuzz target's checks.
     pub fn is_closing(&self) -> bool {
         self.closing
     }
 
     /// Tasks in the table: collecting data or running.
+    #[cfg(test)]
     pub fn tasks(&self) -> usize {
         self.tasks.len()
     }
 
-    /// Writes still receiving their data (each holds a window slot).
+    /// Writes still receiving their data (each holds a window slot): for the fuzz target,
+    /// which checks the window's slots against them and the commands running.
     pub fn collecting_writes(&self) -> usize {
         self.tasks
             .values()
@@ -355,12 +360,9 @@ impl<B: WriteBudget> SessionCore<B> {
     }
 
     /// Commands waiting for an earlier CmdSN.
+    #[cfg(test)]
     pub fn queued_ahead(&self) -> usize {
         self.ahead.len()
-    }
-
-    pub fn params(&self) -> &Negotiated {
-        &self.config.params
     }
 
     // ---------------------------------------------------------------- handle_*
@@ -444,8 +446,9 @@ impl<B: WriteBudget> SessionCore<B> {
         self.run_ready();
     }
 
-    /// The command `itt` handed out with [`Work::Execute`] has run (or was aborted) and its
-    /// replies, if any, are queued: the tag is free again.
+    /// The command `itt` handed out with [`Work::Execute`] has run (or was aborted): the tag
+    /// is free again. The driver reports this before it queues the command's replies, since
+    /// the initiator may reuse the tag as soon as it reads the last of them.
     pub fn handle_completion(&mut self, itt: u32) {
         // One lookup: this runs after every command.
         if let Entry::Occupied(task) = self.tasks.entry(itt)
@@ -962,7 +965,7 @@ impl<B: WriteBudget> SessionCore<B> {
         let params = &self.config.params;
         self.ask(Work::Execute(Execution {
             run,
-            reply: CommandForReply {
+            for_reply: CommandForReply {
                 itt: cmd.itt,
                 lun: cmd.lun,
                 expected_length: cmd.expected_length,
@@ -986,15 +989,15 @@ impl<B: WriteBudget> SessionCore<B> {
             return;
         };
         let function = match p.function {
-            tmf::ABORT_TASK_SET => Some(Tmf::AbortTaskSet),
-            tmf::CLEAR_TASK_SET => Some(Tmf::ClearTaskSet),
-            tmf::LOGICAL_UNIT_RESET => Some(Tmf::LogicalUnitReset),
-            tmf::TARGET_WARM_RESET => Some(Tmf::TargetWarmReset),
-            tmf::TARGET_COLD_RESET => Some(Tmf::TargetColdReset),
+            tmf_code::ABORT_TASK_SET => Some(Tmf::AbortTaskSet),
+            tmf_code::CLEAR_TASK_SET => Some(Tmf::ClearTaskSet),
+            tmf_code::LOGICAL_UNIT_RESET => Some(Tmf::LogicalUnitReset),
+            tmf_code::TARGET_WARM_RESET => Some(Tmf::TargetWarmReset),
+            tmf_code::TARGET_COLD_RESET => Some(Tmf::TargetColdReset),
             _ => None,
         };
         let (response, wait) = match (p.function, function) {
-            (tmf::ABORT_TASK, _) => self.abort_task(&p, lun),
+            (tmf_code::ABORT_TASK, _) => self.abort_task(&p, lun),
             (_, Some(function)) => {
                 // Which tasks the function reaches, on which nexuses, is SAM's (scsi::tmf);
                 // this session's own tasks are in its table.
@@ -1004,13 +1007,13 @@ impl<B: WriteBudget> SessionCore<B> {
                         self.abort_where(|t, _| reaches(t.lun)).1
                     });
                 let response = match outcome.response {
-                    TmfResponse::FunctionComplete => tmf::COMPLETE,
-                    TmfResponse::IncorrectLun => tmf::NO_LUN,
+                    TmfResponse::FunctionComplete => tmf_code::COMPLETE,
+                    TmfResponse::IncorrectLun => tmf_code::NO_LUN,
                 };
                 (response, outcome.wait)
             }
-            (tmf::TASK_REASSIGN, _) => (tmf::REASSIGN_NOT_SUPPORTED, Vec::new()),
-            _ => (tmf::NOT_SUPPORTED, Vec::new()),
+            (tmf_code::TASK_REASSIGN, _) => (tmf_code::REASSIGN_NOT_SUPPORTED, Vec::new()),
+            _ => (tmf_code::NOT_SUPPORTED, Vec::new()),
         };
         info!(
             function = p.function,
@@ -1026,7 +1029,7 @@ impl<B: WriteBudget> SessionCore<B> {
                 sn: SeqNums::default(),
             }),
             wait,
-            end_target_sessions: p.function == tmf::TARGET_COLD_RESET,
+            end_target_sessions: p.function == tmf_code::TARGET_COLD_RESET,
         });
     }
 
@@ -1037,9 +1040,9 @@ impl<B: WriteBudget> SessionCore<B> {
                 self.abort_where(|t, itt| itt == p.referenced_tag && t.lun == lun);
             // A task already replying has completed: there is nothing to abort.
             let response = if aborted > 0 {
-                tmf::COMPLETE
+                tmf_code::COMPLETE
             } else {
-                tmf::NO_TASK
+                tmf_code::NO_TASK
             };
             return (response, waits);
         }
@@ -1056,9 +1059,9 @@ impl<B: WriteBudget> SessionCore<B> {
             self.skip.insert(p.ref_cmd_sn);
         }
         let response = if in_window {
-            tmf::COMPLETE
+            tmf_code::COMPLETE
         } else {
-            tmf::NO_TASK
+            tmf_code::NO_TASK
         };
         (response, Vec::new())
     }
