@@ -65,7 +65,7 @@ struct RawServer {
     initial_r2t: Option<bool>,
     queue_depth: Option<Spanned<u32>>,
     write_buffer_mib: Option<Spanned<u32>>,
-    nop_interval_secs: Option<u64>,
+    nop_interval_secs: Option<Spanned<u64>>,
     nop_timeout_secs: Option<Spanned<u64>>,
     login_timeout_secs: Option<Spanned<u64>>,
     chap_algorithms: Option<Spanned<Vec<String>>>,
@@ -381,7 +381,15 @@ impl Validator<'_> {
             ),
             immediate_data: s.immediate_data.unwrap_or(d.immediate_data),
             initial_r2t: s.initial_r2t.unwrap_or(d.initial_r2t),
-            nop_interval_secs: s.nop_interval_secs.unwrap_or(d.nop_interval_secs),
+            // 0: never ping. Bounded so an idle deadline (last heard + interval) stays a
+            // representable instant.
+            nop_interval_secs: self.in_range(
+                &s.nop_interval_secs,
+                d.nop_interval_secs,
+                0..=3600,
+                "nop_interval_secs",
+                " seconds",
+            ),
             nop_timeout_secs: self.in_range(
                 &s.nop_timeout_secs,
                 d.nop_timeout_secs,
@@ -759,6 +767,26 @@ lun = 70000
             "r.toml:4: login_timeout_secs must be between 1 and 3600 seconds",
         ] {
             assert!(shown.contains(expected), "{shown}");
+        }
+    }
+
+    #[test]
+    fn nop_interval_secs_is_checked_and_zero_turns_pings_off() {
+        let interval = |value: &str| {
+            parse(
+                &format!("[server]\nnop_interval_secs = {value}\n"),
+                "n.toml",
+            )
+            .map(|c| c.iscsi.nop_interval_secs)
+        };
+        assert_eq!(interval("0").unwrap(), 0);
+        assert_eq!(interval("3600").unwrap(), 3600);
+        for bad in ["3601", "18446744073709551615"] {
+            let shown = interval(bad).unwrap_err().to_string();
+            assert!(
+                shown.contains("n.toml:2: nop_interval_secs must be between 0 and 3600 seconds"),
+                "{bad}: {shown}"
+            );
         }
     }
 

@@ -126,9 +126,9 @@ impl Driver {
             match work {
                 Work::Execute(e) => {
                     assert!(
-                        self.running_itts.insert(e.reply.itt),
+                        self.running_itts.insert(e.for_reply.itt),
                         "tag {:#x} handed out while a command with it still runs",
-                        e.reply.itt
+                        e.for_reply.itt
                     );
                     self.running.push(e);
                 }
@@ -208,10 +208,10 @@ impl Driver {
         drop(e.budget);
         self.core.window().complete();
         e.finished.cancel();
-        self.running_itts.remove(&e.reply.itt);
-        self.core.handle_completion(e.reply.itt);
+        self.running_itts.remove(&e.for_reply.itt);
+        self.core.handle_completion(e.for_reply.itt);
         if let Some(outcome) = ended {
-            for reply in keel::iscsi::response::reply_pdus(&e.reply, &outcome, e.limits) {
+            for reply in keel::iscsi::response::reply_pdus(&e.for_reply, &outcome, e.limits) {
                 self.deliver(reply);
             }
         }

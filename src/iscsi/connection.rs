@@ -356,7 +356,7 @@ impl Connection<'_> {
     async fn start(&mut self, execution: Execution<OwnedSemaphorePermit>) {
         let Execution {
             run,
-            reply: info,
+            for_reply,
             limits,
             fate,
             finished,
@@ -387,14 +387,14 @@ impl Connection<'_> {
                 drop(budget);
                 window.complete();
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
-                let _ = done.send(info.itt);
+                let _ = done.send(for_reply.itt);
                 let outcome = match ended {
                     Ok(outcome) => outcome,
                     Err(Aborted::Silently) => return,
                     // Aborted by another nexus: TAS = 1 (control mode page), so it says so.
                     Err(Aborted::Reported) => ScsiResponse::status(ScsiStatus::TaskAborted),
                 };
-                for reply in reply_pdus(&info, &outcome, limits) {
+                for reply in reply_pdus(&for_reply, &outcome, limits) {
                     if out.send(reply.encode()).await.is_err() {
                         break;
                     }

@@ -7,7 +7,8 @@
 //!
 //! # The contract
 //!
-//! - **Getters** ([`SessionCore::window`], [`SessionCore::is_closing`], ...) only look.
+//! - **Getters** ([`SessionCore::window`], [`SessionCore::is_closing`], ...) only look. The
+//!   driver needs only `window`; the others serve the tests and the fuzz target.
 //! - **`handle_*`** take what happened: a PDU read ([`SessionCore::handle_pdu`]), a command
 //!   that has run ([`SessionCore::handle_completion`]), a write-buffer share granted
 //!   ([`SessionCore::handle_budget`]), time passing ([`SessionCore::handle_timeout`]).
@@ -28,6 +29,7 @@
 //! [`CmdWindow::complete`] when the command's work is over (before its reply is queued, so
 //! the reply announces the wider window), then reports [`SessionCore::handle_completion`].
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,12 +60,15 @@ pub mod reject {
     pub const SNACK_REJECT: u8 = 0x03;
     pub const PROTOCOL_ERROR: u8 = 0x04;
     pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    /// "Immediate command reject - too many immediate commands".
+    pub const IMMEDIATE_COMMAND_REJECT: u8 = 0x06;
     pub const TASK_IN_PROGRESS: u8 = 0x07;
     pub const INVALID_PDU_FIELD: u8 = 0x09;
 }
 
-/// Task management function codes (§11.5.1) and responses (§11.6.1).
-pub mod tmf {
+/// Task management function codes (§11.5.1) and responses (§11.6.1) as they are on the
+/// wire; the functions themselves are SAM's ([`crate::scsi::tmf`]).
+pub mod tmf_code {
     pub const ABORT_TASK: u8 = 1;
     pub const ABORT_TASK_SET: u8 = 2;
     pub const CLEAR_ACA: u8 = 3;
@@ -186,7 +191,7 @@ pub enum Work<S> {
 /// One command to run, with what its reply needs.
 pub struct Execution<S> {
     pub run: Run,
-    pub reply: CommandForReply,
+    pub for_reply: CommandForReply,
     pub limits: DataInLimits,
     /// Decides between the command's completion and an abort: the driver calls
     /// [`TaskFate::begin`] before acting and [`TaskFate::complete`] after.
@@ -208,6 +213,8 @@ pub enum Run {
 /// A command the session knows about, from arrival to its last reply.
 struct Task<S> {
     lun: u64,
+    /// Sent for immediate delivery: it holds a slot the CmdSN window did not grant.
+    immediate: bool,
     /// Whether the task executes and replies or was aborted: decided once, atomically,
     /// between its own progress and task management (its own session's or, through the
     /// unit's task set, another's), so an initiator never sees both a status and a
@@ -276,6 +283,9 @@ pub struct SessionCore<B: WriteBudget> {
     /// Commands that arrived ahead of ExpCmdSN, waiting for the gap to fill.
     ahead: HashMap<u32, (Request, [u8; wire::BHS_LEN])>,
     /// CmdSNs considered received without a command (aborted before arrival, §11.5.1).
+    /// Each lies in the window (ExpCmdSN ..= MaxCmdSN when it was added) and is removed
+    /// when ExpCmdSN passes it, so there are never more than the queue depth, and none is
+    /// left to match a later command after CmdSN wraps.
     skip: HashSet<u32>,
     text: TextExchange,
     next_ttt: u32,
@@ -328,17 +338,20 @@ impl<B: WriteBudget> SessionCore<B> {
         &self.window
     }
 
-    /// Whether the core has decided the connection ends.
+    /// Whether the core has decided the connection ends. The driver learns that from
+    /// [`Work::Close`] and [`Work::Logout`]; this is for the fuzz target's checks.
     pub fn is_closing(&self) -> bool {
         self.closing
     }
 
     /// Tasks in the table: collecting data or running.
+    #[cfg(test)]
     pub fn tasks(&self) -> usize {
         self.tasks.len()
     }
 
-    /// Writes still receiving their data (each holds a window slot).
+    /// Writes still receiving their data (each holds a window slot): for the fuzz target,
+    /// which checks the window's slots against them and the commands running.
     pub fn collecting_writes(&self) -> usize {
         self.tasks
             .values()
@@ -347,12 +360,9 @@ impl<B: WriteBudget> SessionCore<B> {
     }
 
     /// Commands waiting for an earlier CmdSN.
+    #[cfg(test)]
     pub fn queued_ahead(&self) -> usize {
         self.ahead.len()
-    }
-
-    pub fn params(&self) -> &Negotiated {
-        &self.config.params
     }
 
     // ---------------------------------------------------------------- handle_*
@@ -402,14 +412,23 @@ impl<B: WriteBudget> SessionCore<B> {
             None => self.execute(request, &raw.bhs),
             Some((true, _)) => {
                 if is_command {
+                    if !self.takes_immediate_command() {
+                        warn!("immediate command beyond the queue depth; rejected");
+                        self.reject(reject::IMMEDIATE_COMMAND_REJECT, &raw.bhs);
+                        return;
+                    }
                     self.window.occupy();
                 }
                 self.execute(request, &raw.bhs);
             }
             Some((false, cmd_sn)) => {
                 let exp = self.window.exp_cmd_sn();
-                if !self.window.admits(cmd_sn) || self.ahead.contains_key(&cmd_sn) {
-                    // §4.2.2.1: outside the window (or a duplicate): silently ignored.
+                if !self.window.admits(cmd_sn)
+                    || self.ahead.contains_key(&cmd_sn)
+                    || self.skip.contains(&cmd_sn)
+                {
+                    // §4.2.2.1: outside the window, or a duplicate (queued already, or
+                    // declared received by an ABORT TASK, §11.5.1): silently ignored.
                     debug!(cmd_sn, exp, "command outside the CmdSN window ignored");
                     return;
                 }
@@ -427,15 +446,15 @@ impl<B: WriteBudget> SessionCore<B> {
         self.run_ready();
     }
 
-    /// The command `itt` handed out with [`Work::Execute`] has run (or was aborted) and its
-    /// replies, if any, are queued: the tag is free again.
+    /// The command `itt` handed out with [`Work::Execute`] has run (or was aborted): the tag
+    /// is free again. The driver reports this before it queues the command's replies, since
+    /// the initiator may reuse the tag as soon as it reads the last of them.
     pub fn handle_completion(&mut self, itt: u32) {
-        if let Some(Task {
-            state: TaskState::Running,
-            ..
-        }) = self.tasks.get(&itt)
+        // One lookup: this runs after every command.
+        if let Entry::Occupied(task) = self.tasks.entry(itt)
+            && let TaskState::Running = task.get().state
         {
-            self.tasks.remove(&itt);
+            task.remove();
         }
     }
 
@@ -567,19 +586,37 @@ impl<B: WriteBudget> SessionCore<B> {
         self.send(reject_reply(reason, bhs));
     }
 
+    /// Whether an immediate SCSI command may take a slot. The CmdSN window does not bound
+    /// immediate commands (§4.2.2.1), so the queue depth does: beyond it they are refused
+    /// (§11.17.1, reason 0x06), except that a target handles at least one immediate
+    /// non-task-management request per connection at any time (§4.2.2.1; RFC 3720
+    /// §3.2.2.1). The task table is scanned only when the window is full.
+    fn takes_immediate_command(&self) -> bool {
+        self.window.in_flight() < self.config.queue_depth
+            || !self.tasks.values().any(|task| task.immediate)
+    }
+
     /// Runs, in CmdSN order, the early commands whose turn has come, stepping over CmdSNs
     /// that count as received without a command. One at a time, and only once everything
     /// decided before has been handed out: a command released here is accepted after the
     /// one before it has started (and perhaps finished, freeing its window slot, at its
     /// first poll), as when they arrive in order.
     fn run_ready(&mut self) {
+        // The common case, called from every poll: nothing waits, so no lookups.
+        if self.ahead.is_empty() && self.skip.is_empty() {
+            return;
+        }
         while self.out.is_empty() && !self.closing {
             let exp = self.window.exp_cmd_sn();
-            if let Some((next, bhs)) = self.ahead.remove(&exp) {
+            if self.skip.remove(&exp) {
+                // Aborted before its turn: never runs, even if it is queued (abort_task
+                // drops it from `ahead` and handle_pdu drops it on arrival; this is the
+                // last guard, so no entry outlives ExpCmdSN's passing).
+                self.ahead.remove(&exp);
+                self.window.accept(false);
+            } else if let Some((next, bhs)) = self.ahead.remove(&exp) {
                 self.window.accept(matches!(next, Request::ScsiCommand(_)));
                 self.execute(next, &bhs);
-            } else if self.skip.remove(&exp) {
-                self.window.accept(false);
             } else {
                 return;
             }
@@ -676,6 +713,7 @@ impl<B: WriteBudget> SessionCore<B> {
         });
         let mut task = Task {
             lun,
+            immediate: cmd.immediate,
             fate,
             finished,
             state: TaskState::Running,
@@ -810,7 +848,7 @@ impl<B: WriteBudget> SessionCore<B> {
             let expected = c.unsolicited_data_sn;
             if ok {
                 c.unsolicited_next = end;
-                c.unsolicited_data_sn += 1;
+                c.unsolicited_data_sn = c.unsolicited_data_sn.wrapping_add(1);
             }
             (ok, expected)
         } else {
@@ -818,7 +856,7 @@ impl<B: WriteBudget> SessionCore<B> {
                 Some(i) if start == c.outstanding[i].next && end <= c.outstanding[i].end => {
                     let expected = c.outstanding[i].data_sn;
                     c.outstanding[i].next = end;
-                    c.outstanding[i].data_sn += 1;
+                    c.outstanding[i].data_sn = c.outstanding[i].data_sn.wrapping_add(1);
                     if end == c.outstanding[i].end {
                         c.outstanding.remove(i);
                     }
@@ -927,7 +965,7 @@ impl<B: WriteBudget> SessionCore<B> {
         let params = &self.config.params;
         self.ask(Work::Execute(Execution {
             run,
-            reply: CommandForReply {
+            for_reply: CommandForReply {
                 itt: cmd.itt,
                 lun: cmd.lun,
                 expected_length: cmd.expected_length,
@@ -951,15 +989,15 @@ impl<B: WriteBudget> SessionCore<B> {
             return;
         };
         let function = match p.function {
-            tmf::ABORT_TASK_SET => Some(Tmf::AbortTaskSet),
-            tmf::CLEAR_TASK_SET => Some(Tmf::ClearTaskSet),
-            tmf::LOGICAL_UNIT_RESET => Some(Tmf::LogicalUnitReset),
-            tmf::TARGET_WARM_RESET => Some(Tmf::TargetWarmReset),
-            tmf::TARGET_COLD_RESET => Some(Tmf::TargetColdReset),
+            tmf_code::ABORT_TASK_SET => Some(Tmf::AbortTaskSet),
+            tmf_code::CLEAR_TASK_SET => Some(Tmf::ClearTaskSet),
+            tmf_code::LOGICAL_UNIT_RESET => Some(Tmf::LogicalUnitReset),
+            tmf_code::TARGET_WARM_RESET => Some(Tmf::TargetWarmReset),
+            tmf_code::TARGET_COLD_RESET => Some(Tmf::TargetColdReset),
             _ => None,
         };
         let (response, wait) = match (p.function, function) {
-            (tmf::ABORT_TASK, _) => self.abort_task(&p, lun),
+            (tmf_code::ABORT_TASK, _) => self.abort_task(&p, lun),
             (_, Some(function)) => {
                 // Which tasks the function reaches, on which nexuses, is SAM's (scsi::tmf);
                 // this session's own tasks are in its table.
@@ -969,13 +1007,13 @@ impl<B: WriteBudget> SessionCore<B> {
                         self.abort_where(|t, _| reaches(t.lun)).1
                     });
                 let response = match outcome.response {
-                    TmfResponse::FunctionComplete => tmf::COMPLETE,
-                    TmfResponse::IncorrectLun => tmf::NO_LUN,
+                    TmfResponse::FunctionComplete => tmf_code::COMPLETE,
+                    TmfResponse::IncorrectLun => tmf_code::NO_LUN,
                 };
                 (response, outcome.wait)
             }
-            (tmf::TASK_REASSIGN, _) => (tmf::REASSIGN_NOT_SUPPORTED, Vec::new()),
-            _ => (tmf::NOT_SUPPORTED, Vec::new()),
+            (tmf_code::TASK_REASSIGN, _) => (tmf_code::REASSIGN_NOT_SUPPORTED, Vec::new()),
+            _ => (tmf_code::NOT_SUPPORTED, Vec::new()),
         };
         info!(
             function = p.function,
@@ -991,7 +1029,7 @@ impl<B: WriteBudget> SessionCore<B> {
                 sn: SeqNums::default(),
             }),
             wait,
-            end_target_sessions: p.function == tmf::TARGET_COLD_RESET,
+            end_target_sessions: p.function == tmf_code::TARGET_COLD_RESET,
         });
     }
 
@@ -1002,9 +1040,9 @@ impl<B: WriteBudget> SessionCore<B> {
                 self.abort_where(|t, itt| itt == p.referenced_tag && t.lun == lun);
             // A task already replying has completed: there is nothing to abort.
             let response = if aborted > 0 {
-                tmf::COMPLETE
+                tmf_code::COMPLETE
             } else {
-                tmf::NO_TASK
+                tmf_code::NO_TASK
             };
             return (response, waits);
         }
@@ -1014,13 +1052,16 @@ impl<B: WriteBudget> SessionCore<B> {
         let in_window = wire::sn_le(self.window.exp_cmd_sn(), p.ref_cmd_sn)
             && wire::sn_le(p.ref_cmd_sn, self.window.max_cmd_sn())
             && wire::sn_lt(p.ref_cmd_sn, p.cmd_sn);
-        if in_window && self.ahead.remove(&p.ref_cmd_sn).is_none() {
+        if in_window {
+            // §11.5.1: "consider the CmdSN as received". A command waiting ahead of a gap is
+            // dropped, and either way its CmdSN is marked so ExpCmdSN can step over it.
+            self.ahead.remove(&p.ref_cmd_sn);
             self.skip.insert(p.ref_cmd_sn);
         }
         let response = if in_window {
-            tmf::COMPLETE
+            tmf_code::COMPLETE
         } else {
-            tmf::NO_TASK
+            tmf_code::NO_TASK
         };
         (response, Vec::new())
     }

@@ -357,7 +357,7 @@ impl Pair {
         let i = self
             .running
             .iter()
-            .position(|e| e.reply.itt == itt)
+            .position(|e| e.for_reply.itt == itt)
             .expect("the command was handed out");
         let e = self.running.remove(i);
         let ended = match e.fate.begin() {
@@ -383,7 +383,7 @@ impl Pair {
             Err(Aborted::Silently) => return,
             Err(Aborted::Reported) => ScsiResponse::status(ScsiStatus::TaskAborted),
         };
-        for reply in reply_pdus(&e.reply, &outcome, e.limits) {
+        for reply in reply_pdus(&e.for_reply, &outcome, e.limits) {
             self.deliver(reply);
         }
     }
@@ -419,7 +419,7 @@ impl Pair {
     }
 
     fn running_itts(&self) -> Vec<u32> {
-        self.running.iter().map(|e| e.reply.itt).collect()
+        self.running.iter().map(|e| e.for_reply.itt).collect()
     }
 }
 
@@ -602,7 +602,10 @@ fn r2ts_follow_max_outstanding_and_max_burst() {
     assert!(p.running.is_empty(), "not all data is in");
     p.send(data_out(itt, third[0].ttt, 0, 32768, 8192, 4));
     assert_eq!(p.running_itts(), [itt]);
-    assert_eq!(p.running[0].reply.r2t_count, 3, "ExpDataSN of the response");
+    assert_eq!(
+        p.running[0].for_reply.r2t_count, 3,
+        "ExpDataSN of the response"
+    );
     p.complete(itt);
     let data = &p.written[0].1;
     assert_eq!(
@@ -787,9 +790,9 @@ fn abort_task_drops_a_collecting_write_at_once() {
     let itt = p.send(w);
     let r2t = p.r2ts()[0].clone();
     let cmd_sn = p.initiator.cmd_sn.wrapping_sub(1);
-    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, itt, cmd_sn);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, itt, cmd_sn);
     p.send(r);
-    assert_eq!(tmf_response(&mut p), tmf::COMPLETE);
+    assert_eq!(tmf_response(&mut p), tmf_code::COMPLETE);
     assert_eq!(p.core.tasks(), 0);
     assert_eq!(p.core.window().in_flight(), 0, "its slot is free");
     assert_eq!(p.free.load(Ordering::Acquire), 1024, "its buffer share too");
@@ -808,13 +811,13 @@ fn abort_task_of_a_running_command_waits_for_it_and_silences_it() {
     // The executor has started it.
     p.running[0].fate.begin().expect("not aborted yet");
     let cmd_sn = p.initiator.cmd_sn.wrapping_sub(1);
-    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, itt, cmd_sn);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, itt, cmd_sn);
     p.send(r);
     let (response, wait, cold) = p.tmf.pop().expect("a response");
     assert!(matches!(
         response,
         Reply::TaskMgmt(TaskMgmtResponse {
-            response: tmf::COMPLETE,
+            response: tmf_code::COMPLETE,
             ..
         })
     ));
@@ -832,9 +835,9 @@ fn abort_task_of_a_running_command_waits_for_it_and_silences_it() {
     // On the wrong LUN the task is not found.
     let r = p.initiator.read(512);
     let other = p.send(r);
-    let r = p.initiator.tmf(tmf::ABORT_TASK, 1, other, 0);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 1, other, 0);
     p.send(r);
-    assert_eq!(tmf_response(&mut p), tmf::NO_TASK);
+    assert_eq!(tmf_response(&mut p), tmf_code::NO_TASK);
 }
 
 #[test]
@@ -842,9 +845,9 @@ fn abort_task_ref_cmd_sn_rule_for_a_task_not_received() {
     let mut p = Pair::new();
     // CmdSN 1 never arrives; the initiator aborts it (RefCmdSN 1 < CmdSN 2, in the window).
     p.initiator.cmd_sn = 2;
-    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, 0x99, 1);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, 0x99, 1);
     p.send(r);
-    assert_eq!(tmf_response(&mut p), tmf::COMPLETE);
+    assert_eq!(tmf_response(&mut p), tmf_code::COMPLETE);
     // CmdSN 1 counts as received: CmdSN 2 runs at once.
     let r = p.initiator.read(512);
     let itt = p.send(r);
@@ -857,20 +860,20 @@ fn abort_task_ref_cmd_sn_rule_for_a_task_not_received() {
     p.send(early);
     assert_eq!(p.core.queued_ahead(), 1);
     p.initiator.cmd_sn = 5;
-    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, 0x77, 4);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, 0x77, 4);
     p.send(r);
-    assert_eq!(tmf_response(&mut p), tmf::COMPLETE);
+    assert_eq!(tmf_response(&mut p), tmf_code::COMPLETE);
     assert_eq!(p.core.queued_ahead(), 0);
 
     // Outside the window (already completed, or not before this request): no such task.
-    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, 0x55, 1);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, 0x55, 1);
     p.send(r);
-    assert_eq!(tmf_response(&mut p), tmf::NO_TASK);
-    let r = p.initiator.tmf(tmf::ABORT_TASK, 0, 0x56, 5);
+    assert_eq!(tmf_response(&mut p), tmf_code::NO_TASK);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, 0x56, 5);
     p.send(r);
     assert_eq!(
         tmf_response(&mut p),
-        tmf::NO_TASK,
+        tmf_code::NO_TASK,
         "RefCmdSN not before CmdSN"
     );
 }
@@ -896,7 +899,7 @@ fn lun_reset_reaches_collecting_and_running_tasks_of_every_nexus() {
     let other = b.send(r);
     a.take();
 
-    let r = a.initiator.tmf(tmf::LOGICAL_UNIT_RESET, 0, 0, 0);
+    let r = a.initiator.tmf(tmf_code::LOGICAL_UNIT_RESET, 0, 0, 0);
     a.send(r);
     let (_, wait, _) = a.tmf.last().expect("a response");
     assert_eq!(
@@ -904,7 +907,7 @@ fn lun_reset_reaches_collecting_and_running_tasks_of_every_nexus() {
         1,
         "the running task of this session is waited for"
     );
-    assert_eq!(tmf_response(&mut a), tmf::COMPLETE);
+    assert_eq!(tmf_response(&mut a), tmf_code::COMPLETE);
     assert_eq!(a.core.tasks(), 1, "the collecting write is gone");
     a.complete(running);
     assert!(
@@ -922,9 +925,9 @@ fn lun_reset_reaches_collecting_and_running_tasks_of_every_nexus() {
         "another nexus's task ends with TASK ABORTED (TAS)"
     );
 
-    let r = a.initiator.tmf(tmf::LOGICAL_UNIT_RESET, 7, 0, 0);
+    let r = a.initiator.tmf(tmf_code::LOGICAL_UNIT_RESET, 7, 0, 0);
     a.send(r);
-    assert_eq!(tmf_response(&mut a), tmf::NO_LUN);
+    assert_eq!(tmf_response(&mut a), tmf_code::NO_LUN);
     assert!(device.lun(7).is_none());
 }
 
@@ -935,24 +938,24 @@ fn abort_task_set_spares_other_nexuses_and_cold_reset_ends_sessions() {
     let other = b.send(r);
     let r = a.initiator.read(512);
     let mine = a.send(r);
-    let r = a.initiator.tmf(tmf::ABORT_TASK_SET, 0, 0, 0);
+    let r = a.initiator.tmf(tmf_code::ABORT_TASK_SET, 0, 0, 0);
     a.send(r);
-    assert_eq!(tmf_response(&mut a), tmf::COMPLETE);
+    assert_eq!(tmf_response(&mut a), tmf_code::COMPLETE);
     a.complete(mine);
     assert!(a.take().is_empty());
     b.complete(other);
     assert_eq!(status_of(&b.take()), 0, "not reached");
 
-    let r = a.initiator.tmf(tmf::TARGET_COLD_RESET, 0, 0, 0);
+    let r = a.initiator.tmf(tmf_code::TARGET_COLD_RESET, 0, 0, 0);
     a.send(r);
     let (_, _, cold) = a.tmf.last().expect("a response");
     assert!(*cold, "the driver ends the target's sessions");
-    let r = a.initiator.tmf(tmf::TASK_REASSIGN, 0, 0, 0);
+    let r = a.initiator.tmf(tmf_code::TASK_REASSIGN, 0, 0, 0);
     a.send(r);
-    assert_eq!(tmf_response(&mut a), tmf::REASSIGN_NOT_SUPPORTED);
-    let r = a.initiator.tmf(tmf::CLEAR_ACA, 0, 0, 0);
+    assert_eq!(tmf_response(&mut a), tmf_code::REASSIGN_NOT_SUPPORTED);
+    let r = a.initiator.tmf(tmf_code::CLEAR_ACA, 0, 0, 0);
     a.send(r);
-    assert_eq!(tmf_response(&mut a), tmf::NOT_SUPPORTED);
+    assert_eq!(tmf_response(&mut a), tmf_code::NOT_SUPPORTED);
 }
 
 // ------------------------------------------------------------------------ the rest
@@ -1100,4 +1103,159 @@ fn snack_and_login_in_full_feature_phase_are_rejected() {
         reject_reason(&replies[0]),
         Some(reject::SNACK_REJECT | reject::INVALID_PDU_FIELD)
     ));
+}
+
+#[test]
+fn abort_task_of_a_command_waiting_ahead_counts_its_cmd_sn_as_received() {
+    let mut p = Pair::new();
+    // CmdSN 2 arrives early (1 is missing) and is aborted while it waits.
+    p.initiator.cmd_sn = 2;
+    let early = p.initiator.read(512);
+    p.send(early);
+    assert_eq!(p.core.queued_ahead(), 1);
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, 0x77, 2);
+    p.send(r);
+    assert_eq!(tmf_response(&mut p), tmf_code::COMPLETE);
+    assert_eq!(p.core.queued_ahead(), 0);
+    // §11.5.1: the target considers CmdSN 2 received, so once CmdSN 1 fills the gap,
+    // ExpCmdSN moves past both and CmdSN 3 runs at once.
+    p.initiator.cmd_sn = 1;
+    let r = p.initiator.read(512);
+    let itt1 = p.send(r);
+    assert_eq!(p.core.window().exp_cmd_sn(), 3);
+    p.initiator.cmd_sn = 3;
+    let r = p.initiator.read(512);
+    let itt3 = p.send(r);
+    assert_eq!(p.running_itts(), [itt1, itt3]);
+    assert_eq!(p.core.window().exp_cmd_sn(), 4);
+}
+
+#[test]
+fn a_command_abort_task_declared_received_is_a_duplicate_when_it_arrives() {
+    let mut p = Pair::new();
+    // CmdSN 2 is aborted before it arrives (RefCmdSN 2 < CmdSN 3): "Function complete".
+    p.initiator.cmd_sn = 3;
+    let r = p.initiator.tmf(tmf_code::ABORT_TASK, 0, 0x77, 2);
+    p.send(r);
+    assert_eq!(tmf_response(&mut p), tmf_code::COMPLETE);
+    // CmdSN 2 arrives after all: it counts as received already, so it is a duplicate and
+    // silently ignored (§4.2.2.1), whether it comes early or in turn.
+    p.initiator.cmd_sn = 2;
+    let late = p.initiator.read(512);
+    let itt2 = p.send(late);
+    assert_eq!(p.core.queued_ahead(), 0);
+    p.initiator.cmd_sn = 1;
+    let r = p.initiator.read(512);
+    let itt1 = p.send(r);
+    assert_eq!(
+        p.running_itts(),
+        [itt1],
+        "the aborted CmdSN 2 ({itt2:#x}) never runs"
+    );
+    assert_eq!(p.core.window().exp_cmd_sn(), 3);
+    assert!(
+        p.core.skip.is_empty(),
+        "ExpCmdSN passed it: nothing left to skip"
+    );
+    p.initiator.cmd_sn = 2;
+    let again = p.initiator.read(512);
+    p.send(again);
+    assert_eq!(p.running_itts(), [itt1]);
+}
+
+#[test]
+fn cmd_sns_declared_received_stay_within_the_window() {
+    let mut p = Pair::new();
+    // CmdSN 1 is missing; the initiator aborts every CmdSN it could, and more.
+    p.initiator.cmd_sn = 1 + 4 * DEPTH;
+    for ref_cmd_sn in 2..4 * DEPTH {
+        let r = p
+            .initiator
+            .tmf(tmf_code::ABORT_TASK, 0, 0x1000 + ref_cmd_sn, ref_cmd_sn);
+        p.send(r);
+    }
+    assert!(
+        p.core.skip.len() < DEPTH as usize,
+        "only CmdSNs inside the window are remembered"
+    );
+    // CmdSN 1 arrives: ExpCmdSN steps over every aborted CmdSN and forgets them.
+    p.initiator.cmd_sn = 1;
+    let r = p.initiator.read(512);
+    p.send(r);
+    assert!(p.core.skip.is_empty());
+    assert_eq!(p.core.window().exp_cmd_sn(), 1 + DEPTH);
+}
+
+impl Initiator {
+    /// An immediate READ: its CmdSN is the next one, not advanced (§4.2.2.1).
+    fn immediate_read(&mut self, len: u32) -> Request {
+        let mut cmd = self.command(true, false, len, Bytes::new());
+        cmd.immediate = true;
+        self.cmd_sn = cmd.cmd_sn;
+        Request::ScsiCommand(cmd)
+    }
+}
+
+#[test]
+fn immediate_commands_beyond_the_queue_depth_are_rejected() {
+    let mut p = Pair::new();
+    let mut admitted = Vec::new();
+    for _ in 0..DEPTH {
+        let r = p.initiator.immediate_read(512);
+        admitted.push(p.send(r));
+    }
+    assert_eq!(p.running_itts(), admitted);
+    assert!(p.received.is_empty());
+    // One more than the depth: refused (§11.17.1 reason 0x06), holding no slot and no task.
+    let r = p.initiator.immediate_read(512);
+    p.send(r);
+    let replies = p.take();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(
+        reject_reason(&replies[0]),
+        Some(reject::IMMEDIATE_COMMAND_REJECT)
+    );
+    assert_eq!(p.core.window().in_flight(), DEPTH);
+    assert_eq!(p.core.tasks(), DEPTH as usize);
+    assert_eq!(
+        p.core.window().exp_cmd_sn(),
+        1,
+        "immediate: no CmdSN consumed"
+    );
+    // A slot frees: the next immediate command runs again.
+    p.complete(admitted[0]);
+    p.take();
+    let r = p.initiator.immediate_read(512);
+    let again = p.send(r);
+    assert!(p.running_itts().contains(&again));
+    for itt in p.running_itts() {
+        p.complete(itt);
+    }
+    assert_eq!(p.core.window().in_flight(), 0, "the window balances");
+}
+
+#[test]
+fn one_immediate_command_is_taken_even_when_the_window_is_full() {
+    let mut p = Pair::new();
+    for _ in 0..DEPTH {
+        let r = p.initiator.read(512);
+        p.send(r);
+    }
+    // §4.2.2.1 (RFC 3720 §3.2.2.1): a target handles at least one immediate
+    // non-task-management request per connection at any time.
+    let r = p.initiator.immediate_read(512);
+    let first = p.send(r);
+    assert!(p.running_itts().contains(&first));
+    assert!(p.received.is_empty());
+    let r = p.initiator.immediate_read(512);
+    p.send(r);
+    assert_eq!(
+        reject_reason(&p.take()[0]),
+        Some(reject::IMMEDIATE_COMMAND_REJECT)
+    );
+    assert_eq!(p.core.window().in_flight(), DEPTH + 1);
+    for itt in p.running_itts() {
+        p.complete(itt);
+    }
+    assert_eq!(p.core.window().in_flight(), 0, "the window balances");
 }

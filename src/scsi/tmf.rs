@@ -51,8 +51,9 @@ impl TargetDevice {
     /// Performs `function` for `by`, addressed to `lun`. `abort_own` aborts the issuing
     /// nexus's tasks whose LUN the given predicate selects (the transport owns those: it
     /// may drop one still receiving its data) and returns what to wait for; it runs before
-    /// the other nexuses' tasks are aborted and before any reset, and not at all when the
-    /// function is refused.
+    /// the other nexuses' tasks are aborted and before any reset. ABORT TASK SET and CLEAR
+    /// TASK SET addressed to a missing LUN do not run it; LOGICAL UNIT RESET runs it even
+    /// then (the issuer's commands to that LUN go) and answers IncorrectLun.
     pub fn task_management(
         &self,
         by: &Nexus,
