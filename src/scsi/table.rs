@@ -221,7 +221,7 @@ const READ: CommandInfo = CommandInfo {
 const WRITE: CommandInfo = CommandInfo {
     handler: Handler::ReadWrite,
     direction: DataDirection::Out,
-    data_out: DataOut::Custom(|cdb, bs| sbc::data_out_needed(cdb, bs).unwrap_or(0)),
+    data_out: DataOut::Custom(sbc::write_data_out),
     order: OrderClass::Write,
     ..BASE
 };
@@ -231,7 +231,7 @@ const VERIFY: CommandInfo = CommandInfo {
     handler: Handler::Verify,
     direction: DataDirection::Out,
     pr: PrRule::Fixed(PrAccess::Read),
-    data_out: DataOut::Custom(|cdb, bs| verify::data_out_needed(cdb, bs).unwrap_or(0)),
+    data_out: DataOut::Custom(verify::verify_data_out),
     order: OrderClass::Read,
     ..BASE
 };
@@ -262,7 +262,7 @@ const WRITE_SAME: CommandInfo = CommandInfo {
     handler: Handler::WriteSame,
     direction: DataDirection::Out,
     timeout_secs: 60,
-    data_out: DataOut::Custom(|cdb, bs| write_same::data_out_needed(cdb, bs).unwrap_or(0)),
+    data_out: DataOut::Custom(write_same::write_same_data_out),
     order: OrderClass::Write,
     ..BASE
 };
@@ -533,7 +533,7 @@ static COMMANDS: [CommandInfo; 65] = [
         // SBC-3 §5.2: DPO, FUA, NUMBER OF LOGICAL BLOCKS
         usage: &[0x89, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
                  0x00, 0x00, 0x00, 0xFF, 0x00, CTL],
-        data_out: DataOut::Custom(|cdb, bs| compare_and_write::data_out_needed(cdb, bs).unwrap_or(0)),
+        data_out: DataOut::Custom(compare_and_write::compare_and_write_data_out),
         order: OrderClass::ReadModifyWrite, ..BASE },
     CommandInfo { name: "WRITE(16)", opcode: op::WRITE_16,
         // SBC-3 §5.34: DPO, FUA
@@ -544,7 +544,7 @@ static COMMANDS: [CommandInfo; 65] = [
         // SBC-3 §5.8: DPO, FUA
         usage: &[0x8B, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
                  0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
-        data_out: DataOut::Custom(|cdb, bs| compare_and_write::data_out_needed(cdb, bs).unwrap_or(0)),
+        data_out: DataOut::Custom(compare_and_write::orwrite_data_out),
         order: OrderClass::ReadModifyWrite, ..BASE },
     CommandInfo { name: "WRITE AND VERIFY(16)", opcode: op::WRITE_AND_VERIFY_16,
         // SBC-3 §5.38: DPO, BYTCHK
@@ -571,7 +571,7 @@ static COMMANDS: [CommandInfo; 65] = [
         // SBC-4 §5.48: DPO, FUA, ATOMIC BOUNDARY, TRANSFER LENGTH
         usage: &[0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
                  0xFF, 0xFF, 0xFF, 0xFF, 0x00, CTL],
-        data_out: DataOut::Custom(|cdb, bs| atomic::data_out_needed(cdb, bs).unwrap_or(0)),
+        data_out: DataOut::Custom(atomic::write_atomic_data_out),
         order: OrderClass::Atomic, ..BASE },
     CommandInfo { name: "READ CAPACITY(16)", opcode: op::SERVICE_ACTION_IN_16,
         service_action: Some(op::SA_READ_CAPACITY_16), handler: Handler::ReadCapacity16,

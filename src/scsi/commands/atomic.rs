@@ -63,14 +63,13 @@ pub fn decode_write_atomic16(cdb: &[u8]) -> Result<WriteAtomicCdb, Sense> {
     })
 }
 
-/// Write data the CDB asks for, in bytes (residual accounting); `None` for other opcodes.
-pub fn data_out_needed(cdb: &[u8], block_size: u32) -> Option<u32> {
-    if cdb.first() != Some(&op::WRITE_ATOMIC_16) {
-        return None;
-    }
+/// The WRITE ATOMIC(16) row's Data-Out rule (for the transport's residual accounting):
+/// TRANSFER LENGTH blocks in bytes, saturating at `u32::MAX`; 0 for a CDB the decoder
+/// refuses, so a refused command reports its whole Data-Out as residual.
+pub fn write_atomic_data_out(cdb: &[u8], block_size: u32) -> u32 {
     let bytes =
         decode_write_atomic16(cdb).map_or(0, |c| u64::from(c.blocks) * u64::from(block_size));
-    Some(u32::try_from(bytes).unwrap_or(u32::MAX))
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 /// WRITE ATOMIC(16). Checks, in order: the CDB, write protection, the LBA range (LOGICAL
@@ -260,8 +259,9 @@ mod tests {
             decode_write_atomic16(&cdb(0, 0, 0, 1)[..15]).unwrap_err(),
             Sense::invalid_cdb()
         );
-        assert_eq!(data_out_needed(&cdb(0, 0, 0, 16), 512), Some(8192));
-        assert_eq!(data_out_needed(&[op::WRITE_16; 16], 512), None);
+        assert_eq!(write_atomic_data_out(&cdb(0, 0, 0, 16), 512), 8192);
+        // A CDB the decoder refuses (a short one) needs no Data-Out.
+        assert_eq!(write_atomic_data_out(&cdb(0, 0, 0, 16)[..15], 512), 0);
     }
 
     #[test]

@@ -149,17 +149,19 @@ pub async fn orwrite(
     Ok(Bytes::new())
 }
 
-/// Write data the CDB of COMPARE AND WRITE or ORWRITE asks for, in bytes, for the transport's residual
-/// accounting. `None` for other opcodes.
-pub fn data_out_needed(cdb: &[u8], block_size: u32) -> Option<u32> {
-    let code = *cdb.first()?;
-    let bs = u64::from(block_size);
-    let bytes: u64 = match code {
-        op::COMPARE_AND_WRITE => {
-            decode_compare_and_write(cdb).map_or(0, |c| u64::from(c.blocks) * bs * 2)
-        }
-        op::ORWRITE_16 => decode_orwrite(cdb).map_or(0, |c| u64::from(c.blocks) * bs),
-        _ => return None,
-    };
-    Some(u32::try_from(bytes).unwrap_or(u32::MAX))
+/// The COMPARE AND WRITE row's Data-Out rule (for the transport's residual accounting):
+/// the verify and the write buffers, NUMBER OF LOGICAL BLOCKS each (SBC-4 §5.3), in bytes
+/// saturating at `u32::MAX`; 0 for a CDB the decoder refuses, so a refused command reports
+/// its whole Data-Out as residual.
+pub fn compare_and_write_data_out(cdb: &[u8], block_size: u32) -> u32 {
+    let bytes = decode_compare_and_write(cdb)
+        .map_or(0, |c| u64::from(c.blocks) * u64::from(block_size) * 2);
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// The ORWRITE(16) row's Data-Out rule: TRANSFER LENGTH blocks in bytes (SBC-4 §5.10),
+/// saturating at `u32::MAX`; 0 for a CDB the decoder refuses.
+pub fn orwrite_data_out(cdb: &[u8], block_size: u32) -> u32 {
+    let bytes = decode_orwrite(cdb).map_or(0, |c| u64::from(c.blocks) * u64::from(block_size));
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }

@@ -60,16 +60,13 @@ pub fn read_capacity16(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense>
     Ok(Bytes::copy_from_slice(&data[..len]))
 }
 
-/// Write data a well-formed READ or WRITE asks for, in bytes (for the transport's residual
-/// accounting): 0 for a READ, saturating at `u32::MAX`; `None` for any other CDB.
-pub fn data_out_needed(raw_cdb: &[u8], block_size: u32) -> Option<u32> {
-    let rw = cdb::decode_rw(raw_cdb).ok()?;
-    let bytes = if rw.is_write {
-        u64::from(rw.blocks) * u64::from(block_size)
-    } else {
-        0
-    };
-    Some(u32::try_from(bytes).unwrap_or(u32::MAX))
+/// The WRITE(6/10/12/16) rows' Data-Out rule (for the transport's residual accounting):
+/// TRANSFER LENGTH blocks in bytes, saturating at `u32::MAX`; 0 for a CDB the decoder
+/// refuses, so a refused command reports its whole Data-Out as residual.
+pub fn write_data_out(raw_cdb: &[u8], block_size: u32) -> u32 {
+    let bytes =
+        cdb::decode_rw(raw_cdb).map_or(0, |rw| u64::from(rw.blocks) * u64::from(block_size));
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 /// READ/WRITE 6/10/12/16. Returns the read data (empty for writes).
@@ -201,25 +198,30 @@ mod tests {
     }
 
     #[test]
-    fn data_out_needed_counts_write_bytes_only() {
+    fn write_data_out_counts_write_bytes_only() {
         use crate::scsi::opcodes::op;
+        use crate::scsi::table;
         assert_eq!(
-            data_out_needed(&[op::WRITE_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
-            Some(2048)
+            write_data_out(&[op::WRITE_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
+            2048
         );
         assert_eq!(
-            data_out_needed(&[op::WRITE_6, 0, 0, 0, 0, 0], 4096),
-            Some(256 * 4096)
+            write_data_out(&[op::WRITE_6, 0, 0, 0, 0, 0], 4096),
+            256 * 4096
         );
+        // READ rows have no Data-Out rule: they never call write_data_out.
         assert_eq!(
-            data_out_needed(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
-            Some(0)
+            table::data_out_needed(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512),
+            0
         );
-        assert_eq!(data_out_needed(&[op::WRITE_10, 0], 512), None);
-        assert_eq!(data_out_needed(&[op::INQUIRY, 0, 0, 0, 36, 0], 512), None);
+        assert_eq!(write_data_out(&[op::WRITE_10, 0], 512), 0);
+        assert_eq!(
+            table::data_out_needed(&[op::INQUIRY, 0, 0, 0, 36, 0], 512),
+            0
+        );
         let mut w16 = [0u8; 16];
         w16[0] = op::WRITE_16;
         w16[10..14].copy_from_slice(&[0xFF; 4]);
-        assert_eq!(data_out_needed(&w16, 4096), Some(u32::MAX));
+        assert_eq!(write_data_out(&w16, 4096), u32::MAX);
     }
 }

@@ -212,24 +212,17 @@ pub async fn prefetch(lu: &LogicalUnit, raw_cdb: &[u8]) -> Result<Bytes, Sense> 
     Ok(Bytes::new())
 }
 
-/// Write data the CDB of VERIFY, WRITE AND VERIFY or PRE-FETCH asks for, in bytes, for the transport's residual
-/// accounting. `None` for other opcodes.
-pub fn data_out_needed(cdb: &[u8], block_size: u32) -> Option<u32> {
-    let code = *cdb.first()?;
+/// The VERIFY and WRITE AND VERIFY(10/12/16) rows' Data-Out rule (for the transport's
+/// residual accounting), in bytes saturating at `u32::MAX`: none for a VERIFY without
+/// BYTCHK, one block for BYTCHK=11b, else the transfer length (SBC-4 §5.33 table 99,
+/// §5.45 table 110); 0 for a CDB the decoder refuses, so a refused command reports its
+/// whole Data-Out as residual.
+pub fn verify_data_out(cdb: &[u8], block_size: u32) -> u32 {
     let bs = u64::from(block_size);
-    let bytes: u64 = match code {
-        op::VERIFY_10
-        | op::VERIFY_12
-        | op::VERIFY_16
-        | op::WRITE_AND_VERIFY_10
-        | op::WRITE_AND_VERIFY_12
-        | op::WRITE_AND_VERIFY_16 => decode_verify(cdb).map_or(0, |c| match c.bytchk {
-            ByteCheck::None if !c.write => 0,
-            ByteCheck::SameBlock => bs,
-            _ => u64::from(c.blocks) * bs,
-        }),
-        op::PRE_FETCH_10 | op::PRE_FETCH_16 => 0,
-        _ => return None,
-    };
-    Some(u32::try_from(bytes).unwrap_or(u32::MAX))
+    let bytes = decode_verify(cdb).map_or(0, |c| match c.bytchk {
+        ByteCheck::None if !c.write => 0,
+        ByteCheck::SameBlock => bs,
+        _ => u64::from(c.blocks) * bs,
+    });
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }

@@ -154,16 +154,9 @@ pub async fn write_same(
     Ok(Bytes::new())
 }
 
-/// Write data the CDB of WRITE SAME asks for, in bytes, for the transport's residual
-/// accounting. `None` for other opcodes.
-pub fn data_out_needed(cdb: &[u8], block_size: u32) -> Option<u32> {
-    let code = *cdb.first()?;
-    let bs = u64::from(block_size);
-    let bytes: u64 = match code {
-        op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
-            decode_write_same(cdb).map_or(0, |c| if c.ndob { 0 } else { bs })
-        }
-        _ => return None,
-    };
-    Some(u32::try_from(bytes).unwrap_or(u32::MAX))
+/// The WRITE SAME(10/16) rows' Data-Out rule (for the transport's residual accounting):
+/// one block, none with NDOB (SBC-4 §5.50, §5.51); 0 for a CDB the decoder refuses, so a refused
+/// command reports its whole Data-Out as residual.
+pub fn write_same_data_out(cdb: &[u8], block_size: u32) -> u32 {
+    decode_write_same(cdb).map_or(0, |c| if c.ndob { 0 } else { block_size })
 }
