@@ -118,6 +118,29 @@ impl PrRule {
     }
 }
 
+/// How a command meets reservations held by another I_T nexus when its access does not
+/// depend on CDB bits: under a persistent reservation (SBC-4 §4.17 table 13) and under an
+/// SPC-2 RESERVE (SPC-2 §5.5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservationAccess {
+    pub pr: PrAccess,
+    pub spc2: Spc2Access,
+}
+
+/// The READ rows' reservation access. The copy manager reads its source copy targets with
+/// it (`xcopy.rs`), as the initiator's own READ would, so the two cannot drift.
+pub const READ_ACCESS: ReservationAccess = ReservationAccess {
+    pr: PrAccess::Read,
+    spc2: Spc2Access::ConflictsForOthers,
+};
+
+/// The WRITE rows' reservation access; the copy manager writes its destination copy targets
+/// with it.
+pub const WRITE_ACCESS: ReservationAccess = ReservationAccess {
+    pr: PrAccess::Write,
+    spc2: Spc2Access::ConflictsForOthers,
+};
+
 /// One row of the command table: everything the target knows about a command (an opcode, or
 /// an opcode and service action) before its handler runs.
 #[derive(Clone, Copy, Debug)]
@@ -212,7 +235,8 @@ const ALWAYS: CommandInfo = CommandInfo {
 const READ: CommandInfo = CommandInfo {
     handler: Handler::ReadWrite,
     direction: DataDirection::In,
-    pr: PrRule::Fixed(PrAccess::Read),
+    pr: PrRule::Fixed(READ_ACCESS.pr),
+    spc2: READ_ACCESS.spc2,
     order: OrderClass::Read,
     ..BASE
 };
@@ -221,6 +245,8 @@ const READ: CommandInfo = CommandInfo {
 const WRITE: CommandInfo = CommandInfo {
     handler: Handler::ReadWrite,
     direction: DataDirection::Out,
+    pr: PrRule::Fixed(WRITE_ACCESS.pr),
+    spc2: WRITE_ACCESS.spc2,
     data_out: DataOut::Custom(sbc::write_data_out),
     order: OrderClass::Write,
     ..BASE
@@ -722,6 +748,25 @@ pub fn data_out_needed(cdb: &[u8], block_size: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::scsi::cdb::cdb_length;
+
+    /// The copy manager takes READ_ACCESS and WRITE_ACCESS for its copy targets: they must be
+    /// what READ and WRITE rows actually do, whatever CDB.
+    #[test]
+    fn read_and_write_rows_use_the_copy_managers_access() {
+        for row in supported_commands() {
+            let expected = match row.opcode {
+                op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => READ_ACCESS,
+                op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => WRITE_ACCESS,
+                _ => continue,
+            };
+            assert!(
+                matches!(row.pr, PrRule::Fixed(pr) if pr == expected.pr),
+                "{}",
+                row.name
+            );
+            assert_eq!(row.spc2, expected.spc2, "{}", row.name);
+        }
+    }
 
     #[test]
     fn every_row_is_well_formed() {

@@ -36,11 +36,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::parameter_data::truncate;
-use super::reservation_access::{self, PrAccess, Spc2Access};
+use super::reservation_access;
 use crate::scsi::cdb::{be16, be32, be64, byte_at};
 use crate::scsi::opcodes::op;
 use crate::scsi::ordering::{Order, OrderClass};
 use crate::scsi::sense::{Sense, SenseKey};
+use crate::scsi::table;
 use crate::scsi::unit::lu::LogicalUnit;
 use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
 
@@ -838,15 +839,15 @@ pub async fn extended_copy(
             && reservation_access::conflicts(
                 segment.source.reservations(),
                 nexus,
-                PrAccess::Read,
-                Spc2Access::ConflictsForOthers,
+                table::READ_ACCESS.pr,
+                table::READ_ACCESS.spc2,
             ))
             || (segment.destination.lun() != lu.lun()
                 && reservation_access::conflicts(
                     segment.destination.reservations(),
                     nexus,
-                    PrAccess::Write,
-                    Spc2Access::ConflictsForOthers,
+                    table::WRITE_ACCESS.pr,
+                    table::WRITE_ACCESS.spc2,
                 ));
         if conflict {
             return Ok(ScsiResponse::status(ScsiStatus::ReservationConflict));
