@@ -190,11 +190,9 @@ impl<'a> Order<'a> {
     pub async fn enter(&self) -> OrderGuard<'a> {
         match self.class {
             OrderClass::Free => OrderGuard::Free,
-            OrderClass::Read => OrderGuard::Shared {
-                _guard: self.lu.read_shared().await,
-            },
-            OrderClass::Write => OrderGuard::Shared {
-                _guard: self.lu.write_shared().await,
+            // Reads and writes pass each other (ORDER): one shared lock for both.
+            OrderClass::Read | OrderClass::Write => OrderGuard::Shared {
+                _guard: self.lu.medium_access_shared().await,
             },
             OrderClass::SentRead => OrderGuard::SentRead(self.lu.sent_read_guard().await),
             OrderClass::ReadModifyWrite => OrderGuard::Exclusive {

@@ -177,9 +177,12 @@ pub struct CommandInfo {
     pub spc2: Spc2Access,
     /// The write data the CDB asks for.
     pub data_out: DataOut,
-    /// The command's place in the ordering of its logical unit ([`ORDER`]).
+    /// The command's place in the ordering of its logical unit. [`ORDER`] states and (in its
+    /// tests) checks which classes may overlap; the logical unit's locks, taken by
+    /// [`Order::enter`] by this class, implement it.
     ///
     /// [`ORDER`]: super::ordering::ORDER
+    /// [`Order::enter`]: super::ordering::Order::enter
     pub order: OrderClass,
 }
 

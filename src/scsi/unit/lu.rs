@@ -545,16 +545,15 @@ impl LogicalUnit {
         ))
     }
 
-    /// Held while a command writes the medium (see `write_order`).
-    pub(in crate::scsi) async fn write_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.write_order.read().await
-    }
-
-    /// Held while a command reads the medium: a WRITE ATOMIC holds the lock exclusive while
-    /// it writes in place, so no read sees part of it (SBC-4 §4.29.2). Never held together
-    /// with another guard of the same lock (the lock is fair: a queued exclusive waiter would
-    /// deadlock a second shared acquisition).
-    pub(in crate::scsi) async fn read_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+    /// `write_order` shared: held while a plain read or write reaches the medium. Reads and
+    /// writes run alongside each other (SAM-5 §8.6); a read-modify-write command or a WRITE
+    /// ATOMIC holds the lock exclusive ([`Self::write_exclusive`]), so no read or write lands
+    /// between its read and its write (SBC-4 §5.3) or sees part of it (SBC-4 §4.29.2). Never
+    /// held together with another guard of the same lock (the lock is fair: a queued
+    /// exclusive waiter would deadlock a second shared acquisition).
+    pub(in crate::scsi) async fn medium_access_shared(
+        &self,
+    ) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.write_order.read().await
     }
 
