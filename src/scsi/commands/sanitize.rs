@@ -25,6 +25,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::scsi::cdb::{self, byte_at};
+use crate::scsi::commands::block_io::{
+    FILL_CHUNK, capacity_blocks, writable_medium, write_same_unmaps,
+};
 use crate::scsi::opcodes::op::{
     SA_SANITIZE_BLOCK_ERASE as SA_BLOCK_ERASE,
     SA_SANITIZE_EXIT_FAILURE_MODE as SA_EXIT_FAILURE_MODE, SA_SANITIZE_OVERWRITE as SA_OVERWRITE,
@@ -39,8 +42,8 @@ use crate::storage::BlockBackend;
 /// The OVERWRITE parameter list header: INVERT/TEST/OVERWRITE COUNT, reserved,
 /// INITIALIZATION PATTERN LENGTH (SBC-4 §5.30.3.2).
 const OVERWRITE_HEADER: usize = 4;
-/// Bytes written (or discarded) per backend call.
-const CHUNK: usize = 1 << 20;
+/// Bytes written per backend call: the fill size WRITE SAME uses too.
+const CHUNK: usize = FILL_CHUNK as usize;
 /// BLOCK ERASE discards this much per backend call, so its progress moves.
 const ERASE_CHUNK: u64 = 64 << 20;
 /// How often a SANITIZE without IMMED looks whether it has been aborted.
@@ -176,11 +179,8 @@ pub async fn sanitize(
         // them before this; refused the same way should one get here.
         _ => return Err(Sense::invalid_field_in_cdb(1, Some(4))),
     };
-    if lu.is_read_only() {
-        return Err(Sense::write_protected());
-    }
-    let backend = lu.medium()?;
-    let capacity = lu.capacity_blocks() * u64::from(lu.block_size());
+    let backend = writable_medium(lu)?;
+    let capacity = capacity_blocks(backend.as_ref(), lu.block_size()) * u64::from(lu.block_size());
     let total = match &operation {
         Operation::Overwrite(o) => capacity * u64::from(o.passes),
         Operation::BlockErase => capacity,
@@ -277,7 +277,9 @@ async fn run(
                 write_all(backend, capacity, &chunk, progress, &mut pace).await?;
             }
         }
-        Operation::BlockErase if backend.supports_discard() => {
+        // Only where discarded blocks read back as zeros (the rule WRITE SAME's UNMAP bit
+        // follows): elsewhere a discard could leave the old data readable.
+        Operation::BlockErase if write_same_unmaps(&backend.provisioning()) => {
             let mut offset = 0;
             while offset < capacity {
                 let len = ERASE_CHUNK.min(capacity - offset);
@@ -598,6 +600,59 @@ mod tests {
             .await
             .unwrap();
         assert!(extents.iter().all(|e| !e.mapped), "{extents:?}");
+    }
+
+    /// A medium that discards but whose discarded ranges do not read back as zeros (no
+    /// LBPRZ): its discard leaves 0xEE behind.
+    #[derive(Debug)]
+    struct DiscardKeepsJunk(MemoryBackend);
+
+    impl BlockBackend for DiscardKeepsJunk {
+        fn size_bytes(&self) -> u64 {
+            self.0.size_bytes()
+        }
+        fn read_at(&self, offset: u64, len: usize) -> IoFuture<'_, Bytes> {
+            self.0.read_at(offset, len)
+        }
+        fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> IoFuture<'_, ()> {
+            self.0.write_at(offset, data, fua)
+        }
+        fn flush(&self) -> IoFuture<'_, ()> {
+            self.0.flush()
+        }
+        fn describe(&self) -> String {
+            "discard-keeps-junk".to_string()
+        }
+        fn supports_discard(&self) -> bool {
+            true
+        }
+        fn discard(&self, offset: u64, len: u64) -> IoFuture<'_, ()> {
+            let junk = Bytes::from(vec![0xEE; usize::try_from(len).unwrap_or(0)]);
+            self.0.write_at(offset, junk, false)
+        }
+        fn provisioning(&self) -> crate::storage::Provisioning {
+            crate::storage::Provisioning {
+                discard: true,
+                discard_zeroes: false,
+                ..self.0.provisioning()
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn block_erase_writes_zeros_where_a_discard_would_not_read_back_as_zeros() {
+        let backend = Arc::new(DiscardKeepsJunk(MemoryBackend::new(
+            BLOCKS * u64::from(BLOCK),
+        )));
+        let target = target_with(unit(backend.clone(), None)).await;
+        backend
+            .write_at(0, Bytes::from(vec![b'a'; 32768]), false)
+            .await
+            .unwrap();
+        let response = run_on(&target, &cdb(SA_BLOCK_ERASE, false, false, 0), Bytes::new()).await;
+        assert_eq!(response.status, ScsiStatus::Good, "{response:?}");
+        let data = backend.read_at(0, 32768).await.unwrap();
+        assert!(data.iter().all(|&b| b == 0), "old or junk data left behind");
     }
 
     #[tokio::test]
