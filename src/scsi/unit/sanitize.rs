@@ -6,7 +6,7 @@
 //! [`SanitizeState::condition`] with its progress indication.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::scsi::sense::Sense;
 
@@ -67,6 +67,10 @@ pub enum DuringSanitize {
 #[derive(Debug, Default)]
 pub struct SanitizeState {
     phase: Mutex<Phase>,
+    /// Whether `phase` is anything but idle, readable without the lock: dispatch asks before
+    /// every command, READ and WRITE included, and a unit is nearly always idle. Set with
+    /// the phase, under its lock.
+    busy: AtomicBool,
     /// Bytes per second an OVERWRITE may write; `None`: as fast as the medium takes them.
     rate: Option<u64>,
 }
@@ -76,6 +80,7 @@ impl SanitizeState {
     pub fn with_rate(rate: Option<u64>) -> Self {
         SanitizeState {
             phase: Mutex::default(),
+            busy: AtomicBool::new(false),
             rate: rate.filter(|r| *r > 0),
         }
     }
@@ -90,33 +95,44 @@ impl SanitizeState {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Moves to `next`, keeping the lock-free `busy` flag in step.
+    fn set(&self, phase: &mut std::sync::MutexGuard<'_, Phase>, next: Phase) {
+        self.busy
+            .store(!matches!(next, Phase::Idle), Ordering::Release);
+        **phase = next;
+    }
+
+    fn is_idle(&self) -> bool {
+        !self.busy.load(Ordering::Acquire)
+    }
+
     /// The condition the unit is in: NOT READY, LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS
     /// (02/04/1B) with the progress indication while an operation runs, MEDIUM ERROR,
     /// SANITIZE COMMAND FAILED (03/31/03) in failure mode, `None` when idle. REQUEST SENSE
     /// returns it (SPC-4 §6.39).
     pub fn condition(&self) -> Option<Sense> {
-        match &*self.phase() {
-            Phase::Idle => None,
-            Phase::Running(progress) => Some(Sense::sanitize_in_progress(progress.indication())),
-            Phase::Failed { .. } => Some(Sense::sanitize_failed()),
+        if self.is_idle() {
+            return None;
         }
+        condition_of(&self.phase())
     }
 
-    /// Why a command of kind `kind` may not run now (SBC-4 §4.33), if it may not.
+    /// Why a command of kind `kind` may not run now (SBC-4 §4.33), if it may not: the
+    /// unit's condition, except for the commands that run whatever it is and for SANITIZE in
+    /// failure mode.
     pub fn refusal(&self, kind: DuringSanitize) -> Option<Sense> {
+        if kind == DuringSanitize::Runs || self.is_idle() {
+            return None;
+        }
         match (kind, &*self.phase()) {
-            (DuringSanitize::Runs, _) | (_, Phase::Idle) => None,
             (DuringSanitize::Sanitize, Phase::Failed { .. }) => None,
-            (_, Phase::Running(progress)) => {
-                Some(Sense::sanitize_in_progress(progress.indication()))
-            }
-            (DuringSanitize::Refused, Phase::Failed { .. }) => Some(Sense::sanitize_failed()),
+            (_, phase) => condition_of(phase),
         }
     }
 
     /// Whether an operation is running.
     pub fn in_progress(&self) -> bool {
-        matches!(*self.phase(), Phase::Running(_))
+        !self.is_idle() && matches!(*self.phase(), Phase::Running(_))
     }
 
     /// Starts an operation of `total` units of work: refused with 02/04/1B if one runs.
@@ -126,18 +142,19 @@ impl SanitizeState {
             return Err(Sense::sanitize_in_progress(progress.indication()));
         }
         let progress = std::sync::Arc::new(SanitizeProgress::new(total));
-        *phase = Phase::Running(std::sync::Arc::clone(&progress));
+        self.set(&mut phase, Phase::Running(std::sync::Arc::clone(&progress)));
         Ok(progress)
     }
 
     /// The running operation ended: the unit is idle again after a success, in failure mode
     /// after a failure (remembering `ause` for EXIT FAILURE MODE).
     pub fn end(&self, succeeded: bool, ause: bool) {
-        *self.phase() = if succeeded {
+        let next = if succeeded {
             Phase::Idle
         } else {
             Phase::Failed { ause }
         };
+        self.set(&mut self.phase(), next);
     }
 
     /// EXIT FAILURE MODE (SBC-4 §5.30.2): leaves failure mode if the failed operation was
@@ -148,12 +165,21 @@ impl SanitizeState {
         match &*phase {
             Phase::Idle => Ok(()),
             Phase::Failed { ause: true } => {
-                *phase = Phase::Idle;
+                self.set(&mut phase, Phase::Idle);
                 Ok(())
             }
             Phase::Failed { ause: false } => Err(Sense::invalid_field_in_cdb(1, Some(4))),
             Phase::Running(progress) => Err(Sense::sanitize_in_progress(progress.indication())),
         }
+    }
+}
+
+/// The sense a unit in `phase` answers with (see [`SanitizeState::condition`]).
+fn condition_of(phase: &Phase) -> Option<Sense> {
+    match phase {
+        Phase::Idle => None,
+        Phase::Running(progress) => Some(Sense::sanitize_in_progress(progress.indication())),
+        Phase::Failed { .. } => Some(Sense::sanitize_failed()),
     }
 }
 
