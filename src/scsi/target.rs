@@ -137,12 +137,18 @@ impl TargetDevice {
         let Some(lu) = self.lun(req.lun) else {
             return self.execute_without_lu(&req);
         };
-        let mut response = match self.dispatch(&lu, &req, fate).await {
+        let row = table::lookup(&req.cdb);
+        // The residual is against what the CDB asked for, whatever the outcome (its row's
+        // rule; a CDB without a row goes by its opcode's, see `data_out_needed`).
+        let data_out_used = match row {
+            Ok(info) => info.data_out.bytes(&req.cdb, lu.block_size()),
+            Err(_) => table::data_out_needed(&req.cdb, lu.block_size()),
+        };
+        let mut response = match self.dispatch(&lu, &req, row, fate).await {
             Ok(response) => response,
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
-        // The residual is against what the CDB asked for, whatever the outcome (its row's rule).
-        response.data_out_used = table::data_out_needed(&req.cdb, lu.block_size());
+        response.data_out_used = data_out_used;
         response
     }
 
@@ -150,12 +156,13 @@ impl TargetDevice {
         &self,
         lu: &Arc<LogicalUnit>,
         req: &ScsiRequest,
+        row: Result<&'static CommandInfo, Sense>,
         fate: Option<&Arc<TaskFate>>,
     ) -> Result<ScsiResponse, Sense> {
         let cdb = &req.cdb[..];
         let nexus = &req.nexus;
         let unit_attentions = lu.unit_attentions();
-        let info = match table::lookup(cdb) {
+        let info = match row {
             Ok(info) => info,
             // Only INQUIRY, REPORT LUNS and REQUEST SENSE are exempt from reporting a unit
             // attention; an unsupported command reports it before its own error.
