@@ -195,7 +195,7 @@ impl Driver {
             Err(_) => None,
             Ok(()) => {
                 let outcome = match e.run {
-                    Run::Scsi(request) => ScsiResponse::good(Bytes::from(vec![
+                    Run::Scsi { request, .. } => ScsiResponse::good(Bytes::from(vec![
                         0u8;
                         request.expected_in.min(1 << 16)
                             as usize

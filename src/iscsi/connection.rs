@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::Service;
 use super::limits::OverLimit;
 use super::login::SessionType;
 use super::login_driver::{LoggedIn, login};
@@ -32,9 +33,7 @@ use super::session_core::{
     Execution, Run, ScsiPort, SessionConfig, SessionCore, TargetCatalog, Work, WriteBudget, reject,
     reject_reply,
 };
-use super::window::CmdWindow;
 use super::writer::write_loop;
-use super::{Service, Target};
 use crate::scsi::{Aborted, Nexus, ScsiResponse, ScsiStatus};
 use crate::wire::framing::FrameError;
 use crate::wire::{self, FrameLimits, OutPdu, PduCodec, Reply, WireError};
@@ -168,14 +167,13 @@ async fn run(
     };
     let budget = WriteBuffers(Arc::clone(&ctx.write_budget));
     let core = SessionCore::new(config, scsi, catalog, budget, Instant::now().into_std());
-    let window = core.window().clone();
     let (out_tx, out_rx) = mpsc::channel(1024);
     let writer = tokio::spawn(
         write_loop(
             wr,
             out_rx,
             stat_sn,
-            window.clone(),
+            core.window().clone(),
             params.header_digest,
             params.data_digest,
         )
@@ -187,8 +185,7 @@ async fn run(
         ctx,
         guard: &guard,
         core,
-        target,
-        window,
+        target_name: target.map(|t| t.name.clone()),
         out: out_tx,
         running: TaskTracker::new(),
         done_tx,
@@ -243,8 +240,8 @@ struct Connection<'a> {
     ctx: &'a Arc<Service>,
     guard: &'a SessionGuard<'a>,
     core: SessionCore<WriteBuffers>,
-    target: Option<Arc<Target>>,
-    window: Arc<CmdWindow>,
+    /// The session's target (none in discovery): a cold reset ends its sessions.
+    target_name: Option<String>,
     out: mpsc::Sender<OutPdu>,
     /// Every command task of the session, so its end can wait for all of them.
     running: TaskTracker,
@@ -362,9 +359,8 @@ impl Connection<'_> {
             finished,
             budget,
         } = execution;
-        let target = self.target.clone();
         let out = self.out.clone();
-        let window = self.window.clone();
+        let window = self.core.window().clone();
         let done = self.done_tx.clone();
         let command = Box::pin(
             async move {
@@ -374,12 +370,11 @@ impl Connection<'_> {
                     // Aborted before it started: it never acts on the medium.
                     Err(aborted) => Err(aborted),
                     Ok(()) => {
-                        let outcome = match (run, target) {
-                            (Run::Scsi(request), Some(target)) => {
-                                target.device.execute_task(request, &fate).await
+                        let outcome = match run {
+                            Run::Scsi { device, request } => {
+                                device.execute_task(request, &fate).await
                             }
-                            (Run::Fail(response), _) => response,
-                            (Run::Scsi(_), None) => ScsiResponse::status(ScsiStatus::Busy),
+                            Run::Fail(response) => response,
                         };
                         fate.complete().map(|()| outcome)
                     }
@@ -441,7 +436,7 @@ impl Connection<'_> {
     ) {
         let out = self.out.clone();
         let ctx = self.ctx.clone();
-        let target_name = self.target.as_ref().map(|t| t.name.clone());
+        let target_name = self.target_name.clone();
         tokio::spawn(
             async move {
                 // No time limit: reporting an abort before the task's I/O is over would let a

@@ -204,8 +204,11 @@ pub struct Execution<S> {
 
 /// What a started command does.
 pub enum Run {
-    /// Runs in the SCSI layer.
-    Scsi(ScsiRequest),
+    /// Runs in the SCSI layer, on the session's target.
+    Scsi {
+        device: Arc<TargetDevice>,
+        request: ScsiRequest,
+    },
     /// Answers at once with a failure the transport found.
     Fail(ScsiResponse),
 }
@@ -942,14 +945,17 @@ impl<B: WriteBudget> SessionCore<B> {
             // Only normal sessions reach here; they have a nexus.
             return Run::Fail(ScsiResponse::status(ScsiStatus::Busy));
         };
-        Run::Scsi(ScsiRequest {
-            nexus: scsi.nexus.clone(),
-            lun: task.lun,
-            cdb: cmd.cdb.clone(),
-            data_out,
-            expected_in: if cmd.read { cmd.expected_length } else { 0 },
-            attr: task_attr(cmd.attr),
-        })
+        Run::Scsi {
+            device: scsi.device.clone(),
+            request: ScsiRequest {
+                nexus: scsi.nexus.clone(),
+                lun: task.lun,
+                cdb: cmd.cdb.clone(),
+                data_out,
+                expected_in: if cmd.read { cmd.expected_length } else { 0 },
+                attr: task_attr(cmd.attr),
+            },
+        }
     }
 
     /// Hands the command to the driver to run. The caller keeps the task in the table (as

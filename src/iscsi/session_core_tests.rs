@@ -364,7 +364,7 @@ impl Pair {
             Err(aborted) => Err(aborted),
             Ok(()) => {
                 let outcome = match e.run {
-                    Run::Scsi(request) => {
+                    Run::Scsi { request, .. } => {
                         self.written.push((itt, request.data_out.clone()));
                         ScsiResponse::good(Bytes::from(vec![0u8; request.expected_in as usize]))
                     }
