@@ -215,10 +215,9 @@ pub fn vpd_block_device_characteristics() -> Vec<u8> {
     vpd_page(0xB1, &body)
 }
 
-/// VPD B2h: logical block provisioning (SBC-3 §6.5.4): no UNMAP/WRITE SAME support yet, fully
-/// provisioned.
+/// VPD B2h for a unit without a medium to ask: fully provisioned.
 pub fn vpd_logical_block_provisioning() -> Vec<u8> {
-    vpd_page(0xB2, &[0; 4])
+    logical_block_provisioning_page(&Provisioning::FULLY_PROVISIONED)
 }
 
 /// Smallest multiple of `unit` (a power of two, logical blocks per physical block) at least
@@ -243,10 +242,8 @@ pub fn block_limits_page(
     p: &Provisioning,
     atomic: Option<AtomicLimits>,
 ) -> Vec<u8> {
+    // 64 bytes: the generic page is the whole page (length 3Ch).
     let mut page = vpd_block_limits(block_size);
-    if page.len() < 64 {
-        page.resize(64, 0);
-    }
     page[5] = max_compare_and_write_blocks(block_size);
     let bs = u64::from(block_size.max(1));
     let medium_granularity = (p.io_granularity != 0
@@ -285,15 +282,15 @@ pub fn block_limits_page(
 /// (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP) and LBPRZ = 001b, else LBPRZ = 000b
 /// (vendor specific). ANC_SUP = 0, DP = 0.
 pub fn logical_block_provisioning_page(p: &Provisioning) -> Vec<u8> {
-    let mut page = vec![0x00, 0xB2, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00];
+    let mut body = [0u8; 4];
     if p.discard {
-        page[5] = 0x80;
+        body[1] = 0x80;
         if write_same_unmaps(p) {
-            page[5] |= 0x40 | 0x20 | 0x04;
+            body[1] |= 0x40 | 0x20 | 0x04;
         }
-        page[6] = 0x02;
+        body[2] = 0x02;
     }
-    page
+    vpd_page(0xB2, &body)
 }
 
 /// The pages that depend on the unit's medium (block limits, provisioning) for `lu`, or
