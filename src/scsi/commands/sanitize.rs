@@ -46,8 +46,6 @@ const OVERWRITE_HEADER: usize = 4;
 const CHUNK: usize = FILL_CHUNK as usize;
 /// BLOCK ERASE discards this much per backend call, so its progress moves.
 const ERASE_CHUNK: u64 = 64 << 20;
-/// How often a SANITIZE without IMMED looks whether it has been aborted.
-const ABORT_POLL: Duration = Duration::from_millis(50);
 
 /// A decoded SANITIZE CDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,20 +238,18 @@ async fn wait_for(
     mut job: tokio::task::JoinHandle<bool>,
     fate: Option<&Arc<TaskFate>>,
 ) -> Result<Bytes, Sense> {
-    loop {
-        tokio::select! {
-            joined = &mut job => {
-                return match joined {
-                    Ok(true) => Ok(Bytes::new()),
-                    Ok(false) | Err(_) => Err(Sense::sanitize_failed()),
-                };
-            }
-            () = tokio::time::sleep(ABORT_POLL) => {
-                if fate.is_some_and(|f| f.is_aborted()) {
-                    return Err(Sense::sanitize_in_progress(0));
-                }
-            }
+    let aborted = async {
+        match fate {
+            Some(fate) => fate.aborted().await,
+            None => std::future::pending().await,
         }
+    };
+    tokio::select! {
+        joined = &mut job => match joined {
+            Ok(true) => Ok(Bytes::new()),
+            Ok(false) | Err(_) => Err(Sense::sanitize_failed()),
+        },
+        () = aborted => Err(Sense::sanitize_in_progress(0)),
     }
 }
 

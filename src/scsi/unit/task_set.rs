@@ -67,11 +67,16 @@ impl AbortOutcome {
 
 /// A task's fate, decided once between its completion and an abort.
 #[derive(Debug, Default)]
-pub struct TaskFate(AtomicU8);
+pub struct TaskFate {
+    state: AtomicU8,
+    /// Woken when the task is aborted, for a command that waits on work going on without it
+    /// ([`TaskFate::aborted`]). Inline, no allocation: nearly every task never uses it.
+    abort_signal: tokio::sync::Notify,
+}
 
 impl TaskFate {
     pub fn new() -> Arc<TaskFate> {
-        Arc::new(TaskFate(AtomicU8::new(QUEUED)))
+        Arc::new(TaskFate::default())
     }
 
     fn how(state: u8) -> Aborted {
@@ -85,7 +90,7 @@ impl TaskFate {
     /// Moves from stage `from` to `to` unless the task was aborted.
     fn advance(&self, from: u8, to: u8) -> Result<(), Aborted> {
         match self
-            .0
+            .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => Ok(()),
@@ -104,10 +109,23 @@ impl TaskFate {
         self.advance(EXECUTING, REPLYING)
     }
 
-    /// Whether the task has been aborted: a command that waits long for something that goes
-    /// on without it (SANITIZE without IMMED) looks, and stops waiting.
-    pub fn is_aborted(&self) -> bool {
-        self.0.load(Ordering::Acquire) & ABORTED != 0
+    fn is_aborted(&self) -> bool {
+        self.state.load(Ordering::Acquire) & ABORTED != 0
+    }
+
+    /// Completes once the task is aborted: a command that waits long for something that goes
+    /// on without it (SANITIZE without IMMED) stops waiting then.
+    pub async fn aborted(&self) {
+        loop {
+            let signal = self.abort_signal.notified();
+            tokio::pin!(signal);
+            // Registered before looking, so an abort between the look and the wait wakes it.
+            signal.as_mut().enable();
+            if self.is_aborted() {
+                return;
+            }
+            signal.await;
+        }
     }
 
     /// Aborts the task unless it is already replying.
@@ -116,7 +134,7 @@ impl TaskFate {
             Aborted::Silently => ABORTED,
             Aborted::Reported => ABORTED | REPORTED,
         };
-        let mut state = self.0.load(Ordering::Acquire);
+        let mut state = self.state.load(Ordering::Acquire);
         loop {
             let executing = state & STAGE == EXECUTING;
             if state & ABORTED != 0 {
@@ -125,12 +143,20 @@ impl TaskFate {
             if state & STAGE == REPLYING {
                 return AbortOutcome::TooLate;
             }
-            match self
-                .0
-                .compare_exchange(state, state | mark, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) if executing => return AbortOutcome::WhileExecuting,
-                Ok(_) => return AbortOutcome::Stopped,
+            match self.state.compare_exchange(
+                state,
+                state | mark,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.abort_signal.notify_waiters();
+                    return if executing {
+                        AbortOutcome::WhileExecuting
+                    } else {
+                        AbortOutcome::Stopped
+                    };
+                }
                 Err(now) => state = now,
             }
         }
@@ -244,6 +270,25 @@ mod tests {
 
     fn nexus(name: &str) -> Arc<Nexus> {
         Arc::new(Nexus::for_test(name))
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_the_abort_wakes_when_the_task_is_aborted_and_not_before() {
+        let fate = TaskFate::new();
+        assert!(fate.begin().is_ok());
+        let waiting = tokio::spawn({
+            let fate = Arc::clone(&fate);
+            async move { fate.aborted().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(fate.abort(Aborted::Silently), AbortOutcome::WhileExecuting);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the abort")
+            .expect("the waiter ran");
+        // Already aborted: returns at once.
+        fate.aborted().await;
     }
 
     #[test]
