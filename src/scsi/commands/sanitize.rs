@@ -193,6 +193,12 @@ pub async fn sanitize(
     let ause = cdb.ause;
     let class = order.class();
     let job = tokio::spawn(async move {
+        // However this task ends, a panic included, the unit leaves "in progress".
+        let mut unended = EndsAsFailed {
+            state: unit.sanitize_state(),
+            ause,
+            armed: true,
+        };
         // The row's ordering, held by the operation rather than the command: nothing reads or
         // writes the medium until the operation ends (see the module notes).
         let _ordered = Order::of(&unit, class).enter().await;
@@ -213,6 +219,7 @@ pub async fn sanitize(
         } else {
             tracing::info!(lun = unit.lun(), "sanitize operation complete");
         }
+        unended.armed = false;
         unit.sanitize_state().end(outcome.is_ok(), ause);
         outcome.is_ok()
     });
@@ -220,6 +227,22 @@ pub async fn sanitize(
         return Ok(Bytes::new());
     }
     wait_for(job, fate).await
+}
+
+/// Ends a sanitize operation as failed when its task stops without ending it (a panic in the
+/// backend): otherwise the unit would answer SANITIZE IN PROGRESS forever.
+struct EndsAsFailed<'a> {
+    state: &'a SanitizeState,
+    ause: bool,
+    armed: bool,
+}
+
+impl Drop for EndsAsFailed<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.end(false, self.ause);
+        }
+    }
 }
 
 /// BLOCK ERASE and EXIT FAILURE MODE take no parameter list (SBC-4 §5.30.1): a PARAMETER LIST
@@ -649,6 +672,46 @@ mod tests {
         assert_eq!(response.status, ScsiStatus::Good, "{response:?}");
         let data = backend.read_at(0, 32768).await.unwrap();
         assert!(data.iter().all(|&b| b == 0), "old or junk data left behind");
+    }
+
+    /// A medium whose writes panic.
+    #[derive(Debug)]
+    struct PanicsOnWrite(MemoryBackend);
+
+    impl BlockBackend for PanicsOnWrite {
+        fn size_bytes(&self) -> u64 {
+            self.0.size_bytes()
+        }
+        fn read_at(&self, offset: u64, len: usize) -> IoFuture<'_, Bytes> {
+            self.0.read_at(offset, len)
+        }
+        fn write_at(&self, _offset: u64, _data: Bytes, _fua: bool) -> IoFuture<'_, ()> {
+            Box::pin(async { panic!("injected panic in the backend") })
+        }
+        fn flush(&self) -> IoFuture<'_, ()> {
+            self.0.flush()
+        }
+        fn describe(&self) -> String {
+            "panics-on-write".to_string()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_operation_whose_task_panics_leaves_the_unit_in_failure_mode_not_in_progress() {
+        let backend = Arc::new(PanicsOnWrite(MemoryBackend::new(BLOCKS * u64::from(BLOCK))));
+        let lu = unit(backend, None);
+        let target = target_with(Arc::clone(&lu)).await;
+        let list = overwrite_list(false, 1, &[1]);
+        let started = run_on(&target, &cdb(SA_OVERWRITE, true, false, 5), list).await;
+        assert_eq!(started.status, ScsiStatus::Good, "{started:?}");
+        for _ in 0..250 {
+            if !lu.sanitize_state().in_progress() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let tur = run_on(&target, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], Bytes::new()).await;
+        assert_eq!(key_asc_ascq(&tur), (0x03, 0x31, 0x03));
     }
 
     #[tokio::test]
