@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod auth;
+pub mod diff;
 mod files;
 mod validator;
 
@@ -21,6 +22,7 @@ use crate::iscsi::name::check_iscsi_name;
 use crate::storage::IoEngine;
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
+pub use diff::{ConfigDiff, TargetDiff};
 pub use validator::ConfigError;
 use validator::{Validator, line_of};
 
