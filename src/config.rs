@@ -15,6 +15,7 @@ use toml::Spanned;
 mod auth;
 pub mod diff;
 mod files;
+pub mod store;
 mod validator;
 
 use crate::iscsi::Settings;
@@ -23,6 +24,8 @@ use crate::storage::IoEngine;
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
 pub use diff::{ConfigDiff, TargetDiff};
+pub use files::Origin;
+pub use store::Store;
 pub use validator::ConfigError;
 use validator::{Validator, line_of};
 

@@ -1,19 +1,32 @@
 //! The files of a configuration: the main file and the `*.toml` files of its include
-//! directory, read and validated as one whole.
+//! directory, read and validated as one whole, and the atomic writes the [`Store`] edits
+//! them with.
 //!
 //! An included file holds `[[target]]` tables only. The directory is read in file-name order,
 //! not recursively; hidden files (`.name`, which is also how keel names its temporary files)
 //! and editor leftovers (`#name#`, `name~`) are skipped. A target name may be declared once
 //! over all the files; a second declaration is an error naming both places.
+//!
+//! [`Store`]: super::Store
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{
     Config, ConfigError, ConfigErrors, Declared, ErrorKind, parse_main, parse_target_file,
 };
+
+/// Where a target is declared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// In the main configuration file (or the embedded default).
+    Main,
+    /// In this file of the include directory.
+    Included(PathBuf),
+}
 
 /// Files read, written and removed, and directories listed: how the Store's tests check that
 /// one change touches one file, however many targets there are.
@@ -25,9 +38,11 @@ pub(super) struct FileCounts {
     pub listings: usize,
 }
 
-/// A validated configuration.
+/// A validated configuration and the file of each of its targets.
 pub(super) struct Loaded {
     pub config: Config,
+    /// `origins[i]` declares `config.targets[i]`.
+    pub origins: Vec<Origin>,
 }
 
 /// Reads a file's text, counting it.
@@ -57,10 +72,12 @@ pub(super) fn load_text(
     let main = parse_main(text).map_err(|e| ConfigErrors::invalid(source_name, vec![e]))?;
     let mut errors = main.errors;
     let mut config = main.config;
+    let mut origins = Vec::new();
     let mut names = Names::new(source_name);
     for declared in main.targets {
         errors.extend(names.declare(&declared, None));
         config.targets.push(declared.target);
+        origins.push(Origin::Main);
     }
     if let Some((dir, line)) = main.include {
         let dir = base_dir.join(dir);
@@ -82,6 +99,7 @@ pub(super) fn load_text(
                     for declared in part.targets {
                         errors.extend(names.declare(&declared, Some(&shown)));
                         config.targets.push(declared.target);
+                        origins.push(Origin::Included(file.clone()));
                     }
                 }
             }
@@ -103,7 +121,7 @@ pub(super) fn load_text(
         config.include = Some(dir);
     }
     if errors.is_empty() {
-        Ok(Loaded { config })
+        Ok(Loaded { config, origins })
     } else {
         Err(ConfigErrors::invalid(source_name, errors))
     }
@@ -189,6 +207,70 @@ impl<'a> Names<'a> {
     }
 }
 
+/// Replaces `path` with `text` so that a crash leaves the old file or the new one, never a
+/// mix: a temporary file in the same directory, fsync, rename over `path`, fsync the
+/// directory. A replaced file keeps its permissions; a new one is 0600 (it may hold CHAP
+/// secrets).
+pub(super) fn write_atomically(path: &Path, text: &str, counts: &mut FileCounts) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    // Hidden, so a load never mistakes it for a target file.
+    let temp = dir.join(format!(".{}.keel-tmp", file_name.to_string_lossy()));
+    let mode = match fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(_) => 0o600,
+    };
+    counts.writes += 1;
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        // A leftover temporary file from a crash keeps its old mode through `open`.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+/// Removes `path` durably (the directory is synced).
+pub(super) fn remove_durably(path: &Path, counts: &mut FileCounts) -> io::Result<()> {
+    counts.removals += 1;
+    fs::remove_file(path)?;
+    sync_dir(parent_dir(path))
+}
+
+/// Creates `dir` (and its parents) when missing, durably.
+pub(super) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    sync_dir(parent_dir(dir))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// fsync of a directory: makes a rename, creation or removal in it durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +293,25 @@ mod tests {
         ] {
             assert!(!is_target_file_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_keeps_the_mode_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let mut counts = FileCounts::default();
+        write_atomically(&path, "one\n", &mut counts).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "a new file may hold secrets");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&path, "two\n", &mut counts).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two\n");
+        assert_eq!(mode(&path), 0o640);
+        assert_eq!(counts.writes, 2);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.toml"]);
     }
 }
