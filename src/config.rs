@@ -3,9 +3,18 @@
 //! Everything a running keel needs to know about its targets comes from here. Parsing is pure
 //! (text in, [`Config`] or a list of [`ConfigError`]s out) so `keel check` and `keel serve`
 //! report the same problems the same way.
+//!
+//! `[server] include = "DIR"` names a directory (relative to the main file's) whose `*.toml`
+//! files hold more `[[target]]` tables, and nothing else: read in file-name order, not
+//! recursively, hidden files (`.name`, as keel's own temporary files are) and editor
+//! leftovers skipped. The main file and every included file are validated as one whole; each
+//! error names its own file, and a target name declared twice names both places. A missing
+//! directory reads as empty, with a warning. The [`Store`] saves targets added while keel
+//! runs there, one file each.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +33,7 @@ use crate::storage::IoEngine;
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
 pub use diff::{ConfigDiff, TargetDiff};
+use files::FileCounts;
 pub use files::Origin;
 pub use store::Store;
 pub use validator::ConfigError;
@@ -248,23 +258,145 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A validated configuration and the file of each of its targets.
+struct Loaded {
+    pub config: Config,
+    /// `origins[i]` declares `config.targets[i]`.
+    pub origins: Vec<Origin>,
+}
+
 /// Reads and validates a configuration file and the files of its include directory
 /// (resolved against the file's own directory).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    files::load_path(path, &mut files::FileCounts::default()).map(|loaded| loaded.config)
+    load_path(path, &mut FileCounts::default()).map(|loaded| loaded.config)
 }
 
 /// Parses and validates the text of a main configuration file; `source_name` names it in
 /// errors. Pure unless the text has `[server] include`: that directory (relative to the
 /// working directory) is read too.
 pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
-    files::load_text(
-        text,
-        source_name,
-        Path::new(""),
-        &mut files::FileCounts::default(),
-    )
-    .map(|loaded| loaded.config)
+    load_text(text, source_name, Path::new(""), &mut FileCounts::default())
+        .map(|loaded| loaded.config)
+}
+
+/// Loads the main file at `path` and its include directory (relative to the file's own
+/// directory).
+fn load_path(path: &Path, counts: &mut FileCounts) -> Result<Loaded, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = files::read(path, counts)
+        .map_err(|e| ConfigErrors::one(ErrorKind::Io, &name, format!("cannot read: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    load_text(&text, &name, base, counts)
+}
+
+/// Loads a main file's text; its include directory, when relative, is taken from `base_dir`.
+/// Every error of every file is reported, each with its file.
+fn load_text(
+    text: &str,
+    source_name: &str,
+    base_dir: &Path,
+    counts: &mut FileCounts,
+) -> Result<Loaded, ConfigErrors> {
+    let main = parse_main(text).map_err(|e| ConfigErrors::invalid(source_name, vec![e]))?;
+    let mut errors = main.errors;
+    let mut config = main.config;
+    let mut origins = Vec::new();
+    let mut names = Names::new(source_name);
+    for declared in main.targets {
+        errors.extend(names.declare(&declared, None));
+        config.targets.push(declared.target);
+        origins.push(Origin::Main);
+    }
+    if let Some((dir, line)) = main.include {
+        let dir = base_dir.join(dir);
+        match files::list_include_dir(&dir, counts) {
+            Ok(files) => {
+                for file in files {
+                    let shown = file.display().to_string();
+                    let text = match files::read(&file, counts) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            errors.push(in_file(&shown, ConfigError::new(None, e.to_string())));
+                            continue;
+                        }
+                    };
+                    let part = parse_target_file(&text, &config.data_dir);
+                    errors.extend(part.errors.into_iter().map(|e| in_file(&shown, e)));
+                    let warnings = part.warnings.into_iter().map(|w| in_file(&shown, w));
+                    config.warnings.extend(warnings);
+                    for declared in part.targets {
+                        errors.extend(names.declare(&declared, Some(&shown)));
+                        config.targets.push(declared.target);
+                        origins.push(Origin::Included(file.clone()));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                config.warnings.push(ConfigError::new(
+                    Some(line),
+                    format!(
+                        "include directory {} does not exist: no targets from it (it is \
+                         created when a target is added)",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(e) => errors.push(ConfigError::new(
+                Some(line),
+                format!("include directory {}: {e}", dir.display()),
+            )),
+        }
+        config.include = Some(dir);
+    }
+    if errors.is_empty() {
+        Ok(Loaded { config, origins })
+    } else {
+        Err(ConfigErrors::invalid(source_name, errors))
+    }
+}
+
+/// `error`, as found in `file`.
+fn in_file(file: &str, mut error: ConfigError) -> ConfigError {
+    error.file.get_or_insert_with(|| file.to_string());
+    error
+}
+
+/// Target names declared so far, for the one-declaration rule across files.
+struct Names<'a> {
+    main_name: &'a str,
+    /// Lower-cased name → (file, `None` for the main file; line).
+    seen: BTreeMap<String, (Option<String>, usize)>,
+}
+
+impl<'a> Names<'a> {
+    /// `main_name` shows the main file in messages.
+    fn new(main_name: &'a str) -> Self {
+        Names {
+            main_name,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Records a declaration in `file` (`None`: the main file); an error if the name is
+    /// already declared, naming the first place.
+    fn declare(&mut self, declared: &Declared, file: Option<&str>) -> Option<ConfigError> {
+        let name = &declared.target.name;
+        let key = name.to_ascii_lowercase();
+        if let Some((first_file, first_line)) = self.seen.get(&key) {
+            let first = match (first_file.as_deref(), file) {
+                (a, b) if a == b => format!("line {first_line}"),
+                (a, _) => format!("{}:{first_line}", a.unwrap_or(self.main_name)),
+            };
+            return Some(ConfigError {
+                file: file.map(str::to_string),
+                line: Some(declared.line),
+                message: format!("target {name:?} is declared twice (first at {first})"),
+            });
+        }
+        self.seen
+            .insert(key, (file.map(str::to_string), declared.line));
+        None
+    }
 }
 
 impl Config {

@@ -1,23 +1,14 @@
-//! The files of a configuration: the main file and the `*.toml` files of its include
-//! directory, read and validated as one whole, and the atomic writes the [`Store`] edits
-//! them with.
-//!
-//! An included file holds `[[target]]` tables only. The directory is read in file-name order,
-//! not recursively; hidden files (`.name`, which is also how keel names its temporary files)
-//! and editor leftovers (`#name#`, `name~`) are skipped. A target name may be declared once
-//! over all the files; a second declaration is an error naming both places.
+//! The configuration's files on disk: which entries of an include directory are target
+//! files, counted reads, and the durable writes (atomic replace, removal, directory
+//! creation) the [`Store`] edits them with. Parsing and validation are `config.rs`'s; this
+//! module only touches the file system, so it imports nothing from it.
 //!
 //! [`Store`]: super::Store
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-use super::{
-    Config, ConfigError, ConfigErrors, Declared, ErrorKind, parse_main, parse_target_file,
-};
 
 /// Where a target is declared.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,99 +29,10 @@ pub(super) struct FileCounts {
     pub listings: usize,
 }
 
-/// A validated configuration and the file of each of its targets.
-pub(super) struct Loaded {
-    pub config: Config,
-    /// `origins[i]` declares `config.targets[i]`.
-    pub origins: Vec<Origin>,
-}
-
 /// Reads a file's text, counting it.
 pub(super) fn read(path: &Path, counts: &mut FileCounts) -> io::Result<String> {
     counts.reads += 1;
     fs::read_to_string(path)
-}
-
-/// Loads the main file at `path` and its include directory (relative to the file's own
-/// directory).
-pub(super) fn load_path(path: &Path, counts: &mut FileCounts) -> Result<Loaded, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = read(path, counts)
-        .map_err(|e| ConfigErrors::one(ErrorKind::Io, &name, format!("cannot read: {e}")))?;
-    let base = path.parent().unwrap_or(Path::new(""));
-    load_text(&text, &name, base, counts)
-}
-
-/// Loads a main file's text; its include directory, when relative, is taken from `base_dir`.
-/// Every error of every file is reported, each with its file.
-pub(super) fn load_text(
-    text: &str,
-    source_name: &str,
-    base_dir: &Path,
-    counts: &mut FileCounts,
-) -> Result<Loaded, ConfigErrors> {
-    let main = parse_main(text).map_err(|e| ConfigErrors::invalid(source_name, vec![e]))?;
-    let mut errors = main.errors;
-    let mut config = main.config;
-    let mut origins = Vec::new();
-    let mut names = Names::new(source_name);
-    for declared in main.targets {
-        errors.extend(names.declare(&declared, None));
-        config.targets.push(declared.target);
-        origins.push(Origin::Main);
-    }
-    if let Some((dir, line)) = main.include {
-        let dir = base_dir.join(dir);
-        match list_include_dir(&dir, counts) {
-            Ok(files) => {
-                for file in files {
-                    let shown = file.display().to_string();
-                    let text = match read(&file, counts) {
-                        Ok(text) => text,
-                        Err(e) => {
-                            errors.push(in_file(&shown, ConfigError::new(None, e.to_string())));
-                            continue;
-                        }
-                    };
-                    let part = parse_target_file(&text, &config.data_dir);
-                    errors.extend(part.errors.into_iter().map(|e| in_file(&shown, e)));
-                    let warnings = part.warnings.into_iter().map(|w| in_file(&shown, w));
-                    config.warnings.extend(warnings);
-                    for declared in part.targets {
-                        errors.extend(names.declare(&declared, Some(&shown)));
-                        config.targets.push(declared.target);
-                        origins.push(Origin::Included(file.clone()));
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                config.warnings.push(ConfigError::new(
-                    Some(line),
-                    format!(
-                        "include directory {} does not exist: no targets from it (it is \
-                         created when a target is added)",
-                        dir.display()
-                    ),
-                ));
-            }
-            Err(e) => errors.push(ConfigError::new(
-                Some(line),
-                format!("include directory {}: {e}", dir.display()),
-            )),
-        }
-        config.include = Some(dir);
-    }
-    if errors.is_empty() {
-        Ok(Loaded { config, origins })
-    } else {
-        Err(ConfigErrors::invalid(source_name, errors))
-    }
-}
-
-/// `error`, as found in `file`.
-pub(super) fn in_file(file: &str, mut error: ConfigError) -> ConfigError {
-    error.file.get_or_insert_with(|| file.to_string());
-    error
 }
 
 /// The `*.toml` files of an include directory, sorted by name; hidden files, editor
@@ -163,48 +65,6 @@ fn is_target_file_name(name: &str) -> bool {
         && name.len() > ".toml".len()
         && !name.starts_with('.')
         && !name.starts_with('#')
-}
-
-/// Target names declared so far, for the one-declaration rule across files.
-pub(super) struct Names<'a> {
-    main_name: &'a str,
-    /// Lower-cased name → (file, `None` for the main file; line).
-    seen: BTreeMap<String, (Option<String>, usize)>,
-}
-
-impl<'a> Names<'a> {
-    /// `main_name` shows the main file in messages.
-    pub(super) fn new(main_name: &'a str) -> Self {
-        Names {
-            main_name,
-            seen: BTreeMap::new(),
-        }
-    }
-
-    /// Records a declaration in `file` (`None`: the main file); an error if the name is
-    /// already declared, naming the first place.
-    pub(super) fn declare(
-        &mut self,
-        declared: &Declared,
-        file: Option<&str>,
-    ) -> Option<ConfigError> {
-        let name = &declared.target.name;
-        let key = name.to_ascii_lowercase();
-        if let Some((first_file, first_line)) = self.seen.get(&key) {
-            let first = match (first_file.as_deref(), file) {
-                (a, b) if a == b => format!("line {first_line}"),
-                (a, _) => format!("{}:{first_line}", a.unwrap_or(self.main_name)),
-            };
-            return Some(ConfigError {
-                file: file.map(str::to_string),
-                line: Some(declared.line),
-                message: format!("target {name:?} is declared twice (first at {first})"),
-            });
-        }
-        self.seen
-            .insert(key, (file.map(str::to_string), declared.line));
-        None
-    }
 }
 
 /// Replaces `path` with `text` so that a crash leaves the old file or the new one, never a

@@ -26,11 +26,11 @@ use std::path::{Path, PathBuf};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value};
 
 use super::diff::{ConfigDiff, diff, diff_target};
-use super::files::{self, FileCounts, Loaded, Names, Origin};
+use super::files::{self, FileCounts, Origin};
 use super::validator::line_of;
 use super::{
-    Backing, Config, ConfigError, ConfigErrors, EMBEDDED_DEFAULT, ErrorKind, TargetConfig,
-    parse_main, parse_target_file,
+    Backing, Config, ConfigError, ConfigErrors, EMBEDDED_DEFAULT, ErrorKind, Loaded, Names,
+    TargetConfig, load_path, load_text, parse_main, parse_target_file,
 };
 
 /// How the embedded default names itself in messages.
@@ -60,7 +60,7 @@ impl Store {
     /// Reads and validates the configuration file at `path` and its include directory.
     pub fn load(path: &Path) -> Result<Store, ConfigErrors> {
         let mut counts = FileCounts::default();
-        let loaded = files::load_path(path, &mut counts)?;
+        let loaded = load_path(path, &mut counts)?;
         Ok(Store::adopt(Some(path.to_path_buf()), loaded, counts))
     }
 
@@ -68,7 +68,7 @@ impl Store {
     /// working directory.
     pub fn embedded() -> Result<Store, ConfigErrors> {
         let mut counts = FileCounts::default();
-        let loaded = files::load_text(EMBEDDED_DEFAULT, EMBEDDED_NAME, Path::new(""), &mut counts)?;
+        let loaded = load_text(EMBEDDED_DEFAULT, EMBEDDED_NAME, Path::new(""), &mut counts)?;
         Ok(Store::adopt(None, loaded, counts))
     }
 
@@ -114,8 +114,8 @@ impl Store {
     /// configuration before. On error nothing changes.
     pub fn reload(&mut self) -> Result<ConfigDiff, ConfigErrors> {
         let loaded = match &self.main {
-            Some(path) => files::load_path(path, &mut self.counts)?,
-            None => files::load_text(
+            Some(path) => load_path(path, &mut self.counts)?,
+            None => load_text(
                 EMBEDDED_DEFAULT,
                 EMBEDDED_NAME,
                 Path::new(""),
