@@ -51,7 +51,11 @@ impl ConfigDiff {
     /// One line per change, for logs and reports.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        lines.extend(self.targets_removed.iter().map(|t| format!("remove target {t}")));
+        lines.extend(
+            self.targets_removed
+                .iter()
+                .map(|t| format!("remove target {t}")),
+        );
         for t in &self.targets_changed {
             lines.extend(
                 t.luns_removed
@@ -72,10 +76,26 @@ impl ConfigDiff {
                     .map(|l| format!("add target {} LUN {}", t.new.name, l.lun)),
             );
         }
-        lines.extend(self.targets_added.iter().map(|t| format!("add target {}", t.name)));
-        lines.extend(self.portals_removed.iter().map(|p| format!("close portal {p}")));
-        lines.extend(self.portals_added.iter().map(|p| format!("open portal {p}")));
-        lines.extend(self.needs_restart.iter().map(|s| format!("{s} changes at restart")));
+        lines.extend(
+            self.targets_added
+                .iter()
+                .map(|t| format!("add target {}", t.name)),
+        );
+        lines.extend(
+            self.portals_removed
+                .iter()
+                .map(|p| format!("close portal {p}")),
+        );
+        lines.extend(
+            self.portals_added
+                .iter()
+                .map(|p| format!("open portal {p}")),
+        );
+        lines.extend(
+            self.needs_restart
+                .iter()
+                .map(|s| format!("{s} changes at restart")),
+        );
         lines
     }
 }
