@@ -265,6 +265,16 @@ impl SessionRegistry {
         asked
     }
 
+    /// How many sessions `filter` matches.
+    pub fn count_matching(&self, filter: &SessionFilter) -> usize {
+        let inner = self.lock();
+        inner
+            .sessions
+            .iter()
+            .filter(|(key, entry)| filter.matches(key, entry))
+            .count()
+    }
+
     pub fn count(&self) -> usize {
         self.lock().sessions.len()
     }
