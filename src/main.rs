@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keel::config;
 use keel::server::Server;
+use keel::server::control::{ConfigSource, Control};
 
 #[derive(Parser)]
 #[command(name = "keel", version, about = "A userspace iSCSI target")]
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
                     config::parse(config::EMBEDDED_DEFAULT, "embedded default")
                 }
             };
-            let config = match loaded {
+            let loaded_config = match loaded {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -91,7 +92,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config)) {
+            let source = match config {
+                Some(path) => ConfigSource::File(path),
+                None => ConfigSource::Embedded,
+            };
+            match runtime.block_on(serve(loaded_config, source)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("keel: {e:#}");
@@ -102,9 +107,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
+async fn serve(config: config::Config, source: ConfigSource) -> anyhow::Result<()> {
     let server = Server::bind(&config).await?;
-    server.run(shutdown_signal()).await
+    // SIGHUP reloads the configuration.
+    let control = Control::new(source, config).with_hangup()?;
+    server
+        .run_controlled(Some(control), shutdown_signal())
+        .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -15,9 +15,11 @@ use crate::iscsi::Service;
 
 pub mod apply;
 pub mod build;
+pub mod control;
 mod threads;
 use apply::{Acceptor, Running};
 use build::StorageEnv;
+use control::Control;
 use threads::ConnectionThreads;
 
 /// Blocking-pool threads of each connection thread's runtime. Storage syscalls run on the
@@ -65,6 +67,15 @@ impl Server {
     /// Serves until `shutdown` resolves: then stops accepting, lets every session finish its
     /// in-flight commands, and flushes every backend.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        self.run_controlled(None, shutdown).await
+    }
+
+    /// [`Server::run`], carrying out `control`'s changes (reloads) one at a time meanwhile.
+    pub async fn run_controlled(
+        self,
+        mut control: Option<Control>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         let mut running = self.running;
         let count = ConnectionThreads::default_count();
         let threads = Arc::new(
@@ -76,7 +87,14 @@ impl Server {
             threads: threads.clone(),
             connections: tracker.clone(),
         });
-        shutdown.await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = async { control.as_mut()?.serve_one(&mut running).await; Some(()) },
+                    if control.is_some() => {}
+            }
+        }
         info!("shutting down: no new connections; finishing in-flight commands");
         let service = running.service().clone();
         service.shutdown.cancel();
