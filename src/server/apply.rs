@@ -345,7 +345,9 @@ impl Running {
                     start_accepting(&mut listener, &self.service, acceptor);
                 }
                 self.listeners.insert(portal, listener);
-                report.done(format!("listening on {local}"));
+                // The line scripts and tests wait for, with the port a port-0 portal got.
+                info!(portal = %local, "listening");
+                report.done.push(format!("listening on {local}"));
             }
             Err(e) => report.failed(format!("{e:#}")),
         }
