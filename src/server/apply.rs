@@ -25,8 +25,8 @@ use tracing::{error, info, warn};
 
 use super::build::{self, StorageEnv};
 use super::threads::ConnectionThreads;
-use crate::config::diff::{ConfigDiff, TargetDiff};
-use crate::config::{Backing, LunConfig, TargetConfig};
+use crate::config::diff::{ConfigDiff, TargetDiff, diff};
+use crate::config::{Backing, Config, LunConfig, TargetConfig};
 use crate::iscsi::{Service, SessionFilter, Target, connection};
 use crate::scsi::{LogicalUnit, TargetDevice};
 
@@ -101,6 +101,20 @@ impl Running {
             retiring: TaskTracker::new(),
             logout_grace: LOGOUT_GRACE,
         }
+    }
+
+    /// The state `config` describes, built the one way a state changes: the difference from
+    /// an empty configuration (same server settings, no portals, no targets), applied. Fails
+    /// only if the storage engine cannot be set up; what failed to apply is in the report.
+    pub async fn start(config: &Config) -> anyhow::Result<(Running, ApplyReport)> {
+        let mut running = Running::new(build::service(config), StorageEnv::new(config)?);
+        let empty = Config {
+            portals: Vec::new(),
+            targets: Vec::new(),
+            ..config.clone()
+        };
+        let report = running.apply(&diff(&empty, config)).await;
+        Ok((running, report))
     }
 
     /// Sets how long removed targets' sessions have to log out.

@@ -29,14 +29,7 @@ fn target(name: &str, extra: &str, luns: &[(u64, &str, &str)]) -> String {
 
 /// The server state after applying `config` to an empty one.
 async fn started(config: &Config) -> (Running, ApplyReport) {
-    let mut running = Running::new(build::service(config), StorageEnv::new(config).unwrap());
-    let empty = Config {
-        portals: Vec::new(),
-        targets: Vec::new(),
-        ..config.clone()
-    };
-    let report = running.apply(&diff(&empty, config)).await;
-    (running, report)
+    Running::start(config).await.unwrap()
 }
 
 fn names(running: &Running) -> Vec<String> {

@@ -128,7 +128,6 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::build::{self, StorageEnv};
 
     const A: &str = "iqn.2026-11.org.example:a";
     const B: &str = "iqn.2026-11.org.example:b";
@@ -154,12 +153,7 @@ mod tests {
         write(&path, dir.path(), &[A]);
         let source = ConfigSource::File(path.clone());
         let first = source.load().unwrap();
-        let mut running = Running::new(build::service(&first), StorageEnv::new(&first).unwrap());
-        let empty = Config {
-            targets: Vec::new(),
-            ..first.clone()
-        };
-        running.apply(&diff(&empty, &first)).await;
+        let (mut running, _) = Running::start(&first).await.unwrap();
         let mut control = Control::new(source, first);
 
         // Nothing changed: nothing done.

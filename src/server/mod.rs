@@ -10,7 +10,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::config::diff::diff;
 use crate::iscsi::Service;
 
 pub mod apply;
@@ -18,7 +17,6 @@ pub mod build;
 pub mod control;
 mod threads;
 use apply::{Acceptor, Running};
-use build::StorageEnv;
 use control::Control;
 use threads::ConnectionThreads;
 
@@ -41,13 +39,7 @@ impl Server {
         for w in &config.warnings {
             warn!("configuration: {w}");
         }
-        let mut running = Running::new(build::service(config), StorageEnv::new(config)?);
-        let empty = Config {
-            portals: Vec::new(),
-            targets: Vec::new(),
-            ..config.clone()
-        };
-        let report = running.apply(&diff(&empty, config)).await;
+        let (running, report) = Running::start(config).await?;
         if !report.failed.is_empty() {
             bail!("{}", report.failed.join("\n"));
         }
