@@ -11,9 +11,16 @@ const A: &str = "iqn.2026-11.org.example:a";
 const B: &str = "iqn.2026-11.org.example:b";
 const C: &str = "iqn.2026-11.org.example:c";
 
+/// A configuration with its data in `dir`; unless `body` names portals, one on an ephemeral
+/// loopback port (never the default 3260, which something else may hold).
 fn config_in(dir: &std::path::Path, body: &str) -> Config {
+    let portals = if body.contains("portals") {
+        ""
+    } else {
+        "portals = [\"127.0.0.1:0\"]\n"
+    };
     let text = format!(
-        "[server]\ndata_dir = \"{}\"\nio_engine = \"threads\"\n{body}",
+        "[server]\ndata_dir = \"{}\"\nio_engine = \"threads\"\n{portals}{body}",
         dir.display()
     );
     config::parse(&text, "test").unwrap()

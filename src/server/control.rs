@@ -134,7 +134,7 @@ mod tests {
 
     fn write(path: &std::path::Path, dir: &std::path::Path, targets: &[&str]) {
         let mut text = format!(
-            "[server]\ndata_dir = \"{}\"\nio_engine = \"threads\"\n",
+            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\nio_engine = \"threads\"\n",
             dir.display()
         );
         for t in targets {
