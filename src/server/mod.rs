@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::iscsi::{Service, connection};
 
 pub mod build;
+pub mod logging;
 pub mod notify;
 mod threads;
 use build::StorageEnv;
