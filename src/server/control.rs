@@ -15,6 +15,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
 use super::apply::{ApplyReport, Running};
+use super::notify;
 use crate::config::diff::diff;
 use crate::config::{self, Config, ConfigErrors};
 
@@ -90,6 +91,18 @@ impl Control {
     /// Reads the configuration again; if it is valid, applies the difference from the
     /// desired one and adopts it. A broken configuration changes nothing.
     pub async fn reload(&mut self, running: &mut Running) -> Result<ApplyReport, ConfigErrors> {
+        // systemd shows the unit reloading until READY=1, sent whether or not the reload
+        // was refused: the service runs either way.
+        notify::reloading();
+        let result = self.reread_and_apply(running).await;
+        notify::ready(&running.local_addrs());
+        result
+    }
+
+    async fn reread_and_apply(
+        &mut self,
+        running: &mut Running,
+    ) -> Result<ApplyReport, ConfigErrors> {
         let source = self.source.clone();
         let loaded = tokio::task::spawn_blocking(move || source.load())
             .await

@@ -15,6 +15,8 @@ use crate::iscsi::Service;
 pub mod apply;
 pub mod build;
 pub mod control;
+pub mod logging;
+pub mod notify;
 mod threads;
 use apply::{Acceptor, Running};
 use control::Control;
@@ -79,6 +81,7 @@ impl Server {
             threads: threads.clone(),
             connections: tracker.clone(),
         });
+        notify::ready(&running.local_addrs());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -87,6 +90,7 @@ impl Server {
                     if control.is_some() => {}
             }
         }
+        notify::stopping();
         info!("shutting down: no new connections; finishing in-flight commands");
         let service = running.service().clone();
         service.shutdown.cancel();
