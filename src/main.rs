@@ -166,21 +166,25 @@ async fn serve(config: config::Config, source: ConfigSource) -> anyhow::Result<(
         .await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not at
+/// the future's first poll: a SIGTERM that comes right after READY=1 must find them there
+/// (the default action would kill keel without its clean shutdown).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
-        }
-        _ => {
-            // Without signal handlers, ctrl-c is the only way to stop cleanly.
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                // Without signal handlers, ctrl-c is the only way to stop cleanly.
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
