@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use keel::config;
 use keel::server::Server;
+use keel::server::control::{ConfigSource, Control};
 
 #[derive(Parser)]
 #[command(name = "keel", version, about = "A userspace iSCSI target")]
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
                     config::parse(config::EMBEDDED_DEFAULT, "embedded default")
                 }
             };
-            let config = match loaded {
+            let loaded_config = match loaded {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -114,7 +115,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config)) {
+            let source = match config {
+                Some(path) => ConfigSource::File(path),
+                None => ConfigSource::Embedded,
+            };
+            match runtime.block_on(serve(loaded_config, source)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("keel: {e:#}");
@@ -152,26 +157,34 @@ fn write_man_pages(command: clap::Command, dir: &Path) -> std::io::Result<()> {
         .map(drop)
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
+async fn serve(config: config::Config, source: ConfigSource) -> anyhow::Result<()> {
     let server = Server::bind(&config).await?;
-    server.run(shutdown_signal()).await
+    // SIGHUP reloads the configuration.
+    let control = Control::new(source, config).with_hangup()?;
+    server
+        .run_controlled(Some(control), shutdown_signal())
+        .await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not at
+/// the future's first poll: a SIGTERM that comes right after READY=1 must find them there
+/// (the default action would kill keel without its clean shutdown).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
-        }
-        _ => {
-            // Without signal handlers, ctrl-c is the only way to stop cleanly.
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                // Without signal handlers, ctrl-c is the only way to stop cleanly.
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
