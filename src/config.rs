@@ -3,9 +3,18 @@
 //! Everything a running keel needs to know about its targets comes from here. Parsing is pure
 //! (text in, [`Config`] or a list of [`ConfigError`]s out) so `keel check` and `keel serve`
 //! report the same problems the same way.
+//!
+//! `[server] include = "DIR"` names a directory (relative to the main file's) whose `*.toml`
+//! files hold more `[[target]]` tables, and nothing else: read in file-name order, not
+//! recursively, hidden files (`.name`, as keel's own temporary files are) and editor
+//! leftovers skipped. The main file and every included file are validated as one whole; each
+//! error names its own file, and a target name declared twice names both places. A missing
+//! directory reads as empty, with a warning. The [`Store`] saves targets added while keel
+//! runs there, one file each.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +23,8 @@ use toml::Spanned;
 
 mod auth;
 pub mod diff;
+mod files;
+pub mod store;
 mod validator;
 
 use crate::iscsi::Settings;
@@ -21,15 +32,21 @@ use crate::iscsi::name::check_iscsi_name;
 use crate::storage::IoEngine;
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
+pub use diff::{ConfigDiff, TargetDiff};
+use files::FileCounts;
+pub use files::Origin;
+pub use store::Store;
 pub use validator::ConfigError;
 use validator::{Validator, line_of};
 
 /// The configuration `keel serve` uses when given none: one 1 GiB sparse-file LUN under
-/// `./keel-data`, on 127.0.0.1:3260.
+/// `./keel-data`, on 127.0.0.1:3260. Targets added through the control socket are saved in
+/// `./keel-data/targets.d`, so they survive a restart.
 pub const EMBEDDED_DEFAULT: &str = r#"
 [server]
 portals = ["127.0.0.1:3260"]
 data_dir = "keel-data"
+include = "keel-data/targets.d"
 
 [[target]]
 name = "iqn.2026-11.io.keel:default"
@@ -76,6 +93,16 @@ struct RawServer {
     discovery_chap: Option<Vec<RawCredential>>,
     discovery_mutual_chap: Option<RawCredential>,
     io_engine: Option<Spanned<String>>,
+    /// A directory of files holding more `[[target]]` tables.
+    include: Option<Spanned<String>>,
+}
+
+/// An included file: `[[target]]` tables only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTargetFile {
+    #[serde(default, rename = "target")]
+    targets: Vec<RawTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +151,10 @@ pub struct Config {
     pub access: AccessSettings,
     /// The storage engine for file and block-device LUNs.
     pub io_engine: IoEngine,
+    /// `[server] include`, resolved: the directory whose `*.toml` files hold more targets, and
+    /// where targets added while keel runs are saved.
+    pub include: Option<PathBuf>,
+    /// Every target, from the main file and then the included files (in file name order).
     pub targets: Vec<TargetConfig>,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
@@ -167,11 +198,50 @@ pub enum Backing {
     Block { path: PathBuf },
 }
 
-/// All problems found in one file; displays one per line, prefixed with the file name.
+/// Why a configuration or a change to it was refused, for callers that answer differently
+/// (the control socket's error codes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The text or the change does not validate; the errors say where and why.
+    #[default]
+    Invalid,
+    /// The change names a target or LUN that is not configured.
+    NotFound,
+    /// The change clashes with what is configured (a name or LUN number in use, a file that
+    /// already exists, a shrink).
+    Conflict,
+    /// A file could not be read or written.
+    Io,
+}
+
+/// All problems found in a configuration (its main file and included files); displays one
+/// per line as `file:line: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigErrors {
+    /// The file read, or the main file: the file of every error that names none.
     pub source_name: String,
     pub errors: Vec<ConfigError>,
+    pub kind: ErrorKind,
+}
+
+impl ConfigErrors {
+    /// One problem, of `kind`, in (or about) `file`.
+    pub fn one(kind: ErrorKind, file: &str, message: impl Into<String>) -> Self {
+        ConfigErrors {
+            source_name: file.to_string(),
+            errors: vec![ConfigError::new(None, message)],
+            kind,
+        }
+    }
+
+    /// The problems of a configuration that does not validate.
+    pub fn invalid(source_name: &str, errors: Vec<ConfigError>) -> Self {
+        ConfigErrors {
+            source_name: source_name.to_string(),
+            errors,
+            kind: ErrorKind::Invalid,
+        }
+    }
 }
 
 impl fmt::Display for ConfigErrors {
@@ -180,10 +250,7 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            match e.line {
-                Some(line) => write!(f, "{}:{line}: {}", self.source_name, e.message)?,
-                None => write!(f, "{}: {}", self.source_name, e.message)?,
-            }
+            write!(f, "{}", e.located(&self.source_name))?;
         }
         Ok(())
     }
@@ -191,53 +258,282 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads and validates a configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        source_name: name.clone(),
-        errors: vec![ConfigError {
-            line: None,
-            message: format!("cannot read: {e}"),
-        }],
-    })?;
-    parse(&text, &name)
+/// A validated configuration and the file of each of its targets.
+struct Loaded {
+    pub config: Config,
+    /// `origins[i]` declares `config.targets[i]`.
+    pub origins: Vec<Origin>,
 }
 
-/// Parses and validates configuration text; `source_name` names it in errors.
+/// Reads and validates a configuration file and the files of its include directory
+/// (resolved against the file's own directory).
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_path(path, &mut FileCounts::default()).map(|loaded| loaded.config)
+}
+
+/// Parses and validates the text of a main configuration file; `source_name` names it in
+/// errors. Pure unless the text has `[server] include`: that directory (relative to the
+/// working directory) is read too.
 pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
-    let fail = |errors| ConfigErrors {
-        source_name: source_name.to_string(),
-        errors,
-    };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, s.start));
-        fail(vec![ConfigError {
-            line,
-            message: e.message().trim().to_string(),
-        }])
-    })?;
-    let mut v = Validator::new(text);
-    let mut config = v.config(raw);
-    if v.errors.is_empty() {
-        config.warnings = v.warnings;
-        Ok(config)
+    load_text(text, source_name, Path::new(""), &mut FileCounts::default())
+        .map(|loaded| loaded.config)
+}
+
+/// Loads the main file at `path` and its include directory (relative to the file's own
+/// directory).
+fn load_path(path: &Path, counts: &mut FileCounts) -> Result<Loaded, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = files::read(path, counts)
+        .map_err(|e| ConfigErrors::one(ErrorKind::Io, &name, format!("cannot read: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    load_text(&text, &name, base, counts)
+}
+
+/// Loads a main file's text; its include directory, when relative, is taken from `base_dir`.
+/// Every error of every file is reported, each with its file.
+fn load_text(
+    text: &str,
+    source_name: &str,
+    base_dir: &Path,
+    counts: &mut FileCounts,
+) -> Result<Loaded, ConfigErrors> {
+    let main = parse_main(text).map_err(|e| ConfigErrors::invalid(source_name, vec![e]))?;
+    let mut errors = main.errors;
+    let mut config = main.config;
+    let mut origins = Vec::new();
+    let mut names = Names::new(source_name);
+    for declared in main.targets {
+        errors.extend(names.declare(&declared, None));
+        config.targets.push(declared.target);
+        origins.push(Origin::Main);
+    }
+    if let Some((dir, line)) = main.include {
+        let dir = base_dir.join(dir);
+        match files::list_include_dir(&dir, counts) {
+            Ok(files) => {
+                for file in files {
+                    let shown = file.display().to_string();
+                    let text = match files::read(&file, counts) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            errors.push(in_file(&shown, ConfigError::new(None, e.to_string())));
+                            continue;
+                        }
+                    };
+                    let part = parse_target_file(&text, &config.data_dir);
+                    errors.extend(part.errors.into_iter().map(|e| in_file(&shown, e)));
+                    let warnings = part.warnings.into_iter().map(|w| in_file(&shown, w));
+                    config.warnings.extend(warnings);
+                    for declared in part.targets {
+                        errors.extend(names.declare(&declared, Some(&shown)));
+                        config.targets.push(declared.target);
+                        origins.push(Origin::Included(file.clone()));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                config.warnings.push(ConfigError::new(
+                    Some(line),
+                    format!(
+                        "include directory {} does not exist: no targets from it (it is \
+                         created when a target is added)",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(e) => errors.push(ConfigError::new(
+                Some(line),
+                format!("include directory {}: {e}", dir.display()),
+            )),
+        }
+        config.include = Some(dir);
+    }
+    if errors.is_empty() {
+        Ok(Loaded { config, origins })
     } else {
-        Err(fail(v.errors))
+        Err(ConfigErrors::invalid(source_name, errors))
+    }
+}
+
+/// `error`, as found in `file`.
+fn in_file(file: &str, mut error: ConfigError) -> ConfigError {
+    error.file.get_or_insert_with(|| file.to_string());
+    error
+}
+
+/// Target names declared so far, for the one-declaration rule across files.
+struct Names<'a> {
+    main_name: &'a str,
+    /// Lower-cased name → (file, `None` for the main file; line).
+    seen: BTreeMap<String, (Option<String>, usize)>,
+}
+
+impl<'a> Names<'a> {
+    /// `main_name` shows the main file in messages.
+    fn new(main_name: &'a str) -> Self {
+        Names {
+            main_name,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Records a declaration in `file` (`None`: the main file); an error if the name is
+    /// already declared, naming the first place.
+    fn declare(&mut self, declared: &Declared, file: Option<&str>) -> Option<ConfigError> {
+        let name = &declared.target.name;
+        let key = name.to_ascii_lowercase();
+        if let Some((first_file, first_line)) = self.seen.get(&key) {
+            let first = match (first_file.as_deref(), file) {
+                (a, b) if a == b => format!("line {first_line}"),
+                (a, _) => format!("{}:{first_line}", a.unwrap_or(self.main_name)),
+            };
+            return Some(ConfigError {
+                file: file.map(str::to_string),
+                line: Some(declared.line),
+                message: format!("target {name:?} is declared twice (first at {first})"),
+            });
+        }
+        self.seen
+            .insert(key, (file.map(str::to_string), declared.line));
+        None
+    }
+}
+
+impl Config {
+    /// Nothing: no portals, no targets, default settings. What runs before startup, so
+    /// starting is `diff(&Config::empty(), &loaded)`, the same path as a reload. Its
+    /// `needs_restart` then names the settings `loaded` sets away from their defaults, which
+    /// startup builds with anyway; [`Config::only_settings`] gives a base without them.
+    pub fn empty() -> Config {
+        Config {
+            portals: Vec::new(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            iscsi: Settings::default(),
+            access: AccessSettings::default(),
+            io_engine: IoEngine::default(),
+            include: None,
+            targets: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// This configuration's server settings with no portals and no targets: the state
+    /// before startup when the service is built with these settings (a diff from it has an
+    /// empty `needs_restart`).
+    pub fn only_settings(&self) -> Config {
+        Config {
+            portals: Vec::new(),
+            targets: Vec::new(),
+            warnings: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The target called `name` (names compare ignoring ASCII case, as at validation).
+    pub fn target(&self, name: &str) -> Option<&TargetConfig> {
+        self.targets
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// `data_dir` when the file names none.
+const DEFAULT_DATA_DIR: &str = "/var/lib/keel";
+
+/// The main file's `[server]` part and its own targets, validated, before the include
+/// directory (if any) is read.
+struct MainFile {
+    config: Config,
+    /// `[server] include` as written, with its line.
+    include: Option<(String, usize)>,
+    targets: Vec<Declared>,
+    errors: Vec<ConfigError>,
+}
+
+/// A validated `[[target]]` table and the line of its `name`, for duplicate messages.
+struct Declared {
+    target: TargetConfig,
+    line: usize,
+}
+
+/// The targets of one file, validated; errors and warnings are the file's own (no file set).
+struct TargetFile {
+    targets: Vec<Declared>,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
+}
+
+/// The located error of text TOML cannot parse into the schema.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    ConfigError::new(
+        e.span().map(|s| line_of(text, s.start)),
+        e.message().trim().to_string(),
+    )
+}
+
+/// Parses and validates a main file's text (its include directory is not read).
+fn parse_main(text: &str) -> Result<MainFile, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+    let mut v = Validator::new(text);
+    let include = raw.server.include.as_ref().map(|i| {
+        let line = line_of(text, i.span().start);
+        if i.get_ref().is_empty() {
+            v.error(
+                i,
+                "include is empty: name a directory, or leave the key out",
+            );
+        }
+        (i.get_ref().clone(), line)
+    });
+    let mut config = v.server(&raw.server);
+    let targets = v.targets(raw.targets, &config.data_dir);
+    config.warnings = v.warnings;
+    Ok(MainFile {
+        config,
+        include,
+        targets,
+        errors: v.errors,
+    })
+}
+
+/// Parses and validates an included file's text: `[[target]]` tables only, their relative
+/// LUN files living in `data_dir`.
+fn parse_target_file(text: &str, data_dir: &Path) -> TargetFile {
+    let raw: RawTargetFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let mut error = syntax_error(text, &e);
+            if error.message.contains("unknown field") {
+                error.message += " (an included file holds only [[target]] tables)";
+            }
+            return TargetFile {
+                targets: Vec::new(),
+                errors: vec![error],
+                warnings: Vec::new(),
+            };
+        }
+    };
+    let mut v = Validator::new(text);
+    let targets = v.targets(raw.targets, data_dir);
+    TargetFile {
+        targets,
+        errors: v.errors,
+        warnings: v.warnings,
     }
 }
 
 impl Validator<'_> {
-    fn config(&mut self, raw: RawConfig) -> Config {
+    /// The `[server]` table: every setting, no targets yet.
+    fn server(&mut self, server: &RawServer) -> Config {
         let data_dir = PathBuf::from(
-            raw.server
+            server
                 .data_dir
                 .clone()
-                .unwrap_or_else(|| "/var/lib/keel".into()),
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
         );
-        let portals = self.portals(&raw.server);
-        let iscsi = self.iscsi(&raw.server);
-        let s = &raw.server;
+        let portals = self.portals(server);
+        let iscsi = self.iscsi(server);
+        let s = server;
         let access = self.access(RawAccess {
             chap_algorithms: &s.chap_algorithms,
             max_connections: &s.max_connections,
@@ -246,7 +542,7 @@ impl Validator<'_> {
             discovery_chap: &s.discovery_chap,
             discovery_mutual_chap: &s.discovery_mutual_chap,
         });
-        let io_engine = match &raw.server.io_engine {
+        let io_engine = match &server.io_engine {
             None => IoEngine::default(),
             Some(v) => match v.get_ref().as_str() {
                 "auto" => IoEngine::Auto,
@@ -263,59 +559,71 @@ impl Validator<'_> {
                 }
             },
         };
-        let mut names = BTreeSet::new();
-        let mut targets = Vec::new();
-        for t in raw.targets {
-            let name = t.name.get_ref().clone();
-            if let Err(why) = check_iscsi_name(&name) {
-                self.error(&t.name, format!("target name {name:?}: {why}"));
-            }
-            if !names.insert(name.to_ascii_lowercase()) {
-                self.error(&t.name, format!("target {name:?} is declared twice"));
-            }
-            let portal_group_tag = match &t.portal_group_tag {
-                Some(tag) if *tag.get_ref() == 0 => {
-                    self.error(tag, "portal_group_tag must be between 1 and 65535");
-                    1
-                }
-                Some(tag) => *tag.get_ref(),
-                None => 1,
-            };
-            if t.luns.is_empty() {
-                self.error(&t.name, format!("target {name:?} has no [[target.lun]]"));
-            }
-            let allowed_initiators = self.allowed_initiators(&name, &t.allowed_initiators);
-            let chap = self.chap_policy(&format!("target {name:?}"), &t.chap, &t.mutual_chap);
-            let mut numbers = BTreeSet::new();
-            let mut luns = Vec::new();
-            for l in t.luns {
-                if !numbers.insert(*l.lun.get_ref()) {
-                    self.error(
-                        &l.lun,
-                        format!("target {name:?}: LUN {} is declared twice", l.lun.get_ref()),
-                    );
-                }
-                if let Some(lun) = self.lun(&name, l, &data_dir) {
-                    luns.push(lun);
-                }
-            }
-            targets.push(TargetConfig {
-                name,
-                alias: t.alias,
-                portal_group_tag,
-                allowed_initiators,
-                chap,
-                luns,
-            });
-        }
         Config {
             portals,
             data_dir,
             iscsi,
             access,
             io_engine,
-            targets,
+            // Resolved by the loader, which knows the main file's directory.
+            include: None,
+            targets: Vec::new(),
             warnings: Vec::new(),
+        }
+    }
+
+    /// `[[target]]` tables, each validated on its own; names are checked for duplicates by
+    /// the loader, across every file.
+    fn targets(&mut self, raw: Vec<RawTarget>, data_dir: &Path) -> Vec<Declared> {
+        raw.into_iter()
+            .map(|t| {
+                let line = line_of(self.text(), t.name.span().start);
+                Declared {
+                    target: self.target(t, data_dir),
+                    line,
+                }
+            })
+            .collect()
+    }
+
+    fn target(&mut self, t: RawTarget, data_dir: &Path) -> TargetConfig {
+        let name = t.name.get_ref().clone();
+        if let Err(why) = check_iscsi_name(&name) {
+            self.error(&t.name, format!("target name {name:?}: {why}"));
+        }
+        let portal_group_tag = match &t.portal_group_tag {
+            Some(tag) if *tag.get_ref() == 0 => {
+                self.error(tag, "portal_group_tag must be between 1 and 65535");
+                1
+            }
+            Some(tag) => *tag.get_ref(),
+            None => 1,
+        };
+        if t.luns.is_empty() {
+            self.error(&t.name, format!("target {name:?} has no [[target.lun]]"));
+        }
+        let allowed_initiators = self.allowed_initiators(&name, &t.allowed_initiators);
+        let chap = self.chap_policy(&format!("target {name:?}"), &t.chap, &t.mutual_chap);
+        let mut numbers = BTreeSet::new();
+        let mut luns = Vec::new();
+        for l in t.luns {
+            if !numbers.insert(*l.lun.get_ref()) {
+                self.error(
+                    &l.lun,
+                    format!("target {name:?}: LUN {} is declared twice", l.lun.get_ref()),
+                );
+            }
+            if let Some(lun) = self.lun(&name, l, data_dir) {
+                luns.push(lun);
+            }
+        }
+        TargetConfig {
+            name,
+            alias: t.alias,
+            portal_group_tag,
+            allowed_initiators,
+            chap,
+            luns,
         }
     }
 
@@ -331,10 +639,10 @@ impl Validator<'_> {
             }
         }
         if out.is_empty() && self.errors.is_empty() {
-            self.errors.push(ConfigError {
-                line: None,
-                message: "server.portals is empty: keel would listen nowhere".into(),
-            });
+            self.errors.push(ConfigError::new(
+                None,
+                "server.portals is empty: keel would listen nowhere",
+            ));
         }
         out
     }
@@ -863,6 +1171,44 @@ lun = 70000
         );
         assert_eq!(parse_portal("[::1]"), Ok("[::1]:3260".parse().unwrap()));
         assert!(parse_portal("not an address:x").is_err());
+    }
+
+    #[test]
+    fn load_reads_the_include_directory_and_locates_its_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("keel.toml");
+        std::fs::write(&main, "[server]\ninclude = \"targets.d\"\n").unwrap();
+        let c = load(&main).unwrap();
+        assert_eq!(c.include, Some(dir.path().join("targets.d")));
+        assert!(c.targets.is_empty());
+        assert_eq!(
+            c.warnings.len(),
+            1,
+            "a missing directory is empty, with a warning"
+        );
+        assert_eq!(c.warnings[0].line, Some(2));
+        let include = dir.path().join("targets.d");
+        std::fs::create_dir(&include).unwrap();
+        let target = "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n[[target.lun]]\nlun = 0\nfile = \"a.img\"\n";
+        std::fs::write(include.join("a.toml"), target).unwrap();
+        let c = load(&main).unwrap();
+        assert_eq!(c.targets.len(), 1);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        std::fs::write(
+            include.join("b.toml"),
+            target.replace("a.img\"", "b.img\"\nblock_size = 7"),
+        )
+        .unwrap();
+        let shown = load(&main).unwrap_err().to_string();
+        let b = include.join("b.toml").display().to_string();
+        assert!(shown.contains(&format!("{b}:6: target")), "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "{b}:2: target \"iqn.2026-11.org.example:a\" is declared twice (first at {}:2)",
+                include.join("a.toml").display()
+            )),
+            "{shown}"
+        );
     }
 
     #[test]

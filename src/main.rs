@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 for w in &c.warnings {
-                    eprintln!("{}: warning: {w}", config.display());
+                    eprintln!("warning: {}", w.located(&config.display().to_string()));
                 }
                 let luns: usize = c.targets.iter().map(|t| t.luns.len()).sum();
                 println!(

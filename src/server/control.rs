@@ -107,13 +107,11 @@ impl Control {
         let loaded = tokio::task::spawn_blocking(move || source.load())
             .await
             .unwrap_or_else(|e| {
-                Err(ConfigErrors {
-                    source_name: "reload".into(),
-                    errors: vec![config::ConfigError {
-                        line: None,
-                        message: format!("the configuration reader failed: {e}"),
-                    }],
-                })
+                Err(ConfigErrors::one(
+                    config::ErrorKind::Io,
+                    "reload",
+                    format!("the configuration reader failed: {e}"),
+                ))
             });
         let loaded = match loaded {
             Ok(loaded) => loaded,
