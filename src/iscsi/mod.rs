@@ -9,6 +9,8 @@ pub mod connection;
 pub mod limits;
 pub mod login;
 mod login_driver;
+pub mod metrics;
+pub mod metrics_export;
 pub mod name;
 pub mod params;
 pub mod response;
@@ -18,6 +20,7 @@ pub mod settings;
 pub mod status;
 pub mod text_exchange;
 pub mod window;
+mod write_buffers;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -97,6 +100,10 @@ pub struct Service {
     pub shutdown: CancellationToken,
     /// Write data being collected, over all connections, in KiB (`write_buffer_mib`).
     pub write_budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The counters behind the Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// When the service was made (the server's uptime).
+    pub started: std::time::Instant,
 }
 
 impl Service {
@@ -111,6 +118,8 @@ impl Service {
             limits: Limits::default(),
             connections: ConnectionCounter::default(),
             shutdown: CancellationToken::new(),
+            metrics: metrics::Metrics::default(),
+            started: std::time::Instant::now(),
         }
     }
 }
