@@ -75,6 +75,7 @@ struct RawServer {
     discovery_chap: Option<Vec<RawCredential>>,
     discovery_mutual_chap: Option<RawCredential>,
     io_engine: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +125,8 @@ pub struct Config {
     /// The storage engine for file and block-device LUNs.
     pub io_engine: IoEngine,
     pub targets: Vec<TargetConfig>,
+    /// Where the Prometheus metrics are served over HTTP (`GET /metrics`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
 }
@@ -262,6 +265,20 @@ impl Validator<'_> {
                 }
             },
         };
+        let metrics_listen = match &raw.server.metrics_listen {
+            Some(v) if !v.get_ref().is_empty() => match v.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    let message = format!(
+                        "metrics_listen {:?} is not an address and port such as \"127.0.0.1:9860\"",
+                        v.get_ref()
+                    );
+                    self.error(v, message);
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();
         for t in raw.targets {
@@ -314,6 +331,7 @@ impl Validator<'_> {
             access,
             io_engine,
             targets,
+            metrics_listen,
             warnings: Vec::new(),
         }
     }
@@ -862,6 +880,22 @@ lun = 70000
         );
         assert_eq!(parse_portal("[::1]"), Ok("[::1]:3260".parse().unwrap()));
         assert!(parse_portal("not an address:x").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_located_when_wrong() {
+        assert_eq!(parse("", "x").unwrap().metrics_listen, None);
+        assert_eq!(
+            parse("[server]\nmetrics_listen = \"\"\n", "x")
+                .unwrap()
+                .metrics_listen,
+            None
+        );
+        let c = parse("[server]\nmetrics_listen = \"127.0.0.1:9860\"\n", "x").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9860".parse().unwrap()));
+        let err = parse("[server]\nmetrics_listen = \"localhost\"\n", "x").unwrap_err();
+        assert_eq!(err.errors[0].line, Some(2), "{err}");
+        assert!(err.to_string().contains("metrics_listen"), "{err}");
     }
 
     #[test]

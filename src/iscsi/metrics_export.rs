@@ -271,3 +271,143 @@ fn encode_sessions(
     gauge.encode_gauge(&discovery)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::iscsi::access::AllowList;
+    use crate::iscsi::{Settings, Target};
+    use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
+    use crate::storage::MemoryBackend;
+
+    const TARGET: &str = "iqn.2026-01.test:metrics";
+
+    fn service() -> Arc<Service> {
+        let service = Arc::new(Service::new(Settings::default()));
+        let device = TargetDevice::new(TARGET);
+        device.add_lun(Arc::new(LogicalUnit::new(
+            LuIdentity::derived(TARGET, 0),
+            512,
+            Some(Arc::new(MemoryBackend::new(1 << 20))),
+            false,
+        )));
+        service.targets.insert(Arc::new(Target {
+            name: TARGET.into(),
+            alias: None,
+            portal_group_tag: 1,
+            device: Arc::new(device),
+            chap: None,
+            allowed: Arc::new(AllowList::new(Vec::<String>::new())),
+        }));
+        service
+    }
+
+    /// Samples by `name{labels}` (labels as written), from the text format 0.0.4.
+    fn parse(text: &str) -> HashMap<String, f64> {
+        let mut samples = HashMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().expect("a number"),
+            };
+            assert!(
+                samples.insert(series.to_owned(), value).is_none(),
+                "{series} twice"
+            );
+        }
+        samples
+    }
+
+    #[test]
+    fn the_exposition_carries_every_family_and_the_counts() {
+        let service = service();
+        let registry = registry(service.clone());
+        // Before any command, the LUN's series exist at zero.
+        let before = parse(&render(&registry, false).unwrap());
+        let written =
+            format!("keel_lun_bytes_total{{target=\"{TARGET}\",lun=\"0\",class=\"write\"}}");
+        assert_eq!(before[&written], 0.0);
+
+        let mut connection = service.metrics.connection(TARGET);
+        connection.record(0, CommandClass::Write, 4096, 20_000);
+        connection.record(0, CommandClass::Write, 8192, 3_000_000);
+        connection.record(0, CommandClass::Read, 512, 10_000);
+        service.metrics.count_login(TARGET, 0);
+        service.metrics.count_task_management(TARGET, 1, 0);
+        let text = render(&registry, false).unwrap();
+        let samples = parse(&text);
+        assert_eq!(samples[&written], 12_288.0);
+        let lun = format!("target=\"{TARGET}\",lun=\"0\"");
+        assert_eq!(
+            samples[&format!("keel_lun_commands_total{{{lun},class=\"write\"}}")],
+            2.0
+        );
+        assert_eq!(
+            samples[&format!("keel_lun_commands_total{{{lun},class=\"read\"}}")],
+            1.0
+        );
+        let hist = "keel_lun_command_duration_seconds";
+        assert_eq!(
+            samples[&format!("{hist}_count{{{lun},class=\"write\"}}")],
+            2.0
+        );
+        let sum = samples[&format!("{hist}_sum{{{lun},class=\"write\"}}")];
+        assert!((sum - 0.00302).abs() < 1e-9, "{sum}");
+        // 20 µs is in the 32 µs bucket, 3 ms in the 4.096 ms one; buckets are cumulative.
+        let bucket =
+            |le: &str| samples[&format!("{hist}_bucket{{{lun},class=\"write\",le=\"{le}\"}}")];
+        assert_eq!(bucket("1.6e-05"), 0.0);
+        assert_eq!(bucket("3.2e-05"), 1.0);
+        assert_eq!(bucket("0.004096"), 2.0);
+        assert_eq!(bucket("+Inf"), 2.0);
+        assert_eq!(
+            samples[&format!("keel_lun_unit_attentions_total{{{lun}}}")],
+            0.0
+        );
+        assert_eq!(samples[&format!("keel_lun_pr_generation{{{lun}}}")], 0.0);
+        assert_eq!(
+            samples[&format!("keel_target_sessions{{target=\"{TARGET}\"}}")],
+            0.0
+        );
+        assert_eq!(
+            samples[&format!("keel_logins_total{{target=\"{TARGET}\",result=\"success\"}}")],
+            1.0
+        );
+        let tmf = format!(
+            "keel_task_management_total{{target=\"{TARGET}\",function=\"abort_task\",response=\"complete\"}}"
+        );
+        assert_eq!(samples[&tmf], 1.0);
+        let version = format!(
+            "keel_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(samples[&version], 1.0);
+        for family in ["keel_lun_bytes_total", "keel_lun_command_duration_seconds"] {
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
+        }
+
+        // The connection ends: its counts stay. Its target goes: they are dropped.
+        drop(connection);
+        assert_eq!(
+            parse(&render(&registry, false).unwrap())[&written],
+            12_288.0
+        );
+        service.targets.remove(TARGET);
+        let after = parse(&render(&registry, false).unwrap());
+        assert!(!after.contains_key(&written));
+        assert!(after.keys().all(|k| !k.starts_with("keel_logins_total")));
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof() {
+        let text = render(&registry(service()), true).unwrap();
+        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# TYPE keel_lun_bytes counter"));
+    }
+}

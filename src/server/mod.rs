@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::iscsi::{Service, connection};
 
 pub mod build;
+pub mod metrics_http;
 mod threads;
 use build::StorageEnv;
 use threads::ConnectionThreads;
@@ -41,6 +42,9 @@ impl Server {
         for target in &config.targets {
             ctx.targets
                 .insert(Arc::new(build::build_target(target, &storage).await?));
+        }
+        if let Some(listen) = config.metrics_listen {
+            metrics_http::serve(listen, ctx.clone()).await?;
         }
         let mut listeners = Vec::new();
         for portal in &config.portals {
