@@ -15,6 +15,7 @@ use crate::iscsi::{Service, connection};
 
 pub mod build;
 pub mod metrics_http;
+pub mod status;
 mod threads;
 use build::StorageEnv;
 use threads::ConnectionThreads;
