@@ -27,7 +27,7 @@ failed=0
 failures=()
 # Each script with its time limit: the conformance run takes libiscsi's whole suite twice
 # (keel, then tgt beside it for the published matrix) and fails on any keel FAIL.
-for entry in libiscsi-smoke:600 chap:600 qemu-roundtrip:600 robustness:600 conformance:900; do
+for entry in libiscsi-smoke:600 chap:600 qemu-roundtrip:600 robustness:600 metrics:300 conformance:900; do
     script=${entry%%:*}
     echo "-- $script"
     if timeout "${entry##*:}" "interop/$script"; then
