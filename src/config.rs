@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod auth;
+pub mod diff;
 mod validator;
 
 use crate::iscsi::Settings;

@@ -100,6 +100,7 @@ async fn run(
         return Ok(());
     };
 
+    guard.set_portal(local);
     let params = outcome.params;
     reader.read_buffer_mut().reserve(SESSION_READ_BUFFER);
     reader.decoder_mut().limits = FrameLimits {
@@ -239,8 +240,10 @@ impl Connection<'_> {
         // connection has really been quiet for the whole interval.
         let replaced = self.guard.cancel.clone().cancelled_owned();
         let shutdown = self.ctx.shutdown.clone().cancelled_owned();
+        let logout = self.guard.logout.requested().clone().cancelled_owned();
+        let mut logout_asked = false;
         let timer = tokio::time::sleep_until(self.deadline());
-        tokio::pin!(replaced, shutdown, timer);
+        tokio::pin!(replaced, shutdown, logout, timer);
         loop {
             tokio::select! {
                 biased;
@@ -251,6 +254,11 @@ impl Connection<'_> {
                 _ = &mut shutdown => {
                     info!("server shutting down; closing the session");
                     return Ok(());
+                }
+                _ = &mut logout, if !logout_asked => {
+                    logout_asked = true;
+                    self.core.handle_logout_request(Instant::now().into_std(), self.guard.logout.grace());
+                    timer.as_mut().reset(self.deadline()); // the logout's may be nearest
                 }
                 Some(done) = done_rx.recv() => {
                     self.core.handle_completion(done.itt);

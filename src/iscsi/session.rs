@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,36 @@ struct Entry {
     gone: CancellationToken,
     /// Set by the connection once its full feature phase begins.
     details: Option<SessionDetails>,
+    /// The address the initiator reached this session on (its portal), once known.
+    portal: Option<SocketAddr>,
+    logout: Arc<LogoutSignal>,
+}
+
+/// A request that the session log out (RFC 7143 §11.9.1), from outside the connection:
+/// the connection's driver hands it to its core, which sends the Async Message.
+#[derive(Debug, Default)]
+pub struct LogoutSignal {
+    requested: CancellationToken,
+    grace_secs: AtomicU64,
+}
+
+impl LogoutSignal {
+    /// Fires once a logout has been requested.
+    pub fn requested(&self) -> &CancellationToken {
+        &self.requested
+    }
+
+    /// How long the initiator has to log out (meaningful once requested).
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs.load(Ordering::Acquire))
+    }
+
+    fn request(&self, grace: Duration) {
+        if !self.requested.is_cancelled() {
+            self.grace_secs.store(grace.as_secs(), Ordering::Release);
+            self.requested.cancel();
+        }
+    }
 }
 
 /// What the session's connection tells the registry about itself, for status reports.
@@ -65,6 +96,34 @@ impl SessionDetails {
             initial_r2t: params.initial_r2t,
             counters: None,
         }
+    }
+}
+
+/// Which sessions [`SessionRegistry::request_logout`] reaches: those matching every field
+/// given (none given: every session).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub target: Option<String>,
+    pub initiator: Option<String>,
+    pub tsih: Option<u16>,
+    /// The local address the session's connection came in on.
+    pub portal: Option<SocketAddr>,
+}
+
+impl SessionFilter {
+    /// Every session of one target.
+    pub fn target(name: &str) -> Self {
+        SessionFilter {
+            target: Some(name.to_string()),
+            ..SessionFilter::default()
+        }
+    }
+
+    fn matches(&self, key: &SessionKey, entry: &Entry) -> bool {
+        self.target.as_ref().is_none_or(|t| *t == key.target)
+            && self.initiator.as_ref().is_none_or(|i| *i == key.initiator)
+            && self.tsih.is_none_or(|t| t == entry.tsih)
+            && self.portal.is_none_or(|p| entry.portal == Some(p))
     }
 }
 
@@ -121,7 +180,36 @@ pub struct SessionGuard<'a> {
     key: SessionKey,
     pub tsih: u16,
     pub cancel: CancellationToken,
+    /// Fires when the target asks this session to log out.
+    pub logout: Arc<LogoutSignal>,
     gone: CancellationToken,
+}
+
+impl SessionGuard<'_> {
+    /// Records the address the initiator reached this session on (a filter of
+    /// [`SessionRegistry::request_logout`]).
+    pub fn set_portal(&self, portal: SocketAddr) {
+        let mut inner = self.registry.lock();
+        if let Some(entry) = inner
+            .sessions
+            .get_mut(&self.key)
+            .filter(|e| e.tsih == self.tsih)
+        {
+            entry.portal = Some(portal);
+        }
+    }
+
+    /// Records what the session's connection negotiated, for [`SessionRegistry::list`].
+    pub fn describe(&self, details: SessionDetails) {
+        let mut inner = self.registry.lock();
+        if let Some(entry) = inner
+            .sessions
+            .get_mut(&self.key)
+            .filter(|e| e.tsih == self.tsih)
+        {
+            entry.details = Some(details);
+        }
+    }
 }
 
 impl Drop for SessionGuard<'_> {
@@ -213,6 +301,7 @@ impl SessionRegistry {
         let tsih = inner.allocate_tsih().ok_or(AdmitError::NoTsih)?;
         let cancel = CancellationToken::new();
         let gone = CancellationToken::new();
+        let logout = Arc::new(LogoutSignal::default());
         inner.sessions.insert(
             key.clone(),
             Entry {
@@ -220,6 +309,8 @@ impl SessionRegistry {
                 cancel: cancel.clone(),
                 gone: gone.clone(),
                 details: None,
+                portal: None,
+                logout: logout.clone(),
             },
         );
         Ok(SessionGuard {
@@ -227,6 +318,7 @@ impl SessionRegistry {
             key,
             tsih,
             cancel,
+            logout,
             gone,
         })
     }
@@ -243,6 +335,32 @@ impl SessionRegistry {
                 entry.cancel.cancel();
             }
         }
+    }
+
+    /// Asks every session `filter` matches to log out within `grace` (an Async Message,
+    /// RFC 7143 §11.9.1; dropped if it has not by then). Returns how many were asked.
+    pub fn request_logout(&self, filter: &SessionFilter, grace: Duration) -> usize {
+        let inner = self.lock();
+        let matching = inner
+            .sessions
+            .iter()
+            .filter(|(key, entry)| filter.matches(key, entry));
+        let mut asked = 0;
+        for (_, entry) in matching {
+            entry.logout.request(grace);
+            asked += 1;
+        }
+        asked
+    }
+
+    /// How many sessions `filter` matches.
+    pub fn count_matching(&self, filter: &SessionFilter) -> usize {
+        let inner = self.lock();
+        inner
+            .sessions
+            .iter()
+            .filter(|(key, entry)| filter.matches(key, entry))
+            .count()
     }
 
     pub fn count(&self) -> usize {
@@ -277,18 +395,6 @@ impl SessionRegistry {
             (&a.target, &a.initiator, a.isid).cmp(&(&b.target, &b.initiator, b.isid))
         });
         sessions
-    }
-}
-
-impl SessionGuard<'_> {
-    /// Records what the session's connection negotiated, for [`SessionRegistry::list`].
-    pub fn describe(&self, details: SessionDetails) {
-        let mut inner = self.registry.lock();
-        if let Some(entry) = inner.sessions.get_mut(&self.key)
-            && entry.tsih == self.tsih
-        {
-            entry.details = Some(details);
-        }
     }
 }
 
@@ -328,6 +434,44 @@ mod tests {
         assert!(reg.tsih_exists(a.tsih));
         drop(a);
         assert_eq!(reg.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn logout_requests_reach_the_sessions_the_filter_matches() {
+        let reg = SessionRegistry::default();
+        let a = reg.admit(key(1)).await.unwrap();
+        let other_target = SessionKey {
+            target: "iqn.other".into(),
+            ..key(2)
+        };
+        let b = reg.admit(other_target).await.unwrap();
+        let portal: SocketAddr = "127.0.0.1:3260".parse().unwrap();
+        b.set_portal(portal);
+        let grace = Duration::from_secs(7);
+
+        assert_eq!(
+            reg.request_logout(&SessionFilter::target("iqn.none"), grace),
+            0
+        );
+        let by_portal = SessionFilter {
+            portal: Some(portal),
+            ..SessionFilter::default()
+        };
+        assert_eq!(reg.request_logout(&by_portal, grace), 1);
+        assert!(b.logout.requested().is_cancelled());
+        assert_eq!(b.logout.grace(), grace);
+        assert!(!a.logout.requested().is_cancelled());
+
+        let by_tsih = SessionFilter {
+            initiator: Some("iqn.x:i".into()),
+            tsih: Some(a.tsih),
+            ..SessionFilter::default()
+        };
+        assert_eq!(reg.request_logout(&by_tsih, Duration::from_secs(3)), 1);
+        assert_eq!(a.logout.grace(), Duration::from_secs(3));
+        // A second request keeps the first grace.
+        assert_eq!(reg.request_logout(&SessionFilter::default(), grace), 2);
+        assert_eq!(a.logout.grace(), Duration::from_secs(3));
     }
 
     #[tokio::test]

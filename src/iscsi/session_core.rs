@@ -50,9 +50,9 @@ use crate::scsi::{
     TargetDevice, TaskAttr, TaskFate, Tmf, TmfResponse, decode_lun,
 };
 use crate::wire::{
-    self, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut, R2t, RESERVED_TAG, RawPdu, Reject,
-    Reply, Request, ScsiCommand, SeqNums, TaskMgmtRequest, TaskMgmtResponse, TextRequest,
-    TextResponse, WireError, text,
+    self, AsyncMessage, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut, R2t, RESERVED_TAG,
+    RawPdu, Reject, Reply, Request, ScsiCommand, SeqNums, TaskMgmtRequest, TaskMgmtResponse,
+    TextRequest, TextResponse, WireError, text,
 };
 
 /// Reject reasons (RFC 7143 §11.17.1).
@@ -86,6 +86,19 @@ pub mod tmf_code {
     pub const NOT_SUPPORTED: u8 = 5;
 }
 
+/// iSCSI events of an Asynchronous Message (RFC 7143 §11.9.1, AsyncEvent).
+pub mod async_event {
+    /// The target requests a logout within Parameter3 seconds.
+    pub const REQUEST_LOGOUT: u8 = 1;
+    /// The target drops every connection of the session; Parameter2 is Time2Wait,
+    /// Parameter3 Time2Retain.
+    pub const DROP_ALL_CONNECTIONS: u8 = 3;
+}
+
+/// The longest a target-requested logout may take (Parameter3 is 16 bits of seconds; an
+/// hour is already far beyond any initiator's patience).
+pub const MAX_LOGOUT_GRACE: Duration = Duration::from_secs(3600);
+
 /// The largest write keel buffers for one command: what the SCSI layer accepts in one
 /// transfer. A larger ExpectedDataTransferLength is not buffered; the SCSI layer refuses the
 /// command.
@@ -98,6 +111,20 @@ pub fn reject_reply(reason: u8, bhs: &[u8; wire::BHS_LEN]) -> Reply {
         sn: SeqNums::default(),
         data_sn: 0,
         data: Bytes::copy_from_slice(bhs),
+    })
+}
+
+/// An Asynchronous Message carrying an iSCSI event (§11.9): no LUN, no data.
+fn async_message(event: u8, parameter2: u16, parameter3: u16) -> Reply {
+    Reply::Async(AsyncMessage {
+        lun: [0; 8],
+        sn: SeqNums::default(),
+        event,
+        vendor_code: 0,
+        parameter1: 0,
+        parameter2,
+        parameter3,
+        data: Bytes::new(),
     })
 }
 
@@ -305,6 +332,8 @@ pub struct SessionCore<B: WriteBudget> {
     out: VecDeque<Output<B::Share>>,
     /// Set once the core has decided the connection ends: it takes no more PDUs.
     closing: bool,
+    /// When a logout the target asked for (AsyncEvent 1) is overdue.
+    logout_deadline: Option<Instant>,
 }
 
 impl<B: WriteBudget> SessionCore<B> {
@@ -333,6 +362,7 @@ impl<B: WriteBudget> SessionCore<B> {
             ping: None,
             out: VecDeque::new(),
             closing: false,
+            logout_deadline: None,
         }
     }
 
@@ -487,6 +517,10 @@ impl<B: WriteBudget> SessionCore<B> {
         if self.closing {
             return;
         }
+        if self.logout_deadline.is_some_and(|deadline| now >= deadline) {
+            self.drop_session();
+            return;
+        }
         match self.ping {
             Some((_, deadline)) if now >= deadline => {
                 warn!(
@@ -514,6 +548,28 @@ impl<B: WriteBudget> SessionCore<B> {
                 self.ping = Some((ttt, now + self.config.nop_timeout));
             }
         }
+    }
+
+    /// The target wants this session gone (its target was removed, or an operator asked):
+    /// an Asynchronous Message with AsyncEvent 1 asks the initiator to log out within
+    /// `grace` (Parameter3, in seconds; RFC 7143 §11.9.1). A Logout that arrives in time is
+    /// served as any other, commands meanwhile too. If none has come by then, the session
+    /// is dropped ([`Self::handle_timeout`]). A second request changes nothing.
+    pub fn handle_logout_request(&mut self, now: Instant, grace: Duration) {
+        if self.closing || self.logout_deadline.is_some() {
+            return;
+        }
+        let grace = grace.clamp(Duration::from_secs(1), MAX_LOGOUT_GRACE);
+        info!(
+            grace_secs = grace.as_secs(),
+            "asking the initiator to log out"
+        );
+        self.send(async_message(
+            async_event::REQUEST_LOGOUT,
+            0,
+            u16::try_from(grace.as_secs()).unwrap_or(u16::MAX),
+        ));
+        self.logout_deadline = Some(now + grace);
     }
 
     // ---------------------------------------------------------------- mutators
@@ -565,9 +621,13 @@ impl<B: WriteBudget> SessionCore<B> {
         if self.closing {
             return None;
         }
-        match self.ping {
+        let ping = match self.ping {
             Some((_, deadline)) => Some(deadline),
             None => self.config.nop_interval.map(|idle| self.last_heard + idle),
+        };
+        match (ping, self.logout_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -578,6 +638,21 @@ impl<B: WriteBudget> SessionCore<B> {
             self.closing = true;
             self.ask(Work::Close);
         }
+    }
+
+    /// The initiator did not log out when asked: it is told that every connection of the
+    /// session is dropped (AsyncEvent 3, with the negotiated DefaultTime2Wait and
+    /// DefaultTime2Retain, §11.9.1), then the connection closes.
+    fn drop_session(&mut self) {
+        warn!("no logout within the time given; dropping the session");
+        let params = &self.config.params;
+        let (wait, retain) = (params.default_time2wait, params.default_time2retain);
+        self.send(async_message(
+            async_event::DROP_ALL_CONNECTIONS,
+            u16::try_from(wait).unwrap_or(u16::MAX),
+            u16::try_from(retain).unwrap_or(u16::MAX),
+        ));
+        self.close();
     }
 
     fn send(&mut self, reply: Reply) {

@@ -1260,3 +1260,90 @@ fn one_immediate_command_is_taken_even_when_the_window_is_full() {
     }
     assert_eq!(p.core.window().in_flight(), 0, "the window balances");
 }
+
+fn async_event(reply: &Reply) -> (u8, u16, u16, u16) {
+    match reply {
+        Reply::Async(m) => (m.event, m.parameter1, m.parameter2, m.parameter3),
+        other => panic!("expected an Async Message, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_requested_logout_is_asked_for_and_then_served_as_any_logout() {
+    let mut p = Pair::new();
+    let grace = Duration::from_secs(2);
+    p.core.handle_logout_request(p.now, grace);
+    p.drive();
+    let replies = p.take();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(
+        async_event(&replies[0]),
+        (async_event::REQUEST_LOGOUT, 0, 0, 2)
+    );
+    assert_eq!(p.core.poll_timeout(), Some(p.now + grace));
+    // Asking again neither repeats the message nor moves the deadline.
+    p.core
+        .handle_logout_request(p.now + Duration::from_secs(1), Duration::from_secs(60));
+    p.drive();
+    assert!(p.received.is_empty());
+    assert_eq!(p.core.poll_timeout(), Some(p.now + grace));
+
+    // Commands still run until the initiator logs out, and the logout is the usual one.
+    let r = p.initiator.read(512);
+    let itt = p.send(r);
+    p.complete(itt);
+    assert_eq!(status_of(&p.take()), 0);
+    let r = p.initiator.logout(0, 1);
+    p.send(r);
+    assert!(matches!(
+        p.logout,
+        Some(Reply::Logout(LogoutResponse { response: 0, .. }))
+    ));
+    assert_eq!(p.core.poll_timeout(), None);
+    p.advance(grace);
+    assert!(p.received.is_empty(), "no drop message after the logout");
+}
+
+#[test]
+fn an_initiator_that_does_not_log_out_in_time_is_dropped() {
+    let mut p = Pair::new();
+    // A grace of 0 still gives the initiator a second.
+    p.core.handle_logout_request(p.now, Duration::ZERO);
+    p.drive();
+    assert_eq!(async_event(&p.take()[0]).3, 1);
+    p.advance(Duration::from_millis(999));
+    assert!(p.received.is_empty() && !p.closed);
+    p.advance(Duration::from_millis(1));
+    let replies = p.take();
+    assert_eq!(replies.len(), 1);
+    // Parameter2/3: the session's DefaultTime2Wait and DefaultTime2Retain.
+    assert_eq!(
+        async_event(&replies[0]),
+        (async_event::DROP_ALL_CONNECTIONS, 0, 2, 0)
+    );
+    assert!(p.closed && p.core.is_closing());
+    assert_eq!(p.core.poll_timeout(), None);
+}
+
+#[test]
+fn the_logout_deadline_comes_before_a_later_ping_and_a_closing_session_is_not_asked() {
+    let mut p = Pair::new();
+    p.core.handle_logout_request(p.now, MAX_LOGOUT_GRACE * 2);
+    p.drive();
+    assert_eq!(async_event(&p.take()[0]).3, 3600);
+    assert_eq!(p.core.poll_timeout(), Some(p.now + NOP_INTERVAL));
+    p.advance(NOP_INTERVAL);
+    assert!(
+        matches!(p.take()[..], [Reply::NopIn(_)]),
+        "pings go on meanwhile"
+    );
+
+    let mut p = Pair::new();
+    let r = p.initiator.logout(0, 1);
+    p.send(r);
+    p.take();
+    p.core.handle_logout_request(p.now, Duration::from_secs(5));
+    p.drive();
+    assert!(p.received.is_empty());
+    assert_eq!(p.core.poll_timeout(), None);
+}

@@ -147,14 +147,21 @@ pub async fn build_target(config: &TargetConfig, env: &StorageEnv) -> Result<Tar
     for lun in &config.luns {
         device.add_lun(build_lun(&config.name, lun, env).await?);
     }
-    Ok(Target {
+    Ok(target_on(config, device))
+}
+
+/// The target `config` describes (name, alias, portal group, CHAP, allow list), presenting
+/// `device`'s logical units: a new device, or the running one when only its access changed
+/// (sessions already logged in keep the target they logged in to).
+pub fn target_on(config: &TargetConfig, device: Arc<TargetDevice>) -> Target {
+    Target {
         name: config.name.clone(),
         alias: config.alias.clone(),
         portal_group_tag: config.portal_group_tag,
         device,
         chap: config.chap.clone().map(Arc::new),
         allowed: Arc::new(AllowList::new(config.allowed_initiators.iter().cloned())),
-    })
+    }
 }
 
 #[cfg(test)]

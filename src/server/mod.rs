@@ -5,19 +5,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use tokio::net::TcpListener;
+use anyhow::{Context as _, Result, bail};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::iscsi::{Service, connection};
+use crate::iscsi::Service;
 
+pub mod apply;
 pub mod build;
+pub mod control;
+pub mod logging;
 pub mod metrics_http;
+pub mod notify;
 pub mod status;
 mod threads;
-use build::StorageEnv;
+use apply::{Acceptor, Running};
+use control::Control;
 use threads::ConnectionThreads;
 
 /// Blocking-pool threads of each connection thread's runtime. Storage syscalls run on the
@@ -25,93 +29,76 @@ use threads::ConnectionThreads;
 /// rare reservation and atomic-write journal files.
 const CONNECTION_BLOCKING_THREADS: usize = 4;
 
-/// A server with its listeners bound, ready to run.
+/// A server with its targets built and its listeners bound, ready to run.
 pub struct Server {
-    ctx: Arc<Service>,
-    listeners: Vec<TcpListener>,
+    running: Running,
 }
 
 impl Server {
-    /// Opens every LUN's backend and binds every portal. Fails with a clear message if a
-    /// backend cannot be opened or a portal cannot be bound.
+    /// Applies `config` to an empty server: opens every LUN's backend and binds every
+    /// portal. Fails with every located message if a LUN cannot be opened or a portal bound:
+    /// an operator starting keel wants to know at once, not find a target short of a LUN
+    /// later (a reload, by contrast, keeps serving what it can and reports the rest).
     pub async fn bind(config: &Config) -> Result<Server> {
         for w in &config.warnings {
             warn!("configuration: {w}");
         }
-        let ctx = Arc::new(build::service(config));
-        let storage = StorageEnv::new(config)?;
-        for target in &config.targets {
-            ctx.targets
-                .insert(Arc::new(build::build_target(target, &storage).await?));
+        let (running, report) = Running::start(config).await?;
+        if !report.failed.is_empty() {
+            bail!("{}", report.failed.join("\n"));
         }
         if let Some(listen) = config.metrics_listen {
-            metrics_http::serve(listen, ctx.clone()).await?;
+            metrics_http::serve(listen, running.service().clone()).await?;
         }
-        let mut listeners = Vec::new();
-        for portal in &config.portals {
-            let listener = TcpListener::bind(portal)
-                .await
-                .with_context(|| format!("cannot listen on {portal}"))?;
-            info!(portal = %listener.local_addr()?, "listening");
-            listeners.push(listener);
-        }
-        Ok(Server { ctx, listeners })
+        Ok(Server { running })
     }
 
     /// The addresses actually bound (useful when a portal asked for port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.running.local_addrs()
     }
 
     /// The shared context (targets, sessions), for tests and the admin interface.
     pub fn service(&self) -> Arc<Service> {
-        self.ctx.clone()
+        self.running.service().clone()
     }
 
     /// Serves until `shutdown` resolves: then stops accepting, lets every session finish its
     /// in-flight commands, and flushes every backend.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        self.run_controlled(None, shutdown).await
+    }
+
+    /// [`Server::run`], carrying out `control`'s changes (reloads) one at a time meanwhile.
+    pub async fn run_controlled(
+        self,
+        mut control: Option<Control>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let mut running = self.running;
         let count = ConnectionThreads::default_count();
         let threads = Arc::new(
             ConnectionThreads::start(count, CONNECTION_BLOCKING_THREADS)
                 .context("cannot start the connection threads")?,
         );
         let tracker = TaskTracker::new();
-        for listener in self.listeners {
-            let ctx = self.ctx.clone();
-            let connections = tracker.clone();
-            let threads = threads.clone();
-            tracker.spawn(async move {
-                loop {
-                    tokio::select! {
-                        accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
-                            Ok(stream) => {
-                                let ctx = ctx.clone();
-                                // The socket moves to its thread's reactor there.
-                                threads.spawn(connections.track_future(async move {
-                                    match tokio::net::TcpStream::from_std(stream) {
-                                        Ok(stream) => connection::serve(stream, ctx).await,
-                                        Err(e) => warn!("cannot adopt a connection: {e}"),
-                                    }
-                                }));
-                            }
-                            Err(e) => {
-                                // Out of descriptors and the like: back off instead of spinning.
-                                warn!("accept failed: {e}");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        },
-                        _ = ctx.shutdown.cancelled() => break,
-                    }
-                }
-            });
+        running.start_accepting(Acceptor {
+            threads: threads.clone(),
+            connections: tracker.clone(),
+        });
+        notify::ready(&running.local_addrs());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = async { control.as_mut()?.serve_one(&mut running).await; Some(()) },
+                    if control.is_some() => {}
+            }
         }
-        shutdown.await;
+        notify::stopping();
         info!("shutting down: no new connections; finishing in-flight commands");
-        self.ctx.shutdown.cancel();
+        let service = running.service().clone();
+        service.shutdown.cancel();
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(40), tracker.wait())
             .await
@@ -119,10 +106,11 @@ impl Server {
         {
             warn!("some connections did not finish in time");
         }
+        running.stop().await;
         if let Ok(threads) = Arc::try_unwrap(threads) {
             threads.stop().await;
         }
-        for target in self.ctx.targets.list() {
+        for target in service.targets.list() {
             for lu in target.device.luns() {
                 if let Err(e) = lu.flush().await {
                     warn!(target = %target.name, lun = lu.identity().lun, "flush at shutdown failed: {e}");

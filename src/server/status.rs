@@ -1,7 +1,7 @@
 //! The status report of the running server (`keel status`), read from the running objects:
 //! the target registry and each target's logical units, the session registry, the metrics'
 //! login counts. LUNs that the configuration wants but that could not be brought up are not
-//! in any target: their failures come from whoever applied the configuration.
+//! in any target: their failures are those the applier (`apply::Running`) keeps.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,12 +13,28 @@ use crate::iscsi::Service;
 use crate::iscsi::metrics::LoginResult;
 use crate::scsi::Readiness;
 
-/// Why LUNs could not be brought up, by (target, LUN).
-pub type LunFailures = BTreeMap<(String, u64), String>;
+use super::apply::Running;
 
-/// The report of `service`, listening on `portals`, with the LUNs in `failures` shown as
-/// failed (those of targets that exist).
-pub fn collect(service: &Service, portals: &[SocketAddr], failures: &LunFailures) -> StatusReport {
+/// The report of the running server.
+pub fn report(running: &Running) -> StatusReport {
+    collect(
+        running.service(),
+        &running.local_addrs(),
+        running.lun_failures(),
+    )
+}
+
+/// The report of `service`, listening on `portals`, with the LUNs in `failures` (target,
+/// LUN, reason) shown as failed (those of targets that exist).
+pub fn collect<'a>(
+    service: &Service,
+    portals: &[SocketAddr],
+    failures: impl IntoIterator<Item = (&'a str, u64, &'a str)>,
+) -> StatusReport {
+    let mut failed_luns: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
+    for (target, lun, reason) in failures {
+        failed_luns.entry(target).or_default().push((lun, reason));
+    }
     let sessions = service.sessions.list();
     let logins = service.metrics.logins();
     let mut targets = Vec::new();
@@ -43,17 +59,17 @@ pub fn collect(service: &Service, portals: &[SocketAddr], failures: &LunFailures
                 },
             );
         }
-        let failed = failures.range((target.name.clone(), 0)..=(target.name.clone(), u64::MAX));
-        for ((_, lun), reason) in failed {
+        let failed = failed_luns.remove(target.name.as_str()).unwrap_or_default();
+        for (lun, reason) in failed {
             // A LUN that serves (re-added since) is not failed any more.
-            luns.entry(*lun).or_insert_with(|| LunStatus {
-                lun: *lun,
+            luns.entry(lun).or_insert_with(|| LunStatus {
+                lun,
                 backing: String::new(),
                 size_bytes: 0,
                 block_size: 0,
                 read_only: false,
                 state: LunState::Failed {
-                    reason: reason.clone(),
+                    reason: reason.to_owned(),
                 },
             });
         }
@@ -143,15 +159,12 @@ mod tests {
         guard.describe(SessionDetails::new(1, peer, local, &params));
         service.metrics.count_login(TARGET, 0);
         service.metrics.count_login(TARGET, 2);
-        let failures = LunFailures::from([
-            ((TARGET.to_owned(), 5), "cannot open /nowhere".to_owned()),
-            (
-                ("iqn.2026-01.test:gone".to_owned(), 0),
-                "other target".to_owned(),
-            ),
-        ]);
+        let failures = [
+            (TARGET, 5, "cannot open /nowhere"),
+            ("iqn.2026-01.test:gone", 0, "other target"),
+        ];
 
-        let report = collect(&service, &[local], &failures);
+        let report = collect(&service, &[local], failures);
         assert_eq!(report.server.targets, 1);
         assert_eq!(report.server.luns, 2);
         assert_eq!((report.server.sessions, report.server.connections), (1, 1));

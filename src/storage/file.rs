@@ -16,6 +16,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::{Bytes, BytesMut};
 
@@ -36,7 +37,8 @@ const INLINE_READ: usize = 64 * 1024;
 pub struct FileBackend {
     file: Arc<File>,
     path: PathBuf,
-    size: u64,
+    /// Bytes; grows when the file is grown while it serves ([`BlockBackend::grow_to`]).
+    size: AtomicU64,
     read_only: bool,
     /// A block device (all mapped for GET LBA STATUS) rather than a sparse regular file.
     block_device: bool,
@@ -103,7 +105,7 @@ impl FileBackend {
             ));
         }
         Ok(FileBackend {
-            size: meta.len(),
+            size: AtomicU64::new(meta.len()),
             memory_resident: is_memory_resident(&file),
             pool: BufferPool::new(),
             blocking_pool: None,
@@ -158,7 +160,7 @@ impl FileBackend {
             }
         };
         Ok(FileBackend {
-            size,
+            size: AtomicU64::new(size),
             file: Arc::new(file),
             path: path.to_owned(),
             read_only,
@@ -257,7 +259,48 @@ impl FileBackend {
 
 impl BlockBackend for FileBackend {
     fn size_bytes(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A regular file is extended (sparse) to `bytes` and fsynced, so the new size survives a
+    /// crash before anything is written there; a smaller size is refused (the data beyond
+    /// it would be lost). A block device cannot be grown from here.
+    fn grow_to(&self, bytes: u64) -> IoFuture<'_, u64> {
+        let current = self.size_bytes();
+        let refusal = if self.block_device {
+            Some(format!(
+                "{} is a block device: grow the device itself",
+                self.path.display()
+            ))
+        } else if self.read_only {
+            Some(format!("{} is read-only", self.path.display()))
+        } else if bytes < current {
+            Some(format!(
+                "{} is {current} bytes; shrinking it to {bytes} would destroy data, refused",
+                self.path.display()
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return Box::pin(
+                async move { Err(io::Error::new(io::ErrorKind::InvalidInput, refusal)) },
+            );
+        }
+        Box::pin(async move {
+            if bytes > current {
+                self.blocking(move |file| {
+                    file.set_len(bytes)?;
+                    file.sync_all()
+                })
+                .await?;
+                // Commands check their range against this size: they see the new blocks only
+                // once the file has them.
+                self.size
+                    .fetch_max(bytes, std::sync::atomic::Ordering::AcqRel);
+            }
+            Ok(self.size_bytes())
+        })
     }
 
     fn read_at(&self, offset: u64, len: usize) -> IoFuture<'_, Bytes> {
@@ -549,6 +592,32 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_file_grows_while_open_and_never_shrinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let backend = open(&path, Some(1 << 20), &None);
+        backend
+            .write_at(0, Bytes::from(vec![5u8; 512]), false)
+            .await
+            .unwrap();
+        assert_eq!(backend.grow_to(2 << 20).await.unwrap(), 2 << 20);
+        assert_eq!(backend.size_bytes(), 2 << 20);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
+        // The new blocks are there to write, the old data is kept.
+        backend
+            .write_at((2 << 20) - 512, Bytes::from(vec![6u8; 512]), false)
+            .await
+            .unwrap();
+        assert_eq!(backend.read_at(0, 512).await.unwrap(), vec![5u8; 512]);
+        // The same size again is no change; a smaller one is refused and changes nothing.
+        assert_eq!(backend.grow_to(2 << 20).await.unwrap(), 2 << 20);
+        let err = backend.grow_to(1 << 20).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("shrinking"), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
     }
 
     #[tokio::test]

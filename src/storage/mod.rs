@@ -107,6 +107,18 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
     /// A short description for logs, e.g. the path.
     fn describe(&self) -> String;
 
+    /// Grows the medium to `bytes` while it serves and returns its new size. Never shrinks
+    /// (data would be lost): a smaller size is refused. The default: not resizable.
+    fn grow_to(&self, bytes: u64) -> IoFuture<'_, u64> {
+        let _ = bytes;
+        Box::pin(async {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this medium cannot be resized",
+            ))
+        })
+    }
+
     /// Whether [`BlockBackend::discard`] can release space. Backends that answer false are
     /// reported fully provisioned (LBPME = 0) and never see UNMAP.
     fn supports_discard(&self) -> bool {

@@ -343,6 +343,24 @@ impl LogicalUnit {
             state.readiness = Readiness::Ready;
             old
         };
+        self.announce_capacity(old_blocks, new_blocks);
+    }
+
+    /// Grows the medium to `bytes` while the unit serves (a resize), and tells every nexus
+    /// with CAPACITY DATA HAS CHANGED (06/2A/09, SBC-4 §4.9) when the capacity in blocks
+    /// changed. Returns the new capacity in blocks. The backend refuses a shrink.
+    pub async fn grow_medium(&self, bytes: u64) -> std::io::Result<u64> {
+        let backend = self.state().backend.clone().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "the unit has no medium")
+        })?;
+        let block_size = u64::from(self.block_size);
+        let old_blocks = backend.size_bytes() / block_size;
+        let new_blocks = backend.grow_to(bytes).await? / block_size;
+        self.announce_capacity(old_blocks, new_blocks);
+        Ok(new_blocks)
+    }
+
+    fn announce_capacity(&self, old_blocks: u64, new_blocks: u64) {
         if old_blocks != new_blocks {
             self.unit_attentions
                 .establish_all(&Sense::capacity_changed(), None);
@@ -681,6 +699,42 @@ mod tests {
             u32::from_be_bytes(id.naa[4..8].try_into().unwrap()),
             vsi as u32
         );
+    }
+
+    #[tokio::test]
+    async fn a_grown_medium_raises_capacity_data_has_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::storage::FileBackend::open_file(
+            &dir.path().join("disk.img"),
+            Some(8 * 512),
+            false,
+        )
+        .unwrap();
+        let lu = LogicalUnit::new(
+            LuIdentity::derived("iqn.t", 0),
+            512,
+            Some(Arc::new(backend)),
+            false,
+        );
+        let seen = nexus("seen");
+        assert_eq!(
+            lu.unit_attentions().take(&seen),
+            Some(Sense::power_on_reset())
+        );
+        assert_eq!(lu.grow_medium(16 * 512).await.unwrap(), 16);
+        assert_eq!(lu.capacity_blocks(), 16);
+        assert_eq!(
+            lu.unit_attentions().take(&seen),
+            Some(Sense::capacity_changed())
+        );
+        // Less than a block more: no capacity change to report. Shrinking is refused.
+        assert_eq!(lu.grow_medium(16 * 512 + 100).await.unwrap(), 16);
+        assert_eq!(lu.unit_attentions().take(&seen), None);
+        assert!(lu.grow_medium(4 * 512).await.is_err());
+        assert_eq!(lu.capacity_blocks(), 16);
+        // A unit without a medium has nothing to grow.
+        let empty = LogicalUnit::new(LuIdentity::derived("iqn.t", 1), 512, None, false);
+        assert!(empty.grow_medium(4096).await.is_err());
     }
 
     #[test]

@@ -1,0 +1,457 @@
+//! The running state of a server, and the one way it changes: applying a [`ConfigDiff`].
+//!
+//! Startup applies the difference from an empty configuration, a reload (SIGHUP, the
+//! control socket) the difference from the running one, through the same
+//! [`Running::apply`]. The order is FreeBSD ctld's `conf_apply()`: removals first (targets,
+//! then LUNs), then resizes, access changes, additions, and the listeners last (closed,
+//! then opened), so that an initiator never finds a portal that leads nowhere, and a LUN
+//! number that changed backing is free before its new unit takes it.
+//!
+//! One change failing does not stop the others: each outcome is one line of the
+//! [`ApplyReport`], and a LUN that cannot open is remembered with its reason for status.
+//! Sessions of targets that did not change are never touched.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::build::{self, StorageEnv};
+use super::threads::ConnectionThreads;
+use crate::config::diff::{ConfigDiff, TargetDiff, diff};
+use crate::config::{Backing, Config, LunConfig, TargetConfig};
+use crate::iscsi::{Service, SessionFilter, Target, connection};
+use crate::scsi::{LogicalUnit, TargetDevice};
+
+/// How long the sessions of a removed target have to log out when asked (RFC 7143 §11.9.1
+/// Parameter3) before they are dropped.
+pub const LOGOUT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a removed unit's flush waits for its commands (and a removed target's for its
+/// sessions, beyond the grace) before it flushes what has completed.
+const RETIRE_WAIT: Duration = Duration::from_secs(60);
+
+/// What an apply did: one line per change that took effect, one per change that failed
+/// (with its reason). Serialized as the control socket's reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub done: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+impl ApplyReport {
+    fn done(&mut self, line: String) {
+        info!("{line}");
+        self.done.push(line);
+    }
+
+    fn failed(&mut self, line: String) {
+        error!("{line}");
+        self.failed.push(line);
+    }
+}
+
+/// Where accepted connections go once the server runs.
+#[derive(Clone)]
+pub(super) struct Acceptor {
+    pub threads: Arc<ConnectionThreads>,
+    pub connections: TaskTracker,
+}
+
+/// A portal's listener: bound, and accepting once the server runs.
+struct Listener {
+    local: SocketAddr,
+    /// Until the server runs; taken by the accept task.
+    bound: Option<TcpListener>,
+    /// Stops this listener's accept task (a child of the service's shutdown).
+    stop: CancellationToken,
+}
+
+/// The server's running state: the iSCSI service (targets, sessions), what its LUNs share,
+/// the portals' listeners, and the LUNs that failed to open.
+pub struct Running {
+    service: Arc<Service>,
+    storage: StorageEnv,
+    /// By configured address (which may name port 0).
+    listeners: BTreeMap<SocketAddr, Listener>,
+    /// (target, LUN) → why it could not be opened.
+    lun_failures: BTreeMap<(String, u64), String>,
+    acceptor: Option<Acceptor>,
+    /// Flushes of removed units and targets, waiting for their last commands and sessions.
+    retiring: TaskTracker,
+    logout_grace: Duration,
+}
+
+impl Running {
+    /// A server with no targets and no portals yet.
+    pub fn new(service: Service, storage: StorageEnv) -> Running {
+        Running {
+            service: Arc::new(service),
+            storage,
+            listeners: BTreeMap::new(),
+            lun_failures: BTreeMap::new(),
+            acceptor: None,
+            retiring: TaskTracker::new(),
+            logout_grace: LOGOUT_GRACE,
+        }
+    }
+
+    /// The state `config` describes, built the one way a state changes: the difference from
+    /// an empty configuration (same server settings, no portals, no targets), applied. Fails
+    /// only if the storage engine cannot be set up; what failed to apply is in the report.
+    pub async fn start(config: &Config) -> anyhow::Result<(Running, ApplyReport)> {
+        let mut running = Running::new(build::service(config), StorageEnv::new(config)?);
+        let empty = Config {
+            portals: Vec::new(),
+            targets: Vec::new(),
+            ..config.clone()
+        };
+        let report = running.apply(&diff(&empty, config)).await;
+        Ok((running, report))
+    }
+
+    /// Sets how long removed targets' sessions have to log out.
+    pub fn with_logout_grace(mut self, grace: Duration) -> Running {
+        self.logout_grace = grace;
+        self
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// The addresses actually bound (a portal may ask for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.values().map(|l| l.local).collect()
+    }
+
+    /// The LUNs that could not be opened: (target, LUN, reason).
+    pub fn lun_failures(&self) -> impl Iterator<Item = (&str, u64, &str)> {
+        self.lun_failures
+            .iter()
+            .map(|((target, lun), reason)| (target.as_str(), *lun, reason.as_str()))
+    }
+
+    /// Applies `diff` in ctld's order; see the module documentation.
+    pub async fn apply(&mut self, diff: &ConfigDiff) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        for name in &diff.targets_removed {
+            self.remove_target(name, &mut report);
+        }
+        for changed in &diff.targets_changed {
+            for &lun in &changed.luns_removed {
+                self.remove_lun(&changed.new.name, lun, &mut report);
+            }
+        }
+        for changed in &diff.targets_changed {
+            for lun in &changed.luns_resized {
+                self.resize_lun(&changed.new.name, lun, &mut report).await;
+            }
+        }
+        for changed in diff.targets_changed.iter().filter(|c| c.access_changed) {
+            self.change_access(changed, &mut report);
+        }
+        for target in &diff.targets_added {
+            self.add_target(target, &mut report).await;
+        }
+        for changed in &diff.targets_changed {
+            self.add_luns(changed, &mut report).await;
+        }
+        for portal in &diff.portals_removed {
+            self.close_portal(portal, &mut report);
+        }
+        for portal in &diff.portals_added {
+            self.open_portal(*portal, &mut report).await;
+        }
+        for setting in &diff.needs_restart {
+            report.failed(format!(
+                "{setting} changed: takes effect at the next restart"
+            ));
+        }
+        report
+    }
+
+    /// The target leaves the registry at once (SendTargets stops listing it, logins to it
+    /// fail); its sessions are asked to log out and dropped after the grace; its units are
+    /// flushed once those have gone. Its backing files stay.
+    fn remove_target(&mut self, name: &str, report: &mut ApplyReport) {
+        self.lun_failures.retain(|(target, _), _| target != name);
+        let Some(target) = self.service.targets.remove(name) else {
+            report.failed(format!("remove target {name}: not running"));
+            return;
+        };
+        let filter = SessionFilter::target(name);
+        let asked = self
+            .service
+            .sessions
+            .request_logout(&filter, self.logout_grace);
+        report.done(format!(
+            "removed target {name} ({asked} sessions asked to log out within {} s)",
+            self.logout_grace.as_secs()
+        ));
+        let service = Arc::clone(&self.service);
+        let wait = self.logout_grace + RETIRE_WAIT;
+        self.retiring.spawn(async move {
+            let gone = async {
+                while service.sessions.count_matching(&filter) > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            if tokio::time::timeout(wait, gone).await.is_err() {
+                warn!(target = %target.name, "sessions of the removed target still there; flushing anyway");
+            }
+            for lu in target.device.luns() {
+                retire_unit(&target.name, lu).await;
+            }
+        });
+    }
+
+    /// The unit leaves its target (the other units report 06/3F/0E REPORTED LUNS DATA HAS
+    /// CHANGED to every nexus, SPC-4 §6.33); its commands still running finish, then it is
+    /// flushed.
+    fn remove_lun(&mut self, target: &str, lun: u64, report: &mut ApplyReport) {
+        let failed_before = self.lun_failures.remove(&(target.to_string(), lun));
+        let Some(device) = self.device(target) else {
+            report.failed(format!(
+                "remove target {target} LUN {lun}: target not running"
+            ));
+            return;
+        };
+        match device.remove_lun(lun) {
+            Some(lu) => {
+                report.done(format!("removed target {target} LUN {lun}"));
+                let target = target.to_string();
+                self.retiring
+                    .spawn(async move { retire_unit(&target, lu).await });
+            }
+            // It never opened: forgetting its failure is all there is to do.
+            None if failed_before.is_some() => {
+                report.done(format!("removed target {target} LUN {lun} (it had failed)"));
+            }
+            None => report.failed(format!("remove target {target} LUN {lun}: not running")),
+        }
+    }
+
+    /// Grows a file-backed unit to its new `size`; every nexus gets 06/2A/09 CAPACITY DATA
+    /// HAS CHANGED (SBC-4 §4.9). Shrinking is refused: it would destroy data.
+    async fn resize_lun(&mut self, target: &str, lun: &LunConfig, report: &mut ApplyReport) {
+        let what = format!("resize target {target} LUN {}", lun.lun);
+        let Backing::File {
+            create_size: Some(size),
+            ..
+        } = lun.backing
+        else {
+            report.failed(format!(
+                "{what}: only a file LUN with a size can be resized"
+            ));
+            return;
+        };
+        let Some(lu) = self.device(target).and_then(|d| d.lun(lun.lun)) else {
+            report.failed(format!("{what}: LUN not running"));
+            return;
+        };
+        match lu.grow_medium(size).await {
+            Ok(blocks) => report.done(format!(
+                "resized target {target} LUN {} to {blocks} blocks of {}",
+                lun.lun,
+                lu.block_size()
+            )),
+            Err(e) => report.failed(format!("{what}: {e}")),
+        }
+    }
+
+    /// A new `Target` with the new alias, portal group, CHAP and allow list, on the same
+    /// device, replaces the old in the registry: new logins use it, sessions already logged
+    /// in keep what they logged in with.
+    fn change_access(&mut self, changed: &TargetDiff, report: &mut ApplyReport) {
+        let name = &changed.new.name;
+        let Some(device) = self.device(name) else {
+            report.failed(format!("change access of target {name}: not running"));
+            return;
+        };
+        self.service
+            .targets
+            .insert(Arc::new(build::target_on(&changed.new, device)));
+        report.done(format!("changed access of target {name}"));
+    }
+
+    /// Opens the target's units (those that fail are left out and remembered) and puts it
+    /// in the registry.
+    async fn add_target(&mut self, config: &TargetConfig, report: &mut ApplyReport) {
+        let device = Arc::new(TargetDevice::new(&config.name));
+        for lun in &config.luns {
+            self.open_lun(&config.name, &device, lun, report).await;
+        }
+        self.service
+            .targets
+            .insert(Arc::new(build::target_on(config, device)));
+        report.done(format!("added target {}", config.name));
+    }
+
+    async fn add_luns(&mut self, changed: &TargetDiff, report: &mut ApplyReport) {
+        if changed.luns_added.is_empty() {
+            return;
+        }
+        let name = &changed.new.name;
+        let Some(device) = self.device(name) else {
+            report.failed(format!("add LUNs to target {name}: not running"));
+            return;
+        };
+        for lun in &changed.luns_added {
+            self.open_lun(name, &device, lun, report).await;
+        }
+    }
+
+    /// Opens one unit and adds it to `device` (the other units report 06/3F/0E).
+    async fn open_lun(
+        &mut self,
+        target: &str,
+        device: &TargetDevice,
+        lun: &LunConfig,
+        report: &mut ApplyReport,
+    ) {
+        let key = (target.to_string(), lun.lun);
+        match build::build_lun(target, lun, &self.storage).await {
+            Ok(lu) => {
+                self.lun_failures.remove(&key);
+                device.add_lun(lu);
+                report.done(format!("added target {target} LUN {}", lun.lun));
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                report.failed(reason.clone());
+                self.lun_failures.insert(key, reason);
+            }
+        }
+    }
+
+    /// Stops accepting on the portal; sessions that came in through it go on.
+    fn close_portal(&mut self, portal: &SocketAddr, report: &mut ApplyReport) {
+        match self.listeners.remove(portal) {
+            Some(listener) => {
+                listener.stop.cancel();
+                report.done(format!("closed portal {portal}"));
+            }
+            None => report.failed(format!("close portal {portal}: not open")),
+        }
+    }
+
+    async fn open_portal(&mut self, portal: SocketAddr, report: &mut ApplyReport) {
+        let bound = TcpListener::bind(portal)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+            .with_context(|| format!("cannot listen on {portal}"));
+        match bound {
+            Ok((local, listener)) => {
+                let mut listener = Listener {
+                    local,
+                    bound: Some(listener),
+                    stop: self.service.shutdown.child_token(),
+                };
+                if let Some(acceptor) = &self.acceptor {
+                    start_accepting(&mut listener, &self.service, acceptor);
+                }
+                self.listeners.insert(portal, listener);
+                // The line scripts and tests wait for, with the port a port-0 portal got.
+                info!(portal = %local, "listening");
+                report.done.push(format!("listening on {local}"));
+            }
+            Err(e) => report.failed(format!("{e:#}")),
+        }
+    }
+
+    fn device(&self, target: &str) -> Option<Arc<TargetDevice>> {
+        self.service
+            .targets
+            .get(target)
+            .map(|t: Arc<Target>| Arc::clone(&t.device))
+    }
+
+    /// From now on every listener, and every portal opened later, accepts connections.
+    pub(super) fn start_accepting(&mut self, acceptor: Acceptor) {
+        for listener in self.listeners.values_mut() {
+            start_accepting(listener, &self.service, &acceptor);
+        }
+        self.acceptor = Some(acceptor);
+    }
+
+    /// At shutdown, once the connections have ended: lets go of the connection threads and
+    /// waits (bounded) for the flushes of removed units, whose sessions have ended too.
+    pub(super) async fn stop(&mut self) {
+        self.acceptor = None;
+        self.retiring.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.retiring.wait())
+            .await
+            .is_err()
+        {
+            warn!("removed units did not finish flushing in time");
+        }
+    }
+}
+
+/// Starts the listener's accept task: each connection goes to a connection thread.
+fn start_accepting(listener: &mut Listener, service: &Arc<Service>, acceptor: &Acceptor) {
+    let Some(socket) = listener.bound.take() else {
+        return;
+    };
+    let (service, stop) = (Arc::clone(service), listener.stop.clone());
+    let Acceptor {
+        threads,
+        connections,
+    } = acceptor.clone();
+    info!(portal = %listener.local, "accepting connections");
+    acceptor.connections.spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = socket.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
+                    Ok(stream) => {
+                        let service = service.clone();
+                        // The socket moves to its thread's reactor there.
+                        threads.spawn(connections.track_future(async move {
+                            match tokio::net::TcpStream::from_std(stream) {
+                                Ok(stream) => connection::serve(stream, service).await,
+                                Err(e) => warn!("cannot adopt a connection: {e}"),
+                            }
+                        }));
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            }
+        }
+    });
+}
+
+/// A removed unit's last commands finish (bounded wait), then what they wrote is flushed.
+async fn retire_unit(target: &str, lu: Arc<LogicalUnit>) {
+    let drained = async {
+        while !lu.task_set().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(RETIRE_WAIT, drained).await.is_err() {
+        warn!(
+            target,
+            lun = lu.lun(),
+            "removed LUN still has commands; flushing anyway"
+        );
+    }
+    if let Err(e) = lu.flush().await {
+        warn!(target, lun = lu.lun(), "flush of a removed LUN failed: {e}");
+    }
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;
