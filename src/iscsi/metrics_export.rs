@@ -277,30 +277,15 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::iscsi::access::AllowList;
     use crate::iscsi::{Settings, Target};
-    use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
-    use crate::storage::MemoryBackend;
 
     const TARGET: &str = "iqn.2026-01.test:metrics";
 
     fn service() -> Arc<Service> {
         let service = Arc::new(Service::new(Settings::default()));
-        let device = TargetDevice::new(TARGET);
-        device.add_lun(Arc::new(LogicalUnit::new(
-            LuIdentity::derived(TARGET, 0),
-            512,
-            Some(Arc::new(MemoryBackend::new(1 << 20))),
-            false,
-        )));
-        service.targets.insert(Arc::new(Target {
-            name: TARGET.into(),
-            alias: None,
-            portal_group_tag: 1,
-            device: Arc::new(device),
-            chap: None,
-            allowed: Arc::new(AllowList::new(Vec::<String>::new())),
-        }));
+        service
+            .targets
+            .insert(Arc::new(Target::for_test(TARGET, 512, false)));
         service
     }
 

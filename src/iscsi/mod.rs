@@ -52,6 +52,28 @@ pub struct Target {
     pub allowed: Arc<AllowList>,
 }
 
+#[cfg(test)]
+impl Target {
+    /// A target for unit tests: LUN 0 on 1 MiB of memory, open to every initiator.
+    pub(crate) fn for_test(name: &str, block_size: u32, read_only: bool) -> Target {
+        let device = TargetDevice::new(name);
+        device.add_lun(Arc::new(crate::scsi::LogicalUnit::new(
+            crate::scsi::LuIdentity::derived(name, 0),
+            block_size,
+            Some(Arc::new(crate::storage::MemoryBackend::new(1 << 20))),
+            read_only,
+        )));
+        Target {
+            name: name.into(),
+            alias: None,
+            portal_group_tag: 1,
+            device: Arc::new(device),
+            chap: None,
+            allowed: Arc::new(AllowList::new(Vec::<String>::new())),
+        }
+    }
+}
+
 /// The targets this server presents. Logins look targets up here at login time, so targets
 /// can be added and removed while other sessions run.
 #[derive(Debug, Default)]

@@ -189,25 +189,23 @@ impl SessionGuard<'_> {
     /// Records the address the initiator reached this session on (a filter of
     /// [`SessionRegistry::request_logout`]).
     pub fn set_portal(&self, portal: SocketAddr) {
-        let mut inner = self.registry.lock();
-        if let Some(entry) = inner
-            .sessions
-            .get_mut(&self.key)
-            .filter(|e| e.tsih == self.tsih)
-        {
-            entry.portal = Some(portal);
-        }
+        self.update(|entry| entry.portal = Some(portal));
     }
 
     /// Records what the session's connection negotiated, for [`SessionRegistry::list`].
     pub fn describe(&self, details: SessionDetails) {
+        self.update(|entry| entry.details = Some(details));
+    }
+
+    /// Changes this session's entry (if a reinstatement has not replaced it already).
+    fn update(&self, change: impl FnOnce(&mut Entry)) {
         let mut inner = self.registry.lock();
         if let Some(entry) = inner
             .sessions
             .get_mut(&self.key)
             .filter(|e| e.tsih == self.tsih)
         {
-            entry.details = Some(details);
+            change(entry);
         }
     }
 }

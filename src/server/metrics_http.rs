@@ -257,19 +257,24 @@ mod tests {
         assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 
-    #[tokio::test]
-    async fn serve_listens_until_shutdown() {
-        let (service, _) = registry();
-        let bound = serve("127.0.0.1:0".parse().unwrap(), service.clone())
-            .await
-            .unwrap();
-        let mut stream = tokio::net::TcpStream::connect(bound).await.unwrap();
+    async fn get_metrics(at: SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(at).await.unwrap();
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
             .await
             .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn serve_listens_until_shutdown() {
+        let (service, _) = registry();
+        let bound = serve("127.0.0.1:0".parse().unwrap(), service.clone())
+            .await
+            .unwrap();
+        let response = get_metrics(bound).await;
         assert!(response.contains("keel_uptime_seconds"), "{response}");
         service.shutdown.cancel();
         // The listener closes once the loop sees the shutdown.
@@ -300,13 +305,7 @@ mod tests {
         // A slot freed is usable again.
         drop(idle.pop());
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut stream = tokio::net::TcpStream::connect(bound).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
+        let response = get_metrics(bound).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         service.shutdown.cancel();
     }

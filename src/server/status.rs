@@ -118,32 +118,19 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::iscsi::access::AllowList;
     use crate::iscsi::params::Negotiated;
     use crate::iscsi::session::{SessionDetails, SessionKey};
     use crate::iscsi::{Settings, Target};
-    use crate::scsi::{LogicalUnit, LuIdentity, TargetDevice};
-    use crate::storage::MemoryBackend;
 
     const TARGET: &str = "iqn.2026-01.test:status";
 
     #[tokio::test]
     async fn the_report_shows_luns_failures_sessions_and_totals() {
         let service = Service::new(Settings::default());
-        let device = TargetDevice::new(TARGET);
-        device.add_lun(Arc::new(LogicalUnit::new(
-            LuIdentity::derived(TARGET, 0),
-            4096,
-            Some(Arc::new(MemoryBackend::new(1 << 20))),
-            true,
-        )));
         service.targets.insert(Arc::new(Target {
-            name: TARGET.into(),
             alias: Some("disk".into()),
             portal_group_tag: 2,
-            device: Arc::new(device),
-            chap: None,
-            allowed: Arc::new(AllowList::new(Vec::<String>::new())),
+            ..Target::for_test(TARGET, 4096, true)
         }));
         let key = SessionKey {
             initiator: "iqn.2026-01.test:i".into(),
