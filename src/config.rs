@@ -95,6 +95,7 @@ struct RawServer {
     io_engine: Option<Spanned<String>>,
     /// A directory of files holding more `[[target]]` tables.
     include: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 /// An included file: `[[target]]` tables only.
@@ -156,6 +157,8 @@ pub struct Config {
     pub include: Option<PathBuf>,
     /// Every target, from the main file and then the included files (in file name order).
     pub targets: Vec<TargetConfig>,
+    /// Where the Prometheus metrics are served over HTTP (`GET /metrics`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
 }
@@ -413,6 +416,7 @@ impl Config {
             io_engine: IoEngine::default(),
             include: None,
             targets: Vec::new(),
+            metrics_listen: None,
             warnings: Vec::new(),
         }
     }
@@ -559,6 +563,20 @@ impl Validator<'_> {
                 }
             },
         };
+        let metrics_listen = match &server.metrics_listen {
+            Some(v) if !v.get_ref().is_empty() => match v.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    let message = format!(
+                        "metrics_listen {:?} is not an address and port such as \"127.0.0.1:9860\"",
+                        v.get_ref()
+                    );
+                    self.error(v, message);
+                    None
+                }
+            },
+            _ => None,
+        };
         Config {
             portals,
             data_dir,
@@ -568,6 +586,7 @@ impl Validator<'_> {
             // Resolved by the loader, which knows the main file's directory.
             include: None,
             targets: Vec::new(),
+            metrics_listen,
             warnings: Vec::new(),
         }
     }
@@ -1209,6 +1228,22 @@ lun = 70000
             )),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_located_when_wrong() {
+        assert_eq!(parse("", "x").unwrap().metrics_listen, None);
+        assert_eq!(
+            parse("[server]\nmetrics_listen = \"\"\n", "x")
+                .unwrap()
+                .metrics_listen,
+            None
+        );
+        let c = parse("[server]\nmetrics_listen = \"127.0.0.1:9860\"\n", "x").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9860".parse().unwrap()));
+        let err = parse("[server]\nmetrics_listen = \"localhost\"\n", "x").unwrap_err();
+        assert_eq!(err.errors[0].line, Some(2), "{err}");
+        assert!(err.to_string().contains("metrics_listen"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! settings types (such as [`iscsi::Settings`]); [`iscsi`] speaks the protocol over TCP using
 //! the pure codec in [`wire`]; [`scsi`] emulates logical units on top of [`storage`] backends.
 
+pub mod admin;
 pub mod config;
 pub mod iscsi;
 pub mod payload;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -25,16 +25,16 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::Service;
 use super::limits::OverLimit;
-use super::login::SessionType;
-use super::login_driver::{LoggedIn, login};
+use super::login_driver::{LoggedIn, login, session_catalog};
+use super::metrics::{CommandSample, ConnectionStats};
 use super::response::reply_pdus;
-use super::session::SessionGuard;
+use super::session::{SessionDetails, SessionGuard};
 use super::session_core::{
-    Execution, Run, ScsiPort, SessionConfig, SessionCore, TargetCatalog, Work, WriteBudget, reject,
-    reject_reply,
+    Execution, Run, ScsiPort, SessionConfig, SessionCore, Work, reject, reject_reply,
 };
+use super::write_buffers::{BudgetGrant, WriteBuffers, wait_for_budget};
 use super::writer::write_loop;
-use crate::scsi::{Aborted, Nexus, ScsiResponse, ScsiStatus};
+use crate::scsi::{Aborted, CommandClass, Nexus, ScsiResponse, ScsiStatus};
 use crate::wire::framing::FrameError;
 use crate::wire::{self, FrameLimits, OutPdu, PduCodec, Reply, WireError};
 
@@ -81,6 +81,7 @@ async fn run(
 ) -> Result<(), FrameError> {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr()?;
+    let peer = stream.peer_addr()?;
     let (rd, mut wr) = stream.into_split();
     // A connection that has not logged in gets a small read buffer (a login PDU is at most
     // 48 + 8192 bytes, and the buffer grows when one needs more): a thousand idle
@@ -130,31 +131,10 @@ async fn run(
         }),
     });
     let port = scsi.clone();
-    let catalog: Box<dyn TargetCatalog> = match outcome.session_type {
-        // Discovery shows only the targets this initiator is allowed to use.
-        SessionType::Discovery => {
-            let (ctx, initiator) = (ctx.clone(), outcome.initiator_name.clone());
-            Box::new(move |which: &str| {
-                let targets = match which {
-                    "All" => ctx.targets.list(),
-                    name => ctx.targets.get(name).into_iter().collect(),
-                };
-                let visible = targets
-                    .into_iter()
-                    .filter(|t| t.allowed.permits(&initiator));
-                visible
-                    .map(|t| (t.name.clone(), t.portal_group_tag))
-                    .collect()
-            })
-        }
-        // In a normal session only the session's own target is reported.
-        SessionType::Normal => {
-            let own = target
-                .as_ref()
-                .map(|t| (t.name.clone(), t.portal_group_tag));
-            Box::new(move |_: &str| own.iter().cloned().collect())
-        }
-    };
+    let own = target
+        .as_ref()
+        .map(|t| (t.name.clone(), t.portal_group_tag));
+    let catalog = session_catalog(ctx, outcome.session_type, &outcome.initiator_name, own);
     let interval = ctx.settings.nop_interval_secs;
     let config = SessionConfig {
         params,
@@ -182,10 +162,17 @@ async fn run(
     );
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (grant_tx, grant_rx) = mpsc::unbounded_channel();
+    let stats = ctx
+        .metrics
+        .connection(target.as_ref().map_or("", |t| t.name.as_str()));
+    let mut details = SessionDetails::new(outcome.cid, peer, local, &params);
+    details.counters = Some(Arc::clone(stats.shared()));
+    guard.describe(details);
     let mut session = Connection {
         ctx,
         guard: &guard,
         core,
+        stats,
         target_name: target.map(|t| t.name.clone()),
         out: out_tx,
         running: TaskTracker::new(),
@@ -212,23 +199,10 @@ async fn run(
     result
 }
 
-/// The server's write-buffer memory, in KiB: a fair semaphore, so waiting writes are
-/// served in arrival order.
-struct WriteBuffers(Arc<Semaphore>);
-
-impl WriteBudget for WriteBuffers {
-    type Share = OwnedSemaphorePermit;
-
-    fn try_take(&self, units: u32) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.0).try_acquire_many_owned(units).ok()
-    }
-}
-
-/// A write-buffer share for the write with this tag and ticket.
-struct BudgetGrant {
+/// A command's end, reported to the reader: its tag, and what it adds to the metrics.
+struct Completion {
     itt: u32,
-    ticket: u64,
-    permit: OwnedSemaphorePermit,
+    sample: Option<CommandSample>,
 }
 
 enum Flow {
@@ -241,12 +215,14 @@ struct Connection<'a> {
     ctx: &'a Arc<Service>,
     guard: &'a SessionGuard<'a>,
     core: SessionCore<WriteBuffers>,
+    /// This connection's counters (metrics, commands in flight): the reader writes them.
+    stats: ConnectionStats<'a>,
     /// The session's target (none in discovery): a cold reset ends its sessions.
     target_name: Option<String>,
     out: mpsc::Sender<OutPdu>,
     /// Every command task of the session, so its end can wait for all of them.
     running: TaskTracker,
-    done_tx: mpsc::UnboundedSender<u32>,
+    done_tx: mpsc::UnboundedSender<Completion>,
     /// Write-buffer shares granted to writes that had to wait for one.
     grant_tx: mpsc::UnboundedSender<BudgetGrant>,
 }
@@ -255,7 +231,7 @@ impl Connection<'_> {
     async fn full_feature(
         &mut self,
         reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
-        mut done_rx: mpsc::UnboundedReceiver<u32>,
+        mut done_rx: mpsc::UnboundedReceiver<Completion>,
         mut grant_rx: mpsc::UnboundedReceiver<BudgetGrant>,
     ) -> Result<(), FrameError> {
         // Made once, not per PDU: each of these registers with a waiter list or the timer
@@ -284,7 +260,12 @@ impl Connection<'_> {
                     self.core.handle_logout_request(Instant::now().into_std(), self.guard.logout.grace());
                     timer.as_mut().reset(self.deadline()); // the logout's may be nearest
                 }
-                Some(itt) = done_rx.recv() => self.core.handle_completion(itt),
+                Some(done) = done_rx.recv() => {
+                    self.core.handle_completion(done.itt);
+                    if let Some(sample) = &done.sample {
+                        self.stats.record_sample(sample);
+                    }
+                }
                 Some(grant) = grant_rx.recv() => {
                     self.core.handle_budget(grant.itt, grant.ticket, grant.permit);
                 }
@@ -310,7 +291,9 @@ impl Connection<'_> {
                     timer.as_mut().reset(self.deadline());
                 }
             }
-            if let Flow::Close = self.drive().await {
+            let flow = self.drive().await;
+            self.stats.set_in_flight(self.core.tasks());
+            if let Flow::Close = flow {
                 return Ok(());
             }
         }
@@ -339,12 +322,23 @@ impl Connection<'_> {
                     units,
                     ticket,
                     withdrawn,
-                } => self.wait_for_budget(itt, units, ticket, withdrawn),
+                } => {
+                    let (budget, grants) = (&self.ctx.write_budget, &self.grant_tx);
+                    wait_for_budget(budget, grants, itt, units, ticket, withdrawn);
+                }
                 Work::TaskManagement {
                     response,
                     wait,
                     end_target_sessions,
-                } => self.report_task_management(response, wait, end_target_sessions),
+                    function,
+                } => {
+                    if let Reply::TaskMgmt(r) = &response {
+                        let target = self.target_name.as_deref().unwrap_or_default();
+                        let metrics = &self.ctx.metrics;
+                        metrics.count_task_management(target, function, r.response);
+                    }
+                    self.report_task_management(response, wait, end_target_sessions);
+                }
                 Work::Logout { response } => {
                     self.wait_for_commands().await;
                     self.send(response).await;
@@ -370,6 +364,12 @@ impl Connection<'_> {
         let out = self.out.clone();
         let window = self.core.window().clone();
         let done = self.done_tx.clone();
+        // Accounted per LUN and class (metrics): the latency runs from here to the outcome.
+        let measured = match &run {
+            Run::Scsi { request, .. } => Some((request.lun, CommandClass::of(&request.cdb))),
+            Run::Fail(_) => None,
+        };
+        let started = std::time::Instant::now();
         let command = Box::pin(
             async move {
                 // Fires however this future ends, so nobody waits on it forever.
@@ -389,8 +389,15 @@ impl Connection<'_> {
                 };
                 drop(budget);
                 window.complete();
+                let sample = measured
+                    .zip(ended.as_ref().ok())
+                    .map(|((lun, class), outcome)| {
+                        let nanos = started.elapsed().as_nanos() as u64;
+                        CommandSample::new(lun, class, outcome, for_reply.expected_length, nanos)
+                    });
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
-                let _ = done.send(for_reply.itt);
+                let itt = for_reply.itt;
+                let _ = done.send(Completion { itt, sample });
                 let outcome = match ended {
                     Ok(outcome) => outcome,
                     Err(Aborted::Silently) => return,
@@ -413,25 +420,6 @@ impl Connection<'_> {
         if first.is_pending() {
             self.running.spawn(command);
         }
-    }
-
-    /// Waits, off the reader, for `units` KiB of the server's write-buffer memory and hands
-    /// the share to the reader. If the write or its connection ends first, the wait ends
-    /// with it.
-    fn wait_for_budget(&self, itt: u32, units: u32, ticket: u64, withdrawn: CancellationToken) {
-        let budget = Arc::clone(&self.ctx.write_budget);
-        let grants = self.grant_tx.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                permit = budget.acquire_many_owned(units) => {
-                    if let Ok(permit) = permit {
-                        let _ = grants.send(BudgetGrant { itt, ticket, permit });
-                    }
-                }
-                _ = withdrawn.cancelled() => {}
-                _ = grants.closed() => {}
-            }
-        });
     }
 
     /// Sends a task management response once the aborted tasks have really finished

@@ -129,6 +129,11 @@ impl LoginMachine {
         }
     }
 
+    /// The target the login named and found, once it has (for the metrics' login counts).
+    pub fn target_name(&self) -> Option<&str> {
+        self.target.as_ref().map(|t| t.name.as_str())
+    }
+
     /// Sets the authentication settings (default: no discovery CHAP, every algorithm).
     pub fn with_access(mut self, access: LoginAccess) -> Self {
         self.access = access;

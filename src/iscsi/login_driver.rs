@@ -14,9 +14,10 @@ use tracing::info;
 
 use super::Service;
 use super::limits::{OverLimit, REFUSE_DELAY};
+use super::login::SessionType;
 use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget};
 use super::session::{AdmitError, SessionGuard, SessionKey};
-use super::session_core::opcode_name;
+use super::session_core::{TargetCatalog, opcode_name};
 use super::status;
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{self, LoginRequest, PduCodec, Reply, Request, SeqNums};
@@ -90,6 +91,7 @@ async fn login_phase<'a>(
             // Held briefly: open-iscsi retries class-3 refusals at once (see limits.rs).
             tokio::time::sleep(REFUSE_DELAY).await;
             info!(status = "0x0302", "login refused: {over}");
+            ctx.metrics.count_login("", status::OUT_OF_RESOURCES.0);
             let r = login::failure_response(&req, status::OUT_OF_RESOURCES);
             send_login(wr, r, &mut stat_sn, &req, ctx).await?;
             return Ok(None);
@@ -101,6 +103,7 @@ async fn login_phase<'a>(
             } else {
                 status::SESSION_DOES_NOT_EXIST
             };
+            ctx.metrics.count_login("", status.0);
             send_login(
                 wr,
                 login::failure_response(&req, status),
@@ -125,6 +128,8 @@ async fn login_phase<'a>(
                     ),
                     "login refused: {why}"
                 );
+                let target = machine.target_name().unwrap_or_default();
+                ctx.metrics.count_login(target, response.status_class);
                 if (response.status_class, response.status_detail) == status::AUTHENTICATION_FAILED
                 {
                     // Slows down online guessing of CHAP secrets; class 2 is not retried by
@@ -138,11 +143,7 @@ async fn login_phase<'a>(
                 let key = SessionKey {
                     initiator: outcome.initiator_name.clone(),
                     isid: outcome.isid,
-                    target: outcome
-                        .target
-                        .as_ref()
-                        .map(|t| t.name.clone())
-                        .unwrap_or_default(),
+                    target: target_of(&outcome),
                 };
                 let max = ctx.limits.max_sessions_per_initiator as usize;
                 let guard = match ctx.sessions.admit_limited(key, max).await {
@@ -162,12 +163,15 @@ async fn login_phase<'a>(
                             status = format!("0x{:02x}{:02x}", status.0, status.1),
                             "login refused: {e}"
                         );
+                        let target = machine.target_name().unwrap_or_default();
+                        ctx.metrics.count_login(target, status.0);
                         let r = login::failure_response(&req, status);
                         send_login(wr, r, &mut stat_sn, &req, ctx).await?;
                         return Ok(None);
                     }
                 };
                 response.tsih = guard.tsih;
+                ctx.metrics.count_login(&target_of(&outcome), 0);
                 send_login(wr, response, &mut stat_sn, &req, ctx).await?;
                 return Ok(Some(LoggedIn {
                     outcome: *outcome,
@@ -201,4 +205,42 @@ async fn send_login(
         queue.push(p);
     }
     wr.write_all_buf(&mut queue).await
+}
+
+/// The target a completed login is to (empty for discovery), as the metrics name it.
+fn target_of(outcome: &LoginOutcome) -> String {
+    outcome
+        .target
+        .as_ref()
+        .map(|t| t.name.clone())
+        .unwrap_or_default()
+}
+
+/// The targets a session's SendTargets reports (RFC 7143 §6.3.1): in discovery, every target
+/// this initiator may use (looked up at each request, so targets come and go); in a normal
+/// session only its own.
+pub(super) fn session_catalog(
+    ctx: &Arc<Service>,
+    session_type: SessionType,
+    initiator: &str,
+    own: Option<(String, u16)>,
+) -> Box<dyn TargetCatalog> {
+    match session_type {
+        SessionType::Discovery => {
+            let (ctx, initiator) = (ctx.clone(), initiator.to_owned());
+            Box::new(move |which: &str| {
+                let targets = match which {
+                    "All" => ctx.targets.list(),
+                    name => ctx.targets.get(name).into_iter().collect(),
+                };
+                let visible = targets
+                    .into_iter()
+                    .filter(|t| t.allowed.permits(&initiator));
+                visible
+                    .map(|t| (t.name.clone(), t.portal_group_tag))
+                    .collect()
+            })
+        }
+        SessionType::Normal => Box::new(move |_: &str| own.iter().cloned().collect()),
+    }
 }

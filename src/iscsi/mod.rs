@@ -9,6 +9,8 @@ pub mod connection;
 pub mod limits;
 pub mod login;
 mod login_driver;
+pub mod metrics;
+pub mod metrics_export;
 pub mod name;
 pub mod params;
 pub mod response;
@@ -18,6 +20,7 @@ pub mod settings;
 pub mod status;
 pub mod text_exchange;
 pub mod window;
+mod write_buffers;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -47,6 +50,28 @@ pub struct Target {
     pub chap: Option<Arc<ChapPolicy>>,
     /// Initiators that may see and use it.
     pub allowed: Arc<AllowList>,
+}
+
+#[cfg(test)]
+impl Target {
+    /// A target for unit tests: LUN 0 on 1 MiB of memory, open to every initiator.
+    pub(crate) fn for_test(name: &str, block_size: u32, read_only: bool) -> Target {
+        let device = TargetDevice::new(name);
+        device.add_lun(Arc::new(crate::scsi::LogicalUnit::new(
+            crate::scsi::LuIdentity::derived(name, 0),
+            block_size,
+            Some(Arc::new(crate::storage::MemoryBackend::new(1 << 20))),
+            read_only,
+        )));
+        Target {
+            name: name.into(),
+            alias: None,
+            portal_group_tag: 1,
+            device: Arc::new(device),
+            chap: None,
+            allowed: Arc::new(AllowList::new(Vec::<String>::new())),
+        }
+    }
 }
 
 /// The targets this server presents. Logins look targets up here at login time, so targets
@@ -97,6 +122,10 @@ pub struct Service {
     pub shutdown: CancellationToken,
     /// Write data being collected, over all connections, in KiB (`write_buffer_mib`).
     pub write_budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The counters behind the Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// When the service was made (the server's uptime).
+    pub started: std::time::Instant,
 }
 
 impl Service {
@@ -111,6 +140,8 @@ impl Service {
             limits: Limits::default(),
             connections: ConnectionCounter::default(),
             shutdown: CancellationToken::new(),
+            metrics: metrics::Metrics::default(),
+            started: std::time::Instant::now(),
         }
     }
 }

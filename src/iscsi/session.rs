@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::ConnectionCounters;
+use super::params::Negotiated;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     pub initiator: String,
@@ -27,6 +30,8 @@ struct Entry {
     cancel: CancellationToken,
     /// Cancelled by the session's guard when it has ended.
     gone: CancellationToken,
+    /// Set by the connection once its full feature phase begins.
+    details: Option<SessionDetails>,
     /// The address the initiator reached this session on (its portal), once known.
     portal: Option<SocketAddr>,
     logout: Arc<LogoutSignal>,
@@ -59,6 +64,41 @@ impl LogoutSignal {
     }
 }
 
+/// What the session's connection tells the registry about itself, for status reports.
+#[derive(Clone, Debug)]
+pub struct SessionDetails {
+    pub connection: ConnectionInfo,
+    /// Negotiated for the session (RFC 7143 §13.13-13.15, §13.10, §13.11).
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    /// The connection's counters (commands in flight), written by its own thread only.
+    pub counters: Option<Arc<ConnectionCounters>>,
+}
+
+impl SessionDetails {
+    /// The details of a connection that negotiated `params`.
+    pub fn new(cid: u16, peer: SocketAddr, local: SocketAddr, params: &Negotiated) -> Self {
+        SessionDetails {
+            connection: ConnectionInfo {
+                cid,
+                peer,
+                local,
+                header_digest: params.header_digest,
+                data_digest: params.data_digest,
+                initiator_max_recv_data_segment_length: params.initiator_max_recv,
+                target_max_recv_data_segment_length: params.target_max_recv,
+            },
+            max_burst_length: params.max_burst,
+            first_burst_length: params.first_burst,
+            immediate_data: params.immediate_data,
+            initial_r2t: params.initial_r2t,
+            counters: None,
+        }
+    }
+}
+
 /// Which sessions [`SessionRegistry::request_logout`] reaches: those matching every field
 /// given (none given: every session).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -85,6 +125,41 @@ impl SessionFilter {
             && self.tsih.is_none_or(|t| t == entry.tsih)
             && self.portal.is_none_or(|p| entry.portal == Some(p))
     }
+}
+
+/// One connection of a session, as negotiated at its login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub cid: u16,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// CRC32C header and data digests (RFC 7143 §13.1).
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// The initiator's MaxRecvDataSegmentLength: the most keel puts in one PDU (§13.12).
+    pub initiator_max_recv_data_segment_length: u32,
+    /// keel's: the most the initiator may put in one PDU.
+    pub target_max_recv_data_segment_length: u32,
+}
+
+/// One registered session, for status reports and `session list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub initiator: String,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    /// Empty for a discovery session.
+    pub target: String,
+    /// Empty until the login's connection has entered its full feature phase.
+    pub connections: Vec<ConnectionInfo>,
+    /// Negotiated MaxBurstLength, FirstBurstLength, ImmediateData and InitialR2T (0 and
+    /// false before the connection has reported them).
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    /// Commands the session has received and not yet finished.
+    pub commands_in_flight: u64,
 }
 
 #[derive(Debug, Default)]
@@ -114,13 +189,23 @@ impl SessionGuard<'_> {
     /// Records the address the initiator reached this session on (a filter of
     /// [`SessionRegistry::request_logout`]).
     pub fn set_portal(&self, portal: SocketAddr) {
+        self.update(|entry| entry.portal = Some(portal));
+    }
+
+    /// Records what the session's connection negotiated, for [`SessionRegistry::list`].
+    pub fn describe(&self, details: SessionDetails) {
+        self.update(|entry| entry.details = Some(details));
+    }
+
+    /// Changes this session's entry (if a reinstatement has not replaced it already).
+    fn update(&self, change: impl FnOnce(&mut Entry)) {
         let mut inner = self.registry.lock();
         if let Some(entry) = inner
             .sessions
             .get_mut(&self.key)
             .filter(|e| e.tsih == self.tsih)
         {
-            entry.portal = Some(portal);
+            change(entry);
         }
     }
 }
@@ -221,6 +306,7 @@ impl SessionRegistry {
                 tsih,
                 cancel: cancel.clone(),
                 gone: gone.clone(),
+                details: None,
                 portal: None,
                 logout: logout.clone(),
             },
@@ -277,6 +363,36 @@ impl SessionRegistry {
 
     pub fn count(&self) -> usize {
         self.lock().sessions.len()
+    }
+
+    /// Every registered session, ordered by target, initiator and ISID.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut sessions: Vec<SessionInfo> = self
+            .lock()
+            .sessions
+            .iter()
+            .map(|(key, entry)| {
+                let details = entry.details.as_ref();
+                SessionInfo {
+                    initiator: key.initiator.clone(),
+                    isid: key.isid,
+                    tsih: entry.tsih,
+                    target: key.target.clone(),
+                    connections: details.map(|d| d.connection.clone()).into_iter().collect(),
+                    max_burst_length: details.map_or(0, |d| d.max_burst_length),
+                    first_burst_length: details.map_or(0, |d| d.first_burst_length),
+                    immediate_data: details.is_some_and(|d| d.immediate_data),
+                    initial_r2t: details.is_some_and(|d| d.initial_r2t),
+                    commands_in_flight: details
+                        .and_then(|d| d.counters.as_ref())
+                        .map_or(0, |c| c.in_flight()),
+                }
+            })
+            .collect();
+        sessions.sort_by(|a, b| {
+            (&a.target, &a.initiator, a.isid).cmp(&(&b.target, &b.initiator, b.isid))
+        });
+        sessions
     }
 }
 
@@ -354,6 +470,31 @@ mod tests {
         // A second request keeps the first grace.
         assert_eq!(reg.request_logout(&SessionFilter::default(), grace), 2);
         assert_eq!(a.logout.grace(), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn list_shows_what_the_connection_negotiated() {
+        let reg = SessionRegistry::default();
+        let a = reg.admit(key(1)).await.unwrap();
+        let _b = reg.admit(key(2)).await.unwrap();
+        let settings = crate::iscsi::Settings::default();
+        let mut params = Negotiated::defaults(&settings);
+        params.data_digest = true;
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:3260".parse().unwrap();
+        a.describe(SessionDetails::new(7, peer, local, &params));
+        let list = reg.list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].tsih, a.tsih);
+        assert_eq!(list[0].isid, [1, 0, 0, 0, 0, 1]);
+        assert_eq!(list[0].target, "iqn.t");
+        let conn = &list[0].connections[0];
+        assert_eq!((conn.cid, conn.peer, conn.local), (7, peer, local));
+        assert!(conn.data_digest && !conn.header_digest);
+        assert_eq!(list[0].max_burst_length, params.max_burst);
+        assert_eq!(list[0].first_burst_length, params.first_burst);
+        // Admitted, not yet in its full feature phase: no connection yet.
+        assert!(list[1].connections.is_empty());
     }
 
     #[tokio::test]

@@ -8,7 +8,8 @@
 //! # The contract
 //!
 //! - **Getters** ([`SessionCore::window`], [`SessionCore::is_closing`], ...) only look. The
-//!   driver needs only `window`; the others serve the tests and the fuzz target.
+//!   driver needs `window` and `tasks` (for the status report); the others serve the tests
+//!   and the fuzz target.
 //! - **`handle_*`** take what happened: a PDU read ([`SessionCore::handle_pdu`]), a command
 //!   that has run ([`SessionCore::handle_completion`]), a write-buffer share granted
 //!   ([`SessionCore::handle_budget`]), time passing ([`SessionCore::handle_timeout`]).
@@ -207,6 +208,8 @@ pub enum Work<S> {
         response: Reply,
         wait: Vec<CancellationToken>,
         end_target_sessions: bool,
+        /// The function's code (§11.5.1), for the metrics.
+        function: u8,
     },
     /// The session logs out: wait for every command that is running, send `response`,
     /// close (§11.14: everything in flight completes before the session goes).
@@ -377,8 +380,8 @@ impl<B: WriteBudget> SessionCore<B> {
         self.closing
     }
 
-    /// Tasks in the table: collecting data or running.
-    #[cfg(test)]
+    /// Tasks in the table: collecting data or running (the status report's commands in
+    /// flight).
     pub fn tasks(&self) -> usize {
         self.tasks.len()
     }
@@ -1111,6 +1114,7 @@ impl<B: WriteBudget> SessionCore<B> {
             }),
             wait,
             end_target_sessions: p.function == tmf_code::TARGET_COLD_RESET,
+            function: p.function,
         });
     }
 

@@ -335,6 +335,7 @@ impl Pair {
                     response,
                     wait,
                     end_target_sessions,
+                    ..
                 }) => self.tmf.push((response, wait, end_target_sessions)),
                 Some(Work::Logout { response }) => {
                     self.logout = Some(response);

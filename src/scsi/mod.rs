@@ -14,6 +14,7 @@
 //! Everything is private; what other layers use is re-exported below.
 
 mod cdb;
+mod command_class;
 mod commands;
 mod opcodes;
 mod ordering;
@@ -33,6 +34,7 @@ use bytes::Bytes;
 use crate::payload::FileSlice;
 
 pub use cdb::{decode_lun, encode_lun};
+pub use command_class::CommandClass;
 pub use sense::{Sense, SenseKey};
 pub use target::TargetDevice;
 pub use tmf::{Tmf, TmfOutcome, TmfResponse};

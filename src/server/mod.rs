@@ -16,7 +16,9 @@ pub mod apply;
 pub mod build;
 pub mod control;
 pub mod logging;
+pub mod metrics_http;
 pub mod notify;
+pub mod status;
 mod threads;
 use apply::{Acceptor, Running};
 use control::Control;
@@ -44,6 +46,9 @@ impl Server {
         let (running, report) = Running::start(config).await?;
         if !report.failed.is_empty() {
             bail!("{}", report.failed.join("\n"));
+        }
+        if let Some(listen) = config.metrics_listen {
+            metrics_http::serve(listen, running.service().clone()).await?;
         }
         Ok(Server { running })
     }

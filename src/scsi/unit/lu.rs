@@ -386,6 +386,12 @@ impl LogicalUnit {
             .map_or(0, |b| b.size_bytes() / u64::from(self.block_size))
     }
 
+    /// The medium's description (its path, for a file or device), if a backend is attached:
+    /// for status reports.
+    pub fn describe_medium(&self) -> Option<String> {
+        self.state().backend.as_ref().map(|b| b.describe())
+    }
+
     /// Whether writes are refused: configured read-only, the backend is, or software write
     /// protect (control mode page SWP) is set.
     pub fn is_read_only(&self) -> bool {

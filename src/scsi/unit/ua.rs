@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::scsi::Nexus;
 use crate::scsi::sense::Sense;
@@ -19,6 +20,9 @@ const MAX_QUEUED: usize = 16;
 #[derive(Debug, Default)]
 pub struct UnitAttentions {
     queues: Mutex<HashMap<Nexus, VecDeque<Sense>>>,
+    /// Conditions established so far, one per nexus reached (for the metrics). Counted
+    /// under the queues' lock, on the rare paths that establish one.
+    raised: AtomicU64,
 }
 
 impl UnitAttentions {
@@ -56,6 +60,7 @@ impl UnitAttentions {
         let mut queues = self.lock();
         let queue = queues.entry(nexus.clone()).or_default();
         push(queue, sense);
+        self.raised.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Establishes `sense` for every nexus the unit knows, except `except`. Nexuses not yet
@@ -65,6 +70,7 @@ impl UnitAttentions {
         for (nexus, queue) in queues.iter_mut() {
             if Some(nexus) != except {
                 push(queue, sense.clone());
+                self.raised.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -72,6 +78,12 @@ impl UnitAttentions {
     /// Forgets `nexus`: a later command from it is treated as coming from a new nexus.
     pub fn forget(&self, nexus: &Nexus) {
         self.lock().remove(nexus);
+    }
+
+    /// How many conditions have been established (each nexus reached counts once); the
+    /// implicit power-on condition of a nexus's first contact is not counted.
+    pub fn raised(&self) -> u64 {
+        self.raised.load(Ordering::Relaxed)
     }
 
     /// The nexuses this unit has seen.
@@ -131,6 +143,8 @@ mod tests {
         uas.take(&a);
         uas.take(&b);
         uas.establish_all(&Sense::reported_luns_changed(), Some(&a));
+        // One condition, established for one nexus (b): the exception and c are not reached.
+        assert_eq!(uas.raised(), 1);
         assert_eq!(uas.take(&a), None);
         assert_eq!(uas.take(&b), Some(Sense::reported_luns_changed()));
         assert_eq!(uas.take(&c), Some(Sense::power_on_reset()));
