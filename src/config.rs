@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod auth;
+mod control;
 mod validator;
 
 use crate::iscsi::Settings;
@@ -20,6 +21,7 @@ use crate::iscsi::name::check_iscsi_name;
 use crate::storage::IoEngine;
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
+pub use control::{ControlGroup, ControlSettings, DEFAULT_CONTROL_SOCKET, resolve_group};
 pub use validator::ConfigError;
 use validator::{Validator, line_of};
 
@@ -75,6 +77,8 @@ struct RawServer {
     discovery_chap: Option<Vec<RawCredential>>,
     discovery_mutual_chap: Option<RawCredential>,
     io_engine: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
+    control_group: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +128,8 @@ pub struct Config {
     /// The storage engine for file and block-device LUNs.
     pub io_engine: IoEngine,
     pub targets: Vec<TargetConfig>,
+    /// The control socket (`admin::socket`).
+    pub control: ControlSettings,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
 }
@@ -262,6 +268,7 @@ impl Validator<'_> {
                 }
             },
         };
+        let control = self.control(&s.control_socket, &s.control_group);
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();
         for t in raw.targets {
@@ -314,6 +321,7 @@ impl Validator<'_> {
             access,
             io_engine,
             targets,
+            control,
             warnings: Vec::new(),
         }
     }
@@ -545,10 +553,16 @@ pub const MAX_PHYSICAL_BLOCK_SIZE: u32 = 64 * 1024;
 
 /// Parses `"1GiB"`, `"256M"`, `"4096"` or a bare integer; units are binary (K = 1024).
 fn parse_size(value: &SizeValue) -> Result<u64, String> {
-    let text = match value {
-        SizeValue::Bytes(b) => return Ok(*b),
-        SizeValue::Text(t) => t.trim(),
-    };
+    match value {
+        SizeValue::Bytes(b) => Ok(*b),
+        SizeValue::Text(t) => parse_size_text(t),
+    }
+}
+
+/// Parses a size written as text: `"1GiB"`, `"256M"`, `"4096"`; units are binary (K = 1024).
+/// The control protocol accepts sizes in the same form.
+pub fn parse_size_text(text: &str) -> Result<u64, String> {
+    let text = text.trim();
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
