@@ -6,5 +6,6 @@
 //! server's control loop owns the configuration store and carries the call out.
 
 pub mod protocol;
+pub mod socket;
 
 pub use protocol::{Call, CallError, Command, ErrorCode, LogoutFilter};
