@@ -84,11 +84,18 @@ impl Client {
     pub fn call(&mut self, command: &Command) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.writer.write_all(&encode_request(Some(id), command))?;
+        let sent = self.writer.write_all(&encode_request(Some(id), command));
+        // A peer keel refuses (forbidden, busy) gets one error line and is closed, maybe
+        // before the request is written: read that line before reporting the failed write.
         let mut line = Vec::new();
-        (&mut self.reader)
+        let read = (&mut self.reader)
             .take(MAX_REPLY)
-            .read_until(b'\n', &mut line)?;
+            .read_until(b'\n', &mut line);
+        match (sent, read) {
+            (Err(e), _) if line.is_empty() => return Err(e.into()),
+            (_, Err(e)) if line.is_empty() => return Err(e.into()),
+            _ => {}
+        }
         if line.last() != Some(&b'\n') {
             return Err(ClientError::Protocol(if line.is_empty() {
                 "keel closed the connection without a reply".into()
