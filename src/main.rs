@@ -2,10 +2,10 @@
 //! its control socket (`status`, `reload`, `target`, `lun`, `session`: thin clients of
 //! `admin::client`, one request each).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use keel::admin::client::{self, ClientError};
 use keel::admin::{self, ErrorCode, LogoutFilter};
 use keel::config;
@@ -156,15 +156,38 @@ struct LogoutArgs {
     portal: Option<std::net::SocketAddr>,
 }
 
+// `keel generate`: the man pages or a shell's completions, from the CLI definition (the
+// package build runs it on the built binary, so both follow every subcommand added). Parsed
+// apart from `Cli` so that neither documents this packaging tool itself.
+#[derive(Parser)]
+#[command(
+    name = "keel generate",
+    about = "Write keel's man pages or shell completions (for packaging)"
+)]
+struct Generate {
+    #[command(subcommand)]
+    what: Generated,
+}
+
+#[derive(Subcommand)]
+enum Generated {
+    /// keel.8 and keel-SUBCOMMAND.8 for every visible subcommand, into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, on stdout.
+    Completions { shell: clap_complete::Shell },
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    keel::server::logging::init();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        return match generate(Generate::parse_from(std::env::args_os().skip(1)).what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keel generate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let socket = cli
         .socket
@@ -367,6 +390,33 @@ fn control(socket: &std::path::Path, command: admin::Command, json: bool) -> Exi
 fn usage(why: &str) -> ExitCode {
     eprintln!("keel: {why}");
     ExitCode::from(2)
+}
+
+fn generate(what: Generated) -> std::io::Result<()> {
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    match what {
+        Generated::Man { dir } => {
+            cli.build();
+            std::fs::create_dir_all(&dir)?;
+            write_man_pages(cli, &dir)
+        }
+        Generated::Completions { shell } => {
+            clap_complete::generate(shell, &mut cli, "keel", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Section 8: keel is a daemon and its administration tool, run by root.
+fn write_man_pages(command: clap::Command, dir: &Path) -> std::io::Result<()> {
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub.clone(), dir)?;
+    }
+    clap_mangen::Man::new(command)
+        .section("8")
+        .manual("System Administration")
+        .generate_to(dir)
+        .map(drop)
 }
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {

@@ -114,6 +114,9 @@ impl ControlListener {
         {
             create_dir(dir, group)?;
         }
+        if let (Some(gid), Some(dir)) = (group, path.parent()) {
+            warn_if_group_cannot_search(dir, gid);
+        }
         replace_stale(&path).await?;
         let listener = UnixListener::bind(&path)
             .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
@@ -235,6 +238,22 @@ fn create_dir(dir: &Path, group: Option<u32>) -> Result<()> {
             .with_context(|| format!("cannot give {} its group", dir.display()))?;
     }
     Ok(())
+}
+
+/// An existing directory keel did not create keeps its owner and mode (it may be /run, or
+/// systemd's RuntimeDirectory, root:root 0750): say so when the group cannot pass it.
+fn warn_if_group_cannot_search(dir: &Path, gid: u32) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    let group_may = meta.gid() == gid && mode & 0o010 != 0;
+    if !group_may && mode & 0o001 == 0 {
+        warn!(
+            "members of control_group (gid {gid}) cannot reach the control socket: its directory              {} is neither theirs to search nor open to others (give it the group, or mode g+x)",
+            dir.display()
+        );
+    }
 }
 
 /// Removes a socket file nobody answers on; refuses to touch a live socket or another file.

@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::iscsi::{Service, connection};
 
 pub mod build;
+pub mod logging;
+pub mod notify;
 mod threads;
 use build::StorageEnv;
 use threads::ConnectionThreads;
@@ -75,6 +77,7 @@ impl Server {
                 .context("cannot start the connection threads")?,
         );
         let tracker = TaskTracker::new();
+        let portals = self.local_addrs();
         for listener in self.listeners {
             let ctx = self.ctx.clone();
             let connections = tracker.clone();
@@ -104,7 +107,9 @@ impl Server {
                 }
             });
         }
+        notify::ready(&portals);
         shutdown.await;
+        notify::stopping();
         info!("shutting down: no new connections; finishing in-flight commands");
         self.ctx.shutdown.cancel();
         tracker.close();
