@@ -886,6 +886,19 @@ mod tests {
     }
 
     #[test]
+    fn a_long_decimal_survives_parse_encode_parse() {
+        // Found by the control_request fuzz target: without serde_json's float_roundtrip, a
+        // decimal with many digits parsed to an f64 one ulp away from the one its shortest
+        // form reads back as.
+        let line = br#"{"v":1,"cmd":"lun.add","target":"d","lun":{"lun":1,"x":105.57222222222222222222222222222222222222226}}"#;
+        let (id, command) = parse_request(line).unwrap();
+        assert_eq!(
+            parse_request(&encode_request(id, &command)),
+            Ok((id, command))
+        );
+    }
+
+    #[test]
     fn an_unknown_command_name_is_shown_shortened() {
         let long = format!(r#"{{"v":1,"cmd":"{}"}}"#, "x".repeat(10_000));
         let (_, _, message) = code(&long);
