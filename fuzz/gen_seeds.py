@@ -474,7 +474,32 @@ def session_seeds():
          pdu(nop_out(0x13, 0)), b"\x80")
 
 
+def control_seeds():
+    # Input: one request line of the control protocol (see fuzz_targets/control_request.rs).
+    lines = {
+        "status": b'{"v":1,"id":1,"cmd":"status"}\n',
+        "reload": b'{"v":1,"cmd":"reload"}',
+        "target-add": b'{"v":1,"id":2,"cmd":"target.add","target":{"name":"' + TARGET.encode()
+        + b'","alias":"a","allowed_initiators":["' + OPEN_ISCSI_INITIATOR.encode()
+        + b'"],"chap":[{"user":"u","secret":"0123456789ab"}],'
+        b'"lun":[{"lun":0,"file":"a.img","size":"1GiB","read_only":false}]}}\n',
+        "target-remove": b'{"v":1,"id":3,"cmd":"target.remove","name":"' + TARGET.encode() + b'"}',
+        "lun-add": b'{"v":1,"cmd":"lun.add","target":"t","lun":{"lun":1,"file":"b.img","size":1048576,"block_size":4096}}',
+        "lun-remove": b'{"v":1,"cmd":"lun.remove","target":"t","lun":1}',
+        "lun-resize": b'{"v":1,"id":18446744073709551615,"cmd":"lun.resize","target":"t","lun":0,"size":"2GiB"}',
+        "session-list": b'{"v":1,"cmd":"session.list","target":"t"}',
+        "session-logout": b'{"v":1,"cmd":"session.logout","initiator":"' + OPEN_ISCSI_INITIATOR.encode()
+        + b'","tsih":7,"portal":"[::1]:3260"}',
+        "bad-version": b'{"v":2,"id":4,"cmd":"status"}',
+        "duplicate-key": b'{"v":1,"cmd":"status","cmd":"reload"}',
+        "nested": b'{"v":1,"cmd":"target.add","target":{"a":[[[{"b":[1.5e300,-0.0,null]}]]]}}',
+    }
+    for name, line in lines.items():
+        write("control_request", name, line)
+
+
 def main():
+    control_seeds()
     framing_seeds()
     text_seeds()
     login_seeds()

@@ -17,6 +17,7 @@ start_keel() {
 [server]
 portals = ["127.0.0.1:$PORT"]
 data_dir = "$WORK"
+control_socket = "$WORK/keel.sock"
 ${2:-}
 
 [[target]]

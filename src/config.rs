@@ -22,6 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod auth;
+mod control;
 pub mod diff;
 mod files;
 pub mod store;
@@ -32,6 +33,7 @@ use crate::iscsi::name::check_iscsi_name;
 use crate::storage::IoEngine;
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
+pub use control::{ControlGroup, ControlSettings, DEFAULT_CONTROL_SOCKET, resolve_group};
 pub use diff::{ConfigDiff, TargetDiff};
 use files::FileCounts;
 pub use files::Origin;
@@ -96,6 +98,8 @@ struct RawServer {
     /// A directory of files holding more `[[target]]` tables.
     include: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
+    control_group: Option<Spanned<String>>,
 }
 
 /// An included file: `[[target]]` tables only.
@@ -159,6 +163,8 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Where the Prometheus metrics are served over HTTP (`GET /metrics`); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The control socket (`admin::socket`).
+    pub control: ControlSettings,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
 }
@@ -417,6 +423,7 @@ impl Config {
             include: None,
             targets: Vec::new(),
             metrics_listen: None,
+            control: ControlSettings::default(),
             warnings: Vec::new(),
         }
     }
@@ -563,6 +570,7 @@ impl Validator<'_> {
                 }
             },
         };
+        let control = self.control(&s.control_socket, &s.control_group);
         let metrics_listen = match &server.metrics_listen {
             Some(v) if !v.get_ref().is_empty() => match v.get_ref().parse::<SocketAddr>() {
                 Ok(addr) => Some(addr),
@@ -587,6 +595,7 @@ impl Validator<'_> {
             include: None,
             targets: Vec::new(),
             metrics_listen,
+            control,
             warnings: Vec::new(),
         }
     }
@@ -873,10 +882,16 @@ pub const MAX_PHYSICAL_BLOCK_SIZE: u32 = 64 * 1024;
 
 /// Parses `"1GiB"`, `"256M"`, `"4096"` or a bare integer; units are binary (K = 1024).
 fn parse_size(value: &SizeValue) -> Result<u64, String> {
-    let text = match value {
-        SizeValue::Bytes(b) => return Ok(*b),
-        SizeValue::Text(t) => t.trim(),
-    };
+    match value {
+        SizeValue::Bytes(b) => Ok(*b),
+        SizeValue::Text(t) => parse_size_text(t),
+    }
+}
+
+/// Parses a size written as text: `"1GiB"`, `"256M"`, `"4096"`; units are binary (K = 1024).
+/// The control protocol accepts sizes in the same form.
+pub fn parse_size_text(text: &str) -> Result<u64, String> {
+    let text = text.trim();
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());

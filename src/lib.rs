@@ -2,7 +2,8 @@
 //!
 //! Layers, top to bottom; each imports only the layers below it (`interop/check-imports`
 //! checks this and that there are no import cycles): [`server`] turns a configuration into
-//! running objects and serves; [`config`] decodes `targets.toml` into the lower layers' own
+//! running objects and serves; [`admin`] (beside config) is the control socket's protocol,
+//! socket and client; [`config`] decodes `targets.toml` into the lower layers' own
 //! settings types (such as [`iscsi::Settings`]); [`iscsi`] speaks the protocol over TCP using
 //! the pure codec in [`wire`]; [`scsi`] emulates logical units on top of [`storage`] backends.
 

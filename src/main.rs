@@ -1,16 +1,24 @@
-//! The `keel` command: serve targets, or check a configuration.
+//! The `keel` command: serve targets, check a configuration, or drive a running keel through
+//! its control socket (`status`, `reload`, `target`, `lun`, `session`: thin clients of
+//! `admin::client`, one request each).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory as _, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use keel::admin::client::{self, ClientError};
+use keel::admin::{self, ErrorCode, LogoutFilter};
 use keel::config;
 use keel::server::Server;
 use keel::server::control::{ConfigSource, Control};
+use serde_json::{Map, Value};
 
 #[derive(Parser)]
 #[command(name = "keel", version, about = "A userspace iSCSI target")]
 struct Cli {
+    /// The control socket of the running keel [env: KEEL_SOCKET; default: /run/keel/keel.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +37,124 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show targets, LUNs, sessions and totals of the running keel.
+    Status {
+        /// Print the raw JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the configuration and apply the difference (like SIGHUP); prints the located
+    /// errors and changes nothing when it does not validate.
+    Reload {
+        /// Print the raw JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove a target (persisted in the configuration).
+    #[command(subcommand)]
+    Target(TargetCommand),
+    /// Add, remove or grow a LUN of a target (persisted in the configuration).
+    #[command(subcommand)]
+    Lun(LunCommand),
+    /// List sessions, or ask some to log out.
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+#[derive(Subcommand)]
+enum TargetCommand {
+    /// Add a target: `keel target add iqn.2026-11.io.keel:db --lun 0:file=db.img,size=10GiB`.
+    Add {
+        /// The target's iSCSI name.
+        name: Option<String>,
+        #[arg(long)]
+        alias: Option<String>,
+        /// An initiator name or `*` pattern admitted (repeat for more; none: everyone).
+        #[arg(long = "allow", value_name = "INITIATOR")]
+        allowed_initiators: Vec<String>,
+        #[arg(long)]
+        portal_group_tag: Option<u16>,
+        /// A LUN, `N:key=value,...` with the keys of [[target.lun]], e.g.
+        /// `0:file=a.img,size=1GiB,read_only` (repeat for more).
+        #[arg(long = "lun", value_name = "SPEC")]
+        luns: Vec<String>,
+        /// The whole [[target]] table as JSON (CHAP and the rest); the other flags add to it.
+        #[arg(long = "json", value_name = "SPEC")]
+        spec: Option<String>,
+        /// Print the raw JSON result.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Remove a target: its sessions are asked to log out; its files are kept.
+    Remove {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LunCommand {
+    /// Add a LUN: `keel lun add iqn.2026-11.io.keel:db --lun 1:file=logs.img,size=1GiB`.
+    Add {
+        target: String,
+        /// The LUN, `N:key=value,...` with the keys of [[target.lun]].
+        #[arg(long = "lun", value_name = "SPEC", required_unless_present = "spec")]
+        lun: Option<String>,
+        /// The [[target.lun]] table as JSON; --lun adds to it.
+        #[arg(long = "json", value_name = "SPEC")]
+        spec: Option<String>,
+        /// Print the raw JSON result.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Remove a LUN (its file is kept).
+    Remove {
+        target: String,
+        lun: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grow a LUN: SIZE in bytes or with a unit (`20GiB`). Never shrinks.
+    Resize {
+        target: String,
+        lun: u64,
+        size: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// List sessions (of one target with --target).
+    List {
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the sessions matching every filter given to log out (RFC 7143 §11.9.1 event 1).
+    Logout {
+        #[command(flatten)]
+        filter: LogoutArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = true)]
+struct LogoutArgs {
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long)]
+    initiator: Option<String>,
+    #[arg(long)]
+    tsih: Option<u16>,
+    /// keel's local address the session came in on (`10.0.0.1:3260`).
+    #[arg(long)]
+    portal: Option<std::net::SocketAddr>,
 }
 
 // `keel generate`: the man pages or a shell's completions, from the CLI definition (the
@@ -64,6 +190,10 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .or_else(|| std::env::var_os("KEEL_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONTROL_SOCKET));
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
@@ -127,7 +257,144 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { json } => control(&socket, admin::Command::Status, json),
+        Command::Reload { json } => control(&socket, admin::Command::Reload, json),
+        Command::Target(TargetCommand::Add {
+            name,
+            alias,
+            allowed_initiators,
+            portal_group_tag,
+            luns,
+            spec,
+            raw,
+        }) => {
+            let target = (|| -> Result<Map<String, Value>, String> {
+                let mut t = match &spec {
+                    Some(text) => client::json_object(text)?,
+                    None => Map::new(),
+                };
+                if let Some(name) = name {
+                    t.insert("name".into(), name.into());
+                }
+                if !t.contains_key("name") {
+                    return Err("give the target's name (or \"name\" in --json)".into());
+                }
+                if let Some(alias) = alias {
+                    t.insert("alias".into(), alias.into());
+                }
+                if !allowed_initiators.is_empty() {
+                    t.insert("allowed_initiators".into(), allowed_initiators.into());
+                }
+                if let Some(tag) = portal_group_tag {
+                    t.insert("portal_group_tag".into(), tag.into());
+                }
+                if !luns.is_empty() {
+                    let mut list = match t.remove("lun") {
+                        Some(Value::Array(list)) => list,
+                        Some(_) => return Err("\"lun\" in --json must be a list".into()),
+                        None => Vec::new(),
+                    };
+                    for l in &luns {
+                        list.push(Value::Object(client::lun_spec(l)?));
+                    }
+                    t.insert("lun".into(), Value::Array(list));
+                }
+                Ok(t)
+            })();
+            match target {
+                Ok(target) => control(&socket, admin::Command::TargetAdd { target }, raw),
+                Err(why) => usage(&why),
+            }
+        }
+        Command::Target(TargetCommand::Remove { name, json }) => {
+            control(&socket, admin::Command::TargetRemove { name }, json)
+        }
+        Command::Lun(LunCommand::Add {
+            target,
+            lun,
+            spec,
+            raw,
+        }) => {
+            let parsed = (|| -> Result<Map<String, Value>, String> {
+                let mut l = match &spec {
+                    Some(text) => client::json_object(text)?,
+                    None => Map::new(),
+                };
+                if let Some(line) = &lun {
+                    l.extend(client::lun_spec(line)?);
+                }
+                Ok(l)
+            })();
+            match parsed {
+                Ok(lun) => control(&socket, admin::Command::LunAdd { target, lun }, raw),
+                Err(why) => usage(&why),
+            }
+        }
+        Command::Lun(LunCommand::Remove { target, lun, json }) => {
+            control(&socket, admin::Command::LunRemove { target, lun }, json)
+        }
+        Command::Lun(LunCommand::Resize {
+            target,
+            lun,
+            size,
+            json,
+        }) => match config::parse_size_text(&size) {
+            Ok(size) => control(
+                &socket,
+                admin::Command::LunResize { target, lun, size },
+                json,
+            ),
+            Err(why) => usage(&why),
+        },
+        Command::Session(SessionCommand::List { target, json }) => {
+            control(&socket, admin::Command::SessionList { target }, json)
+        }
+        Command::Session(SessionCommand::Logout { filter, json }) => {
+            let filter = LogoutFilter {
+                target: filter.target,
+                initiator: filter.initiator,
+                tsih: filter.tsih,
+                portal: filter.portal,
+            };
+            control(&socket, admin::Command::SessionLogout(filter), json)
+        }
     }
+}
+
+/// One request to the running keel; prints the result (raw JSON with `json`), or the error
+/// and a failure status.
+fn control(socket: &std::path::Path, command: admin::Command, json: bool) -> ExitCode {
+    match client::call(socket, &command) {
+        Ok(result) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string())
+                );
+            } else {
+                print!("{}", client::render(&command, &result));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Call(e)) if e.code == ErrorCode::Invalid => {
+            // The message is the located errors, one `file:line: message` per line.
+            eprintln!(
+                "keel: {} refused: the configuration is invalid:",
+                command.name()
+            );
+            eprintln!("{}", e.message);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("keel: {}: {e}", command.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("keel: {why}");
+    ExitCode::from(2)
 }
 
 fn generate(what: Generated) -> std::io::Result<()> {

@@ -28,7 +28,7 @@ struct Running {
 /// keel in this process with one removable 1 MiB LUN in `dir`.
 async fn start_in(dir: &Path) -> Running {
     let text = format!(
-        "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
+        "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{0}\"\ncontrol_socket = \"{0}/keel.sock\"\n\
          [[target]]\nname = \"{TARGET}\"\n\
          [[target.lun]]\nlun = 0\nfile = \"media.img\"\nsize = \"1MiB\"\nremovable = true\n",
         dir.display()

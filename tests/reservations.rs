@@ -20,7 +20,7 @@ async fn start_in(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let text = format!(
-        "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
+        "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{0}\"\ncontrol_socket = \"{0}/keel.sock\"\n\
          [[target]]\nname = \"{TARGET}\"\n\
          [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"1MiB\"\n",
         dir.display()

@@ -276,7 +276,7 @@ fn size_change(old: &LunConfig, new: &LunConfig) -> SizeChange {
 /// - `data_dir`: reservations and atomic-write journals live there. (LUN files given by
 ///   relative paths move with it; those show as LUN changes.)
 /// - `io_engine`: every backend is opened with it.
-/// - `metrics_listen`: the metrics endpoint is bound once, at startup.
+/// - `metrics_listen` and `control` (the control socket): bound once, at startup.
 /// - the iSCSI settings (`queue_depth`, burst lengths, timers, ...): the service offers them
 ///   in every login; sessions keep what they negotiated anyway.
 /// - `chap_algorithms`, `discovery_chap`, and the limits (`max_connections`, ...): part of
@@ -303,7 +303,7 @@ fn restart_settings(old: &Config, new: &Config) -> Vec<String> {
         Config,
         old,
         new,
-        restart: [data_dir, io_engine, metrics_listen],
+        restart: [data_dir, io_engine, metrics_listen, control],
         // Live, or (`iscsi`, `access`) sorted key by key below, as the file names them.
         others: [portals, include, targets, warnings, iscsi, access]
     );

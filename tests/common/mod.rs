@@ -62,7 +62,7 @@ impl Keel {
         target_extra: &str,
     ) -> Keel {
         let text = format!(
-            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n{server_extra}\n\
+            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{0}\"\ncontrol_socket = \"{0}/keel.sock\"\n{server_extra}\n\
              [[target]]\nname = \"{TARGET}\"\nalias = \"disk0\"\n{target_extra}\n\
              [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n",
             dir.path().display()
@@ -74,7 +74,7 @@ impl Keel {
     /// `disk0.img` of `size` (created if missing); `lun_extra` adds keys to the LUN.
     pub async fn start_in(dir: tempfile::TempDir, size: &str, lun_extra: &str) -> Keel {
         let text = format!(
-            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
+            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{0}\"\ncontrol_socket = \"{0}/keel.sock\"\n\
              [[target]]\nname = \"{TARGET}\"\n\
              [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n{lun_extra}\n",
             dir.path().display()
@@ -159,7 +159,7 @@ impl KeelProcess {
         std::fs::write(
             &config,
             format!(
-                "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n{server_extra}\n\
+                "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{0}\"\ncontrol_socket = \"{0}/keel.sock\"\n{server_extra}\n\
                  [[target]]\nname = \"{TARGET}\"\n\
                  [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"{size}\"\n",
                 dir.path().display()
