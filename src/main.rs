@@ -10,7 +10,7 @@ use keel::admin::client::{self, ClientError};
 use keel::admin::{self, ErrorCode, LogoutFilter};
 use keel::config;
 use keel::server::Server;
-use keel::server::control::{ConfigSource, Control};
+use keel::server::control::Control;
 use serde_json::{Map, Value};
 
 #[derive(Parser)]
@@ -217,16 +217,16 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             let loaded = match &config {
-                Some(path) => config::load(path),
+                Some(path) => config::Store::load(path),
                 None => {
                     eprintln!(
                         "keel: no --config given; serving the embedded default (see `keel serve --help`)"
                     );
-                    config::parse(config::EMBEDDED_DEFAULT, "embedded default")
+                    config::Store::embedded()
                 }
             };
-            let loaded_config = match loaded {
-                Ok(c) => c,
+            let store = match loaded {
+                Ok(store) => store,
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::FAILURE;
@@ -245,11 +245,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let source = match config {
-                Some(path) => ConfigSource::File(path),
-                None => ConfigSource::Embedded,
-            };
-            match runtime.block_on(serve(loaded_config, source)) {
+            match runtime.block_on(serve(store)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("keel: {e:#}");
@@ -424,10 +420,13 @@ fn write_man_pages(command: clap::Command, dir: &Path) -> std::io::Result<()> {
         .map(drop)
 }
 
-async fn serve(config: config::Config, source: ConfigSource) -> anyhow::Result<()> {
-    let server = Server::bind(&config).await?;
-    // SIGHUP reloads the configuration.
-    let control = Control::new(source, config).with_hangup()?;
+async fn serve(store: config::Store) -> anyhow::Result<()> {
+    let server = Server::bind(store.config()).await?;
+    // The control socket is bound before READY=1: `keel status` works once systemd says
+    // keel is up.
+    let socket = admin::socket::ControlListener::bind(&store.config().control).await?;
+    // SIGHUP and the control socket's calls change the configuration, one at a time.
+    let control = Control::new(store).with_hangup()?.with_socket(socket);
     server
         .run_controlled(Some(control), shutdown_signal())
         .await

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::protocol::{CallError, Command, encode_request, parse_reply};
+use super::status::{StatusReport, render_human};
 
 /// Longest reply read (a status of thousands of targets fits many times over).
 const MAX_REPLY: u64 = 256 * 1024 * 1024;
@@ -195,13 +196,18 @@ pub fn render(command: &Command, result: &Value) -> String {
     }
 }
 
-/// `keel status` in human form. Hook for helper OBSERVE: `admin::status::StatusReport` and its
-/// rendering replace this (deserialize `result` into it and render that); until then the
-/// report is shown as indented JSON.
+/// `keel status` in human form: the report read back into [`StatusReport`] and rendered; a
+/// result that is not one (another keel version) is shown as indented JSON instead.
 fn render_status(result: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(result).unwrap_or_else(|_| result.to_string());
-    text.push('\n');
-    text
+    match serde_json::from_value::<StatusReport>(result.clone()) {
+        Ok(report) => render_human(&report),
+        Err(_) => {
+            let mut text =
+                serde_json::to_string_pretty(result).unwrap_or_else(|_| result.to_string());
+            text.push('\n');
+            text
+        }
+    }
 }
 
 /// Objects as `key: value` lines, lists as `- item` lines, nested by indentation.

@@ -108,12 +108,7 @@ impl Running {
     /// only if the storage engine cannot be set up; what failed to apply is in the report.
     pub async fn start(config: &Config) -> anyhow::Result<(Running, ApplyReport)> {
         let mut running = Running::new(build::service(config), StorageEnv::new(config)?);
-        let empty = Config {
-            portals: Vec::new(),
-            targets: Vec::new(),
-            ..config.clone()
-        };
-        let report = running.apply(&diff(&empty, config)).await;
+        let report = running.apply(&diff(&config.only_settings(), config)).await;
         Ok((running, report))
     }
 
@@ -121,6 +116,11 @@ impl Running {
     pub fn with_logout_grace(mut self, grace: Duration) -> Running {
         self.logout_grace = grace;
         self
+    }
+
+    /// How long sessions asked to log out have before they are closed.
+    pub fn logout_grace(&self) -> Duration {
+        self.logout_grace
     }
 
     pub fn service(&self) -> &Arc<Service> {

@@ -1,63 +1,61 @@
-//! The one writer of the configuration: every change to what keel serves — a reload on
-//! SIGHUP now, the control socket's calls later — goes through [`Control`], one at a time,
-//! on the server's task. It owns the desired configuration, computes the difference a
-//! change makes, and applies it to the [`Running`] state. Being the only writer, and
-//! serializing the changes, is how no update is lost to another.
+//! The one writer of the configuration: every change to what keel serves — a control
+//! socket call (`keel target add`, `keel reload`, ...) or SIGHUP — goes through [`Control`],
+//! one at a time, on the server's task. It owns the configuration [`Store`] (the desired
+//! state and its files), asks it for the difference a change makes, and applies that to the
+//! [`Running`] state. Being the only writer, and serializing the changes, is how no update
+//! is lost to another.
 //!
 //! A reload reads the whole configuration again and validates it before anything changes:
 //! a broken file changes nothing and logs every located error. A valid one becomes the
 //! desired configuration even when part of applying it fails (ctld's rule): the failures
-//! are reported and logged, and the next reload starts from what was asked for.
+//! are reported and logged, and the next reload starts from what was asked for. A single
+//! change (one target or LUN) reads and writes only the file that declares it.
 
-use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use serde_json::{Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use super::apply::{ApplyReport, Running};
-use super::notify;
-use crate::config::diff::diff;
-use crate::config::{self, Config, ConfigErrors};
+use super::{notify, status};
+use crate::admin::protocol::to_toml_table;
+use crate::admin::socket::ControlListener;
+use crate::admin::{Call, CallError, Command, ErrorCode, LogoutFilter};
+use crate::config::{ConfigDiff, ConfigErrors, ErrorKind, Store};
+use crate::iscsi::session::SessionFilter;
 
-/// Where the configuration comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConfigSource {
-    File(PathBuf),
-    /// [`config::EMBEDDED_DEFAULT`]: a reload finds nothing changed.
-    Embedded,
-}
-
-impl ConfigSource {
-    /// Reads and validates the whole configuration (file I/O: call it off the runtime).
-    pub fn load(&self) -> Result<Config, ConfigErrors> {
-        match self {
-            ConfigSource::File(path) => config::load(path),
-            ConfigSource::Embedded => config::parse(config::EMBEDDED_DEFAULT, "embedded default"),
-        }
-    }
-}
+/// Calls the control socket may have waiting for the writer before it answers `busy`.
+const QUEUED_CALLS: usize = 64;
 
 /// The configuration's single writer (see the module documentation).
 pub struct Control {
-    source: ConfigSource,
-    /// What the running state was last asked to be.
-    desired: Config,
+    /// The desired configuration and its files. Behind a mutex only so that its file I/O can
+    /// run on the blocking pool; this task is its only user.
+    store: Arc<Mutex<Store>>,
     /// SIGHUP, when this process reloads on it.
     hangups: Option<Signal>,
+    /// The control socket, until [`Control::serve_one`] first runs and starts serving it.
+    listener: Option<ControlListener>,
+    /// Calls from the control socket.
+    calls: Option<mpsc::Receiver<Call>>,
 }
 
 /// Something that asks for a change.
 enum Event {
     Hangup,
+    Call(Call),
 }
 
 impl Control {
-    /// The writer of a server started from `desired`, read from `source`.
-    pub fn new(source: ConfigSource, desired: Config) -> Control {
+    /// The writer of a server started from `store`'s configuration.
+    pub fn new(store: Store) -> Control {
         Control {
-            source,
-            desired,
+            store: Arc::new(Mutex::new(store)),
             hangups: None,
+            listener: None,
+            calls: None,
         }
     }
 
@@ -67,25 +65,192 @@ impl Control {
         Ok(self)
     }
 
+    /// Serves the control socket bound by `listener` (none: the socket is turned off).
+    pub fn with_socket(mut self, listener: Option<ControlListener>) -> Control {
+        self.listener = listener;
+        self
+    }
+
     /// Waits for the next request for a change; never resolves when nothing can ask.
     async fn next(&mut self) -> Event {
-        match &mut self.hangups {
-            Some(hangups) => match hangups.recv().await {
-                Some(()) => Event::Hangup,
+        let hangup = async {
+            match &mut self.hangups {
+                Some(hangups) => match hangups.recv().await {
+                    Some(()) => Event::Hangup,
+                    None => std::future::pending().await,
+                },
                 None => std::future::pending().await,
-            },
-            None => std::future::pending().await,
+            }
+        };
+        let call = async {
+            match &mut self.calls {
+                Some(calls) => match calls.recv().await {
+                    Some(call) => Event::Call(call),
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = hangup => event,
+            event = call => event,
         }
     }
 
-    /// Waits for the next request and carries it out on `running`.
+    /// Waits for the next request and carries it out on `running`. The first call starts
+    /// serving the control socket, whose calls then arrive here.
     pub(super) async fn serve_one(&mut self, running: &mut Running) {
+        if let Some(listener) = self.listener.take() {
+            let (tx, rx) = mpsc::channel(QUEUED_CALLS);
+            self.calls = Some(rx);
+            info!(socket = %listener.path().display(), "control socket serving");
+            tokio::spawn(listener.serve(tx, running.service().shutdown.clone()));
+        }
         match self.next().await {
             Event::Hangup => {
                 info!("SIGHUP: reloading the configuration");
                 let _ = self.reload(running).await;
             }
+            Event::Call(call) => {
+                let name = call.command.name();
+                let result = self.carry_out(call.command, running).await;
+                if let Err(e) = &result {
+                    info!(
+                        command = name,
+                        code = e.code.as_str(),
+                        "control call refused: {}",
+                        e.message
+                    );
+                }
+                // The caller may have gone; the change stands either way.
+                let _ = call.reply.send(result);
+            }
         }
+    }
+
+    /// One control socket command.
+    async fn carry_out(
+        &mut self,
+        command: Command,
+        running: &mut Running,
+    ) -> Result<Value, CallError> {
+        match command {
+            Command::Status => to_json(&status::report(running)),
+            Command::Reload => match self.reload(running).await {
+                Ok(report) => to_json(&report),
+                Err(errors) => Err(refusal(&errors)),
+            },
+            Command::TargetAdd { target } => {
+                let spec = to_toml_table(&target)?;
+                self.change(running, move |store| store.add_target(&spec))
+                    .await
+            }
+            Command::TargetRemove { name } => {
+                self.change(running, move |store| store.remove_target(&name))
+                    .await
+            }
+            Command::LunAdd { target, lun } => {
+                let spec = to_toml_table(&lun)?;
+                self.change(running, move |store| store.add_lun(&target, &spec))
+                    .await
+            }
+            Command::LunRemove { target, lun } => {
+                self.change(running, move |store| store.remove_lun(&target, lun))
+                    .await
+            }
+            Command::LunResize { target, lun, size } => {
+                self.change(running, move |store| store.resize_lun(&target, lun, size))
+                    .await
+            }
+            Command::SessionList { target } => {
+                let report = status::report(running);
+                let mut sessions = Vec::new();
+                for t in report.targets {
+                    if target.as_ref().is_some_and(|name| *name != t.name) {
+                        continue;
+                    }
+                    for session in t.sessions {
+                        let mut entry = to_json(&session)?;
+                        if let Value::Object(map) = &mut entry {
+                            map.insert("target".into(), Value::String(t.name.clone()));
+                        }
+                        sessions.push(entry);
+                    }
+                }
+                Ok(json!({ "sessions": sessions }))
+            }
+            Command::SessionLogout(filter) => {
+                let LogoutFilter {
+                    target,
+                    initiator,
+                    tsih,
+                    portal,
+                } = filter;
+                let filter = SessionFilter {
+                    target,
+                    initiator,
+                    tsih,
+                    portal,
+                };
+                let asked = running
+                    .service()
+                    .sessions
+                    .request_logout(&filter, running.logout_grace());
+                info!(
+                    sessions = asked,
+                    ?filter,
+                    "control: sessions asked to log out"
+                );
+                Ok(json!({ "sessions": asked }))
+            }
+        }
+    }
+
+    /// Runs one Store change on the blocking pool (it reads and writes a file) and applies
+    /// the difference it returns. A change whose application partly failed stays in the
+    /// configuration (as a reload's would) and is reported as `failed`, with what failed.
+    async fn change(
+        &mut self,
+        running: &mut Running,
+        edit: impl FnOnce(&mut Store) -> Result<ConfigDiff, ConfigErrors> + Send + 'static,
+    ) -> Result<Value, CallError> {
+        let diff = self.with_store(edit).await.map_err(|e| refusal(&e))?;
+        // The applier logs what it did and what failed.
+        let report = running.apply(&diff).await;
+        if report.failed.is_empty() {
+            to_json(&report)
+        } else {
+            Err(CallError::new(
+                ErrorCode::Failed,
+                format!(
+                    "saved in the configuration, but not all of it could be applied (fix it \
+                     and run keel reload, or undo the change):\n{}",
+                    report.failed.join("\n")
+                ),
+            ))
+        }
+    }
+
+    /// Runs `work` on the store, off the runtime's worker threads.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> Result<T, ConfigErrors> + Send + 'static,
+    ) -> Result<T, ConfigErrors> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            // Only this task uses the store, so a poisoned lock means a panic in a previous
+            // change, which never leaves a half-written file (writes are atomic renames).
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            work(&mut store)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors::one(
+                ErrorKind::Io,
+                "configuration",
+                format!("the configuration task failed: {e}"),
+            ))
+        })
     }
 
     /// Reads the configuration again; if it is valid, applies the difference from the
@@ -103,25 +268,13 @@ impl Control {
         &mut self,
         running: &mut Running,
     ) -> Result<ApplyReport, ConfigErrors> {
-        let source = self.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || source.load())
-            .await
-            .unwrap_or_else(|e| {
-                Err(ConfigErrors::one(
-                    config::ErrorKind::Io,
-                    "reload",
-                    format!("the configuration reader failed: {e}"),
-                ))
-            });
-        let loaded = match loaded {
-            Ok(loaded) => loaded,
+        let changes = match self.with_store(Store::reload).await {
+            Ok(changes) => changes,
             Err(errors) => {
                 error!("reload refused, nothing changed:\n{errors}");
                 return Err(errors);
             }
         };
-        let changes = diff(&self.desired, &loaded);
-        self.desired = loaded;
         if changes.is_empty() {
             info!("reload: nothing changed");
             return Ok(ApplyReport::default());
@@ -134,6 +287,23 @@ impl Control {
         );
         Ok(report)
     }
+}
+
+/// The control protocol's error for a refused change: the kind picks the code, the message
+/// holds every located error.
+fn refusal(errors: &ConfigErrors) -> CallError {
+    let code = match errors.kind {
+        ErrorKind::Invalid => ErrorCode::Invalid,
+        ErrorKind::NotFound => ErrorCode::NotFound,
+        ErrorKind::Conflict => ErrorCode::Conflict,
+        ErrorKind::Io => ErrorCode::Failed,
+    };
+    CallError::new(code, errors.to_string())
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<Value, CallError> {
+    serde_json::to_value(value)
+        .map_err(|e| CallError::new(ErrorCode::Failed, format!("cannot encode the result: {e}")))
 }
 
 #[cfg(test)]
@@ -157,15 +327,18 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    fn start_store(path: &std::path::Path) -> Store {
+        Store::load(path).unwrap()
+    }
+
     #[tokio::test]
     async fn a_reload_applies_the_difference_and_a_broken_file_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keel.toml");
         write(&path, dir.path(), &[A]);
-        let source = ConfigSource::File(path.clone());
-        let first = source.load().unwrap();
-        let (mut running, _) = Running::start(&first).await.unwrap();
-        let mut control = Control::new(source, first);
+        let store = start_store(&path);
+        let (mut running, _) = Running::start(store.config()).await.unwrap();
+        let mut control = Control::new(store);
 
         // Nothing changed: nothing done.
         let report = control.reload(&mut running).await.unwrap();
@@ -194,5 +367,116 @@ mod tests {
             "{report:?}"
         );
         assert!(running.service().targets.get(B).is_none());
+    }
+
+    #[tokio::test]
+    async fn socket_commands_change_the_file_and_the_running_state_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        write(&path, dir.path(), &[A]);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text = text.replacen("[server]\n", "[server]\ninclude = \"targets.d\"\n", 1);
+        std::fs::write(&path, text).unwrap();
+        let store = start_store(&path);
+        let (mut running, _) = Running::start(store.config()).await.unwrap();
+        let mut control = Control::new(store);
+        let spec = |v: Value| match v {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+
+        // target.add: saved in targets.d and served.
+        let added = control
+            .carry_out(
+                Command::TargetAdd {
+                    target: spec(
+                        json!({"name": B, "lun": [{"lun": 0, "file": "b.img", "size": "1MiB"}]}),
+                    ),
+                },
+                &mut running,
+            )
+            .await
+            .unwrap();
+        assert!(added["done"][0].as_str().unwrap().contains(B), "{added}");
+        assert!(running.service().targets.get(B).is_some());
+        assert!(
+            dir.path()
+                .join("targets.d")
+                .join(format!("{B}.toml"))
+                .exists()
+        );
+
+        // The same again: a conflict, nothing changes.
+        let again = control
+            .carry_out(
+                Command::TargetAdd {
+                    target: spec(json!({"name": B, "lun": [{"lun": 0, "file": "b.img"}]})),
+                },
+                &mut running,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(again.code, ErrorCode::Conflict, "{}", again.message);
+
+        // An invalid LUN: refused with the reason, the target keeps one LUN.
+        let bad = control
+            .carry_out(
+                Command::LunAdd {
+                    target: B.into(),
+                    lun: spec(json!({"lun": 1, "file": "b1.img", "block_size": 1000})),
+                },
+                &mut running,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code, ErrorCode::Invalid, "{}", bad.message);
+        assert!(bad.message.contains("block_size"), "{}", bad.message);
+        let device = running.service().targets.get(B).unwrap().device.clone();
+        assert_eq!(device.luns().len(), 1);
+
+        // lun.resize grows the medium.
+        control
+            .carry_out(
+                Command::LunResize {
+                    target: B.into(),
+                    lun: 0,
+                    size: 2 << 20,
+                },
+                &mut running,
+            )
+            .await
+            .unwrap();
+        assert_eq!(device.lun(0).unwrap().capacity_blocks(), (2 << 20) / 512);
+
+        // status and session.list answer from the running state.
+        let status = control
+            .carry_out(Command::Status, &mut running)
+            .await
+            .unwrap();
+        assert_eq!(status["targets"].as_array().unwrap().len(), 2, "{status}");
+        let sessions = control
+            .carry_out(Command::SessionList { target: None }, &mut running)
+            .await
+            .unwrap();
+        assert_eq!(sessions, json!({"sessions": []}));
+
+        // target.remove: gone from the registry and the directory; its file is kept.
+        control
+            .carry_out(Command::TargetRemove { name: B.into() }, &mut running)
+            .await
+            .unwrap();
+        assert!(running.service().targets.get(B).is_none());
+        assert!(
+            !dir.path()
+                .join("targets.d")
+                .join(format!("{B}.toml"))
+                .exists()
+        );
+        assert!(dir.path().join("b.img").exists());
+        let missing = control
+            .carry_out(Command::TargetRemove { name: B.into() }, &mut running)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code, ErrorCode::NotFound, "{}", missing.message);
     }
 }
