@@ -43,7 +43,8 @@ fn start(dir: &Path, journal: bool) -> (Running, UnixDatagram) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
+            "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{0}\"\n\
+             control_socket = \"{0}/keel.sock\"\n\
              [[target]]\nname = \"iqn.2026-11.org.example:notify\"\n\
              [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"16MiB\"\n",
             dir.display()
