@@ -27,7 +27,7 @@ use super::Service;
 use super::limits::OverLimit;
 use super::login_driver::{LoggedIn, login, session_catalog};
 use super::metrics::{CommandSample, ConnectionStats};
-use super::response::reply_pdus;
+use super::response::{data_in_sent, reply_pdus};
 use super::session::{SessionDetails, SessionGuard};
 use super::session_core::{
     Execution, Run, ScsiPort, SessionConfig, SessionCore, Work, reject, reject_reply,
@@ -366,7 +366,11 @@ impl Connection<'_> {
         let done = self.done_tx.clone();
         // Accounted per LUN and class (metrics): the latency runs from here to the outcome.
         let measured = match &run {
-            Run::Scsi { request, .. } => Some((request.lun, CommandClass::of(&request.cdb))),
+            Run::Scsi { request, .. } => Some((
+                request.lun,
+                CommandClass::of(&request.cdb),
+                request.data_out.len(),
+            )),
             Run::Fail(_) => None,
         };
         let started = std::time::Instant::now();
@@ -389,12 +393,14 @@ impl Connection<'_> {
                 };
                 drop(budget);
                 window.complete();
-                let sample = measured
-                    .zip(ended.as_ref().ok())
-                    .map(|((lun, class), outcome)| {
-                        let nanos = started.elapsed().as_nanos() as u64;
-                        CommandSample::new(lun, class, outcome, for_reply.expected_length, nanos)
-                    });
+                let sample =
+                    measured
+                        .zip(ended.as_ref().ok())
+                        .map(|((lun, class, received), outcome)| {
+                            let nanos = started.elapsed().as_nanos() as u64;
+                            let sent = data_in_sent(&for_reply, outcome);
+                            CommandSample::new(lun, class, outcome, sent, received, nanos)
+                        });
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
                 let itt = for_reply.itt;
                 let _ = done.send(Completion { itt, sample });

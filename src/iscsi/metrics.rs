@@ -69,20 +69,21 @@ pub struct CommandSample {
 }
 
 impl CommandSample {
-    /// The sample of a command of `class` that ended with `outcome`; `expected_in` is the
-    /// initiator's expected transfer length (read data beyond it is never sent).
+    /// The sample of a command of `class` that ended with `outcome`, having sent
+    /// `data_in_sent` bytes of read data and received `data_out_received` bytes of write data
+    /// (at most its expected transfer length).
     pub fn new(
         lun: u64,
         class: CommandClass,
         outcome: &ScsiResponse,
-        expected_in: u32,
+        data_in_sent: usize,
+        data_out_received: usize,
         nanos: u64,
     ) -> CommandSample {
         let good = outcome.status == ScsiStatus::Good;
         let bytes = match class {
-            CommandClass::Read if good => outcome.data_in_len().min(expected_in as usize) as u64,
-            // What the CDB transferred (SBC-4 TRANSFER LENGTH in bytes), all of it written.
-            CommandClass::Write if good => u64::from(outcome.data_out_used),
+            CommandClass::Read if good => data_in_sent as u64,
+            CommandClass::Write if good => written_bytes(outcome, data_out_received),
             _ => 0,
         };
         CommandSample {
@@ -92,6 +93,15 @@ impl CommandSample {
             nanos,
         }
     }
+}
+
+/// What a good medium write wrote: the whole blocks of its data received, at most what its
+/// CDB's TRANSFER LENGTH asked for (SBC-4 §5.40; FCP-4 §9.4.2 for data short of it).
+fn written_bytes(outcome: &ScsiResponse, data_out_received: usize) -> u64 {
+    let block_size = u64::from(outcome.block_size);
+    let received = data_out_received as u64;
+    let whole_blocks = received.checked_div(block_size).unwrap_or(0) * block_size;
+    u64::from(outcome.data_out_used).min(whole_blocks)
 }
 
 /// One command class's counters in one [`LunCounters`] block.
@@ -452,24 +462,44 @@ mod tests {
     fn a_sample_counts_medium_bytes_of_good_reads_and_writes_only() {
         let mut write = ScsiResponse::status(ScsiStatus::Good);
         write.data_out_used = 65_536;
+        write.block_size = 512;
         assert_eq!(
-            CommandSample::new(0, CommandClass::Write, &write, 0, 1).bytes,
+            CommandSample::new(0, CommandClass::Write, &write, 0, 65_536, 1).bytes,
             65_536
         );
         let read = ScsiResponse::good(bytes::Bytes::from(vec![0u8; 4096]));
         assert_eq!(
-            CommandSample::new(0, CommandClass::Read, &read, 1024, 1).bytes,
+            CommandSample::new(0, CommandClass::Read, &read, 1024, 0, 1).bytes,
             1024
         );
         assert_eq!(
-            CommandSample::new(0, CommandClass::Other, &read, 4096, 1).bytes,
+            CommandSample::new(0, CommandClass::Other, &read, 4096, 0, 1).bytes,
             0
         );
         let mut failed = ScsiResponse::status(ScsiStatus::CheckCondition);
         failed.data_out_used = 512;
+        failed.block_size = 512;
         assert_eq!(
-            CommandSample::new(0, CommandClass::Write, &failed, 0, 1).bytes,
+            CommandSample::new(0, CommandClass::Write, &failed, 0, 512, 1).bytes,
             0
+        );
+    }
+
+    #[test]
+    fn a_short_write_counts_the_whole_blocks_it_received() {
+        // WRITE(10) of 2 blocks with 1 block and a half of data (EDTL): GOOD, 1 block
+        // written (target.rs, short_write_data_follows_fcp4).
+        let mut short = ScsiResponse::status(ScsiStatus::Good);
+        short.data_out_used = 2 * 4096;
+        short.block_size = 4096;
+        assert_eq!(
+            CommandSample::new(0, CommandClass::Write, &short, 0, 4096 + 2048, 1).bytes,
+            4096
+        );
+        // Data beyond the CDB's transfer length is never written.
+        assert_eq!(
+            CommandSample::new(0, CommandClass::Write, &short, 0, 3 * 4096, 1).bytes,
+            2 * 4096
         );
     }
 
