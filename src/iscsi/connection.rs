@@ -393,14 +393,13 @@ impl Connection<'_> {
                 };
                 drop(budget);
                 window.complete();
-                let sample =
-                    measured
-                        .zip(ended.as_ref().ok())
-                        .map(|((lun, class, received), outcome)| {
-                            let nanos = started.elapsed().as_nanos() as u64;
-                            let sent = data_in_sent(&for_reply, outcome);
-                            CommandSample::new(lun, class, outcome, sent, received, nanos)
-                        });
+                let sample = measured.zip(ended.as_ref().ok()).and_then(
+                    |((lun, class, received), outcome)| {
+                        let nanos = started.elapsed().as_nanos() as u64;
+                        let sent = data_in_sent(&for_reply, outcome);
+                        CommandSample::new(lun, class, outcome, sent, received, nanos)
+                    },
+                );
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
                 let itt = for_reply.itt;
                 let _ = done.send(Completion { itt, sample });
