@@ -19,7 +19,6 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
@@ -27,11 +26,12 @@ use super::Service;
 use super::limits::OverLimit;
 use super::login_driver::{LoggedIn, login, session_catalog};
 use super::metrics::{CommandSample, ConnectionStats};
-use super::response::reply_pdus;
+use super::response::{data_in_sent, reply_pdus};
 use super::session::{SessionDetails, SessionGuard};
 use super::session_core::{
     Execution, Run, ScsiPort, SessionConfig, SessionCore, Work, reject, reject_reply,
 };
+use super::task_report::report_task_management;
 use super::write_buffers::{BudgetGrant, WriteBuffers, wait_for_budget};
 use super::writer::write_loop;
 use crate::scsi::{Aborted, CommandClass, Nexus, ScsiResponse, ScsiStatus};
@@ -177,10 +177,11 @@ async fn run(
         out: out_tx,
         running: TaskTracker::new(),
         done_tx,
+        done_rx,
         grant_tx,
     };
     let result = session
-        .full_feature(&mut reader, done_rx, grant_rx)
+        .full_feature(&mut reader, grant_rx)
         .instrument(span.clone())
         .await;
     session.wait_for_commands().instrument(span.clone()).await;
@@ -223,6 +224,9 @@ struct Connection<'a> {
     /// Every command task of the session, so its end can wait for all of them.
     running: TaskTracker,
     done_tx: mpsc::UnboundedSender<Completion>,
+    /// Completions, read by the full feature loop and by the wait for commands at the end:
+    /// a command that reached the medium is counted however the connection ends.
+    done_rx: mpsc::UnboundedReceiver<Completion>,
     /// Write-buffer shares granted to writes that had to wait for one.
     grant_tx: mpsc::UnboundedSender<BudgetGrant>,
 }
@@ -231,7 +235,6 @@ impl Connection<'_> {
     async fn full_feature(
         &mut self,
         reader: &mut FramedRead<OwnedReadHalf, PduCodec>,
-        mut done_rx: mpsc::UnboundedReceiver<Completion>,
         mut grant_rx: mpsc::UnboundedReceiver<BudgetGrant>,
     ) -> Result<(), FrameError> {
         // Made once, not per PDU: each of these registers with a waiter list or the timer
@@ -260,11 +263,9 @@ impl Connection<'_> {
                     self.core.handle_logout_request(Instant::now().into_std(), self.guard.logout.grace());
                     timer.as_mut().reset(self.deadline()); // the logout's may be nearest
                 }
-                Some(done) = done_rx.recv() => {
+                Some(done) = self.done_rx.recv() => {
                     self.core.handle_completion(done.itt);
-                    if let Some(sample) = &done.sample {
-                        self.stats.record_sample(sample);
-                    }
+                    self.count(&done);
                 }
                 Some(grant) = grant_rx.recv() => {
                     self.core.handle_budget(grant.itt, grant.ticket, grant.permit);
@@ -337,7 +338,9 @@ impl Connection<'_> {
                         let metrics = &self.ctx.metrics;
                         metrics.count_task_management(target, function, r.response);
                     }
-                    self.report_task_management(response, wait, end_target_sessions);
+                    let (out, target_name) = (self.out.clone(), self.target_name.clone());
+                    let ending = end_target_sessions.then_some(target_name).flatten();
+                    report_task_management(self.ctx, out, response, wait, ending);
                 }
                 Work::Logout { response } => {
                     self.wait_for_commands().await;
@@ -366,7 +369,11 @@ impl Connection<'_> {
         let done = self.done_tx.clone();
         // Accounted per LUN and class (metrics): the latency runs from here to the outcome.
         let measured = match &run {
-            Run::Scsi { request, .. } => Some((request.lun, CommandClass::of(&request.cdb))),
+            Run::Scsi { request, .. } => Some((
+                request.lun,
+                CommandClass::of(&request.cdb),
+                request.data_out.len(),
+            )),
             Run::Fail(_) => None,
         };
         let started = std::time::Instant::now();
@@ -389,12 +396,13 @@ impl Connection<'_> {
                 };
                 drop(budget);
                 window.complete();
-                let sample = measured
-                    .zip(ended.as_ref().ok())
-                    .map(|((lun, class), outcome)| {
+                let sample = measured.zip(ended.as_ref().ok()).and_then(
+                    |((lun, class, received), outcome)| {
                         let nanos = started.elapsed().as_nanos() as u64;
-                        CommandSample::new(lun, class, outcome, for_reply.expected_length, nanos)
-                    });
+                        let sent = data_in_sent(&for_reply, outcome);
+                        CommandSample::new(lun, class, outcome, sent, received, nanos)
+                    },
+                );
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
                 let itt = for_reply.itt;
                 let _ = done.send(Completion { itt, sample });
@@ -422,53 +430,38 @@ impl Connection<'_> {
         }
     }
 
-    /// Sends a task management response once the aborted tasks have really finished
-    /// (SAM-5 §7.2): a write acknowledged as aborted must not land afterwards.
-    fn report_task_management(
-        &self,
-        response: Reply,
-        wait: Vec<CancellationToken>,
-        end_target_sessions: bool,
-    ) {
-        let out = self.out.clone();
-        let ctx = self.ctx.clone();
-        let target_name = self.target_name.clone();
-        tokio::spawn(
-            async move {
-                // No time limit: reporting an abort before the task's I/O is over would let a
-                // write land after the initiator was told it never would.
-                for finished in wait {
-                    finished.cancelled().await;
-                }
-                let _ = out.send(response.encode()).await;
-                if let (true, Some(target_name)) = (end_target_sessions, target_name) {
-                    // §11.5.1: a cold reset also ends every session to the target, this one too.
-                    // At once: the response is already queued ahead of the writer's final flush,
-                    // and no command the initiator sends after reading it may still run (it
-                    // would meet the reset's unit attention on a session that is going away).
-                    ctx.sessions.cancel_target(&target_name);
-                }
-            }
-            .in_current_span(),
-        );
+    /// Adds a finished command to this connection's counters.
+    fn count(&mut self, done: &Completion) {
+        if let Some(sample) = &done.sample {
+            self.stats.record_sample(sample);
+        }
     }
 
     /// Waits for every command task of the session to finish (aborted ones too) and drops
     /// writes still collecting data. There is no time limit: until the backend has finished
     /// the old I/O, a replacement session must not start (its writes could be overtaken).
+    /// Their completions are counted meanwhile, and those still queued at the end (the core
+    /// has abandoned the tasks: only the counters learn of them).
     async fn wait_for_commands(&mut self) {
         self.core.abandon_tasks();
         self.running.close();
-        while tokio::time::timeout(DRAIN_REPORT, self.running.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                commands = self.running.len(),
-                "still waiting for commands stuck in the backend"
-            );
+        let report = tokio::time::sleep(DRAIN_REPORT);
+        tokio::pin!(report);
+        loop {
+            tokio::select! {
+                () = self.running.wait() => break,
+                Some(done) = self.done_rx.recv() => self.count(&done),
+                () = &mut report => {
+                    let commands = self.running.len();
+                    warn!(commands, "still waiting for commands stuck in the backend");
+                    report.as_mut().reset(Instant::now() + DRAIN_REPORT);
+                }
+            }
         }
         self.running.reopen();
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.count(&done);
+        }
     }
 
     /// Queues a PDU for the writer; gives up if the session is being torn down meanwhile, so

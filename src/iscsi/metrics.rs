@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::scsi::{CommandClass, ScsiResponse, ScsiStatus};
 
+use super::TargetRegistry;
 use super::session_core::tmf_code;
 
 /// Latency buckets: upper bounds of 2^(k+4) µs for k in 0..20 (16 µs to about 8.4 s),
@@ -69,29 +70,44 @@ pub struct CommandSample {
 }
 
 impl CommandSample {
-    /// The sample of a command of `class` that ended with `outcome`; `expected_in` is the
-    /// initiator's expected transfer length (read data beyond it is never sent).
+    /// The sample of a command of `class` that ended with `outcome`, having sent
+    /// `data_in_sent` bytes of read data and received `data_out_received` bytes of write data
+    /// (at most its expected transfer length). None when the target has no such LUN: the
+    /// initiator picks the LUN, and counting LUNs that do not exist would let it make
+    /// counter blocks and exported series without bound.
     pub fn new(
         lun: u64,
         class: CommandClass,
         outcome: &ScsiResponse,
-        expected_in: u32,
+        data_in_sent: usize,
+        data_out_received: usize,
         nanos: u64,
-    ) -> CommandSample {
+    ) -> Option<CommandSample> {
+        if outcome.block_size == 0 {
+            return None;
+        }
         let good = outcome.status == ScsiStatus::Good;
         let bytes = match class {
-            CommandClass::Read if good => outcome.data_in_len().min(expected_in as usize) as u64,
-            // What the CDB transferred (SBC-4 TRANSFER LENGTH in bytes), all of it written.
-            CommandClass::Write if good => u64::from(outcome.data_out_used),
+            CommandClass::Read if good => data_in_sent as u64,
+            CommandClass::Write if good => written_bytes(outcome, data_out_received),
             _ => 0,
         };
-        CommandSample {
+        Some(CommandSample {
             lun,
             class,
             bytes,
             nanos,
-        }
+        })
     }
+}
+
+/// What a good medium write wrote: the whole blocks of its data received, at most what its
+/// CDB's TRANSFER LENGTH asked for (SBC-4 §5.40; FCP-4 §9.4.2 for data short of it).
+fn written_bytes(outcome: &ScsiResponse, data_out_received: usize) -> u64 {
+    let block_size = u64::from(outcome.block_size);
+    let received = data_out_received as u64;
+    let whole_blocks = received.checked_div(block_size).unwrap_or(0) * block_size;
+    u64::from(outcome.data_out_used).min(whole_blocks)
 }
 
 /// One command class's counters in one [`LunCounters`] block.
@@ -332,13 +348,28 @@ impl Metrics {
         self.lock().tmfs.clone()
     }
 
-    /// Forgets what was counted for targets that no longer exist (`keep` says which do, the
-    /// empty name always stays): a server that adds and removes many targets keeps memory
-    /// bounded. Live connections of a removed target are kept until they end.
-    pub fn forget_targets_except(&self, keep: &BTreeSet<String>) {
+    /// Forgets what was counted for targets and LUNs that no longer exist in `targets`: a
+    /// server that adds and removes many keeps memory (and the exported series) bounded.
+    /// Called when the configuration removes some, and at each scrape.
+    pub fn forget_removed(&self, targets: &TargetRegistry) {
+        let mut names = BTreeSet::new();
+        let mut luns = BTreeSet::new();
+        for target in targets.list() {
+            for lu in target.device.luns() {
+                luns.insert((target.name.clone(), lu.lun()));
+            }
+            names.insert(target.name.clone());
+        }
+        self.forget_all_but(&names, &luns);
+    }
+
+    /// Keeps the counts of the targets `names` (the empty name always stays) and the retired
+    /// totals of the LUNs `luns`. Live connections of a removed target or LUN keep their
+    /// blocks until they end.
+    fn forget_all_but(&self, names: &BTreeSet<String>, luns: &BTreeSet<(String, u64)>) {
         let mut tallies = self.lock();
-        let kept = |target: &String| target.is_empty() || keep.contains(target);
-        tallies.retired.retain(|(target, _), _| kept(target));
+        let kept = |target: &String| target.is_empty() || names.contains(target);
+        tallies.retired.retain(|key, _| luns.contains(key));
         tallies.logins.retain(|(target, _), _| kept(target));
         tallies.tmfs.retain(|(target, _, _), _| kept(target));
     }
@@ -452,25 +483,76 @@ mod tests {
     fn a_sample_counts_medium_bytes_of_good_reads_and_writes_only() {
         let mut write = ScsiResponse::status(ScsiStatus::Good);
         write.data_out_used = 65_536;
+        write.block_size = 512;
         assert_eq!(
-            CommandSample::new(0, CommandClass::Write, &write, 0, 1).bytes,
-            65_536
+            CommandSample::new(0, CommandClass::Write, &write, 0, 65_536, 1).map(|s| s.bytes),
+            Some(65_536)
         );
-        let read = ScsiResponse::good(bytes::Bytes::from(vec![0u8; 4096]));
+        let mut read = ScsiResponse::good(bytes::Bytes::from(vec![0u8; 4096]));
+        read.block_size = 512;
         assert_eq!(
-            CommandSample::new(0, CommandClass::Read, &read, 1024, 1).bytes,
-            1024
+            CommandSample::new(0, CommandClass::Read, &read, 1024, 0, 1).map(|s| s.bytes),
+            Some(1024)
         );
         assert_eq!(
-            CommandSample::new(0, CommandClass::Other, &read, 4096, 1).bytes,
-            0
+            CommandSample::new(0, CommandClass::Other, &read, 4096, 0, 1).map(|s| s.bytes),
+            Some(0)
         );
         let mut failed = ScsiResponse::status(ScsiStatus::CheckCondition);
         failed.data_out_used = 512;
+        failed.block_size = 512;
         assert_eq!(
-            CommandSample::new(0, CommandClass::Write, &failed, 0, 1).bytes,
-            0
+            CommandSample::new(0, CommandClass::Write, &failed, 0, 512, 1).map(|s| s.bytes),
+            Some(0)
         );
+    }
+
+    #[test]
+    fn a_short_write_counts_the_whole_blocks_it_received() {
+        // WRITE(10) of 2 blocks with 1 block and a half of data (EDTL): GOOD, 1 block
+        // written (target.rs, short_write_data_follows_fcp4).
+        let mut short = ScsiResponse::status(ScsiStatus::Good);
+        short.data_out_used = 2 * 4096;
+        short.block_size = 4096;
+        assert_eq!(
+            CommandSample::new(0, CommandClass::Write, &short, 0, 4096 + 2048, 1).map(|s| s.bytes),
+            Some(4096)
+        );
+        // Data beyond the CDB's transfer length is never written.
+        assert_eq!(
+            CommandSample::new(0, CommandClass::Write, &short, 0, 3 * 4096, 1).map(|s| s.bytes),
+            Some(2 * 4096)
+        );
+    }
+
+    #[test]
+    fn commands_to_luns_that_do_not_exist_are_not_counted() {
+        // Answered without a logical unit (block size 0): the initiator chose the LUN.
+        let no_lun = ScsiResponse::good(bytes::Bytes::from(vec![0u8; 96]));
+        assert_eq!(
+            CommandSample::new(7, CommandClass::Other, &no_lun, 96, 0, 1),
+            None
+        );
+    }
+
+    #[test]
+    fn removed_targets_and_luns_are_forgotten() {
+        let metrics = Metrics::default();
+        let mut connection = metrics.connection("t");
+        connection.record(0, CommandClass::Write, 512, 1);
+        connection.record(1, CommandClass::Write, 512, 1);
+        drop(connection);
+        metrics
+            .connection("gone")
+            .record(0, CommandClass::Read, 512, 1);
+        metrics.count_login("gone", 0);
+        let targets = TargetRegistry::default();
+        // Target t with LUN 0 only.
+        targets.insert(Arc::new(super::super::Target::for_test("t", 512, false)));
+        metrics.forget_removed(&targets);
+        let keys: Vec<_> = metrics.lun_totals().into_keys().collect();
+        assert_eq!(keys, [("t".to_owned(), 0)]);
+        assert!(metrics.logins().is_empty());
     }
 
     #[test]
@@ -514,7 +596,7 @@ mod tests {
         );
         assert!(metrics.lock().live.is_empty());
 
-        metrics.forget_targets_except(&BTreeSet::new());
+        metrics.forget_all_but(&BTreeSet::new(), &BTreeSet::new());
         assert!(metrics.lun_totals().is_empty());
     }
 
@@ -534,7 +616,7 @@ mod tests {
             metrics.task_management()[&("t".to_owned(), "abort_task", "no_task")],
             1
         );
-        metrics.forget_targets_except(&BTreeSet::new());
+        metrics.forget_all_but(&BTreeSet::new(), &BTreeSet::new());
         assert_eq!(metrics.logins().len(), 1, "the unnamed target stays");
     }
 }

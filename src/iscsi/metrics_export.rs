@@ -52,11 +52,11 @@ struct LunNow {
 impl Collector for KeelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
         let service = &self.service;
+        // Counts of targets and LUNs that are gone are dropped here too, so memory stays
+        // bounded when they come and go.
+        service.metrics.forget_removed(&service.targets);
         let targets = service.targets.list();
         let names: BTreeSet<String> = targets.iter().map(|t| t.name.clone()).collect();
-        // Counts of targets that are gone are dropped here, so memory stays bounded when
-        // targets come and go.
-        service.metrics.forget_targets_except(&names);
 
         let mut luns: BTreeMap<(String, u64), LunNow> = BTreeMap::new();
         for target in &targets {

@@ -18,6 +18,7 @@ pub mod session;
 pub mod session_core;
 pub mod settings;
 pub mod status;
+mod task_report;
 pub mod text_exchange;
 pub mod window;
 mod write_buffers;

@@ -34,6 +34,16 @@ fn residual(expected: u32, actual: u32) -> (bool, bool, u32) {
     }
 }
 
+/// How many bytes of read data go to the initiator: never more than it asked for
+/// (§11.4.5.1: the rest is an overflow residual), none unless it asked to read (R bit).
+pub fn data_in_sent(cmd: &CommandForReply, outcome: &ScsiResponse) -> usize {
+    if cmd.read {
+        outcome.data_in_len().min(cmd.expected_length as usize)
+    } else {
+        0
+    }
+}
+
 /// The PDUs answering one command, in send order.
 pub fn reply_pdus(
     cmd: &CommandForReply,
@@ -41,10 +51,9 @@ pub fn reply_pdus(
     limits: DataInLimits,
 ) -> Vec<Reply> {
     let mut pdus = Vec::new();
-    // Data the initiator gets: never more than it asked for (§11.4.5.1: overflow residual).
     let full = outcome.data_in_len();
     let data: Payload = if cmd.read {
-        let len = full.min(cmd.expected_length as usize);
+        let len = data_in_sent(cmd, outcome);
         match &outcome.data_in_file {
             Some(slice) => Payload::File(slice.slice(0, len)),
             None => Payload::Bytes(outcome.data_in.slice(..len)),
@@ -180,6 +189,7 @@ mod tests {
             data_in_file: None,
             sense: Some(Bytes::from_static(&[0x70, 0, 5])),
             data_out_used: 0,
+            block_size: 0,
         };
         let pdus = reply_pdus(&cmd(512, true), &out, LIMITS);
         assert_eq!(pdus.len(), 1);

@@ -125,6 +125,10 @@ pub struct ScsiResponse {
     pub sense: Option<Bytes>,
     /// How many bytes of write data the command needed per its CDB (for write residuals).
     pub data_out_used: u32,
+    /// The logical block size of the unit that ran the command (SBC-4 §6.2 READ CAPACITY);
+    /// 0 when the target has no logical unit with its LUN (SAM-5 §5.12: answered without
+    /// one). A medium write writes the whole blocks of its data received (FCP-4 §9.4.2).
+    pub block_size: u32,
 }
 
 impl ScsiResponse {
@@ -135,6 +139,7 @@ impl ScsiResponse {
             data_in_file: None,
             sense: None,
             data_out_used: 0,
+            block_size: 0,
         }
     }
 
@@ -161,6 +166,7 @@ impl ScsiResponse {
             data_in_file: None,
             sense: None,
             data_out_used: 0,
+            block_size: 0,
         }
     }
 }

@@ -297,6 +297,7 @@ impl ScsiResponse {
             data_in_file: None,
             sense: Some(sense.encode(descriptor)),
             data_out_used: 0,
+            block_size: 0,
         }
     }
 }

@@ -149,6 +149,7 @@ impl TargetDevice {
             Err(sense) => ScsiResponse::check_condition(&sense, lu.descriptor_sense()),
         };
         response.data_out_used = data_out_used;
+        response.block_size = lu.block_size();
         response
     }
 
@@ -677,6 +678,8 @@ mod tests {
             .await;
         assert_good(&w);
         assert_eq!(w.data_out_used, 2 * BLOCK);
+        // What the transport needs to count the one block written (metrics).
+        assert_eq!(w.block_size, BLOCK);
         let r = run(&target, &n, 0, &rw10(op::READ_10, 0, 0, 2)).await;
         assert!(r.data_in[..BLOCK as usize].iter().all(|&b| b == 0xFF));
         assert!(r.data_in[BLOCK as usize..].iter().all(|&b| b == 0));

@@ -150,6 +150,8 @@ impl Running {
                 self.remove_lun(&changed.new.name, lun, &mut report);
             }
         }
+        // Not only at scrape time: with metrics_listen off nothing else would forget them.
+        self.service.metrics.forget_removed(&self.service.targets);
         for changed in &diff.targets_changed {
             for lun in &changed.luns_resized {
                 self.resize_lun(&changed.new.name, lun, &mut report).await;

@@ -214,6 +214,33 @@ async fn a_reload_removes_changes_grows_and_adds_in_order() {
 }
 
 #[tokio::test]
+async fn removals_forget_the_metrics_of_what_was_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = config_in(
+        dir.path(),
+        &format!(
+            "{}{}",
+            target(A, "", &[(0, "a0.img", "1MiB"), (1, "a1.img", "1MiB")]),
+            target(B, "", &[(0, "b0.img", "1MiB")])
+        ),
+    );
+    let (mut running, _) = started(&before).await;
+    let metrics = &running.service().metrics;
+    for (name, lun) in [(A, 0), (A, 1), (B, 0)] {
+        let mut connection = metrics.connection(name);
+        connection.record(lun, crate::scsi::CommandClass::Write, 512, 1);
+    }
+    metrics.count_login(B, 0);
+    let after = config_in(dir.path(), &target(A, "", &[(0, "a0.img", "1MiB")]));
+    let report = running.apply(&diff(&before, &after)).await;
+    assert!(report.failed.is_empty(), "{report:?}");
+    let metrics = &running.service().metrics;
+    let counted: Vec<_> = metrics.lun_totals().into_keys().collect();
+    assert_eq!(counted, [(A.to_owned(), 0)]);
+    assert!(metrics.logins().is_empty());
+}
+
+#[tokio::test]
 async fn shrinking_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let before = config_in(dir.path(), &target(A, "", &[(0, "a0.img", "2MiB")]));

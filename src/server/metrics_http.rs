@@ -2,9 +2,10 @@
 //! answers `GET /metrics` with keel's metrics and every other path with 404.
 //!
 //! Deliberately small and bounded, since it may face more than Prometheus: a request head of
-//! at most 8 KiB (431 beyond), a time limit for reading the request and writing the answer,
-//! a cap on connections served at once (beyond it a connection is closed at once), one
-//! request per connection (`Connection: close`). The body is Prometheus's text format 0.0.4,
+//! at most 8 KiB (431 beyond), read within a short time limit (so silent connections cannot
+//! hold the slots for long), a time limit for the whole exchange, a cap on connections served
+//! at once (beyond it a connection gets 503 and is closed at once), one request per
+//! connection (`Connection: close`). The body is Prometheus's text format 0.0.4,
 //! or OpenMetrics 1.0 when the scraper's Accept header asks for it (Prometheus does).
 
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ use crate::iscsi::metrics_export;
 
 /// The longest request head read (request line and headers).
 const MAX_HEAD: usize = 8 * 1024;
+/// Time for a client to send its request head: Prometheus sends it at once.
+const HEAD_TIME: Duration = Duration::from_secs(2);
 /// Time for a client to send its request and take the answer.
 const REQUEST_TIME: Duration = Duration::from_secs(10);
 /// Connections served at once.
@@ -30,6 +33,9 @@ const MAX_CONNECTIONS: usize = 16;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The answer to a connection over the cap.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Binds `listen` and serves the metrics of `service` on a task of its own until the
 /// service shuts down. Returns the bound address (`listen` may ask for port 0).
@@ -55,16 +61,18 @@ pub async fn serve(listen: SocketAddr, service: Arc<Service>) -> Result<SocketAd
                     continue;
                 }
             };
-            // Over the cap the connection is dropped unanswered: answering would cost what
-            // the cap is there to bound.
+            // Over the cap the connection is told so (RFC 9110 §15.6.4) and closed: one
+            // write that never waits (a fresh socket's buffer takes it), no task, so it costs
+            // nothing the cap is there to bound, and a scraper learns why it got nothing.
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                debug!("metrics: too many connections; closing one");
+                debug!("metrics: too many connections; refusing one");
+                let _ = stream.try_write(BUSY);
                 continue;
             };
             let registry = Arc::clone(&registry);
             tokio::spawn(async move {
                 let _slot = slot;
-                if let Err(e) = answer(stream, &registry, REQUEST_TIME).await {
+                if let Err(e) = answer(stream, &registry, HEAD_TIME, REQUEST_TIME).await {
                     debug!("metrics: {e}");
                 }
             });
@@ -73,14 +81,19 @@ pub async fn serve(listen: SocketAddr, service: Arc<Service>) -> Result<SocketAd
     Ok(bound)
 }
 
-/// Reads one request from `stream` and answers it, all within `time_limit`.
+/// Reads one request from `stream`, its head within `head_limit`, and answers it, all
+/// within `time_limit`.
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     registry: &Registry,
+    head_limit: Duration,
     time_limit: Duration,
 ) -> std::io::Result<()> {
     let exchange = async {
-        let response = match read_head(&mut stream).await? {
+        let head = tokio::time::timeout(head_limit, read_head(&mut stream))
+            .await
+            .map_err(|_| too_slow())?;
+        let response = match head? {
             Some(head) => respond(&head, registry),
             None => status_only(431, "Request Header Fields Too Large"),
         };
@@ -89,11 +102,12 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match tokio::time::timeout(time_limit, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "client too slow",
-        )),
+        Err(_) => Err(too_slow()),
     }
+}
+
+fn too_slow() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "client too slow")
 }
 
 /// The request head, up to its blank line; `None` if it is longer than [`MAX_HEAD`].
@@ -192,7 +206,8 @@ mod tests {
     async fn exchange(request: &[u8]) -> String {
         let (_service, registry) = registry();
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let served = tokio::spawn(async move { answer(server, &registry, REQUEST_TIME).await });
+        let served =
+            tokio::spawn(async move { answer(server, &registry, HEAD_TIME, REQUEST_TIME).await });
         client.write_all(request).await.unwrap();
         let mut response = Vec::new();
         client.read_to_end(&mut response).await.unwrap();
@@ -253,8 +268,24 @@ mod tests {
             .write_all(b"GET /metrics HTTP/1.1\r\n")
             .await
             .unwrap();
-        let result = answer(server, &registry, Duration::from_millis(50)).await;
+        let result = answer(server, &registry, HEAD_TIME, Duration::from_millis(50)).await;
         assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_client_silent_past_the_head_time_is_dropped_early() {
+        let (_service, registry) = registry();
+        let (_client, server) = tokio::io::duplex(1024);
+        let started = std::time::Instant::now();
+        let head_limit = Duration::from_millis(50);
+        let result = answer(server, &registry, head_limit, REQUEST_TIME).await;
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        // Long before the whole exchange's limit.
+        assert!(
+            started.elapsed() < REQUEST_TIME / 4,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     async fn get_metrics(at: SocketAddr) -> String {
@@ -288,7 +319,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_cap_are_closed_at_once() {
+    async fn connections_beyond_the_cap_get_503_at_once() {
         let (service, _) = registry();
         let bound = serve("127.0.0.1:0".parse().unwrap(), service.clone())
             .await
@@ -299,9 +330,10 @@ mod tests {
             idle.push(tokio::net::TcpStream::connect(bound).await.unwrap());
         }
         let mut extra = tokio::net::TcpStream::connect(bound).await.unwrap();
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
-        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut answer));
+        assert!(matches!(read.await, Ok(Ok(_))));
+        assert_eq!(answer, BUSY);
         // A slot freed is usable again.
         drop(idle.pop());
         tokio::time::sleep(Duration::from_millis(50)).await;
