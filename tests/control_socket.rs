@@ -176,6 +176,36 @@ async fn the_directory_and_socket_modes_are_0750_and_0600() {
     c.stop().await;
 }
 
+/// Missing parents are made passable (0755); only the socket's own directory is closed to
+/// others and given control_group, so that the group's members reach the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_parents_are_passable_and_the_last_directory_gets_the_group() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a directory another group");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a").join("b").join("keel.sock");
+    let settings = ControlSettings {
+        socket: Some(path.clone()),
+        group: Some(ControlGroup {
+            name: "nogroup".into(),
+            gid: 65534,
+        }),
+    };
+    let listener = ControlListener::bind(&settings).await.unwrap().unwrap();
+    let meta = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.permissions().mode() & 0o7777, m.gid())
+    };
+    assert_eq!(meta(&dir.path().join("a")), (0o755, 0));
+    assert_eq!(meta(path.parent().unwrap()), (0o750, 65534));
+    assert_eq!(meta(&path), (0o660, 65534));
+    drop(listener);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_clear_errors_and_change_nothing() {
     let c = Control::start(Limits::default()).await;

@@ -1,7 +1,8 @@
 //! The control socket: a unix stream socket speaking [`super::protocol`], one request per
 //! line, replies in order.
 //!
-//! Who may connect. The directory is created 0750 and the socket made 0600 (0660 and owned by
+//! Who may connect. A missing directory is created 0750 (with `control_group`'s group; missing
+//! parents 0755 so that the group can pass them) and the socket made 0600 (0660 and owned by
 //! `control_group` when one is configured), and every peer is checked again with the
 //! credentials the kernel recorded at connect(2): SO_PEERCRED for the uid and primary gid, and
 //! SO_PEERGROUPS (Linux 4.13) for the supplementary groups. Root, keel's own user and members
@@ -219,23 +220,38 @@ fn gid_of(gid: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(gid)
 }
 
+/// Creates the socket's directory and any missing parents. The parents get 0755 so that a
+/// group member can pass them (they hold nothing but the way down); the directory itself gets
+/// 0750 and `group`, so that only root, keel and the group reach the socket.
 fn create_dir(dir: &Path, group: Option<u32>) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-        .with_context(|| {
-            format!(
-                "cannot create the control socket's directory {}",
-                dir.display()
-            )
-        })?;
-    // The umask may have taken bits from 0750 (a group member needs x to reach the socket).
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
-    if let Some(gid) = group {
-        rustix::fs::chown(dir, None, Some(gid_of(gid)))
-            .with_context(|| format!("cannot give {} its group", dir.display()))?;
+    let mut missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    missing.reverse();
+    for (i, each) in missing.iter().enumerate() {
+        let last = i + 1 == missing.len();
+        let mode = if last { 0o750 } else { 0o755 };
+        match std::fs::DirBuilder::new().mode(mode).create(each) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: the checks of `bind` judge it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot create the control socket's directory {}",
+                        each.display()
+                    )
+                });
+            }
+        }
+        // The umask may have taken bits (a group member needs x to reach the socket).
+        std::fs::set_permissions(each, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", each.display()))?;
+        if last && let Some(gid) = group {
+            rustix::fs::chown(*each, None, Some(gid_of(gid)))
+                .with_context(|| format!("cannot give {} its group", each.display()))?;
+        }
     }
     Ok(())
 }
@@ -250,7 +266,9 @@ fn warn_if_group_cannot_search(dir: &Path, gid: u32) {
     let group_may = meta.gid() == gid && mode & 0o010 != 0;
     if !group_may && mode & 0o001 == 0 {
         warn!(
-            "members of control_group (gid {gid}) cannot reach the control socket: its directory              {} is neither theirs to search nor open to others (give it the group, or mode g+x)",
+            "members of control_group (gid {gid}) cannot reach the control socket: its directory \
+             {} is neither theirs to search nor open to others (give it the group, or mode g+x \
+             or o+x; under systemd, RuntimeDirectoryMode=0755)",
             dir.display()
         );
     }
