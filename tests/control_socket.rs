@@ -396,6 +396,42 @@ async fn an_idle_connection_is_closed() {
     c.stop().await;
 }
 
+/// The idle timeout bounds a whole request, not each read: a peer trickling one byte at a time
+/// (each well within the timeout) is still closed when its line is not complete in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_peer_is_closed_at_the_request_deadline() {
+    let c = Control::start(Limits {
+        idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    })
+    .await;
+    let path = c.path.clone();
+    blocking(move || {
+        let s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        let mut trickle = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            // 5 s of one space every 100 ms, or until keel closes.
+            for _ in 0..50 {
+                if trickle.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let mut all = String::new();
+        BufReader::new(s).read_line(&mut all).unwrap();
+        let elapsed = started.elapsed();
+        let reply: Value = serde_json::from_str(&all).unwrap();
+        assert_eq!(code(&reply), "timeout");
+        assert!(elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
+        writer.join().unwrap();
+    })
+    .await;
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_socket_is_replaced_and_a_live_one_is_an_error() {
     let _serial = SERIAL.lock().await;

@@ -18,9 +18,9 @@
 //! spawned); a line longer than [`Limits::max_line`] gets `too_long` and the connection is
 //! closed without reading the rest (the buffer never holds more than one line's bound); a
 //! token bucket per connection ([`Limits::rate_per_sec`], [`Limits::burst`]) answers requests
-//! beyond it with `rate_limited` without running them; a connection idle for
-//! [`Limits::idle_timeout`] (no complete request, or a reply it does not read) gets `timeout`
-//! and is closed.
+//! beyond it with `rate_limited` without running them; a connection that does not complete a
+//! request within [`Limits::idle_timeout`] of the previous reply (or of connecting), however
+//! it trickles bytes, gets `timeout` and is closed, as does one that does not read a reply.
 //!
 //! A socket file nobody answers on (keel killed) is replaced at bind; a socket a live process
 //! answers on is a startup error, so that two keels never fight over one socket.
@@ -517,6 +517,9 @@ async fn connection(
     // Received bytes not yet answered: at most `max_line`, since a read never asks for more
     // than the room left below the bound.
     let mut pending: Vec<u8> = Vec::new();
+    // One deadline per request, not per read: a peer trickling a byte now and then must still
+    // complete its line within the idle timeout, or it would hold its slot forever.
+    let mut deadline = tokio::time::Instant::now() + limits.idle_timeout;
     let end = loop {
         let line_end = pending.iter().position(|&b| b == b'\n');
         let Some(line_end) = line_end else {
@@ -528,7 +531,7 @@ async fn connection(
             pending.resize(filled + room, 0);
             let read = tokio::select! {
                 _ = shutdown.cancelled() => break End::Closed,
-                read = tokio::time::timeout(limits.idle_timeout, reader.read(&mut pending[filled..])) => read,
+                read = tokio::time::timeout_at(deadline, reader.read(&mut pending[filled..])) => read,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => break End::Closed,
@@ -572,6 +575,7 @@ async fn connection(
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => break End::Closed,
         }
+        deadline = tokio::time::Instant::now() + limits.idle_timeout;
     };
     let last = match end {
         End::Closed => return,
