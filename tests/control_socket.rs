@@ -375,6 +375,40 @@ async fn a_request_flood_is_rate_limited() {
     c.stop().await;
 }
 
+/// The token is taken before the line is parsed: a flood of malformed requests is limited
+/// like one of good ones (each costs a parse otherwise), and the refusals keep their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_malformed_requests_is_rate_limited_too() {
+    let c = Control::start(Limits::default()).await;
+    let path = c.path.clone();
+    let (refused, limited) = blocking(move || {
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let flood: Vec<u8> = (0..300)
+            .flat_map(|i| format!("{{\"v\":1,\"id\":{i},\"cmd\":\"no.such\"}}\n").into_bytes())
+            .collect();
+        s.write_all(&flood).unwrap();
+        let mut r = BufReader::new(s);
+        let (mut refused, mut limited) = (0, 0);
+        for i in 0..300 {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let reply: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(reply["id"], i, "replies come in order with their ids");
+            match code(&reply) {
+                "unknown_command" => refused += 1,
+                "rate_limited" => limited += 1,
+                other => panic!("{other}"),
+            }
+        }
+        (refused, limited)
+    })
+    .await;
+    assert!((100..150).contains(&refused), "{refused} parsed");
+    assert_eq!(refused + limited, 300);
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed() {
     let c = Control::start(Limits {

@@ -10,6 +10,7 @@
 //! LUN specs must be expressible in TOML (no `null`), because they become `[[target]]` tables.
 //! Nothing here runs a command: the socket hands a [`Call`] to the server's control loop.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -204,8 +205,11 @@ impl<'de> Deserialize<'de> for UniqueFields {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueFields, A::Error> {
                 let mut fields: Vec<(String, Value)> = Vec::new();
+                // A set, not a scan of `fields`: a 64 KiB line holds thousands of keys, and a
+                // quadratic check would let one line cost far more than its size.
+                let mut seen: HashSet<String> = HashSet::new();
                 while let Some((key, value)) = map.next_entry::<String, Value>()? {
-                    if fields.iter().any(|(k, _)| *k == key) {
+                    if !seen.insert(key.clone()) {
                         return Err(de::Error::custom(format!("the key {key:?} is given twice")));
                     }
                     fields.push((key, value));
@@ -308,6 +312,21 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The `id` of a request line, read without building the request: for the reply to a line
+/// refused before parsing (the rate limit). One linear pass that skips every other value;
+/// `None` when the line is not an object with one integer `id`.
+pub fn request_id(line: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    // serde reads a struct from an array too; a request is an object.
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<IdOnly>(line).ok()?.id
 }
 
 /// Parses one request line (without or with its `\n`). On error, the request's `id` when it
@@ -746,6 +765,41 @@ mod tests {
                 })
             ))
         );
+    }
+
+    #[test]
+    fn a_duplicate_among_thousands_of_keys_is_found() {
+        let keys: Vec<String> = (0..5000).map(|i| format!("\"k{i}\":0")).collect();
+        let line = format!(r#"{{"v":1,"cmd":"status",{},"k4999":1}}"#, keys.join(","));
+        let (_, error_code, message) = code(&line);
+        assert_eq!(error_code, ErrorCode::BadRequest);
+        assert!(message.contains("\"k4999\" is given twice"), "{message}");
+        let line = format!(r#"{{"v":1,"cmd":"status",{}}}"#, keys.join(","));
+        let (_, _, message) = code(&line);
+        assert!(message.contains("takes no argument"), "{message}");
+    }
+
+    #[test]
+    fn the_id_is_read_without_the_request() {
+        assert_eq!(request_id(br#"{"v":1,"id":7,"cmd":"status"}"#), Some(7));
+        assert_eq!(
+            request_id(br#"{"cmd":"nonsense","x":[1,{"y":2}],"id":9}"#),
+            Some(9)
+        );
+        for no_id in [
+            &b"{\"v\":1}"[..],
+            b"{\"id\":-1}",
+            b"{\"id\":1,\"id\":2}",
+            b"[1]",
+            b"{",
+        ] {
+            assert_eq!(
+                request_id(no_id),
+                None,
+                "{}",
+                String::from_utf8_lossy(no_id)
+            );
+        }
     }
 
     #[test]

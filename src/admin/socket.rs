@@ -42,7 +42,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::protocol::{Call, CallError, ErrorCode, MAX_LINE, encode_reply, parse_request};
+use super::protocol::{
+    Call, CallError, ErrorCode, MAX_LINE, encode_reply, parse_request, request_id,
+};
 use crate::config::ControlSettings;
 
 /// The bounds of the control socket.
@@ -544,29 +546,32 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let (id, reply) = match parse_request(&line) {
-            Err((id, error)) => (id, Err(error)),
-            Ok((id, _)) if !bucket.take() => (
-                id,
-                Err(CallError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} requests per second (burst {}); nothing was done",
-                        limits.rate_per_sec, limits.burst
-                    ),
-                )),
-            ),
-            Ok((id, command)) => {
-                let (tx, rx) = oneshot::channel();
-                let answer = async {
-                    if calls.send(Call { command, reply: tx }).await.is_err() {
-                        return unavailable();
+        // The token first: a line beyond the rate costs one pass to find its id, never the
+        // parse (malformed lines count too, or a flood of them would bypass the limit).
+        let (id, reply) = if !bucket.take() {
+            let refused = CallError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests per second (burst {}); nothing was done",
+                    limits.rate_per_sec, limits.burst
+                ),
+            );
+            (request_id(&line), Err(refused))
+        } else {
+            match parse_request(&line) {
+                Err((id, error)) => (id, Err(error)),
+                Ok((id, command)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let answer = async {
+                        if calls.send(Call { command, reply: tx }).await.is_err() {
+                            return unavailable();
+                        }
+                        rx.await.unwrap_or_else(|_| unavailable())
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break End::Closed,
+                        reply = answer => (id, reply),
                     }
-                    rx.await.unwrap_or_else(|_| unavailable())
-                };
-                tokio::select! {
-                    _ = shutdown.cancelled() => break End::Closed,
-                    reply = answer => (id, reply),
                 }
             }
         };
