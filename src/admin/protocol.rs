@@ -5,9 +5,10 @@
 //! "result":{...}}` or `{"v":1,"id":7,"ok":false,"error":{"code":"...","message":"..."}}`.
 //!
 //! Parsing is strict so that a typo never does something else than asked: `v` is required,
-//! unknown commands and unknown argument names are refused, a key given twice is refused
-//! (JSON leaves that undefined; serde_json would keep the last silently), and the target and
-//! LUN specs must be expressible in TOML (no `null`), because they become `[[target]]` tables.
+//! unknown commands and unknown argument names are refused, a key given twice in any object
+//! (the request, or the target and LUN specs in it) is refused (JSON leaves that undefined;
+//! serde_json would keep the last silently), and the target and LUN specs must be expressible
+//! in TOML (no `null`), because they become `[[target]]` tables.
 //! Nothing here runs a command: the socket hands a [`Call`] to the server's control loop.
 
 use std::collections::HashSet;
@@ -208,9 +209,11 @@ impl<'de> Deserialize<'de> for UniqueFields {
                 // A set, not a scan of `fields`: a 64 KiB line holds thousands of keys, and a
                 // quadratic check would let one line cost far more than its size.
                 let mut seen: HashSet<String> = HashSet::new();
-                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                while let Some((key, UniqueValue(value))) =
+                    map.next_entry::<String, UniqueValue>()?
+                {
                     if !seen.insert(key.clone()) {
-                        return Err(de::Error::custom(format!("the key {key:?} is given twice")));
+                        return Err(twice(&key));
                     }
                     fields.push((key, value));
                 }
@@ -218,6 +221,75 @@ impl<'de> Deserialize<'de> for UniqueFields {
             }
         }
         deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+fn twice<E: de::Error>(key: &str) -> E {
+    E::custom(format!("the key {key:?} is given twice"))
+}
+
+/// Any JSON value whose objects, at every depth, have each key once: the target and LUN specs
+/// are objects inside the request (`{"target":{"name":"a","name":"b"}}` must not quietly
+/// become "b").
+struct UniqueValue(Value);
+
+impl<'de> Deserialize<'de> for UniqueValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = UniqueValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<UniqueValue, E> {
+                // JSON has no NaN or infinity, so from_f64 never fails on parsed text.
+                Ok(UniqueValue(
+                    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<UniqueValue, D::Error> {
+                UniqueValue::deserialize(d)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(UniqueValue(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(UniqueValue(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueValue, A::Error> {
+                let mut object = Map::new();
+                while let Some((key, UniqueValue(value))) = map.next_entry::<String, _>()? {
+                    if object.contains_key(&key) {
+                        return Err(twice(&key));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(UniqueValue(Value::Object(object)))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
     }
 }
 
@@ -777,6 +849,30 @@ mod tests {
         let line = format!(r#"{{"v":1,"cmd":"status",{}}}"#, keys.join(","));
         let (_, _, message) = code(&line);
         assert!(message.contains("takes no argument"), "{message}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_every_depth() {
+        for line in [
+            r#"{"v":1,"cmd":"target.add","target":{"name":"a","name":"b"}}"#,
+            r#"{"v":1,"cmd":"target.add","target":{"name":"a","lun":[{"lun":0,"lun":1}]}}"#,
+            r#"{"v":1,"cmd":"lun.add","target":"a","lun":{"lun":0,"size":"1GiB","size":"2GiB"}}"#,
+        ] {
+            let (_, error_code, message) = code(line);
+            assert_eq!(error_code, ErrorCode::BadRequest, "{line}");
+            assert!(message.contains("is given twice"), "{line}: {message}");
+        }
+        let (_, parsed) = parse(
+            r#"{"v":1,"cmd":"target.add","target":{"name":"a","x":[1,-2,0.5,true,"s",{"y":{}}]}}"#,
+        )
+        .unwrap();
+        let Command::TargetAdd { target } = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(
+            Value::Object(target),
+            json!({"name":"a","x":[1,-2,0.5,true,"s",{"y":{}}]})
+        );
     }
 
     #[test]
