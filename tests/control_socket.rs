@@ -342,33 +342,39 @@ async fn a_thousand_connections_are_bounded_and_leave_no_descriptor_behind() {
     c.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_flood_is_rate_limited() {
-    let c = Control::start(Limits::default()).await;
-    let path = c.path.clone();
-    let (ok, limited) = blocking(move || {
+/// Sends 300 requests for `cmd` at once on one connection and counts the replies: those with
+/// the code `answered` ("" for success) and the `rate_limited` ones.
+async fn flood(path: &Path, cmd: &'static str, answered: &'static str) -> (usize, usize) {
+    let path = path.to_owned();
+    blocking(move || {
         let mut s = UnixStream::connect(&path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let flood: Vec<u8> = (0..300)
-            .flat_map(|i| format!("{{\"v\":1,\"id\":{i},\"cmd\":\"status\"}}\n").into_bytes())
+            .flat_map(|i| format!("{{\"v\":1,\"id\":{i},\"cmd\":\"{cmd}\"}}\n").into_bytes())
             .collect();
         s.write_all(&flood).unwrap();
         let mut r = BufReader::new(s);
-        let (mut ok, mut limited) = (0, 0);
+        let (mut served, mut limited) = (0, 0);
         for i in 0..300 {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let reply: Value = serde_json::from_str(&line).unwrap();
             assert_eq!(reply["id"], i, "replies come in order with their ids");
             match code(&reply) {
-                "" => ok += 1,
+                c if c == answered => served += 1,
                 "rate_limited" => limited += 1,
                 other => panic!("{other}"),
             }
         }
-        (ok, limited)
+        (served, limited)
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_is_rate_limited() {
+    let c = Control::start(Limits::default()).await;
+    let (ok, limited) = flood(&c.path, "status", "").await;
     // The burst of 100 and whatever 50/s refilled while the flood was answered.
     assert!((100..150).contains(&ok), "{ok} served");
     assert_eq!(ok + limited, 300);
@@ -380,30 +386,7 @@ async fn a_request_flood_is_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_malformed_requests_is_rate_limited_too() {
     let c = Control::start(Limits::default()).await;
-    let path = c.path.clone();
-    let (refused, limited) = blocking(move || {
-        let mut s = UnixStream::connect(&path).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let flood: Vec<u8> = (0..300)
-            .flat_map(|i| format!("{{\"v\":1,\"id\":{i},\"cmd\":\"no.such\"}}\n").into_bytes())
-            .collect();
-        s.write_all(&flood).unwrap();
-        let mut r = BufReader::new(s);
-        let (mut refused, mut limited) = (0, 0);
-        for i in 0..300 {
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            let reply: Value = serde_json::from_str(&line).unwrap();
-            assert_eq!(reply["id"], i, "replies come in order with their ids");
-            match code(&reply) {
-                "unknown_command" => refused += 1,
-                "rate_limited" => limited += 1,
-                other => panic!("{other}"),
-            }
-        }
-        (refused, limited)
-    })
-    .await;
+    let (refused, limited) = flood(&c.path, "no.such", "unknown_command").await;
     assert!((100..150).contains(&refused), "{refused} parsed");
     assert_eq!(refused + limited, 300);
     c.stop().await;
