@@ -176,6 +176,36 @@ async fn the_directory_and_socket_modes_are_0750_and_0600() {
     c.stop().await;
 }
 
+/// Missing parents are made passable (0755); only the socket's own directory is closed to
+/// others and given control_group, so that the group's members reach the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_parents_are_passable_and_the_last_directory_gets_the_group() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a directory another group");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a").join("b").join("keel.sock");
+    let settings = ControlSettings {
+        socket: Some(path.clone()),
+        group: Some(ControlGroup {
+            name: "nogroup".into(),
+            gid: 65534,
+        }),
+    };
+    let listener = ControlListener::bind(&settings).await.unwrap().unwrap();
+    let meta = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.permissions().mode() & 0o7777, m.gid())
+    };
+    assert_eq!(meta(&dir.path().join("a")), (0o755, 0));
+    assert_eq!(meta(path.parent().unwrap()), (0o750, 65534));
+    assert_eq!(meta(&path), (0o660, 65534));
+    drop(listener);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_clear_errors_and_change_nothing() {
     let c = Control::start(Limits::default()).await;
@@ -312,36 +342,53 @@ async fn a_thousand_connections_are_bounded_and_leave_no_descriptor_behind() {
     c.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_flood_is_rate_limited() {
-    let c = Control::start(Limits::default()).await;
-    let path = c.path.clone();
-    let (ok, limited) = blocking(move || {
+/// Sends 300 requests for `cmd` at once on one connection and counts the replies: those with
+/// the code `answered` ("" for success) and the `rate_limited` ones.
+async fn flood(path: &Path, cmd: &'static str, answered: &'static str) -> (usize, usize) {
+    let path = path.to_owned();
+    blocking(move || {
         let mut s = UnixStream::connect(&path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let flood: Vec<u8> = (0..300)
-            .flat_map(|i| format!("{{\"v\":1,\"id\":{i},\"cmd\":\"status\"}}\n").into_bytes())
+            .flat_map(|i| format!("{{\"v\":1,\"id\":{i},\"cmd\":\"{cmd}\"}}\n").into_bytes())
             .collect();
         s.write_all(&flood).unwrap();
         let mut r = BufReader::new(s);
-        let (mut ok, mut limited) = (0, 0);
+        let (mut served, mut limited) = (0, 0);
         for i in 0..300 {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let reply: Value = serde_json::from_str(&line).unwrap();
             assert_eq!(reply["id"], i, "replies come in order with their ids");
             match code(&reply) {
-                "" => ok += 1,
+                c if c == answered => served += 1,
                 "rate_limited" => limited += 1,
                 other => panic!("{other}"),
             }
         }
-        (ok, limited)
+        (served, limited)
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_is_rate_limited() {
+    let c = Control::start(Limits::default()).await;
+    let (ok, limited) = flood(&c.path, "status", "").await;
     // The burst of 100 and whatever 50/s refilled while the flood was answered.
     assert!((100..150).contains(&ok), "{ok} served");
     assert_eq!(ok + limited, 300);
+    c.stop().await;
+}
+
+/// The token is taken before the line is parsed: a flood of malformed requests is limited
+/// like one of good ones (each costs a parse otherwise), and the refusals keep their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_malformed_requests_is_rate_limited_too() {
+    let c = Control::start(Limits::default()).await;
+    let (refused, limited) = flood(&c.path, "no.such", "unknown_command").await;
+    assert!((100..150).contains(&refused), "{refused} parsed");
+    assert_eq!(refused + limited, 300);
     c.stop().await;
 }
 
@@ -361,6 +408,42 @@ async fn an_idle_connection_is_closed() {
         s.read_to_string(&mut all).unwrap();
         let reply: Value = serde_json::from_str(&all).unwrap();
         assert_eq!(code(&reply), "timeout");
+    })
+    .await;
+    c.stop().await;
+}
+
+/// The idle timeout bounds a whole request, not each read: a peer trickling one byte at a time
+/// (each well within the timeout) is still closed when its line is not complete in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_peer_is_closed_at_the_request_deadline() {
+    let c = Control::start(Limits {
+        idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    })
+    .await;
+    let path = c.path.clone();
+    blocking(move || {
+        let s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        let mut trickle = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            // 5 s of one space every 100 ms, or until keel closes.
+            for _ in 0..50 {
+                if trickle.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let mut all = String::new();
+        BufReader::new(s).read_line(&mut all).unwrap();
+        let elapsed = started.elapsed();
+        let reply: Value = serde_json::from_str(&all).unwrap();
+        assert_eq!(code(&reply), "timeout");
+        assert!(elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
+        writer.join().unwrap();
     })
     .await;
     c.stop().await;

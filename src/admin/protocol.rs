@@ -5,11 +5,13 @@
 //! "result":{...}}` or `{"v":1,"id":7,"ok":false,"error":{"code":"...","message":"..."}}`.
 //!
 //! Parsing is strict so that a typo never does something else than asked: `v` is required,
-//! unknown commands and unknown argument names are refused, a key given twice is refused
-//! (JSON leaves that undefined; serde_json would keep the last silently), and the target and
-//! LUN specs must be expressible in TOML (no `null`), because they become `[[target]]` tables.
+//! unknown commands and unknown argument names are refused, a key given twice in any object
+//! (the request, or the target and LUN specs in it) is refused (JSON leaves that undefined;
+//! serde_json would keep the last silently), and the target and LUN specs must be expressible
+//! in TOML (no `null`), because they become `[[target]]` tables.
 //! Nothing here runs a command: the socket hands a [`Call`] to the server's control loop.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -204,9 +206,14 @@ impl<'de> Deserialize<'de> for UniqueFields {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueFields, A::Error> {
                 let mut fields: Vec<(String, Value)> = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, Value>()? {
-                    if fields.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format!("the key {key:?} is given twice")));
+                // A set, not a scan of `fields`: a 64 KiB line holds thousands of keys, and a
+                // quadratic check would let one line cost far more than its size.
+                let mut seen: HashSet<String> = HashSet::new();
+                while let Some((key, UniqueValue(value))) =
+                    map.next_entry::<String, UniqueValue>()?
+                {
+                    if !seen.insert(key.clone()) {
+                        return Err(twice(&key));
                     }
                     fields.push((key, value));
                 }
@@ -214,6 +221,75 @@ impl<'de> Deserialize<'de> for UniqueFields {
             }
         }
         deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+fn twice<E: de::Error>(key: &str) -> E {
+    E::custom(format!("the key {key:?} is given twice"))
+}
+
+/// Any JSON value whose objects, at every depth, have each key once: the target and LUN specs
+/// are objects inside the request (`{"target":{"name":"a","name":"b"}}` must not quietly
+/// become "b").
+struct UniqueValue(Value);
+
+impl<'de> Deserialize<'de> for UniqueValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = UniqueValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<UniqueValue, E> {
+                // JSON has no NaN or infinity, so from_f64 never fails on parsed text.
+                Ok(UniqueValue(
+                    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<UniqueValue, D::Error> {
+                UniqueValue::deserialize(d)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(UniqueValue(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(UniqueValue(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueValue, A::Error> {
+                let mut object = Map::new();
+                while let Some((key, UniqueValue(value))) = map.next_entry::<String, _>()? {
+                    if object.contains_key(&key) {
+                        return Err(twice(&key));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(UniqueValue(Value::Object(object)))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
     }
 }
 
@@ -308,6 +384,21 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The `id` of a request line, read without building the request: for the reply to a line
+/// refused before parsing (the rate limit). One linear pass that skips every other value;
+/// `None` when the line is not an object with one integer `id`.
+pub fn request_id(line: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    // serde reads a struct from an array too; a request is an object.
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<IdOnly>(line).ok()?.id
 }
 
 /// Parses one request line (without or with its `\n`). On error, the request's `id` when it
@@ -746,6 +837,65 @@ mod tests {
                 })
             ))
         );
+    }
+
+    #[test]
+    fn a_duplicate_among_thousands_of_keys_is_found() {
+        let keys: Vec<String> = (0..5000).map(|i| format!("\"k{i}\":0")).collect();
+        let line = format!(r#"{{"v":1,"cmd":"status",{},"k4999":1}}"#, keys.join(","));
+        let (_, error_code, message) = code(&line);
+        assert_eq!(error_code, ErrorCode::BadRequest);
+        assert!(message.contains("\"k4999\" is given twice"), "{message}");
+        let line = format!(r#"{{"v":1,"cmd":"status",{}}}"#, keys.join(","));
+        let (_, _, message) = code(&line);
+        assert!(message.contains("takes no argument"), "{message}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_every_depth() {
+        for line in [
+            r#"{"v":1,"cmd":"target.add","target":{"name":"a","name":"b"}}"#,
+            r#"{"v":1,"cmd":"target.add","target":{"name":"a","lun":[{"lun":0,"lun":1}]}}"#,
+            r#"{"v":1,"cmd":"lun.add","target":"a","lun":{"lun":0,"size":"1GiB","size":"2GiB"}}"#,
+        ] {
+            let (_, error_code, message) = code(line);
+            assert_eq!(error_code, ErrorCode::BadRequest, "{line}");
+            assert!(message.contains("is given twice"), "{line}: {message}");
+        }
+        let (_, parsed) = parse(
+            r#"{"v":1,"cmd":"target.add","target":{"name":"a","x":[1,-2,0.5,true,"s",{"y":{}}]}}"#,
+        )
+        .unwrap();
+        let Command::TargetAdd { target } = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(
+            Value::Object(target),
+            json!({"name":"a","x":[1,-2,0.5,true,"s",{"y":{}}]})
+        );
+    }
+
+    #[test]
+    fn the_id_is_read_without_the_request() {
+        assert_eq!(request_id(br#"{"v":1,"id":7,"cmd":"status"}"#), Some(7));
+        assert_eq!(
+            request_id(br#"{"cmd":"nonsense","x":[1,{"y":2}],"id":9}"#),
+            Some(9)
+        );
+        for no_id in [
+            &b"{\"v\":1}"[..],
+            b"{\"id\":-1}",
+            b"{\"id\":1,\"id\":2}",
+            b"[1]",
+            b"{",
+        ] {
+            assert_eq!(
+                request_id(no_id),
+                None,
+                "{}",
+                String::from_utf8_lossy(no_id)
+            );
+        }
     }
 
     #[test]

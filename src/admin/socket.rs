@@ -1,7 +1,8 @@
 //! The control socket: a unix stream socket speaking [`super::protocol`], one request per
 //! line, replies in order.
 //!
-//! Who may connect. The directory is created 0750 and the socket made 0600 (0660 and owned by
+//! Who may connect. A missing directory is created 0750 (with `control_group`'s group; missing
+//! parents 0755 so that the group can pass them) and the socket made 0600 (0660 and owned by
 //! `control_group` when one is configured), and every peer is checked again with the
 //! credentials the kernel recorded at connect(2): SO_PEERCRED for the uid and primary gid, and
 //! SO_PEERGROUPS (Linux 4.13) for the supplementary groups. Root, keel's own user and members
@@ -17,15 +18,16 @@
 //! spawned); a line longer than [`Limits::max_line`] gets `too_long` and the connection is
 //! closed without reading the rest (the buffer never holds more than one line's bound); a
 //! token bucket per connection ([`Limits::rate_per_sec`], [`Limits::burst`]) answers requests
-//! beyond it with `rate_limited` without running them; a connection idle for
-//! [`Limits::idle_timeout`] (no complete request, or a reply it does not read) gets `timeout`
-//! and is closed.
+//! beyond it with `rate_limited` without running them; a connection that does not complete a
+//! request within [`Limits::idle_timeout`] of the previous reply (or of connecting), however
+//! it trickles bytes, gets `timeout` and is closed, as does one that does not read a reply.
 //!
 //! A socket file nobody answers on (keel killed) is replaced at bind; a socket a live process
 //! answers on is a startup error, so that two keels never fight over one socket.
 
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +42,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::protocol::{Call, CallError, ErrorCode, MAX_LINE, encode_reply, parse_request};
+use super::protocol::{
+    Call, CallError, ErrorCode, MAX_LINE, encode_reply, parse_request, request_id,
+};
 use crate::config::ControlSettings;
 
 /// The bounds of the control socket.
@@ -101,50 +105,45 @@ pub async fn serve(
 
 impl ControlListener {
     /// Creates the socket's directory when missing (0750, group `control_group`), replaces a
-    /// stale socket file, binds, and sets the socket's mode (0600, or 0660 with the group).
-    /// `Ok(None)` when the socket is disabled; an error when a live process answers on the
-    /// path, when the path is something else than a socket, or when binding fails.
+    /// stale socket file, binds, and sets the socket's group and mode (0600, or 0660 with the
+    /// group) without following symlinks. `Ok(None)` when the socket is disabled; an error when
+    /// the directory belongs to someone else than root or keel's user or is writable by its
+    /// group or others, when a live process answers on the path, when the path is something
+    /// else than a socket, or when binding fails.
     pub async fn bind(settings: &ControlSettings) -> Result<Option<ControlListener>> {
         let Some(path) = settings.socket.clone() else {
             return Ok(None);
         };
         let group = settings.group.as_ref().map(|g| g.gid);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
+        let own_uid = rustix::process::geteuid().as_raw();
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let Some(name) = path.file_name() else {
+            bail!(
+                "the control socket {} names no file (set [server] control_socket)",
+                path.display()
+            );
+        };
+        if !dir.exists() {
             create_dir(dir, group)?;
         }
-        if let (Some(gid), Some(dir)) = (group, path.parent()) {
-            warn_if_group_cannot_search(dir, gid);
+        let dir_fd = open_socket_dir(dir, own_uid)?;
+        if let Some(gid) = group {
+            warn_if_group_cannot_search(dir, &dir_fd, gid);
         }
         replace_stale(&path).await?;
         let listener = UnixListener::bind(&path)
             .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
-        let mode = match group {
-            Some(gid) => {
-                rustix::fs::chown(&path, None, Some(gid_of(gid))).with_context(|| {
-                    format!(
-                        "cannot give the control socket {} its group",
-                        path.display()
-                    )
-                })?;
-                0o660
-            }
-            None => 0o600,
-        };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-        let meta = std::fs::symlink_metadata(&path)
-            .with_context(|| format!("cannot stat {}", path.display()))?;
+        let identity = set_socket_owner_and_mode(&dir_fd, name, group)
+            .with_context(|| format!("cannot set up the control socket {}", path.display()))?;
         info!(socket = %path.display(), "control socket listening");
         Ok(Some(ControlListener {
             listener,
             path,
-            identity: (meta.dev(), meta.ino()),
-            access: Access {
-                own_uid: rustix::process::geteuid().as_raw(),
-                group,
-            },
+            identity,
+            access: Access { own_uid, group },
             limits: Limits::default(),
         }))
     }
@@ -219,38 +218,129 @@ fn gid_of(gid: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(gid)
 }
 
+/// Creates the socket's directory and any missing parents. The parents get 0755 so that a
+/// group member can pass them (they hold nothing but the way down); the directory itself gets
+/// 0750 and `group`, so that only root, keel and the group reach the socket.
 fn create_dir(dir: &Path, group: Option<u32>) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-        .with_context(|| {
-            format!(
-                "cannot create the control socket's directory {}",
-                dir.display()
-            )
-        })?;
-    // The umask may have taken bits from 0750 (a group member needs x to reach the socket).
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
-    if let Some(gid) = group {
-        rustix::fs::chown(dir, None, Some(gid_of(gid)))
-            .with_context(|| format!("cannot give {} its group", dir.display()))?;
+    let mut missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    missing.reverse();
+    for (i, each) in missing.iter().enumerate() {
+        let last = i + 1 == missing.len();
+        let mode = if last { 0o750 } else { 0o755 };
+        match std::fs::DirBuilder::new().mode(mode).create(each) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: the checks of `bind` judge it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot create the control socket's directory {}",
+                        each.display()
+                    )
+                });
+            }
+        }
+        // The umask may have taken bits (a group member needs x to reach the socket).
+        std::fs::set_permissions(each, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", each.display()))?;
+        if last && let Some(gid) = group {
+            rustix::fs::chown(*each, None, Some(gid_of(gid)))
+                .with_context(|| format!("cannot give {} its group", each.display()))?;
+        }
     }
     Ok(())
 }
 
+/// Opens the socket's directory and refuses one that someone other than root or keel could
+/// write to: they could remove keel's socket and put another file, or a symlink, in its place
+/// between bind and the chown and chmod that follow (or at any time later).
+fn open_socket_dir(dir: &Path, own_uid: u32) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the control socket's directory {}",
+            dir.display()
+        )
+    })?;
+    let stat = rustix::fs::fstat(&fd).with_context(|| format!("cannot stat {}", dir.display()))?;
+    let owner = stat.st_uid;
+    if owner != 0 && owner != own_uid {
+        bail!(
+            "the control socket's directory {} belongs to uid {owner}, neither root nor keel's \
+             user: its owner could replace the socket; refusing it (use a directory of root's \
+             or keel's, or set [server] control_socket)",
+            dir.display()
+        );
+    }
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
+        bail!(
+            "the control socket's directory {} is writable by its group or others (mode {mode:04o}): \
+             they could replace the socket; refusing it (chmod go-w it, or set [server] \
+             control_socket to a path in a directory of its own)",
+            dir.display()
+        );
+    }
+    Ok(fd)
+}
+
+/// Gives the just-bound socket file `name` in `dir` its group and mode without following a
+/// symlink (the file is opened O_PATH|O_NOFOLLOW and must be a socket), and returns its
+/// (device, inode). chmod has no no-follow form for sockets on Linux (fchmodat ignores
+/// AT_SYMLINK_NOFOLLOW before fchmodat2, and fchmod of an O_PATH descriptor is EBADF), so the
+/// mode goes through /proc/self/fd, which names the opened inode itself.
+fn set_socket_owner_and_mode(
+    dir: &OwnedFd,
+    name: &OsStr,
+    group: Option<u32>,
+) -> Result<(u64, u64)> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .context("cannot open the socket file")?;
+    let stat = rustix::fs::fstat(&fd).context("cannot stat the socket file")?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
+        bail!("the socket file was replaced by something else than a socket; refusing it");
+    }
+    let mode = match group {
+        Some(gid) => {
+            rustix::fs::chownat(&fd, "", None, Some(gid_of(gid)), AtFlags::EMPTY_PATH)
+                .context("cannot give the socket its group")?;
+            0o660
+        }
+        None => 0o600,
+    };
+    let by_descriptor = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    std::fs::set_permissions(&by_descriptor, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the socket's mode (through {by_descriptor})"))?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
 /// An existing directory keel did not create keeps its owner and mode (it may be /run, or
 /// systemd's RuntimeDirectory, root:root 0750): say so when the group cannot pass it.
-fn warn_if_group_cannot_search(dir: &Path, gid: u32) {
-    let Ok(meta) = std::fs::metadata(dir) else {
+fn warn_if_group_cannot_search(dir: &Path, dir_fd: &OwnedFd, gid: u32) {
+    let Ok(stat) = rustix::fs::fstat(dir_fd) else {
         return;
     };
-    let mode = meta.permissions().mode();
-    let group_may = meta.gid() == gid && mode & 0o010 != 0;
+    let mode = stat.st_mode;
+    let group_may = stat.st_gid == gid && mode & 0o010 != 0;
     if !group_may && mode & 0o001 == 0 {
         warn!(
-            "members of control_group (gid {gid}) cannot reach the control socket: its directory              {} is neither theirs to search nor open to others (give it the group, or mode g+x)",
+            "members of control_group (gid {gid}) cannot reach the control socket: its directory \
+             {} is neither theirs to search nor open to others (give it the group, or mode g+x \
+             or o+x; under systemd, RuntimeDirectoryMode=0755)",
             dir.display()
         );
     }
@@ -429,6 +519,9 @@ async fn connection(
     // Received bytes not yet answered: at most `max_line`, since a read never asks for more
     // than the room left below the bound.
     let mut pending: Vec<u8> = Vec::new();
+    // One deadline per request, not per read: a peer trickling a byte now and then must still
+    // complete its line within the idle timeout, or it would hold its slot forever.
+    let mut deadline = tokio::time::Instant::now() + limits.idle_timeout;
     let end = loop {
         let line_end = pending.iter().position(|&b| b == b'\n');
         let Some(line_end) = line_end else {
@@ -440,7 +533,7 @@ async fn connection(
             pending.resize(filled + room, 0);
             let read = tokio::select! {
                 _ = shutdown.cancelled() => break End::Closed,
-                read = tokio::time::timeout(limits.idle_timeout, reader.read(&mut pending[filled..])) => read,
+                read = tokio::time::timeout_at(deadline, reader.read(&mut pending[filled..])) => read,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => break End::Closed,
@@ -453,29 +546,32 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let (id, reply) = match parse_request(&line) {
-            Err((id, error)) => (id, Err(error)),
-            Ok((id, _)) if !bucket.take() => (
-                id,
-                Err(CallError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} requests per second (burst {}); nothing was done",
-                        limits.rate_per_sec, limits.burst
-                    ),
-                )),
-            ),
-            Ok((id, command)) => {
-                let (tx, rx) = oneshot::channel();
-                let answer = async {
-                    if calls.send(Call { command, reply: tx }).await.is_err() {
-                        return unavailable();
+        // The token first: a line beyond the rate costs one pass to find its id, never the
+        // parse (malformed lines count too, or a flood of them would bypass the limit).
+        let (id, reply) = if !bucket.take() {
+            let refused = CallError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests per second (burst {}); nothing was done",
+                    limits.rate_per_sec, limits.burst
+                ),
+            );
+            (request_id(&line), Err(refused))
+        } else {
+            match parse_request(&line) {
+                Err((id, error)) => (id, Err(error)),
+                Ok((id, command)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let answer = async {
+                        if calls.send(Call { command, reply: tx }).await.is_err() {
+                            return unavailable();
+                        }
+                        rx.await.unwrap_or_else(|_| unavailable())
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break End::Closed,
+                        reply = answer => (id, reply),
                     }
-                    rx.await.unwrap_or_else(|_| unavailable())
-                };
-                tokio::select! {
-                    _ = shutdown.cancelled() => break End::Closed,
-                    reply = answer => (id, reply),
                 }
             }
         };
@@ -484,6 +580,7 @@ async fn connection(
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => break End::Closed,
         }
+        deadline = tokio::time::Instant::now() + limits.idle_timeout;
     };
     let last = match end {
         End::Closed => return,
@@ -530,6 +627,41 @@ mod tests {
         assert_eq!((0..5).filter(|_| b.take()).count(), 2);
         b.last -= Duration::from_secs(100);
         assert_eq!((0..10).filter(|_| b.take()).count(), 5);
+    }
+
+    #[test]
+    fn the_socket_mode_is_never_set_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("keel.sock")).unwrap();
+        let dir_fd = open_socket_dir(dir.path(), rustix::process::geteuid().as_raw()).unwrap();
+        let e = set_socket_owner_and_mode(&dir_fd, OsStr::new("keel.sock"), None).unwrap_err();
+        assert!(format!("{e:#}").contains("than a socket"), "{e:#}");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644, "the symlink's target is untouched");
+    }
+
+    #[test]
+    fn a_socket_directory_others_may_write_is_refused() {
+        let own = rustix::process::geteuid().as_raw();
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o770, 0o707, 0o1777] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = open_socket_dir(dir.path(), own).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("writable by its group or others"),
+                "{e:#}"
+            );
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(open_socket_dir(dir.path(), own).is_ok());
+        if own == 0 {
+            rustix::fs::chown(dir.path(), Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+            let e = open_socket_dir(dir.path(), own).unwrap_err();
+            assert!(format!("{e:#}").contains("belongs to uid 65534"), "{e:#}");
+        }
     }
 
     #[tokio::test]

@@ -7,6 +7,9 @@
 //! systemd's documented test for that case (systemd.exec(5), `$JOURNAL_STREAM`) is that the
 //! variable holds the device and inode numbers of stderr: a stderr redirected elsewhere by the
 //! service (or a child that inherited the variable) then gets the ordinary format.
+//! Every line of an event carries the prefix, since journald makes each line an entry.
+//! (A fatal error main prints with `eprintln!` before exiting has no prefix: journald logs it
+//! at the unit's default level, and the failed exit status marks the unit failed anyway.)
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -66,7 +69,9 @@ fn syslog_priority(level: &Level) -> u8 {
     }
 }
 
-/// Prefixes each event with its syslog priority, then formats it as `F` does.
+/// Formats each event as `F` does and prefixes every line of it with the event's syslog
+/// priority: journald reads each line as an entry of its own, so the lines of a multi-line
+/// message (a reload's located errors, one per line) would otherwise be logged as info.
 struct SyslogPriority<F>(F);
 
 impl<S, N, F> FormatEvent<S, N> for SyslogPriority<F>
@@ -81,8 +86,13 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
+        let mut text = String::new();
+        self.0.format_event(ctx, Writer::new(&mut text), event)?;
+        let priority = syslog_priority(event.metadata().level());
+        for line in text.lines() {
+            writeln!(writer, "<{priority}>{line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -156,5 +166,28 @@ mod tests {
             assert!(!rest.contains('\x1b'), "{line}");
         }
         assert!(lines[2].ends_with("listening lun=3"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn every_line_of_a_multi_line_event_carries_the_priority() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(SyslogPriority(
+                tracing_subscriber::fmt::format().without_time(),
+            ))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!("reload refused:\na.toml:3: bad\nb.toml:7: worse");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines.iter().all(|l| l.starts_with("<3>")), "{text}");
+        assert_eq!(lines[1], "<3>a.toml:3: bad");
+        assert_eq!(lines[2], "<3>b.toml:7: worse");
+        assert!(text.ends_with('\n'));
     }
 }
