@@ -137,7 +137,17 @@ impl Control {
         match command {
             Command::Status => to_json(&status::report(running)),
             Command::Reload => match self.reload(running).await {
-                Ok(report) => to_json(&report),
+                Ok(report) if report.failed.is_empty() => to_json(&report),
+                // As for a single change: the caller (and `systemctl reload`) must see that
+                // part of it did not take effect.
+                Ok(report) => Err(CallError::new(
+                    ErrorCode::Failed,
+                    format!(
+                        "the configuration is adopted, but not all of it could be applied (fix \
+                         it and run keel reload again):\n{}",
+                        report.failed.join("\n")
+                    ),
+                )),
                 Err(errors) => Err(refusal(&errors)),
             },
             Command::TargetAdd { target } => {
@@ -367,6 +377,38 @@ mod tests {
             "{report:?}"
         );
         assert!(running.service().targets.get(B).is_none());
+    }
+
+    /// Target B's LUN cannot open: its file's directory is a regular file.
+    fn write_with_blocked_b(path: &std::path::Path, dir: &std::path::Path) {
+        write(path, dir, &[A, B]);
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, text.replace("\"b.img\"", "\"blocker/b.img\"")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_partly_fails_is_a_failed_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        write(&path, dir.path(), &[A]);
+        let store = start_store(&path);
+        let (mut running, _) = Running::start(store.config()).await.unwrap();
+        let mut control = Control::new(store);
+
+        std::fs::write(dir.path().join("blocker"), "").unwrap();
+        write_with_blocked_b(&path, dir.path());
+        let failed = control
+            .carry_out(Command::Reload, &mut running)
+            .await
+            .unwrap_err();
+        assert_eq!(failed.code, ErrorCode::Failed, "{}", failed.message);
+        assert!(
+            failed.message.contains(&format!("target {B} LUN 0")),
+            "{}",
+            failed.message
+        );
+        // What could be applied was: B is served, without its LUN.
+        assert!(running.service().targets.get(B).is_some());
     }
 
     #[tokio::test]
