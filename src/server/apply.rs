@@ -139,6 +139,73 @@ impl Running {
             .map(|((target, lun), reason)| (target.as_str(), *lun, reason.as_str()))
     }
 
+    /// Adds to `diff` what a reload retries although the configuration did not change: the
+    /// LUNs `desired` declares that failed to open (remembered in the failures), and the file
+    /// LUNs smaller than their configured size (a grow that failed, say on a full disk).
+    /// Without this a failure stays until the configuration changes, since the saved
+    /// configuration diffs with itself to nothing. What `diff` already changes, removes or
+    /// re-adds is left to it.
+    pub fn retry(&self, desired: &Config, diff: &mut ConfigDiff) {
+        let removed = |name: &str| diff.targets_removed.iter().any(|r| r == name);
+        let mut retries = Vec::new();
+        for target in &desired.targets {
+            if removed(&target.name) {
+                continue;
+            }
+            let Some(device) = self.device(&target.name) else {
+                continue;
+            };
+            let planned = diff
+                .targets_changed
+                .iter()
+                .find(|c| c.new.name == target.name);
+            let touched = |lun: u64| {
+                planned.is_some_and(|c| {
+                    c.luns_removed.contains(&lun)
+                        || c.luns_added.iter().any(|l| l.lun == lun)
+                        || c.luns_resized.iter().any(|l| l.lun == lun)
+                })
+            };
+            let mut retry = TargetDiff {
+                new: target.clone(),
+                access_changed: false,
+                luns_removed: Vec::new(),
+                luns_resized: Vec::new(),
+                luns_added: Vec::new(),
+            };
+            for lun in target.luns.iter().filter(|l| !touched(l.lun)) {
+                match device.lun(lun.lun) {
+                    None if self
+                        .lun_failures
+                        .contains_key(&(target.name.clone(), lun.lun)) =>
+                    {
+                        retry.luns_added.push(lun.clone());
+                    }
+                    Some(lu) if smaller_than_configured(&lu, lun) => {
+                        retry.luns_resized.push(lun.clone());
+                    }
+                    _ => {}
+                }
+            }
+            if !retry.luns_added.is_empty() || !retry.luns_resized.is_empty() {
+                retries.push(retry);
+            }
+        }
+        for retry in retries {
+            match diff
+                .targets_changed
+                .iter_mut()
+                .find(|c| c.new.name == retry.new.name)
+            {
+                Some(planned) => {
+                    planned.luns_added.extend(retry.luns_added);
+                    planned.luns_resized.extend(retry.luns_resized);
+                }
+                None => diff.targets_changed.push(retry),
+            }
+        }
+    }
+
     /// Applies `diff` in ctld's order; see the module documentation.
     pub async fn apply(&mut self, diff: &ConfigDiff) -> ApplyReport {
         let mut report = ApplyReport::default();
@@ -431,6 +498,19 @@ fn start_accepting(listener: &mut Listener, service: &Arc<Service>, acceptor: &A
             }
         }
     });
+}
+
+/// Whether a file LUN's medium is smaller than its configured size (it never is for a
+/// block device, or a unit without a medium).
+fn smaller_than_configured(lu: &LogicalUnit, config: &LunConfig) -> bool {
+    let Backing::File {
+        create_size: Some(size),
+        ..
+    } = config.backing
+    else {
+        return false;
+    };
+    lu.medium().is_ok_and(|medium| medium.size_bytes() < size)
 }
 
 /// A removed unit's last commands finish (bounded wait), then what they wrote is flushed.

@@ -249,3 +249,38 @@ async fn portals_close_and_open() {
     // The closed portal's port is free again.
     drop(tokio::net::TcpListener::bind(first).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_retry_grows_units_smaller_than_configured_and_leaves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = config_in(
+        dir.path(),
+        &target(A, "", &[(0, "a0.img", "1MiB"), (1, "a1.img", "1MiB")]),
+    );
+    let (mut running, _) = started(&small).await;
+    let mut nothing = diff(&small, &small);
+    running.retry(&small, &mut nothing);
+    assert_eq!(nothing, ConfigDiff::default());
+
+    // As after a grow that failed: the configuration says 2 MiB, the unit is 1 MiB.
+    let grown = config_in(
+        dir.path(),
+        &target(A, "", &[(0, "a0.img", "2MiB"), (1, "a1.img", "1MiB")]),
+    );
+    let mut retried = ConfigDiff::default();
+    running.retry(&grown, &mut retried);
+    assert_eq!(retried.targets_changed.len(), 1);
+    let resized: Vec<u64> = retried.targets_changed[0]
+        .luns_resized
+        .iter()
+        .map(|l| l.lun)
+        .collect();
+    assert_eq!(resized, [0]);
+    let report = running.apply(&retried).await;
+    assert!(report.failed.is_empty(), "{report:?}");
+    let a = running.service().targets.get(A).unwrap();
+    assert_eq!(a.device.lun(0).unwrap().capacity_blocks(), (2 << 20) / 512);
+    let mut after = ConfigDiff::default();
+    running.retry(&grown, &mut after);
+    assert_eq!(after, ConfigDiff::default());
+}

@@ -278,13 +278,18 @@ impl Control {
         &mut self,
         running: &mut Running,
     ) -> Result<ApplyReport, ConfigErrors> {
-        let changes = match self.with_store(Store::reload).await {
+        let mut changes = match self.with_store(Store::reload).await {
             Ok(changes) => changes,
             Err(errors) => {
                 error!("reload refused, nothing changed:\n{errors}");
                 return Err(errors);
             }
         };
+        {
+            // No file I/O under this lock: the store's configuration is only read.
+            let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            running.retry(store.config(), &mut changes);
+        }
         if changes.is_empty() {
             info!("reload: nothing changed");
             return Ok(ApplyReport::default());
@@ -409,6 +414,24 @@ mod tests {
         );
         // What could be applied was: B is served, without its LUN.
         assert!(running.service().targets.get(B).is_some());
+
+        // The cause fixed, the same configuration reloaded retries the LUN.
+        std::fs::remove_file(dir.path().join("blocker")).unwrap();
+        let retried = control
+            .carry_out(Command::Reload, &mut running)
+            .await
+            .unwrap();
+        assert_eq!(
+            retried["done"][0].as_str(),
+            Some(format!("added target {B} LUN 0").as_str()),
+            "{retried}"
+        );
+        let b = running.service().targets.get(B).unwrap();
+        assert!(b.device.lun(0).is_some());
+        assert_eq!(running.lun_failures().count(), 0);
+        // And once it is served, there is nothing left to retry.
+        let again = control.reload(&mut running).await.unwrap();
+        assert_eq!(again, ApplyReport::default());
     }
 
     #[tokio::test]
