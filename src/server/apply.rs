@@ -38,6 +38,10 @@ pub const LOGOUT_GRACE: Duration = Duration::from_secs(10);
 /// sessions, beyond the grace) before it flushes what has completed.
 const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a LUN being added waits for a removed unit of the same target and number to
+/// finish retiring before the addition fails (a reload retries it).
+const SAME_UNIT_WAIT: Duration = Duration::from_secs(15);
+
 /// What an apply did: one line per change that took effect, one per change that failed
 /// (with its reason). Serialized as the control socket's reply.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -86,6 +90,12 @@ pub struct Running {
     acceptor: Option<Acceptor>,
     /// Flushes of removed units and targets, waiting for their last commands and sessions.
     retiring: TaskTracker,
+    /// (lower-cased target, LUN) of each removed unit still retiring → cancelled once it has
+    /// drained and flushed. A unit's identity, its atomic-write journal and its reservation
+    /// file derive from exactly that pair, so a new unit with the same pair must not open
+    /// (and recover that journal) while the old one may still write.
+    retiring_units: BTreeMap<(String, u64), CancellationToken>,
+    same_unit_wait: Duration,
     logout_grace: Duration,
 }
 
@@ -99,6 +109,8 @@ impl Running {
             lun_failures: BTreeMap::new(),
             acceptor: None,
             retiring: TaskTracker::new(),
+            retiring_units: BTreeMap::new(),
+            same_unit_wait: SAME_UNIT_WAIT,
             logout_grace: LOGOUT_GRACE,
         }
     }
@@ -115,6 +127,13 @@ impl Running {
     /// Sets how long removed targets' sessions have to log out.
     pub fn with_logout_grace(mut self, grace: Duration) -> Running {
         self.logout_grace = grace;
+        self
+    }
+
+    /// Sets how long an added LUN waits for a retiring unit of the same identity.
+    #[cfg(test)]
+    fn with_same_unit_wait(mut self, wait: Duration) -> Running {
+        self.same_unit_wait = wait;
         self
     }
 
@@ -263,6 +282,15 @@ impl Running {
             "removed target {name} ({asked} sessions asked to log out within {} s)",
             self.logout_grace.as_secs()
         ));
+        let units: Vec<_> = target
+            .device
+            .luns()
+            .into_iter()
+            .map(|lu| {
+                let done = self.retiring_unit(name, lu.lun());
+                (lu, done)
+            })
+            .collect();
         let service = Arc::clone(&self.service);
         let wait = self.logout_grace + RETIRE_WAIT;
         self.retiring.spawn(async move {
@@ -274,8 +302,9 @@ impl Running {
             if tokio::time::timeout(wait, gone).await.is_err() {
                 warn!(target = %target.name, "sessions of the removed target still there; flushing anyway");
             }
-            for lu in target.device.luns() {
+            for (lu, done) in units {
                 retire_unit(&target.name, lu).await;
+                done.cancel();
             }
         });
     }
@@ -294,9 +323,12 @@ impl Running {
         match device.remove_lun(lun) {
             Some(lu) => {
                 report.done(format!("removed target {target} LUN {lun}"));
+                let done = self.retiring_unit(target, lun);
                 let target = target.to_string();
-                self.retiring
-                    .spawn(async move { retire_unit(&target, lu).await });
+                self.retiring.spawn(async move {
+                    retire_unit(&target, lu).await;
+                    done.cancel();
+                });
             }
             // It never opened: forgetting its failure is all there is to do.
             None if failed_before.is_some() => {
@@ -385,6 +417,11 @@ impl Running {
         report: &mut ApplyReport,
     ) {
         let key = (target.to_string(), lun.lun);
+        if let Err(reason) = self.wait_for_retiring(target, lun.lun).await {
+            report.failed(reason.clone());
+            self.lun_failures.insert(key, reason);
+            return;
+        }
         match build::build_lun(target, lun, &self.storage).await {
             Ok(lu) => {
                 self.lun_failures.remove(&key);
@@ -397,6 +434,37 @@ impl Running {
                 self.lun_failures.insert(key, reason);
             }
         }
+    }
+
+    /// Registers a removed unit as retiring; the token is cancelled once it has flushed.
+    fn retiring_unit(&mut self, target: &str, lun: u64) -> CancellationToken {
+        self.retiring_units.retain(|_, done| !done.is_cancelled());
+        let done = CancellationToken::new();
+        self.retiring_units
+            .insert((target.to_ascii_lowercase(), lun), done.clone());
+        done
+    }
+
+    /// Waits (bounded) until no removed unit with this target and LUN number is retiring:
+    /// the new unit would share its identity, atomic-write journal (whose recovery would
+    /// race the old unit's writes) and reservation file.
+    async fn wait_for_retiring(&mut self, target: &str, lun: u64) -> Result<(), String> {
+        let key = (target.to_ascii_lowercase(), lun);
+        let Some(done) = self.retiring_units.get(&key).cloned() else {
+            return Ok(());
+        };
+        if tokio::time::timeout(self.same_unit_wait, done.cancelled())
+            .await
+            .is_err()
+        {
+            return Err(format!(
+                "target {target} LUN {lun}: the removed unit with this number is still \
+                 finishing its commands or sessions (it shares the unit's journal and \
+                 reservations); not added, run keel reload to retry once it is gone"
+            ));
+        }
+        self.retiring_units.remove(&key);
+        Ok(())
     }
 
     /// Stops accepting on the portal; sessions that came in through it go on.

@@ -284,3 +284,48 @@ async fn a_retry_grows_units_smaller_than_configured_and_leaves_the_rest() {
     running.retry(&grown, &mut after);
     assert_eq!(after, ConfigDiff::default());
 }
+
+#[tokio::test]
+async fn a_lun_re_added_waits_for_its_removed_unit_to_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = config_in(dir.path(), &target(A, "", &[(0, "a0.img", "1MiB")]));
+    // The same LUN number on another file: removed and added in one apply.
+    let after = config_in(dir.path(), &target(A, "", &[(0, "a0b.img", "1MiB")]));
+    let (running, _) = started(&before).await;
+    let mut running = running.with_same_unit_wait(Duration::from_millis(300));
+    let old = running
+        .service()
+        .targets
+        .get(A)
+        .unwrap()
+        .device
+        .lun(0)
+        .unwrap();
+    // A command still running on the old unit (an atomic write, say).
+    let in_flight = old.task_set().join(
+        Arc::new(Nexus::for_test("iqn.i")),
+        crate::scsi::TaskFate::new(),
+        CancellationToken::new(),
+    );
+
+    let report = running.apply(&diff(&before, &after)).await;
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].contains("still"), "{report:?}");
+    let device = running.service().targets.get(A).unwrap().device.clone();
+    assert!(device.lun(0).is_none());
+    assert_eq!(running.lun_failures().count(), 1);
+
+    // Once the old unit has drained and flushed, a reload's retry adds the new one.
+    drop(in_flight);
+    let mut retried = ConfigDiff::default();
+    for _ in 0..100 {
+        retried = ConfigDiff::default();
+        running.retry(&after, &mut retried);
+        let report = running.apply(&retried).await;
+        if report.failed.is_empty() {
+            break;
+        }
+    }
+    assert!(device.lun(0).is_some(), "{retried:?}");
+    assert_eq!(running.lun_failures().count(), 0);
+}
