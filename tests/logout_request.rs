@@ -20,14 +20,21 @@ async fn async_message(i: &mut Initiator) -> AsyncMessage {
     }
 }
 
-#[tokio::test]
-async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
-    let dir = tempfile::tempdir().unwrap();
+/// keel serving TARGET (one 1 MiB LUN in `dir`): its portal, its service, what stops it and
+/// its task.
+async fn serve_one_target(
+    dir: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<keel::iscsi::Service>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let text = format!(
         "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
          [[target]]\nname = \"{TARGET}\"\n\
          [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"1MiB\"\n",
-        dir.path().display()
+        dir.display()
     );
     let server = Server::bind(&config::parse(&text, "test").unwrap())
         .await
@@ -38,6 +45,13 @@ async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
     let task = tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
+    (addr, service, tx, task)
+}
+
+#[tokio::test]
+async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, service, tx, task) = serve_one_target(dir.path()).await;
 
     let mut polite = honest_session_at(addr, 1).await;
     let mut stubborn = honest_session_at(addr, 2).await;
@@ -99,21 +113,7 @@ async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
 #[tokio::test]
 async fn a_login_completing_after_its_target_was_removed_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
-         [[target]]\nname = \"{TARGET}\"\n\
-         [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"1MiB\"\n",
-        dir.path().display()
-    );
-    let server = Server::bind(&config::parse(&text, "test").unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addrs()[0];
-    let service = server.service();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = rx.await;
-    }));
+    let (addr, service, tx, task) = serve_one_target(dir.path()).await;
 
     let mut late = Initiator::connect(addr).await;
     let name = late.name.clone();

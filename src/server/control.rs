@@ -346,14 +346,19 @@ mod tests {
         Store::load(path).unwrap()
     }
 
+    /// keel serving target A from `path`, with its writer.
+    async fn serving_a(path: &std::path::Path, dir: &std::path::Path) -> (Running, Control) {
+        write(path, dir, &[A]);
+        let store = start_store(path);
+        let (running, _) = Running::start(store.config()).await.unwrap();
+        (running, Control::new(store))
+    }
+
     #[tokio::test]
     async fn a_reload_applies_the_difference_and_a_broken_file_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keel.toml");
-        write(&path, dir.path(), &[A]);
-        let store = start_store(&path);
-        let (mut running, _) = Running::start(store.config()).await.unwrap();
-        let mut control = Control::new(store);
+        let (mut running, mut control) = serving_a(&path, dir.path()).await;
 
         // Nothing changed: nothing done.
         let report = control.reload(&mut running).await.unwrap();
@@ -395,10 +400,7 @@ mod tests {
     async fn a_reload_that_partly_fails_is_a_failed_call() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keel.toml");
-        write(&path, dir.path(), &[A]);
-        let store = start_store(&path);
-        let (mut running, _) = Running::start(store.config()).await.unwrap();
-        let mut control = Control::new(store);
+        let (mut running, mut control) = serving_a(&path, dir.path()).await;
 
         std::fs::write(dir.path().join("blocker"), "").unwrap();
         write_with_blocked_b(&path, dir.path());
