@@ -424,7 +424,20 @@ async fn serve(store: config::Store) -> anyhow::Result<()> {
     let server = Server::bind(store.config()).await?;
     // The control socket is bound before READY=1: `keel status` works once systemd says
     // keel is up.
-    let socket = admin::socket::ControlListener::bind(&store.config().control).await?;
+    let socket = match admin::socket::ControlListener::bind(&store.config().control).await {
+        Ok(socket) => socket,
+        // The embedded default is for trying keel out, often as an ordinary user who cannot
+        // write /run/keel: serving without the socket beats not serving. A configuration file
+        // asked for the socket, so there it stays an error.
+        Err(e) if store.main_file().is_none() => {
+            tracing::warn!(
+                "{e:#}; serving without a control socket (give --config with control_socket \
+                 set to a path you can write, or \"\" to turn it off)"
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
     // SIGHUP and the control socket's calls change the configuration, one at a time.
     let control = Control::new(store).with_hangup()?.with_socket(socket);
     server

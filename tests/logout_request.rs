@@ -20,14 +20,21 @@ async fn async_message(i: &mut Initiator) -> AsyncMessage {
     }
 }
 
-#[tokio::test]
-async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
-    let dir = tempfile::tempdir().unwrap();
+/// keel serving TARGET (one 1 MiB LUN in `dir`): its portal, its service, what stops it and
+/// its task.
+async fn serve_one_target(
+    dir: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<keel::iscsi::Service>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let text = format!(
         "[server]\nportals = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
          [[target]]\nname = \"{TARGET}\"\n\
          [[target.lun]]\nlun = 0\nfile = \"disk0.img\"\nsize = \"1MiB\"\n",
-        dir.path().display()
+        dir.display()
     );
     let server = Server::bind(&config::parse(&text, "test").unwrap())
         .await
@@ -38,6 +45,13 @@ async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
     let task = tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
+    (addr, service, tx, task)
+}
+
+#[tokio::test]
+async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, service, tx, task) = serve_one_target(dir.path()).await;
 
     let mut polite = honest_session_at(addr, 1).await;
     let mut stubborn = honest_session_at(addr, 2).await;
@@ -89,6 +103,50 @@ async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
     still_serves(&mut bystander, 2).await;
     assert_eq!(service.sessions.count(), 1);
     assert_eq!(bystander.logout().await, 0);
+    tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// A login that completes after its target was removed, and after the removal asked the
+/// target's sessions to log out, is refused with 02/04 Target removed (RFC 7143 §11.13.5):
+/// it would otherwise never be asked to log out, and serve no LUNs.
+#[tokio::test]
+async fn a_login_completing_after_its_target_was_removed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, service, tx, task) = serve_one_target(dir.path()).await;
+
+    let mut late = Initiator::connect(addr).await;
+    let name = late.name.clone();
+    let security = late
+        .login_step(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", &name),
+                ("AuthMethod", "None"),
+                ("TargetName", TARGET),
+                ("SessionType", "Normal"),
+            ],
+        )
+        .await;
+    assert_eq!((security.status_class, security.status_detail), (0, 0));
+
+    // What removing the target does (server/apply.rs): out of the registry, then the
+    // sessions registered so far are asked to log out; this login is not one of them yet.
+    assert!(service.targets.remove(TARGET).is_some());
+    let asked = service
+        .sessions
+        .request_logout(&SessionFilter::target(TARGET), Duration::from_secs(5));
+    assert_eq!(asked, 0);
+
+    let operational = late.login_step(1, 3, true, &[]).await;
+    assert_eq!(
+        (operational.status_class, operational.status_detail),
+        (2, 4)
+    );
+    late.expect_closed().await;
+    assert_eq!(service.sessions.count(), 0);
     tx.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

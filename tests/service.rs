@@ -155,3 +155,74 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
         "{text}"
     );
 }
+
+/// Whether this test runs as root (then it can run keel as `nobody`, in a network namespace
+/// of its own where the embedded default's port 3260 is free).
+fn can_run_as_nobody() -> bool {
+    let uid = Command::new("id").arg("-u").output();
+    let root = uid.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools = ["unshare", "setpriv", "ip"].iter().all(|tool| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    root && tools
+}
+
+#[test]
+fn the_embedded_default_serves_without_a_control_socket_it_cannot_bind() {
+    if !can_run_as_nobody() {
+        eprintln!("skipped: needs root, unshare, setpriv and ip to run keel as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let log_path = dir.path().join("keel.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    // No --config: the embedded default, whose socket /run/keel/keel.sock nobody cannot
+    // bind. Each step execs the next, so the child's pid is keel's.
+    let child = Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && exec setpriv --reuid=nobody --regid=nogroup --clear-groups \
+             \"$0\" serve",
+            env!("CARGO_BIN_EXE_keel"),
+        ])
+        .current_dir(dir.path())
+        .env("KEEL_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let mut keel = Running(child);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !log().contains("accepting connections") {
+        if let Some(status) = keel.0.try_wait().unwrap() {
+            panic!("keel exited with {status}: {}", log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keel did not start: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        log().contains("serving without a control socket"),
+        "{}",
+        log()
+    );
+    terminate(&keel);
+    wait_clean_exit(&mut keel, &log());
+}

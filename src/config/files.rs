@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where a target is declared.
@@ -69,18 +69,25 @@ fn is_target_file_name(name: &str) -> bool {
 
 /// Replaces `path` with `text` so that a crash leaves the old file or the new one, never a
 /// mix: a temporary file in the same directory, fsync, rename over `path`, fsync the
-/// directory. A replaced file keeps its permissions; a new one is 0600 (it may hold CHAP
-/// secrets).
+/// directory. A replaced file keeps its permissions, owner and group; a new one is 0600 (it
+/// may hold CHAP secrets). A symlink (loads follow them) stays a symlink: the file it points
+/// to is the one replaced.
 pub(super) fn write_atomically(path: &Path, text: &str, counts: &mut FileCounts) -> io::Result<()> {
+    let existing = match fs::canonicalize(path) {
+        Ok(real) => Some((fs::metadata(&real)?, real)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let path = existing.as_ref().map_or(path, |(_, real)| real.as_path());
     let dir = parent_dir(path);
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
     // Hidden, so a load never mistakes it for a target file.
     let temp = dir.join(format!(".{}.keel-tmp", file_name.to_string_lossy()));
-    let mode = match fs::metadata(path) {
-        Ok(m) => m.permissions().mode() & 0o7777,
-        Err(_) => 0o600,
+    let mode = match &existing {
+        Some((m, _)) => m.permissions().mode() & 0o7777,
+        None => 0o600,
     };
     counts.writes += 1;
     let written = (|| {
@@ -90,7 +97,16 @@ pub(super) fn write_atomically(path: &Path, text: &str, counts: &mut FileCounts)
             .truncate(true)
             .mode(mode)
             .open(&temp)?;
-        // A leftover temporary file from a crash keeps its old mode through `open`.
+        if let Some((m, _)) = &existing {
+            // The group often grants the access (a 0640 file of group keel); a file created
+            // here would get this process's instead.
+            let temp_meta = file.metadata()?;
+            if (temp_meta.uid(), temp_meta.gid()) != (m.uid(), m.gid()) {
+                std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))?;
+            }
+        }
+        // A leftover temporary file from a crash keeps its old mode through `open`, and
+        // chown clears set-id bits.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
@@ -173,5 +189,48 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["a.toml"]);
+    }
+
+    #[test]
+    fn an_atomic_write_through_a_symlink_replaces_the_target_and_keeps_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = dir.path().join("real");
+        let include = dir.path().join("targets.d");
+        fs::create_dir_all(&real_dir).unwrap();
+        fs::create_dir_all(&include).unwrap();
+        let real = real_dir.join("a.toml");
+        fs::write(&real, "one\n").unwrap();
+        let link = include.join("a.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomically(&link, "two\n", &mut FileCounts::default()).unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read_to_string(&real).unwrap(), "two\n");
+        let entries = |d: &Path| fs::read_dir(d).unwrap().count();
+        assert_eq!((entries(&include), entries(&real_dir)), (1, 1));
+    }
+
+    #[test]
+    fn an_atomic_write_keeps_the_owner_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        fs::write(&path, "one\n").unwrap();
+        let me = fs::metadata(&path).unwrap();
+        // Only root may give a file away; others can still check that nothing changes.
+        let (uid, gid) = if me.uid() == 0 {
+            (4321, 4322)
+        } else {
+            (me.uid(), me.gid())
+        };
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&path, "two\n", &mut FileCounts::default()).unwrap();
+        let after = fs::metadata(&path).unwrap();
+        assert_eq!((after.uid(), after.gid()), (uid, gid));
+        assert_eq!(after.permissions().mode() & 0o777, 0o640);
     }
 }

@@ -122,6 +122,21 @@ impl Store {
                 &mut self.counts,
             )?,
         };
+        // Relative LUN files, reservations and atomic-write journals all live under
+        // data_dir: adopting a new one would swap every relative LUN to another (often new,
+        // empty) file at once, while the running journals stay where they are.
+        if loaded.config.data_dir != self.config.data_dir {
+            return Err(ConfigErrors::one(
+                ErrorKind::Invalid,
+                self.main_name(),
+                format!(
+                    "data_dir changes need a restart; nothing changed (running with {}, the \
+                     file says {})",
+                    self.config.data_dir.display(),
+                    loaded.config.data_dir.display()
+                ),
+            ));
+        }
         let change = diff(&self.config, &loaded.config);
         self.config = loaded.config;
         self.index(loaded.origins);

@@ -630,6 +630,26 @@ fn reload_reports_the_difference_and_a_broken_file_changes_nothing() {
     assert_eq!(*store.config(), config);
 }
 
+#[test]
+fn a_reload_with_another_data_dir_is_refused_and_changes_nothing() {
+    let f = Fixture::new(&target_text("m"));
+    let mut store = f.store();
+    let config = store.config().clone();
+    let text = fs::read_to_string(f.main()).unwrap();
+    let moved = text.replace(
+        &f.dir.path().join("data").display().to_string(),
+        &f.dir.path().join("data2").display().to_string(),
+    );
+    fs::write(f.main(), moved + &target_text("n")).unwrap();
+    let e = store.reload().err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("data_dir changes need a restart; nothing changed"),
+        "{e}"
+    );
+    assert_eq!(*store.config(), config);
+}
+
 /// A change reads and writes the one file it edits, however many targets there are.
 #[test]
 fn a_change_costs_the_same_with_300_targets() {

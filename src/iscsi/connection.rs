@@ -95,6 +95,7 @@ async fn run(
         outcome,
         guard,
         stat_sn,
+        target,
     }) = login
     else {
         return Ok(());
@@ -108,10 +109,6 @@ async fn run(
         data_digest: params.data_digest,
         max_data_segment: params.target_max_recv,
     };
-    let target = outcome
-        .target
-        .as_ref()
-        .and_then(|t| ctx.targets.get(&t.name));
     let span = tracing::info_span!(
         "session",
         initiator = %outcome.initiator_name,

@@ -3,7 +3,7 @@
 //! [`SessionRegistry`](super::SessionRegistry) (reinstating an older one with the same
 //! ISID, §6.3.5).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -12,13 +12,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
 use tracing::info;
 
-use super::Service;
 use super::limits::{OverLimit, REFUSE_DELAY};
 use super::login::SessionType;
 use super::login::{self, LoginMachine, LoginOutcome, LoginStep, LoginTarget};
 use super::session::{AdmitError, SessionGuard, SessionKey};
 use super::session_core::{TargetCatalog, opcode_name};
 use super::status;
+use super::{Service, Target};
 use crate::wire::framing::{BufQueue, FrameError, frame_parts};
 use crate::wire::{self, LoginRequest, PduCodec, Reply, Request, SeqNums};
 
@@ -27,6 +27,9 @@ pub(super) struct LoggedIn<'a> {
     pub guard: SessionGuard<'a>,
     /// The StatSN the first full-feature response will carry.
     pub stat_sn: u32,
+    /// The target a Normal session logged in to, as it was when the login completed (by
+    /// name it may since have been removed, or replaced by another); `None` for discovery.
+    pub target: Option<Arc<Target>>,
 }
 
 /// The login phase, within the configured time and until shutdown: `None` if the
@@ -59,8 +62,13 @@ async fn login_phase<'a>(
     let mut machine = LoginMachine::new(&ctx.settings).with_access(ctx.access.clone());
     let mut stat_sn: u32 = 1;
     let mut first = true;
+    // The target the login is checked against; a removal or re-addition during the login's
+    // round trips is caught against it once the session is admitted.
+    let looked_up: Mutex<Option<Arc<Target>>> = Mutex::new(None);
     let find = |name: &str| {
-        ctx.targets.get(name).map(|t| LoginTarget {
+        let found = ctx.targets.get(name);
+        *looked_up.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
+        found.map(|t| LoginTarget {
             name: t.name.clone(),
             alias: t.alias.clone(),
             portal_group_tag: t.portal_group_tag,
@@ -170,6 +178,29 @@ async fn login_phase<'a>(
                         return Ok(None);
                     }
                 };
+                // Removing a target takes it out of the registry, then asks the sessions
+                // registered by then to log out. A login admitted after that sweep would never
+                // be asked: checked here, after admission, it is refused instead (RFC 7143
+                // §11.13.5, 02/04 Target removed). A replaced access (same device) is not a
+                // removal: the login completes with what it was checked against.
+                let target = looked_up.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let target = match (&outcome.target, target) {
+                    (None, _) => None,
+                    (Some(_), Some(then)) if still_served(ctx, &then) => Some(then),
+                    (Some(t), _) => {
+                        drop(guard);
+                        info!(
+                            initiator = %outcome.initiator_name,
+                            target = %t.name,
+                            status = "0x0204",
+                            "login refused: the target was removed during the login"
+                        );
+                        ctx.metrics.count_login(&t.name, status::TARGET_REMOVED.0);
+                        let r = login::failure_response(&req, status::TARGET_REMOVED);
+                        send_login(wr, r, &mut stat_sn, &req, ctx).await?;
+                        return Ok(None);
+                    }
+                };
                 response.tsih = guard.tsih;
                 ctx.metrics.count_login(&target_of(&outcome), 0);
                 send_login(wr, response, &mut stat_sn, &req, ctx).await?;
@@ -177,10 +208,19 @@ async fn login_phase<'a>(
                     outcome: *outcome,
                     guard,
                     stat_sn,
+                    target,
                 }));
             }
         }
     }
+}
+
+/// Whether `target` is still the one the registry serves under its name: the same device
+/// (an access change replaces the `Target` but keeps its device and units).
+fn still_served(ctx: &Service, target: &Arc<Target>) -> bool {
+    ctx.targets
+        .get(&target.name)
+        .is_some_and(|now| Arc::ptr_eq(&now.device, &target.device))
 }
 
 async fn send_login(

@@ -38,6 +38,10 @@ pub const LOGOUT_GRACE: Duration = Duration::from_secs(10);
 /// sessions, beyond the grace) before it flushes what has completed.
 const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a LUN being added waits for a removed unit of the same target and number to
+/// finish retiring before the addition fails (a reload retries it).
+const SAME_UNIT_WAIT: Duration = Duration::from_secs(15);
+
 /// What an apply did: one line per change that took effect, one per change that failed
 /// (with its reason). Serialized as the control socket's reply.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -86,6 +90,12 @@ pub struct Running {
     acceptor: Option<Acceptor>,
     /// Flushes of removed units and targets, waiting for their last commands and sessions.
     retiring: TaskTracker,
+    /// (lower-cased target, LUN) of each removed unit still retiring → cancelled once it has
+    /// drained and flushed. A unit's identity, its atomic-write journal and its reservation
+    /// file derive from exactly that pair, so a new unit with the same pair must not open
+    /// (and recover that journal) while the old one may still write.
+    retiring_units: BTreeMap<(String, u64), CancellationToken>,
+    same_unit_wait: Duration,
     logout_grace: Duration,
 }
 
@@ -99,6 +109,8 @@ impl Running {
             lun_failures: BTreeMap::new(),
             acceptor: None,
             retiring: TaskTracker::new(),
+            retiring_units: BTreeMap::new(),
+            same_unit_wait: SAME_UNIT_WAIT,
             logout_grace: LOGOUT_GRACE,
         }
     }
@@ -115,6 +127,13 @@ impl Running {
     /// Sets how long removed targets' sessions have to log out.
     pub fn with_logout_grace(mut self, grace: Duration) -> Running {
         self.logout_grace = grace;
+        self
+    }
+
+    /// Sets how long an added LUN waits for a retiring unit of the same identity.
+    #[cfg(test)]
+    fn with_same_unit_wait(mut self, wait: Duration) -> Running {
+        self.same_unit_wait = wait;
         self
     }
 
@@ -137,6 +156,73 @@ impl Running {
         self.lun_failures
             .iter()
             .map(|((target, lun), reason)| (target.as_str(), *lun, reason.as_str()))
+    }
+
+    /// Adds to `diff` what a reload retries although the configuration did not change: the
+    /// LUNs `desired` declares that failed to open (remembered in the failures), and the file
+    /// LUNs smaller than their configured size (a grow that failed, say on a full disk).
+    /// Without this a failure stays until the configuration changes, since the saved
+    /// configuration diffs with itself to nothing. What `diff` already changes, removes or
+    /// re-adds is left to it.
+    pub fn retry(&self, desired: &Config, diff: &mut ConfigDiff) {
+        let removed = |name: &str| diff.targets_removed.iter().any(|r| r == name);
+        let mut retries = Vec::new();
+        for target in &desired.targets {
+            if removed(&target.name) {
+                continue;
+            }
+            let Some(device) = self.device(&target.name) else {
+                continue;
+            };
+            let planned = diff
+                .targets_changed
+                .iter()
+                .find(|c| c.new.name == target.name);
+            let touched = |lun: u64| {
+                planned.is_some_and(|c| {
+                    c.luns_removed.contains(&lun)
+                        || c.luns_added.iter().any(|l| l.lun == lun)
+                        || c.luns_resized.iter().any(|l| l.lun == lun)
+                })
+            };
+            let mut retry = TargetDiff {
+                new: target.clone(),
+                access_changed: false,
+                luns_removed: Vec::new(),
+                luns_resized: Vec::new(),
+                luns_added: Vec::new(),
+            };
+            for lun in target.luns.iter().filter(|l| !touched(l.lun)) {
+                match device.lun(lun.lun) {
+                    None if self
+                        .lun_failures
+                        .contains_key(&(target.name.clone(), lun.lun)) =>
+                    {
+                        retry.luns_added.push(lun.clone());
+                    }
+                    Some(lu) if smaller_than_configured(&lu, lun) => {
+                        retry.luns_resized.push(lun.clone());
+                    }
+                    _ => {}
+                }
+            }
+            if !retry.luns_added.is_empty() || !retry.luns_resized.is_empty() {
+                retries.push(retry);
+            }
+        }
+        for retry in retries {
+            match diff
+                .targets_changed
+                .iter_mut()
+                .find(|c| c.new.name == retry.new.name)
+            {
+                Some(planned) => {
+                    planned.luns_added.extend(retry.luns_added);
+                    planned.luns_resized.extend(retry.luns_resized);
+                }
+                None => diff.targets_changed.push(retry),
+            }
+        }
     }
 
     /// Applies `diff` in ctld's order; see the module documentation.
@@ -198,6 +284,15 @@ impl Running {
             "removed target {name} ({asked} sessions asked to log out within {} s)",
             self.logout_grace.as_secs()
         ));
+        let units: Vec<_> = target
+            .device
+            .luns()
+            .into_iter()
+            .map(|lu| {
+                let done = self.retiring_unit(name, lu.lun());
+                (lu, done)
+            })
+            .collect();
         let service = Arc::clone(&self.service);
         let wait = self.logout_grace + RETIRE_WAIT;
         self.retiring.spawn(async move {
@@ -209,8 +304,9 @@ impl Running {
             if tokio::time::timeout(wait, gone).await.is_err() {
                 warn!(target = %target.name, "sessions of the removed target still there; flushing anyway");
             }
-            for lu in target.device.luns() {
+            for (lu, done) in units {
                 retire_unit(&target.name, lu).await;
+                done.cancel();
             }
         });
     }
@@ -229,9 +325,12 @@ impl Running {
         match device.remove_lun(lun) {
             Some(lu) => {
                 report.done(format!("removed target {target} LUN {lun}"));
+                let done = self.retiring_unit(target, lun);
                 let target = target.to_string();
-                self.retiring
-                    .spawn(async move { retire_unit(&target, lu).await });
+                self.retiring.spawn(async move {
+                    retire_unit(&target, lu).await;
+                    done.cancel();
+                });
             }
             // It never opened: forgetting its failure is all there is to do.
             None if failed_before.is_some() => {
@@ -320,6 +419,11 @@ impl Running {
         report: &mut ApplyReport,
     ) {
         let key = (target.to_string(), lun.lun);
+        if let Err(reason) = self.wait_for_retiring(target, lun.lun).await {
+            report.failed(reason.clone());
+            self.lun_failures.insert(key, reason);
+            return;
+        }
         match build::build_lun(target, lun, &self.storage).await {
             Ok(lu) => {
                 self.lun_failures.remove(&key);
@@ -332,6 +436,37 @@ impl Running {
                 self.lun_failures.insert(key, reason);
             }
         }
+    }
+
+    /// Registers a removed unit as retiring; the token is cancelled once it has flushed.
+    fn retiring_unit(&mut self, target: &str, lun: u64) -> CancellationToken {
+        self.retiring_units.retain(|_, done| !done.is_cancelled());
+        let done = CancellationToken::new();
+        self.retiring_units
+            .insert((target.to_ascii_lowercase(), lun), done.clone());
+        done
+    }
+
+    /// Waits (bounded) until no removed unit with this target and LUN number is retiring:
+    /// the new unit would share its identity, atomic-write journal (whose recovery would
+    /// race the old unit's writes) and reservation file.
+    async fn wait_for_retiring(&mut self, target: &str, lun: u64) -> Result<(), String> {
+        let key = (target.to_ascii_lowercase(), lun);
+        let Some(done) = self.retiring_units.get(&key).cloned() else {
+            return Ok(());
+        };
+        if tokio::time::timeout(self.same_unit_wait, done.cancelled())
+            .await
+            .is_err()
+        {
+            return Err(format!(
+                "target {target} LUN {lun}: the removed unit with this number is still \
+                 finishing its commands or sessions (it shares the unit's journal and \
+                 reservations); not added, run keel reload to retry once it is gone"
+            ));
+        }
+        self.retiring_units.remove(&key);
+        Ok(())
     }
 
     /// Stops accepting on the portal; sessions that came in through it go on.
@@ -433,6 +568,19 @@ fn start_accepting(listener: &mut Listener, service: &Arc<Service>, acceptor: &A
             }
         }
     });
+}
+
+/// Whether a file LUN's medium is smaller than its configured size (it never is for a
+/// block device, or a unit without a medium).
+fn smaller_than_configured(lu: &LogicalUnit, config: &LunConfig) -> bool {
+    let Backing::File {
+        create_size: Some(size),
+        ..
+    } = config.backing
+    else {
+        return false;
+    };
+    lu.medium().is_ok_and(|medium| medium.size_bytes() < size)
 }
 
 /// A removed unit's last commands finish (bounded wait), then what they wrote is flushed.

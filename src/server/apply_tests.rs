@@ -276,3 +276,83 @@ async fn portals_close_and_open() {
     // The closed portal's port is free again.
     drop(tokio::net::TcpListener::bind(first).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_retry_grows_units_smaller_than_configured_and_leaves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = config_in(
+        dir.path(),
+        &target(A, "", &[(0, "a0.img", "1MiB"), (1, "a1.img", "1MiB")]),
+    );
+    let (mut running, _) = started(&small).await;
+    let mut nothing = diff(&small, &small);
+    running.retry(&small, &mut nothing);
+    assert_eq!(nothing, ConfigDiff::default());
+
+    // As after a grow that failed: the configuration says 2 MiB, the unit is 1 MiB.
+    let grown = config_in(
+        dir.path(),
+        &target(A, "", &[(0, "a0.img", "2MiB"), (1, "a1.img", "1MiB")]),
+    );
+    let mut retried = ConfigDiff::default();
+    running.retry(&grown, &mut retried);
+    assert_eq!(retried.targets_changed.len(), 1);
+    let resized: Vec<u64> = retried.targets_changed[0]
+        .luns_resized
+        .iter()
+        .map(|l| l.lun)
+        .collect();
+    assert_eq!(resized, [0]);
+    let report = running.apply(&retried).await;
+    assert!(report.failed.is_empty(), "{report:?}");
+    let a = running.service().targets.get(A).unwrap();
+    assert_eq!(a.device.lun(0).unwrap().capacity_blocks(), (2 << 20) / 512);
+    let mut after = ConfigDiff::default();
+    running.retry(&grown, &mut after);
+    assert_eq!(after, ConfigDiff::default());
+}
+
+#[tokio::test]
+async fn a_lun_re_added_waits_for_its_removed_unit_to_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = config_in(dir.path(), &target(A, "", &[(0, "a0.img", "1MiB")]));
+    // The same LUN number on another file: removed and added in one apply.
+    let after = config_in(dir.path(), &target(A, "", &[(0, "a0b.img", "1MiB")]));
+    let (running, _) = started(&before).await;
+    let mut running = running.with_same_unit_wait(Duration::from_millis(300));
+    let old = running
+        .service()
+        .targets
+        .get(A)
+        .unwrap()
+        .device
+        .lun(0)
+        .unwrap();
+    // A command still running on the old unit (an atomic write, say).
+    let in_flight = old.task_set().join(
+        Arc::new(Nexus::for_test("iqn.i")),
+        crate::scsi::TaskFate::new(),
+        CancellationToken::new(),
+    );
+
+    let report = running.apply(&diff(&before, &after)).await;
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].contains("still"), "{report:?}");
+    let device = running.service().targets.get(A).unwrap().device.clone();
+    assert!(device.lun(0).is_none());
+    assert_eq!(running.lun_failures().count(), 1);
+
+    // Once the old unit has drained and flushed, a reload's retry adds the new one.
+    drop(in_flight);
+    let mut retried = ConfigDiff::default();
+    for _ in 0..100 {
+        retried = ConfigDiff::default();
+        running.retry(&after, &mut retried);
+        let report = running.apply(&retried).await;
+        if report.failed.is_empty() {
+            break;
+        }
+    }
+    assert!(device.lun(0).is_some(), "{retried:?}");
+    assert_eq!(running.lun_failures().count(), 0);
+}

@@ -137,7 +137,17 @@ impl Control {
         match command {
             Command::Status => to_json(&status::report(running)),
             Command::Reload => match self.reload(running).await {
-                Ok(report) => to_json(&report),
+                Ok(report) if report.failed.is_empty() => to_json(&report),
+                // As for a single change: the caller (and `systemctl reload`) must see that
+                // part of it did not take effect.
+                Ok(report) => Err(CallError::new(
+                    ErrorCode::Failed,
+                    format!(
+                        "the configuration is adopted, but not all of it could be applied (fix \
+                         it and run keel reload again):\n{}",
+                        report.failed.join("\n")
+                    ),
+                )),
                 Err(errors) => Err(refusal(&errors)),
             },
             Command::TargetAdd { target } => {
@@ -268,13 +278,18 @@ impl Control {
         &mut self,
         running: &mut Running,
     ) -> Result<ApplyReport, ConfigErrors> {
-        let changes = match self.with_store(Store::reload).await {
+        let mut changes = match self.with_store(Store::reload).await {
             Ok(changes) => changes,
             Err(errors) => {
                 error!("reload refused, nothing changed:\n{errors}");
                 return Err(errors);
             }
         };
+        {
+            // No file I/O under this lock: the store's configuration is only read.
+            let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            running.retry(store.config(), &mut changes);
+        }
         if changes.is_empty() {
             info!("reload: nothing changed");
             return Ok(ApplyReport::default());
@@ -331,14 +346,19 @@ mod tests {
         Store::load(path).unwrap()
     }
 
+    /// keel serving target A from `path`, with its writer.
+    async fn serving_a(path: &std::path::Path, dir: &std::path::Path) -> (Running, Control) {
+        write(path, dir, &[A]);
+        let store = start_store(path);
+        let (running, _) = Running::start(store.config()).await.unwrap();
+        (running, Control::new(store))
+    }
+
     #[tokio::test]
     async fn a_reload_applies_the_difference_and_a_broken_file_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keel.toml");
-        write(&path, dir.path(), &[A]);
-        let store = start_store(&path);
-        let (mut running, _) = Running::start(store.config()).await.unwrap();
-        let mut control = Control::new(store);
+        let (mut running, mut control) = serving_a(&path, dir.path()).await;
 
         // Nothing changed: nothing done.
         let report = control.reload(&mut running).await.unwrap();
@@ -367,6 +387,53 @@ mod tests {
             "{report:?}"
         );
         assert!(running.service().targets.get(B).is_none());
+    }
+
+    /// Target B's LUN cannot open: its file's directory is a regular file.
+    fn write_with_blocked_b(path: &std::path::Path, dir: &std::path::Path) {
+        write(path, dir, &[A, B]);
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, text.replace("\"b.img\"", "\"blocker/b.img\"")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_partly_fails_is_a_failed_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        let (mut running, mut control) = serving_a(&path, dir.path()).await;
+
+        std::fs::write(dir.path().join("blocker"), "").unwrap();
+        write_with_blocked_b(&path, dir.path());
+        let failed = control
+            .carry_out(Command::Reload, &mut running)
+            .await
+            .unwrap_err();
+        assert_eq!(failed.code, ErrorCode::Failed, "{}", failed.message);
+        assert!(
+            failed.message.contains(&format!("target {B} LUN 0")),
+            "{}",
+            failed.message
+        );
+        // What could be applied was: B is served, without its LUN.
+        assert!(running.service().targets.get(B).is_some());
+
+        // The cause fixed, the same configuration reloaded retries the LUN.
+        std::fs::remove_file(dir.path().join("blocker")).unwrap();
+        let retried = control
+            .carry_out(Command::Reload, &mut running)
+            .await
+            .unwrap();
+        assert_eq!(
+            retried["done"][0].as_str(),
+            Some(format!("added target {B} LUN 0").as_str()),
+            "{retried}"
+        );
+        let b = running.service().targets.get(B).unwrap();
+        assert!(b.device.lun(0).is_some());
+        assert_eq!(running.lun_failures().count(), 0);
+        // And once it is served, there is nothing left to retry.
+        let again = control.reload(&mut running).await.unwrap();
+        assert_eq!(again, ApplyReport::default());
     }
 
     #[tokio::test]

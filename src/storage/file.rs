@@ -287,10 +287,26 @@ impl BlockBackend for FileBackend {
                 async move { Err(io::Error::new(io::ErrorKind::InvalidInput, refusal)) },
             );
         }
+        let path = self.path.clone();
         Box::pin(async move {
             if bytes > current {
                 self.blocking(move |file| {
-                    file.set_len(bytes)?;
+                    // The file may have been grown outside keel: its length, not the size
+                    // keel last knew, is what set_len must never go below.
+                    let on_disk = file.metadata()?.len();
+                    if bytes < on_disk {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "{} is {on_disk} bytes; shrinking it to {bytes} would destroy \
+                                 data, refused",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    if bytes > on_disk {
+                        file.set_len(bytes)?;
+                    }
                     file.sync_all()
                 })
                 .await?;
@@ -618,6 +634,28 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("shrinking"), "{err}");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_grow_never_truncates_a_file_grown_outside_keel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let backend = open(&path, Some(1 << 20), &None);
+        // Grown by the operator behind keel's back, with data at the end.
+        let outside = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        outside.set_len(4 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&outside, &[9u8; 512], (4 << 20) - 512).unwrap();
+        // Larger than what keel knew, smaller than the file: refused, nothing cut off.
+        let err = backend.grow_to(2 << 20).await.unwrap_err();
+        assert!(err.to_string().contains("shrinking"), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+        assert_eq!(backend.size_bytes(), 1 << 20);
+        // The file's own length is a grow that writes nothing and shows the blocks.
+        assert_eq!(backend.grow_to(4 << 20).await.unwrap(), 4 << 20);
+        assert_eq!(
+            backend.read_at((4 << 20) - 512, 512).await.unwrap(),
+            vec![9u8; 512]
+        );
     }
 
     #[tokio::test]
