@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::scsi::{CommandClass, ScsiResponse, ScsiStatus};
 
-use super::TargetRegistry;
 use super::session_core::tmf_code;
 
 /// Latency buckets: upper bounds of 2^(k+4) µs for k in 0..20 (16 µs to about 8.4 s),
@@ -348,25 +347,12 @@ impl Metrics {
         self.lock().tmfs.clone()
     }
 
-    /// Forgets what was counted for targets and LUNs that no longer exist in `targets`: a
-    /// server that adds and removes many keeps memory (and the exported series) bounded.
-    /// Called when the configuration removes some, and at each scrape.
-    pub fn forget_removed(&self, targets: &TargetRegistry) {
-        let mut names = BTreeSet::new();
-        let mut luns = BTreeSet::new();
-        for target in targets.list() {
-            for lu in target.device.luns() {
-                luns.insert((target.name.clone(), lu.lun()));
-            }
-            names.insert(target.name.clone());
-        }
-        self.forget_all_but(&names, &luns);
-    }
-
     /// Keeps the counts of the targets `names` (the empty name always stays) and the retired
-    /// totals of the LUNs `luns`. Live connections of a removed target or LUN keep their
-    /// blocks until they end.
-    fn forget_all_but(&self, names: &BTreeSet<String>, luns: &BTreeSet<(String, u64)>) {
+    /// totals of the LUNs `luns`, and forgets the rest: a server that adds and removes many
+    /// keeps memory (and the exported series) bounded. Live connections of a removed target
+    /// or LUN keep their blocks until they end. [`super::Service::forget_removed_metrics`]
+    /// calls it with what exists.
+    pub fn forget_all_but(&self, names: &BTreeSet<String>, luns: &BTreeSet<(String, u64)>) {
         let mut tallies = self.lock();
         let kept = |target: &String| target.is_empty() || names.contains(target);
         tallies.retired.retain(|key, _| luns.contains(key));
@@ -546,10 +532,10 @@ mod tests {
             .connection("gone")
             .record(0, CommandClass::Read, 512, 1);
         metrics.count_login("gone", 0);
-        let targets = TargetRegistry::default();
         // Target t with LUN 0 only.
-        targets.insert(Arc::new(super::super::Target::for_test("t", 512, false)));
-        metrics.forget_removed(&targets);
+        let names = BTreeSet::from(["t".to_owned()]);
+        let luns = BTreeSet::from([("t".to_owned(), 0)]);
+        metrics.forget_all_but(&names, &luns);
         let keys: Vec<_> = metrics.lun_totals().into_keys().collect();
         assert_eq!(keys, [("t".to_owned(), 0)]);
         assert!(metrics.logins().is_empty());

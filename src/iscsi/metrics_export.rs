@@ -54,7 +54,7 @@ impl Collector for KeelCollector {
         let service = &self.service;
         // Counts of targets and LUNs that are gone are dropped here too, so memory stays
         // bounded when they come and go.
-        service.metrics.forget_removed(&service.targets);
+        service.forget_removed_metrics();
         let targets = service.targets.list();
         let names: BTreeSet<String> = targets.iter().map(|t| t.name.clone()).collect();
 

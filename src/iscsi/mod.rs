@@ -130,6 +130,20 @@ pub struct Service {
 }
 
 impl Service {
+    /// Forgets the metrics of targets and LUNs that no longer exist (called when the
+    /// configuration removes some, and at each scrape).
+    pub fn forget_removed_metrics(&self) {
+        let mut names = std::collections::BTreeSet::new();
+        let mut luns = std::collections::BTreeSet::new();
+        for target in self.targets.list() {
+            for lu in target.device.luns() {
+                luns.insert((target.name.clone(), lu.lun()));
+            }
+            names.insert(target.name.clone());
+        }
+        self.metrics.forget_all_but(&names, &luns);
+    }
+
     pub fn new(settings: Settings) -> Self {
         let budget_kib = settings.write_buffer_mib as usize * 1024;
         Service {

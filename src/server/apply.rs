@@ -237,7 +237,7 @@ impl Running {
             }
         }
         // Not only at scrape time: with metrics_listen off nothing else would forget them.
-        self.service.metrics.forget_removed(&self.service.targets);
+        self.service.forget_removed_metrics();
         for changed in &diff.targets_changed {
             for lun in &changed.luns_resized {
                 self.resize_lun(&changed.new.name, lun, &mut report).await;
