@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod iscsi;
 pub mod payload;
+pub mod provision;
 pub mod scsi;
 pub mod server;
 pub mod storage;
