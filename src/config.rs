@@ -25,11 +25,13 @@ mod auth;
 mod control;
 pub mod diff;
 mod files;
+mod pools;
 pub mod store;
 mod validator;
 
 use crate::iscsi::Settings;
 use crate::iscsi::name::check_iscsi_name;
+use crate::provision::{PoolSettings, VolumeSpec};
 use crate::storage::IoEngine;
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
@@ -70,6 +72,8 @@ struct RawConfig {
     server: RawServer,
     #[serde(default, rename = "target")]
     targets: Vec<RawTarget>,
+    #[serde(default, rename = "pool")]
+    pools: Vec<pools::RawPool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +141,12 @@ struct RawLun {
     #[serde(default)]
     removable: bool,
     sanitize_rate: Option<Spanned<SizeValue>>,
+    /// A provisioned volume, "POOL/NAME" (`config/pools.rs`), with its keys.
+    volume: Option<Spanned<String>>,
+    clone_of: Option<Spanned<String>>,
+    volblocksize: Option<Spanned<SizeValue>>,
+    sparse: Option<bool>,
+    on_remove: Option<Spanned<String>>,
 }
 
 /// A size written as a number of bytes or a string with a unit ("1GiB", "256M").
@@ -165,6 +175,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The control socket (`admin::socket`).
     pub control: ControlSettings,
+    /// `[[pool]]` tables: where declared volumes live (main file only).
+    pub pools: Vec<PoolSettings>,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
 }
@@ -205,6 +217,8 @@ pub enum Backing {
     },
     /// An existing block device.
     Block { path: PathBuf },
+    /// A volume keel makes (or adopts) in a pool and serves once it is ready.
+    Volume(VolumeSpec),
 }
 
 /// Why a configuration or a change to it was refused, for callers that answer differently
@@ -357,6 +371,14 @@ fn load_text(
         }
         config.include = Some(dir);
     }
+    let files = origins.iter().map(|origin| match origin {
+        Origin::Main => None,
+        Origin::Included(path) => Some(path.display().to_string()),
+    });
+    errors.extend(pools::check_volumes(
+        &config.pools,
+        config.targets.iter().zip(files),
+    ));
     if errors.is_empty() {
         Ok(Loaded { config, origins })
     } else {
@@ -424,6 +446,7 @@ impl Config {
             targets: Vec::new(),
             metrics_listen: None,
             control: ControlSettings::default(),
+            pools: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -497,6 +520,7 @@ fn parse_main(text: &str) -> Result<MainFile, ConfigError> {
         (i.get_ref().clone(), line)
     });
     let mut config = v.server(&raw.server);
+    config.pools = v.pools(&raw.pools);
     let targets = v.targets(raw.targets, &config.data_dir);
     config.warnings = v.warnings;
     Ok(MainFile {
@@ -596,6 +620,7 @@ impl Validator<'_> {
             targets: Vec::new(),
             metrics_listen,
             control,
+            pools: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -768,6 +793,49 @@ impl Validator<'_> {
             None => 512,
         };
         let physical_block_size = self.physical_block_size(&what, &l, block_size);
+        if let Some(volume) = &l.volume {
+            for (key, set) in [("file", l.file.is_some()), ("block", l.block.is_some())] {
+                if set {
+                    self.error(
+                        volume,
+                        format!("{what}: give one of volume, file or block ({key} too)"),
+                    );
+                }
+            }
+            let backing = self.volume(
+                &what,
+                target,
+                number,
+                block_size,
+                pools::RawVolume {
+                    volume,
+                    size: l.size.as_ref(),
+                    clone_of: l.clone_of.as_ref(),
+                    volblocksize: l.volblocksize.as_ref(),
+                    sparse: l.sparse,
+                    on_remove: l.on_remove.as_ref(),
+                },
+            )?;
+            return Some(LunConfig {
+                lun: number,
+                backing,
+                block_size,
+                physical_block_size,
+                read_only: l.read_only,
+                removable: l.removable,
+                sanitize_rate: self.sanitize_rate(&what, &l),
+            });
+        }
+        let not_a_volume = format!("applies to volume LUNs only (volume = \"POOL/NAME\")");
+        if let Some(c) = &l.clone_of {
+            self.error(c, format!("{what}: clone_of {not_a_volume}"));
+        }
+        if let Some(v) = &l.volblocksize {
+            self.error(v, format!("{what}: volblocksize {not_a_volume}"));
+        }
+        if let Some(o) = &l.on_remove {
+            self.error(o, format!("{what}: on_remove {not_a_volume}"));
+        }
         let create_size = match &l.size {
             None => None,
             Some(s) => {
@@ -822,7 +890,21 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let sanitize_rate = match &l.sanitize_rate {
+        let sanitize_rate = self.sanitize_rate(&what, &l);
+        Some(LunConfig {
+            lun: number,
+            backing,
+            block_size,
+            physical_block_size,
+            read_only: l.read_only,
+            removable: l.removable,
+            sanitize_rate,
+        })
+    }
+
+    /// `sanitize_rate`: bytes per second SANITIZE OVERWRITE may write.
+    fn sanitize_rate(&mut self, what: &str, l: &RawLun) -> Option<u64> {
+        match &l.sanitize_rate {
             None => None,
             Some(r) => match parse_size(r.get_ref()) {
                 Ok(0) => {
@@ -838,16 +920,7 @@ impl Validator<'_> {
                     None
                 }
             },
-        };
-        Some(LunConfig {
-            lun: number,
-            backing,
-            block_size,
-            physical_block_size,
-            read_only: l.read_only,
-            removable: l.removable,
-            sanitize_rate,
-        })
+        }
     }
 
     /// `physical_block_size`: the logical block size (default) or a power-of-two multiple of

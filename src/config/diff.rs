@@ -186,6 +186,7 @@ fn backing_name(backing: &Backing) -> String {
     match backing {
         Backing::File { path, .. } => format!("file {}", path.display()),
         Backing::Block { path } => format!("block device {}", path.display()),
+        Backing::Volume(spec) => format!("volume {}/{}", spec.pool, spec.name),
     }
 }
 
@@ -277,6 +278,7 @@ fn size_change(old: &LunConfig, new: &LunConfig) -> SizeChange {
 ///   relative paths move with it; those show as LUN changes.)
 /// - `io_engine`: every backend is opened with it.
 /// - `metrics_listen` and `control` (the control socket): bound once, at startup.
+/// - `pools`: each pool's provisioning queue and backend are built once, at startup.
 /// - the iSCSI settings (`queue_depth`, burst lengths, timers, ...): the service offers them
 ///   in every login; sessions keep what they negotiated anyway.
 /// - `chap_algorithms`, `discovery_chap`, and the limits (`max_connections`, ...): part of
@@ -303,7 +305,7 @@ fn restart_settings(old: &Config, new: &Config) -> Vec<String> {
         Config,
         old,
         new,
-        restart: [data_dir, io_engine, metrics_listen, control],
+        restart: [data_dir, io_engine, metrics_listen, control, pools],
         // Live, or (`iscsi`, `access`) sorted key by key below, as the file names them.
         others: [portals, include, targets, warnings, iscsi, access]
     );

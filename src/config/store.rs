@@ -316,6 +316,18 @@ impl Store {
                     ),
                 ));
             }
+            Backing::Volume(spec) => {
+                return Err(ConfigErrors::one(
+                    ErrorKind::Invalid,
+                    &what,
+                    format!(
+                        "is the volume {}/{}: keel does not grow provisioned volumes yet; \
+                         grow it on the storage server (zfs set volsize=...) and change its \
+                         size in the configuration",
+                        spec.pool, spec.name
+                    ),
+                ));
+            }
         };
         // The larger of what the file says and what the medium already is: a file grown
         // outside keel is data too.

@@ -15,6 +15,7 @@
 //! - `provisioner.rs`: the per-pool driver task that runs the queue against a backend.
 
 pub mod backend;
+pub mod names;
 pub mod settings;
 
 pub use backend::{BackendError, Observed, ObservedVolume, VolumeBackend};

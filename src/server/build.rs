@@ -93,6 +93,14 @@ pub async fn build_lun(
             path,
         ),
         Backing::Block { path } => (FileBackend::open_block_device(path, lun.read_only), path),
+        Backing::Volume(spec) => {
+            anyhow::bail!(
+                "target {target} LUN {}: volume {}/{} is opened when its pool reports it ready",
+                lun.lun,
+                spec.pool,
+                spec.name
+            )
+        }
     };
     let opened = opened.with_context(|| {
         format!(

@@ -191,6 +191,25 @@ pub struct LogicalUnit {
     atomic_journal: Option<Arc<AtomicJournal>>,
     /// Idle, sanitizing (SANITIZE, SBC-4 §5.30) or in sanitize failure mode.
     sanitize: SanitizeState,
+    /// Told when a command first finds the unit becoming ready: an initiator is waiting for
+    /// its medium (a provisioner then moves the volume to the front of its queue).
+    demand: DemandHook,
+}
+
+/// The hook [`LogicalUnit::on_demand`] installs, fired at most once.
+#[derive(Default)]
+struct DemandHook {
+    hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    fired: AtomicBool,
+}
+
+impl std::fmt::Debug for DemandHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemandHook")
+            .field("set", &self.hook.get().is_some())
+            .field("fired", &self.fired.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl LogicalUnit {
@@ -238,6 +257,7 @@ impl LogicalUnit {
             atomic_writes_seen: std::sync::atomic::AtomicBool::new(false),
             atomic_journal: None,
             sanitize: SanitizeState::default(),
+            demand: DemandHook::default(),
         }
     }
 
@@ -406,9 +426,24 @@ impl LogicalUnit {
         self.write_cache.load(Ordering::Relaxed)
     }
 
-    /// The sense a media-access command gets now, `None` when ready.
+    /// The sense a media-access command gets now, `None` when ready. A unit becoming ready
+    /// tells its demand hook (once): someone is waiting for it.
     pub fn not_ready_sense(&self) -> Option<Sense> {
-        self.readiness().not_ready_sense()
+        let readiness = self.readiness();
+        if readiness == Readiness::BecomingReady
+            && let Some(hook) = self.demand.hook.get()
+            && !self.demand.fired.swap(true, Ordering::Relaxed)
+        {
+            hook();
+        }
+        readiness.not_ready_sense()
+    }
+
+    /// Calls `hook` the first time a command finds this unit becoming ready (an initiator
+    /// polls TEST UNIT READY or reads it while its volume is still being made). Set once;
+    /// a second hook is ignored.
+    pub fn on_demand(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.demand.hook.set(Box::new(hook));
     }
 
     /// The backend for a media-access command, or the not-ready sense. Readiness and backend
@@ -633,6 +668,40 @@ impl LogicalUnit {
 mod tests {
     use super::*;
     use crate::storage::MemoryBackend;
+
+    #[test]
+    fn the_demand_hook_fires_once_while_becoming_ready_and_never_when_ready() {
+        let fired = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let unit = LogicalUnit::new(LuIdentity::derived("iqn.x:t", 0), 512, None, false);
+        // No hook yet: nothing to tell, and setting one later still works.
+        assert_eq!(
+            unit.not_ready_sense(),
+            Some(Sense::not_ready_becoming_ready())
+        );
+        let counter = fired.clone();
+        unit.on_demand(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                unit.not_ready_sense(),
+                Some(Sense::not_ready_becoming_ready())
+            );
+        }
+        assert_eq!(fired.load(Ordering::Relaxed), 1);
+        let ready = LogicalUnit::new(
+            LuIdentity::derived("iqn.x:t", 1),
+            512,
+            Some(Arc::new(MemoryBackend::new(1 << 20))),
+            false,
+        );
+        let counter = fired.clone();
+        ready.on_demand(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(ready.not_ready_sense(), None);
+        assert_eq!(fired.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn fnv1a_matches_the_published_vectors() {
