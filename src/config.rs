@@ -826,7 +826,7 @@ impl Validator<'_> {
                 sanitize_rate: self.sanitize_rate(&what, &l),
             });
         }
-        let not_a_volume = format!("applies to volume LUNs only (volume = \"POOL/NAME\")");
+        let not_a_volume = "applies to volume LUNs only (volume = \"POOL/NAME\")";
         if let Some(c) = &l.clone_of {
             self.error(c, format!("{what}: clone_of {not_a_volume}"));
         }
