@@ -16,10 +16,12 @@
 //! - `provisioner.rs`: the per-pool driver task that runs the queue against a backend.
 
 pub mod backend;
+pub mod files;
 pub mod names;
 pub mod settings;
 pub mod zfs;
 
 pub use backend::{BackendError, Observed, ObservedVolume, VolumeBackend};
+pub use files::FilesBackend;
 pub use settings::{OnRemove, PoolKind, PoolSettings, VolumeSpec};
 pub use zfs::ZfsBackend;
