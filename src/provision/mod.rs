@@ -10,13 +10,18 @@
 //! - `backend.rs`: the one seam to a storage server ([`VolumeBackend`]): list, create or clone,
 //!   destroy, wait for the device node. Implemented by `zfs/` (the `zfs` CLI, its `-H -p`
 //!   output parsed strictly) and `files.rs` (a directory of sparse files).
+//! - `names.rs`: ZFS dataset and snapshot name rules, checked up front.
 //! - `planner.rs` (sans-IO): desired and observed volumes in, jobs out.
 //! - `queue.rs` (sans-IO): the per-pool job scheduler; O(log n) per operation, demand first.
 //! - `provisioner.rs`: the per-pool driver task that runs the queue against a backend.
 
 pub mod backend;
+pub mod files;
 pub mod names;
 pub mod settings;
+pub mod zfs;
 
 pub use backend::{BackendError, Observed, ObservedVolume, VolumeBackend};
+pub use files::FilesBackend;
 pub use settings::{OnRemove, PoolKind, PoolSettings, VolumeSpec};
+pub use zfs::ZfsBackend;
