@@ -15,7 +15,11 @@
 //! - `provisioner.rs`: the per-pool driver task that runs the queue against a backend.
 
 pub mod backend;
+pub mod planner;
+pub mod queue;
 pub mod settings;
 
 pub use backend::{BackendError, Observed, ObservedVolume, VolumeBackend};
+pub use planner::{DestroyStep, Plan, plan};
+pub use queue::{Job, JobId, JobKind, JobQueue, QueuedJob};
 pub use settings::{OnRemove, PoolKind, PoolSettings, VolumeSpec};
