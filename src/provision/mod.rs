@@ -16,10 +16,15 @@
 
 pub mod backend;
 pub mod planner;
+pub mod provisioner;
 pub mod queue;
 pub mod settings;
 
 pub use backend::{BackendError, Observed, ObservedVolume, VolumeBackend};
 pub use planner::{DestroyStep, Plan, plan};
+pub use provisioner::{
+    CallKind, CallResult, PoolStats, Provisioner, ReadyHistogram, VolumeEvent, VolumeState,
+    VolumeStatus,
+};
 pub use queue::{Job, JobId, JobKind, JobQueue, QueuedJob};
 pub use settings::{OnRemove, PoolKind, PoolSettings, VolumeSpec};
