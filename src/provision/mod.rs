@@ -18,10 +18,19 @@
 pub mod backend;
 pub mod files;
 pub mod names;
+pub mod planner;
+pub mod provisioner;
+pub mod queue;
 pub mod settings;
 pub mod zfs;
 
 pub use backend::{BackendError, Observed, ObservedVolume, VolumeBackend};
 pub use files::FilesBackend;
+pub use planner::{DestroyStep, Plan, plan};
+pub use provisioner::{
+    CallKind, CallResult, PoolStats, Provisioner, ReadyHistogram, VolumeEvent, VolumeState,
+    VolumeStatus,
+};
+pub use queue::{Job, JobId, JobKind, JobQueue, QueuedJob};
 pub use settings::{OnRemove, PoolKind, PoolSettings, VolumeSpec};
 pub use zfs::ZfsBackend;
