@@ -81,13 +81,24 @@ enum TargetCommand {
         /// The whole [[target]] table as JSON (CHAP and the rest); the other flags add to it.
         #[arg(long = "json", value_name = "SPEC")]
         spec: Option<String>,
+        /// Add every [[target]] table of FILE (the format of an included file), one by one.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "spec", "luns", "alias"])]
+        from: Option<std::path::PathBuf>,
+        /// With --from: then wait (up to SECONDS, default 600) until every LUN of them is
+        /// ready or failed; exits non-zero if any failed or is still not ready.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "600", requires = "from")]
+        wait: Option<u64>,
         /// Print the raw JSON result.
         #[arg(long)]
         raw: bool,
     },
-    /// Remove a target: its sessions are asked to log out; its files are kept.
+    /// Remove a target: its sessions are asked to log out; its files are kept, and so are
+    /// its volumes unless their `on_remove = "destroy"` or --destroy-volumes says otherwise.
     Remove {
         name: String,
+        /// Also destroy the volumes keel created for its LUNs (never one it did not create).
+        #[arg(long)]
+        destroy_volumes: bool,
         #[arg(long)]
         json: bool,
     },
@@ -108,10 +119,14 @@ enum LunCommand {
         #[arg(long)]
         raw: bool,
     },
-    /// Remove a LUN (its file is kept).
+    /// Remove a LUN (its file is kept; its volume too unless `on_remove = "destroy"` or
+    /// --destroy-volume).
     Remove {
         target: String,
         lun: u64,
+        /// Also destroy the volume keel created for it (never one it did not create).
+        #[arg(long)]
+        destroy_volume: bool,
         #[arg(long)]
         json: bool,
     },
@@ -256,6 +271,11 @@ fn main() -> ExitCode {
         Command::Status { json } => control(&socket, admin::Command::Status, json),
         Command::Reload { json } => control(&socket, admin::Command::Reload, json),
         Command::Target(TargetCommand::Add {
+            from: Some(file),
+            wait,
+            ..
+        }) => bulk_add(&socket, &file, wait.map(std::time::Duration::from_secs)),
+        Command::Target(TargetCommand::Add {
             name,
             alias,
             allowed_initiators,
@@ -263,6 +283,7 @@ fn main() -> ExitCode {
             luns,
             spec,
             raw,
+            ..
         }) => {
             let target = (|| -> Result<Map<String, Value>, String> {
                 let mut t = match &spec {
@@ -302,9 +323,18 @@ fn main() -> ExitCode {
                 Err(why) => usage(&why),
             }
         }
-        Command::Target(TargetCommand::Remove { name, json }) => {
-            control(&socket, admin::Command::TargetRemove { name }, json)
-        }
+        Command::Target(TargetCommand::Remove {
+            name,
+            destroy_volumes,
+            json,
+        }) => control(
+            &socket,
+            admin::Command::TargetRemove {
+                name,
+                destroy_volumes,
+            },
+            json,
+        ),
         Command::Lun(LunCommand::Add {
             target,
             lun,
@@ -326,9 +356,20 @@ fn main() -> ExitCode {
                 Err(why) => usage(&why),
             }
         }
-        Command::Lun(LunCommand::Remove { target, lun, json }) => {
-            control(&socket, admin::Command::LunRemove { target, lun }, json)
-        }
+        Command::Lun(LunCommand::Remove {
+            target,
+            lun,
+            destroy_volume,
+            json,
+        }) => control(
+            &socket,
+            admin::Command::LunRemove {
+                target,
+                lun,
+                destroy_volume,
+            },
+            json,
+        ),
         Command::Lun(LunCommand::Resize {
             target,
             lun,
@@ -418,6 +459,42 @@ fn write_man_pages(command: clap::Command, dir: &Path) -> std::io::Result<()> {
         .manual("System Administration")
         .generate_to(dir)
         .map(drop)
+}
+
+/// `keel target add --from FILE [--wait]`.
+fn bulk_add(socket: &Path, file: &Path, wait: Option<std::time::Duration>) -> ExitCode {
+    let targets = match admin::bulk::read_targets(file) {
+        Ok(targets) => targets,
+        Err(why) => return usage(&why),
+    };
+    match admin::bulk::add_targets(socket, targets, wait) {
+        Ok(summary) => {
+            println!("added {} targets", summary.added);
+            for line in &summary.refused {
+                println!("refused: {line}");
+            }
+            if wait.is_some() {
+                println!(
+                    "{} LUNs ready, {} failed, {} still becoming ready",
+                    summary.ready,
+                    summary.failed.len(),
+                    summary.pending
+                );
+                for line in &summary.failed {
+                    println!("failed: {line}");
+                }
+            }
+            if summary.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("keel: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(store: config::Store) -> anyhow::Result<()> {

@@ -30,7 +30,7 @@ async fn fake_control_loop(mut calls: mpsc::Receiver<Call>) {
     while let Some(call) = calls.recv().await {
         let answer = match &call.command {
             Command::Status => Ok(status_report()),
-            Command::TargetRemove { name } if name == "missing" => Err(CallError::new(
+            Command::TargetRemove { name, .. } if name == "missing" => Err(CallError::new(
                 ErrorCode::NotFound,
                 format!("no target {name:?}"),
             )),
@@ -153,6 +153,7 @@ async fn requests_round_trip_through_the_client() {
         assert_eq!(resized, json!({"done": ["lun.resize"]}));
         match client.call(&Command::TargetRemove {
             name: "missing".into(),
+            destroy_volumes: false,
         }) {
             Err(ClientError::Call(e)) => {
                 assert_eq!(e.code, ErrorCode::NotFound);

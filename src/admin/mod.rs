@@ -5,6 +5,7 @@
 //! it parses and bounds requests and hands each to the server as a [`protocol::Call`]; the
 //! server's control loop owns the configuration store and carries the call out.
 
+pub mod bulk;
 pub mod client;
 pub mod protocol;
 pub mod socket;

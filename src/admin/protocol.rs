@@ -52,14 +52,23 @@ pub enum Command {
     /// `"lun": [{...}, ...]`.
     TargetAdd { target: Map<String, Value> },
     /// `{"cmd":"target.remove","name":"iqn..."}`.
-    TargetRemove { name: String },
+    TargetRemove {
+        name: String,
+        /// `"destroy_volumes": true`: also destroy the volumes keel created for its LUNs.
+        destroy_volumes: bool,
+    },
     /// `{"cmd":"lun.add","target":"iqn...","lun":{...}}`: the keys of a `[[target.lun]]` table.
     LunAdd {
         target: String,
         lun: Map<String, Value>,
     },
     /// `{"cmd":"lun.remove","target":"iqn...","lun":1}`.
-    LunRemove { target: String, lun: u64 },
+    LunRemove {
+        target: String,
+        lun: u64,
+        /// `"destroy_volume": true`: also destroy the volume keel created for it.
+        destroy_volume: bool,
+    },
     /// `{"cmd":"lun.resize","target":"iqn...","lun":0,"size":"2GiB"}`: size in bytes or text.
     LunResize { target: String, lun: u64, size: u64 },
     /// `{"cmd":"session.list"}`, optionally `"target":"iqn..."`.
@@ -328,6 +337,14 @@ impl Args {
         }
     }
 
+    fn optional_bool(&mut self, name: &str) -> Result<Option<bool>, CallError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(self.mistyped(name, &other, "true or false")),
+        }
+    }
+
     fn integer(&mut self, name: &str, what: &str) -> Result<u64, CallError> {
         let v = self.required(name, what)?;
         v.as_u64().ok_or_else(|| self.mistyped(name, &v, what))
@@ -484,6 +501,7 @@ fn command(mut a: Args) -> Result<Command, CallError> {
         },
         "target.remove" => Command::TargetRemove {
             name: a.string("name", TARGET_NAME)?,
+            destroy_volumes: a.optional_bool("destroy_volumes")?.unwrap_or(false),
         },
         "lun.add" => Command::LunAdd {
             target: a.string("target", TARGET_NAME)?,
@@ -492,6 +510,7 @@ fn command(mut a: Args) -> Result<Command, CallError> {
         "lun.remove" => Command::LunRemove {
             target: a.string("target", TARGET_NAME)?,
             lun: a.integer("lun", LUN_NUMBER)?,
+            destroy_volume: a.optional_bool("destroy_volume")?.unwrap_or(false),
         },
         "lun.resize" => Command::LunResize {
             target: a.string("target", TARGET_NAME)?,
@@ -572,14 +591,29 @@ impl Command {
         match self {
             Command::Status | Command::Reload => {}
             Command::TargetAdd { target } => put("target", Value::Object(target.clone())),
-            Command::TargetRemove { name } => put("name", name.clone().into()),
+            Command::TargetRemove {
+                name,
+                destroy_volumes,
+            } => {
+                put("name", name.clone().into());
+                if *destroy_volumes {
+                    put("destroy_volumes", true.into());
+                }
+            }
             Command::LunAdd { target, lun } => {
                 put("target", target.clone().into());
                 put("lun", Value::Object(lun.clone()));
             }
-            Command::LunRemove { target, lun } => {
+            Command::LunRemove {
+                target,
+                lun,
+                destroy_volume,
+            } => {
                 put("target", target.clone().into());
                 put("lun", (*lun).into());
+                if *destroy_volume {
+                    put("destroy_volume", true.into());
+                }
             }
             Command::LunResize { target, lun, size } => {
                 put("target", target.clone().into());
@@ -775,6 +809,11 @@ mod tests {
             },
             Command::TargetRemove {
                 name: "iqn.2026-11.io.keel:a".into(),
+                destroy_volumes: false,
+            },
+            Command::TargetRemove {
+                name: "iqn.2026-11.io.keel:a".into(),
+                destroy_volumes: true,
             },
             Command::LunAdd {
                 target: "iqn.2026-11.io.keel:a".into(),
@@ -783,6 +822,12 @@ mod tests {
             Command::LunRemove {
                 target: "t".into(),
                 lun: 3,
+                destroy_volume: false,
+            },
+            Command::LunRemove {
+                target: "t".into(),
+                lun: 3,
+                destroy_volume: true,
             },
             Command::LunResize {
                 target: "t".into(),

@@ -25,8 +25,10 @@ use tracing::{error, info, warn};
 
 use super::build::{self, StorageEnv};
 use super::threads::ConnectionThreads;
+use super::volumes::{self, VolumeKey, Volumes, volume_key};
 use crate::config::diff::{ConfigDiff, TargetDiff, diff};
 use crate::config::{Backing, Config, LunConfig, TargetConfig};
+use crate::provision::VolumeSpec;
 use crate::iscsi::{Service, SessionFilter, Target, connection};
 use crate::scsi::{LogicalUnit, TargetDevice};
 
@@ -97,6 +99,18 @@ pub struct Running {
     retiring_units: BTreeMap<(String, u64), CancellationToken>,
     same_unit_wait: Duration,
     logout_grace: Duration,
+    /// Volume LUNs and the provisioner that makes their volumes.
+    volumes: Volumes,
+    /// Volume LUNs by (lower-cased target, LUN), for removals.
+    volume_luns: BTreeMap<(String, u64), VolumeSpec>,
+}
+
+/// How a change treats the volumes of the LUNs it removes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Destroy the volumes of removed LUNs (that keel created), whatever their `on_remove`
+    /// policy says (`keel target remove --destroy-volumes`).
+    pub destroy_volumes: bool,
 }
 
 impl Running {
@@ -112,6 +126,8 @@ impl Running {
             retiring_units: BTreeMap::new(),
             same_unit_wait: SAME_UNIT_WAIT,
             logout_grace: LOGOUT_GRACE,
+            volumes: Volumes::none(),
+            volume_luns: BTreeMap::new(),
         }
     }
 
@@ -119,7 +135,10 @@ impl Running {
     /// an empty configuration (same server settings, no portals, no targets), applied. Fails
     /// only if the storage engine cannot be set up; what failed to apply is in the report.
     pub async fn start(config: &Config) -> anyhow::Result<(Running, ApplyReport)> {
-        let mut running = Running::new(build::service(config), StorageEnv::new(config)?);
+        let storage = StorageEnv::new(config)?;
+        let volumes = Volumes::start(config, &storage)?;
+        let mut running = Running::new(build::service(config), storage);
+        running.volumes = volumes;
         let report = running.apply(&diff(&config.only_settings(), config)).await;
         Ok((running, report))
     }
@@ -227,15 +246,25 @@ impl Running {
 
     /// Applies `diff` in ctld's order; see the module documentation.
     pub async fn apply(&mut self, diff: &ConfigDiff) -> ApplyReport {
+        self.apply_with(diff, ApplyOptions::default()).await
+    }
+
+    /// [`Running::apply`], with `options` for the volumes of removed LUNs.
+    pub async fn apply_with(&mut self, diff: &ConfigDiff, options: ApplyOptions) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let mut unused_volumes = Vec::new();
         for name in &diff.targets_removed {
+            unused_volumes.extend(self.forget_volume_luns(name, None));
             self.remove_target(name, &mut report);
         }
         for changed in &diff.targets_changed {
             for &lun in &changed.luns_removed {
+                unused_volumes.extend(self.forget_volume_luns(&changed.new.name, Some(lun)));
                 self.remove_lun(&changed.new.name, lun, &mut report);
             }
         }
+        self.release_volumes(diff, unused_volumes, options, &mut report)
+            .await;
         // Not only at scrape time: with metrics_listen off nothing else would forget them.
         self.service.forget_removed_metrics();
         for changed in &diff.targets_changed {
@@ -410,6 +439,59 @@ impl Running {
         }
     }
 
+    /// The volume specs of `target`'s LUN `lun` (all its LUNs: `None`), no longer served.
+    fn forget_volume_luns(&mut self, target: &str, lun: Option<u64>) -> Vec<VolumeSpec> {
+        let target = target.to_ascii_lowercase();
+        let keys: Vec<_> = self
+            .volume_luns
+            .keys()
+            .filter(|(t, l)| *t == target && lun.is_none_or(|n| n == *l))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.volume_luns.remove(&k))
+            .collect()
+    }
+
+    /// Tells the provisioner the volumes of removed LUNs are no longer wanted; destroys
+    /// those whose policy or `options` ask for it, unless this change declares them again
+    /// (a LUN removed and added back keeps its data).
+    async fn release_volumes(
+        &mut self,
+        diff: &ConfigDiff,
+        unused: Vec<VolumeSpec>,
+        options: ApplyOptions,
+        report: &mut ApplyReport,
+    ) {
+        if unused.is_empty() {
+            return;
+        }
+        let declared_again: std::collections::BTreeSet<VolumeKey> = diff
+            .targets_added
+            .iter()
+            .flat_map(|t| t.luns.iter())
+            .chain(diff.targets_changed.iter().flat_map(|t| t.luns_added.iter()))
+            .filter_map(|l| match &l.backing {
+                Backing::Volume(spec) => Some(volume_key(spec)),
+                _ => None,
+            })
+            .collect();
+        for spec in unused {
+            let destroy = volumes::destroys(&spec, options.destroy_volumes);
+            match self.volumes.undeclare(&spec, destroy, &declared_again).await {
+                Ok(true) => report.done(format!(
+                    "volume {}/{} queued for destruction",
+                    spec.pool, spec.name
+                )),
+                Ok(false) => {}
+                Err(e) => report.failed(format!(
+                    "volume {}/{}: cannot record its removal: {e}",
+                    spec.pool, spec.name
+                )),
+            }
+        }
+    }
+
     /// Opens one unit and adds it to `device` (the other units report 06/3F/0E).
     async fn open_lun(
         &mut self,
@@ -424,6 +506,10 @@ impl Running {
             self.lun_failures.insert(key, reason);
             return;
         }
+        if let Backing::Volume(spec) = &lun.backing {
+            self.add_volume_lun(target, device, lun, spec, report);
+            return;
+        }
         match build::build_lun(target, lun, &self.storage).await {
             Ok(lu) => {
                 self.lun_failures.remove(&key);
@@ -436,6 +522,41 @@ impl Running {
                 self.lun_failures.insert(key, reason);
             }
         }
+    }
+
+    /// Adds a unit with no medium yet for a volume LUN and declares its volume: the LUN is
+    /// listed and answers 02/04/01 until its pool reports the volume ready.
+    fn add_volume_lun(
+        &mut self,
+        target: &str,
+        device: &TargetDevice,
+        lun: &LunConfig,
+        spec: &VolumeSpec,
+        report: &mut ApplyReport,
+    ) {
+        let key = (target.to_string(), lun.lun);
+        let unit = match build::pending_unit(target, lun, &self.storage) {
+            Ok(unit) => unit,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                report.failed(reason.clone());
+                self.lun_failures.insert(key, reason);
+                return;
+            }
+        };
+        if let Err(reason) = self.volumes.declare(target, lun, spec, &unit) {
+            report.failed(reason.clone());
+            self.lun_failures.insert(key, reason);
+            return;
+        }
+        self.lun_failures.remove(&key);
+        self.volume_luns
+            .insert((target.to_ascii_lowercase(), lun.lun), spec.clone());
+        device.add_lun(unit);
+        report.done(format!(
+            "added target {target} LUN {} (volume {}/{} becoming ready)",
+            lun.lun, spec.pool, spec.name
+        ));
     }
 
     /// Registers a removed unit as retiring; the token is cancelled once it has flushed.

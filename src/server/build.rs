@@ -5,7 +5,7 @@
 //! function builds one thing from its part of the [`Config`], so a reload can build just the
 //! targets and LUNs that changed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
@@ -110,29 +110,77 @@ pub async fn build_lun(
             path.display()
         )
     })?;
-    let backend: Arc<dyn BlockBackend> = Arc::new(
+    let backend = with_env(opened, env);
+    if !backend.size_bytes().is_multiple_of(lun.block_size as u64) {
+        warn!(target = %target, lun = lun.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), lun.block_size);
+    }
+    let unit = new_unit(target, lun, Some(backend.clone()), env)?;
+    recover_journal(target, lun.lun, &unit, backend.as_ref()).await?;
+    info!(target = %target, lun = lun.lun, backend = %backend.describe(), bytes = backend.size_bytes(), "LUN ready");
+    Ok(unit)
+}
+
+/// A unit for `lun` whose medium is not there yet (a volume being provisioned): becoming
+/// ready (02/04/01) until [`open_medium`] and [`LogicalUnit::set_ready`] give it one. Its
+/// identity, journal and reservations are the same as they will be once ready.
+pub fn pending_unit(target: &str, lun: &LunConfig, env: &StorageEnv) -> Result<Arc<LogicalUnit>> {
+    new_unit(target, lun, None, env)
+}
+
+/// Opens a provisioned volume's medium: the block device at `path` (a zvol, a loop device),
+/// or a regular file (a files pool).
+pub async fn open_medium(
+    target: &str,
+    lun: &LunConfig,
+    path: &Path,
+    env: &StorageEnv,
+) -> Result<Arc<dyn BlockBackend>> {
+    let is_file = std::fs::metadata(path).map(|m| m.is_file()).unwrap_or(false);
+    let opened = if is_file {
+        FileBackend::open_file(path, None, lun.read_only)
+    } else {
+        FileBackend::open_block_device(path, lun.read_only)
+    };
+    let opened = opened.with_context(|| {
+        format!(
+            "target {} LUN {}: cannot open {}",
+            target,
+            lun.lun,
+            path.display()
+        )
+    })?;
+    let backend = with_env(opened, env);
+    if backend.size_bytes() < lun.block_size as u64 {
+        anyhow::bail!(
+            "target {target} LUN {}: {} holds {} bytes, less than one block",
+            lun.lun,
+            path.display(),
+            backend.size_bytes()
+        );
+    }
+    Ok(backend)
+}
+
+fn with_env(opened: FileBackend, env: &StorageEnv) -> Arc<dyn BlockBackend> {
+    Arc::new(
         opened
             .with_engine(env.engine.clone())
             .with_buffer_pool(env.read_buffers.clone())
             .with_blocking_pool(env.blocking_pool.clone()),
-    );
-    if !backend.size_bytes().is_multiple_of(lun.block_size as u64) {
-        warn!(target = %target, lun = lun.lun, "size {} is not a multiple of the block size {}; the tail is not used", backend.size_bytes(), lun.block_size);
-    }
+    )
+}
+
+/// The unit of `lun` with its derived identity, its atomic-write journal (not yet
+/// recovered) and its persistent reservations.
+fn new_unit(
+    target: &str,
+    lun: &LunConfig,
+    backend: Option<Arc<dyn BlockBackend>>,
+    env: &StorageEnv,
+) -> Result<Arc<LogicalUnit>> {
     let identity = LuIdentity::derived(target, lun.lun);
-    // An atomic write interrupted by a crash is completed (or, if its record is torn, known
-    // not to have started) before the unit serves anything.
     let journal = Arc::new(AtomicJournal::new(&env.data_dir, identity.naa));
-    journal.recover(backend.as_ref()).await.with_context(|| {
-        format!(
-            "target {} LUN {}: cannot recover the atomic write journal {}",
-            target,
-            lun.lun,
-            journal.path().display()
-        )
-    })?;
-    info!(target = %target, lun = lun.lun, backend = %backend.describe(), bytes = backend.size_bytes(), "LUN ready");
-    let unit = LogicalUnit::new(identity, lun.block_size, Some(backend), lun.read_only)
+    let unit = LogicalUnit::new(identity, lun.block_size, backend, lun.read_only)
         .with_physical_block_size(lun.physical_block_size)
         .with_atomic_journal(journal)
         .with_removable_medium(lun.removable)
@@ -147,6 +195,28 @@ pub async fn build_lun(
             )
         })?;
     Ok(Arc::new(unit))
+}
+
+/// An atomic write interrupted by a crash is completed (or, if its record is torn, known not
+/// to have started) before the unit serves anything.
+pub async fn recover_journal(
+    target: &str,
+    lun: u64,
+    unit: &LogicalUnit,
+    backend: &dyn BlockBackend,
+) -> Result<()> {
+    let Some(journal) = unit.atomic_journal() else {
+        return Ok(());
+    };
+    journal.recover(backend).await.with_context(|| {
+        format!(
+            "target {} LUN {}: cannot recover the atomic write journal {}",
+            target,
+            lun,
+            journal.path().display()
+        )
+    })?;
+    Ok(())
 }
 
 /// Builds one target with all its LUNs (opened in the order the configuration lists them).

@@ -18,7 +18,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use super::apply::{ApplyReport, Running};
+use super::apply::{ApplyOptions, ApplyReport, Running};
 use super::{notify, status};
 use crate::admin::protocol::to_toml_table;
 use crate::admin::socket::ControlListener;
@@ -155,8 +155,12 @@ impl Control {
                 self.change(running, move |store| store.add_target(&spec))
                     .await
             }
-            Command::TargetRemove { name } => {
-                self.change(running, move |store| store.remove_target(&name))
+            Command::TargetRemove {
+                name,
+                destroy_volumes,
+            } => {
+                let options = ApplyOptions { destroy_volumes };
+                self.change_with(running, options, move |store| store.remove_target(&name))
                     .await
             }
             Command::LunAdd { target, lun } => {
@@ -164,8 +168,15 @@ impl Control {
                 self.change(running, move |store| store.add_lun(&target, &spec))
                     .await
             }
-            Command::LunRemove { target, lun } => {
-                self.change(running, move |store| store.remove_lun(&target, lun))
+            Command::LunRemove {
+                target,
+                lun,
+                destroy_volume,
+            } => {
+                let options = ApplyOptions {
+                    destroy_volumes: destroy_volume,
+                };
+                self.change_with(running, options, move |store| store.remove_lun(&target, lun))
                     .await
             }
             Command::LunResize { target, lun, size } => {
@@ -224,9 +235,20 @@ impl Control {
         running: &mut Running,
         edit: impl FnOnce(&mut Store) -> Result<ConfigDiff, ConfigErrors> + Send + 'static,
     ) -> Result<Value, CallError> {
+        self.change_with(running, ApplyOptions::default(), edit)
+            .await
+    }
+
+    /// [`Control::change`], applied with `options`.
+    async fn change_with(
+        &mut self,
+        running: &mut Running,
+        options: ApplyOptions,
+        edit: impl FnOnce(&mut Store) -> Result<ConfigDiff, ConfigErrors> + Send + 'static,
+    ) -> Result<Value, CallError> {
         let diff = self.with_store(edit).await.map_err(|e| refusal(&e))?;
         // The applier logs what it did and what failed.
-        let report = running.apply(&diff).await;
+        let report = running.apply_with(&diff, options).await;
         if report.failed.is_empty() {
             to_json(&report)
         } else {
@@ -529,7 +551,10 @@ mod tests {
 
         // target.remove: gone from the registry and the directory; its file is kept.
         control
-            .carry_out(Command::TargetRemove { name: B.into() }, &mut running)
+            .carry_out(Command::TargetRemove {
+                    name: B.into(),
+                    destroy_volumes: false,
+                }, &mut running)
             .await
             .unwrap();
         assert!(running.service().targets.get(B).is_none());
@@ -541,7 +566,10 @@ mod tests {
         );
         assert!(dir.path().join("b.img").exists());
         let missing = control
-            .carry_out(Command::TargetRemove { name: B.into() }, &mut running)
+            .carry_out(Command::TargetRemove {
+                    name: B.into(),
+                    destroy_volumes: false,
+                }, &mut running)
             .await
             .unwrap_err();
         assert_eq!(missing.code, ErrorCode::NotFound, "{}", missing.message);

@@ -20,6 +20,7 @@ pub mod metrics_http;
 pub mod notify;
 pub mod status;
 mod threads;
+pub mod volumes;
 use apply::{Acceptor, Running};
 use control::Control;
 use threads::ConnectionThreads;
