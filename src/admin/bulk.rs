@@ -253,6 +253,7 @@ mod tests {
                     block_size: 512,
                     read_only: false,
                     state: state.clone(),
+                    volume: None,
                 })
                 .collect(),
             sessions: Vec::new(),
@@ -283,6 +284,7 @@ mod tests {
                 ),
                 target("iqn.other", &[LunState::BecomingReady]),
             ],
+            volumes: Vec::new(),
         };
         let names = ["iqn.a".to_string(), "iqn.b".into(), "iqn.gone".into()];
         let counts = count_luns(&report, &names);
@@ -313,7 +315,11 @@ mod tests {
         assert_eq!(targets[0]["name"], "iqn.a");
         assert_eq!(targets[0]["lun"][0]["volume"], "tank/a");
         std::fs::write(&file, "[server]\nportals = []\n").unwrap();
-        assert!(read_targets(&file).unwrap_err().contains("only [[target]] tables"));
+        assert!(
+            read_targets(&file)
+                .unwrap_err()
+                .contains("only [[target]] tables")
+        );
         std::fs::write(&file, "[[target]\n").unwrap();
         assert!(read_targets(&file).is_err());
     }

@@ -13,7 +13,29 @@ use crate::iscsi::session::{ConnectionInfo, SessionInfo};
 pub struct StatusReport {
     pub server: ServerStatus,
     pub targets: Vec<TargetStatus>,
+    /// Every volume the pools' provisioner knows (those being destroyed too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeReport>,
 }
+
+/// A provisioned volume: where it is on its way to ready (or away).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    pub pool: String,
+    pub name: String,
+    /// queued, creating, waiting_for_device, ready, failed, destroying.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Time in its pool's queue (until now while queued, else until its call started).
+    pub queued_seconds: f64,
+    /// Failed tries so far (busy server, unknown outcomes).
+    pub attempts: u32,
+    /// An initiator is waiting for it (it went to the front of the queue).
+    pub demanded: bool,
+}
+
+impl Eq for VolumeReport {}
 
 /// Server-wide totals.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +72,9 @@ pub struct LunStatus {
     pub read_only: bool,
     #[serde(flatten)]
     pub state: LunState,
+    /// For a LUN backed by a provisioned volume: the volume and its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeReport>,
 }
 
 /// Whether a LUN serves I/O (SBC-4 §4.x readiness as keel keeps it).
@@ -192,8 +217,20 @@ pub fn render_human(report: &StatusReport) -> String {
         let mut luns = vec![row(["LUN", "STATE", "SIZE", "BLOCK", "MODE", "BACKING"])];
         for lun in &t.luns {
             // A failed LUN has no medium to describe: its reason goes in that column.
-            let backing = match &lun.state {
-                LunState::Failed { reason } => reason.clone(),
+            let backing = match (&lun.state, &lun.volume) {
+                (LunState::Failed { reason }, _) => reason.clone(),
+                (_, Some(v)) if v.state != "ready" => format!(
+                    "volume {}/{}: {} ({:.1} s in queue{})",
+                    v.pool,
+                    v.name,
+                    v.state,
+                    v.queued_seconds,
+                    if v.attempts > 0 {
+                        format!(", {} retries", v.attempts)
+                    } else {
+                        String::new()
+                    }
+                ),
                 _ => lun.backing.clone(),
             };
             luns.push(vec![
@@ -382,6 +419,7 @@ mod tests {
                         block_size: 512,
                         read_only: false,
                         state: LunState::Ready,
+                        volume: None,
                     },
                     LunStatus {
                         lun: 1,
@@ -392,6 +430,7 @@ mod tests {
                         state: LunState::Failed {
                             reason: "cannot open /x: No such file or directory".into(),
                         },
+                        volume: None,
                     },
                 ],
                 sessions: vec![SessionStatus {
@@ -418,6 +457,7 @@ mod tests {
                     ..LoginCounts::default()
                 },
             }],
+            volumes: Vec::new(),
         }
     }
 

@@ -28,8 +28,8 @@ use super::threads::ConnectionThreads;
 use super::volumes::{self, VolumeKey, Volumes, volume_key};
 use crate::config::diff::{ConfigDiff, TargetDiff, diff};
 use crate::config::{Backing, Config, LunConfig, TargetConfig};
-use crate::provision::VolumeSpec;
 use crate::iscsi::{Service, SessionFilter, Target, connection};
+use crate::provision::VolumeSpec;
 use crate::scsi::{LogicalUnit, TargetDevice};
 
 /// How long the sessions of a removed target have to log out when asked (RFC 7143 §11.9.1
@@ -175,6 +175,16 @@ impl Running {
         self.lun_failures
             .iter()
             .map(|((target, lun), reason)| (target.as_str(), *lun, reason.as_str()))
+    }
+
+    /// The volume LUNs and their provisioner.
+    pub fn volumes(&self) -> &Volumes {
+        &self.volumes
+    }
+
+    /// The volume that backs `target`'s LUN `lun`, if it is a volume LUN.
+    pub fn volume_of(&self, target: &str, lun: u64) -> Option<&VolumeSpec> {
+        self.volume_luns.get(&(target.to_ascii_lowercase(), lun))
     }
 
     /// Adds to `diff` what a reload retries although the configuration did not change: the
@@ -470,7 +480,11 @@ impl Running {
             .targets_added
             .iter()
             .flat_map(|t| t.luns.iter())
-            .chain(diff.targets_changed.iter().flat_map(|t| t.luns_added.iter()))
+            .chain(
+                diff.targets_changed
+                    .iter()
+                    .flat_map(|t| t.luns_added.iter()),
+            )
             .filter_map(|l| match &l.backing {
                 Backing::Volume(spec) => Some(volume_key(spec)),
                 _ => None,
@@ -478,7 +492,11 @@ impl Running {
             .collect();
         for spec in unused {
             let destroy = volumes::destroys(&spec, options.destroy_volumes);
-            match self.volumes.undeclare(&spec, destroy, &declared_again).await {
+            match self
+                .volumes
+                .undeclare(&spec, destroy, &declared_again)
+                .await
+            {
                 Ok(true) => report.done(format!(
                     "volume {}/{} queued for destruction",
                     spec.pool, spec.name

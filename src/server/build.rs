@@ -135,7 +135,9 @@ pub async fn open_medium(
     path: &Path,
     env: &StorageEnv,
 ) -> Result<Arc<dyn BlockBackend>> {
-    let is_file = std::fs::metadata(path).map(|m| m.is_file()).unwrap_or(false);
+    let is_file = std::fs::metadata(path)
+        .map(|m| m.is_file())
+        .unwrap_or(false);
     let opened = if is_file {
         FileBackend::open_file(path, None, lun.read_only)
     } else {

@@ -176,8 +176,10 @@ impl Control {
                 let options = ApplyOptions {
                     destroy_volumes: destroy_volume,
                 };
-                self.change_with(running, options, move |store| store.remove_lun(&target, lun))
-                    .await
+                self.change_with(running, options, move |store| {
+                    store.remove_lun(&target, lun)
+                })
+                .await
             }
             Command::LunResize { target, lun, size } => {
                 self.change(running, move |store| store.resize_lun(&target, lun, size))
@@ -551,10 +553,13 @@ mod tests {
 
         // target.remove: gone from the registry and the directory; its file is kept.
         control
-            .carry_out(Command::TargetRemove {
+            .carry_out(
+                Command::TargetRemove {
                     name: B.into(),
                     destroy_volumes: false,
-                }, &mut running)
+                },
+                &mut running,
+            )
             .await
             .unwrap();
         assert!(running.service().targets.get(B).is_none());
@@ -566,10 +571,13 @@ mod tests {
         );
         assert!(dir.path().join("b.img").exists());
         let missing = control
-            .carry_out(Command::TargetRemove {
+            .carry_out(
+                Command::TargetRemove {
                     name: B.into(),
                     destroy_volumes: false,
-                }, &mut running)
+                },
+                &mut running,
+            )
             .await
             .unwrap_err();
         assert_eq!(missing.code, ErrorCode::NotFound, "{}", missing.message);

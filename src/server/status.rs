@@ -8,20 +8,69 @@ use std::net::SocketAddr;
 
 use crate::admin::status::{
     LoginCounts, LunState, LunStatus, ServerStatus, SessionStatus, StatusReport, TargetStatus,
+    VolumeReport,
 };
 use crate::iscsi::Service;
 use crate::iscsi::metrics::LoginResult;
+use crate::provision::VolumeState;
 use crate::scsi::Readiness;
 
 use super::apply::Running;
 
 /// The report of the running server.
 pub fn report(running: &Running) -> StatusReport {
-    collect(
+    let mut report = collect(
         running.service(),
         &running.local_addrs(),
         running.lun_failures(),
-    )
+    );
+    add_volumes(&mut report, running);
+    report
+}
+
+/// The provisioner's view: each volume's state, on the LUN it backs and in the list of all;
+/// a LUN whose volume failed shows as failed with the reason.
+fn add_volumes(report: &mut StatusReport, running: &Running) {
+    let volumes = running.volumes();
+    let failures: BTreeMap<(String, u64), String> = volumes.failures().into_iter().collect();
+    let mut by_volume: BTreeMap<(String, String), VolumeReport> = BTreeMap::new();
+    for v in volumes.status() {
+        let (state, reason) = match v.state {
+            VolumeState::Queued => ("queued", None),
+            VolumeState::Creating => ("creating", None),
+            VolumeState::WaitingForDevice => ("waiting_for_device", None),
+            VolumeState::Ready => ("ready", None),
+            VolumeState::Failed(reason) => ("failed", Some(reason)),
+            VolumeState::Destroying => ("destroying", None),
+        };
+        let line = VolumeReport {
+            pool: v.pool.clone(),
+            name: v.name.clone(),
+            state: state.into(),
+            reason,
+            queued_seconds: v.in_queue.as_secs_f64(),
+            attempts: v.attempts,
+            demanded: v.demanded,
+        };
+        by_volume.insert((v.pool.to_ascii_lowercase(), v.name), line.clone());
+        report.volumes.push(line);
+    }
+    for target in &mut report.targets {
+        for lun in &mut target.luns {
+            if let Some(spec) = running.volume_of(&target.name, lun.lun) {
+                lun.volume = by_volume
+                    .get(&(spec.pool.to_ascii_lowercase(), spec.name.clone()))
+                    .cloned();
+            }
+            if lun.state == LunState::Offline
+                && let Some(reason) = failures.get(&(target.name.clone(), lun.lun))
+            {
+                lun.state = LunState::Failed {
+                    reason: reason.clone(),
+                };
+            }
+        }
+    }
 }
 
 /// The report of `service`, listening on `portals`, with the LUNs in `failures` (target,
@@ -56,6 +105,7 @@ pub fn collect<'a>(
                     block_size: lu.block_size(),
                     read_only: lu.is_read_only(),
                     state,
+                    volume: None,
                 },
             );
         }
@@ -71,6 +121,7 @@ pub fn collect<'a>(
                 state: LunState::Failed {
                     reason: reason.to_owned(),
                 },
+                volume: None,
             });
         }
         let mut counts = LoginCounts::default();
@@ -110,6 +161,7 @@ pub fn collect<'a>(
             discovery_sessions: sessions.iter().filter(|s| s.target.is_empty()).count(),
         },
         targets,
+        volumes: Vec::new(),
     }
 }
 

@@ -80,9 +80,9 @@ impl Volumes {
         let mut pools = Vec::new();
         for pool in &config.pools {
             let backend: Arc<dyn VolumeBackend> = match &pool.kind {
-                PoolKind::Zfs { .. } => Arc::new(
-                    ZfsBackend::new(pool).with_context(|| format!("pool {}", pool.name))?,
-                ),
+                PoolKind::Zfs { .. } => {
+                    Arc::new(ZfsBackend::new(pool).with_context(|| format!("pool {}", pool.name))?)
+                }
                 PoolKind::Files { .. } => Arc::new(
                     FilesBackend::new(pool).with_context(|| format!("pool {}", pool.name))?,
                 ),
