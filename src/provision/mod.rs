@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod files;
+pub mod metrics_export;
 pub mod names;
 pub mod planner;
 pub mod provisioner;

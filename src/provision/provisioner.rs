@@ -320,6 +320,7 @@ impl Provisioner {
                 state_file,
                 commands: receiver,
                 inflight: None,
+                pipelined: None,
                 batch: None,
                 device_waits: JoinSet::new(),
                 listed_once: false,
@@ -493,6 +494,9 @@ struct Record {
     /// Bumped by every declaration and undeclaration: a device wait started for an older one
     /// is ignored.
     generation: u64,
+    /// The volume's volblocksize as known when its device wait started (the listing may be
+    /// dropped before the device appears).
+    volblocksize: Option<u64>,
 }
 
 impl Record {
@@ -504,6 +508,7 @@ impl Record {
             started_at: None,
             attempts: 0,
             generation: 0,
+            volblocksize: None,
         }
     }
 }
@@ -550,6 +555,7 @@ struct DeviceWaitDone {
 enum Wake {
     Command(Option<Command>),
     CallDone(CallOutcome),
+    PipelinedDone(CallOutcome),
     DeviceDone(Option<Result<DeviceWaitDone, tokio::task::JoinError>>),
     Timer,
 }
@@ -564,6 +570,10 @@ struct PoolTask {
     state_file: StateFile,
     commands: mpsc::UnboundedReceiver<Command>,
     inflight: Option<InFlight>,
+    /// A second make (Create or Grow of another volume) started while `inflight`, also a
+    /// make, runs: the server serializes them, but its next call is already waiting at its
+    /// lock, so the lock never idles between two calls while keel starts a process.
+    pipelined: Option<InFlight>,
     batch: Option<DestroyBatch>,
     device_waits: JoinSet<DeviceWaitDone>,
     listed_once: bool,
@@ -578,10 +588,16 @@ impl PoolTask {
         let mut stopping = false;
         loop {
             if self.inflight.is_none() {
+                self.inflight = self.pipelined.take();
+            }
+            if self.inflight.is_none() {
                 if stopping {
                     break;
                 }
                 self.inflight = self.next_call();
+            }
+            if self.pipelined.is_none() && !stopping {
+                self.pipelined = self.next_pipelined_make();
             }
             let timer = if self.inflight.is_none() {
                 self.next_wakeup()
@@ -592,6 +608,7 @@ impl PoolTask {
                 biased;
                 command = self.commands.recv(), if !stopping => Wake::Command(command),
                 outcome = call_done(&mut self.inflight) => Wake::CallDone(outcome),
+                outcome = call_done(&mut self.pipelined) => Wake::PipelinedDone(outcome),
                 done = self.device_waits.join_next(), if !self.device_waits.is_empty() => Wake::DeviceDone(done),
                 () = sleep_until(timer) => Wake::Timer,
             };
@@ -606,6 +623,11 @@ impl PoolTask {
                 }
                 Wake::CallDone(outcome) => {
                     if let Some(inflight) = self.inflight.take() {
+                        self.call_finished(inflight, outcome);
+                    }
+                }
+                Wake::PipelinedDone(outcome) => {
+                    if let Some(inflight) = self.pipelined.take() {
                         self.call_finished(inflight, outcome);
                     }
                 }
@@ -836,6 +858,29 @@ impl PoolTask {
         }
     }
 
+    /// A make to start beside the running one: only while that one is a make of another
+    /// volume, outside a destroy batch, with the listing in hand, and only if the next job
+    /// is a make too (a listing or a destroy waits for the pool to be quiet).
+    fn next_pipelined_make(&mut self) -> Option<InFlight> {
+        let busy = match &self.inflight.as_ref()?.purpose {
+            Purpose::Create(job) | Purpose::Grow(job, _) => job.volume.clone(),
+            Purpose::List | Purpose::DestroyStep => return None,
+        };
+        if self.batch.is_some() {
+            return None;
+        }
+        let now = now();
+        let state = self.state.clone();
+        let mut state = lock(&state);
+        state.cache.as_ref()?;
+        loop {
+            let job = state.queue.pop_ready_make(now, &busy)?;
+            if let Some(call) = self.prepare_make(&mut state, job, now) {
+                return Some(call);
+            }
+        }
+    }
+
     fn start(&mut self, kind: CallKind, purpose: Purpose, future: CallFuture) -> InFlight {
         InFlight {
             kind,
@@ -855,6 +900,7 @@ impl PoolTask {
         };
         let decided = plan(std::slice::from_ref(&spec), &[], cache, &self.owner);
         log_warnings(&self.pool, &decided.warnings);
+        let known_volblocksize = volblocksize(state, &job.volume);
         let record = state.records.entry(job.volume.clone()).or_insert_with(|| {
             Record::new(VolumeState::Queued, Some(job.queued_at), job.queued_at)
         });
@@ -879,6 +925,7 @@ impl PoolTask {
         }
         if record.state != VolumeState::Ready {
             record.state = VolumeState::WaitingForDevice;
+            record.volblocksize = known_volblocksize;
             let generation = record.generation;
             self.spawn_device_wait(job.volume, generation);
         }
@@ -1117,6 +1164,7 @@ impl PoolTask {
                 if !state.desired.contains_key(&name) {
                     return; // undeclared meanwhile: made, kept (or destroyed by its request)
                 }
+                let known_volblocksize = volblocksize(state, &name);
                 let Some(record) = state.records.get_mut(&name) else {
                     return;
                 };
@@ -1130,6 +1178,7 @@ impl PoolTask {
                     });
                 } else {
                     record.state = VolumeState::WaitingForDevice;
+                    record.volblocksize = known_volblocksize;
                     let generation = record.generation;
                     self.spawn_device_wait(name, generation);
                 }
@@ -1267,7 +1316,8 @@ impl PoolTask {
                         .declaration_to_ready
                         .observe(now.saturating_duration_since(declared));
                 }
-                let volblocksize = volblocksize(state, &done.name);
+                let known = record.volblocksize;
+                let volblocksize = known.or_else(|| volblocksize(state, &done.name));
                 info!(pool = %self.pool, volume = %done.name, "ready");
                 self.emit(VolumeEvent::Ready {
                     pool: self.pool.clone(),

@@ -637,7 +637,9 @@ async fn demand_mid_burst_overtakes_the_queue() {
             .any(|s| s.name == vm(80) && s.state == VolumeState::Queued)
     );
     p.demand("tank", &vm(80));
-    sleep(HOLD * 3).await;
+    // Behind the call running and the one already waiting at the server's lock (the
+    // pipelined make), then its own call and its device.
+    sleep(HOLD * 4).await;
     assert!(
         p.status()
             .iter()

@@ -236,6 +236,26 @@ impl JobQueue {
         self.jobs.remove(&volume).map(|entry| entry.job)
     }
 
+    /// Takes the first job that may run at `now` if it makes a volume (Create or Grow) other
+    /// than `busy` and no destroy comes before it: what may start while another make is
+    /// still running.
+    pub fn pop_ready_make(&mut self, now: Instant, busy: &str) -> Option<Job> {
+        self.promote_due(now);
+        let (key, volume) = self
+            .ready
+            .first_key_value()
+            .map(|(key, volume)| (*key, volume.clone()))?;
+        let destroy_first = self
+            .ready_destroys
+            .first_key_value()
+            .is_some_and(|(destroy, _)| *destroy < key);
+        if destroy_first || volume == busy {
+            return None;
+        }
+        self.ready.pop_first();
+        self.jobs.remove(&volume).map(|entry| entry.job)
+    }
+
     /// Takes up to `max` destroys that may run at `now`, oldest first: one batch for the
     /// server.
     pub fn pop_destroys(&mut self, now: Instant, max: usize) -> Vec<Job> {

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use prometheus_client::registry::Registry;
+
+use crate::provision::Provisioner;
+use crate::provision::metrics_export::ProvisionCollector;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -39,13 +42,21 @@ const BUSY: &[u8] =
 
 /// Binds `listen` and serves the metrics of `service` on a task of its own until the
 /// service shuts down. Returns the bound address (`listen` may ask for port 0).
-pub async fn serve(listen: SocketAddr, service: Arc<Service>) -> Result<SocketAddr> {
+pub async fn serve(
+    listen: SocketAddr,
+    service: Arc<Service>,
+    provisioner: Option<Provisioner>,
+) -> Result<SocketAddr> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen for metrics on {listen}"))?;
     let bound = listener.local_addr()?;
     info!(address = %bound, "serving metrics at /metrics");
-    let registry = Arc::new(metrics_export::registry(service.clone()));
+    let mut registry = metrics_export::registry(service.clone());
+    if let Some(provisioner) = provisioner {
+        registry.register_collector(Box::new(ProvisionCollector::new(provisioner)));
+    }
+    let registry = Arc::new(registry);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
@@ -302,7 +313,7 @@ mod tests {
     #[tokio::test]
     async fn serve_listens_until_shutdown() {
         let (service, _) = registry();
-        let bound = serve("127.0.0.1:0".parse().unwrap(), service.clone())
+        let bound = serve("127.0.0.1:0".parse().unwrap(), service.clone(), None)
             .await
             .unwrap();
         let response = get_metrics(bound).await;
@@ -321,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn connections_beyond_the_cap_get_503_at_once() {
         let (service, _) = registry();
-        let bound = serve("127.0.0.1:0".parse().unwrap(), service.clone())
+        let bound = serve("127.0.0.1:0".parse().unwrap(), service.clone(), None)
             .await
             .unwrap();
         // Idle clients hold every slot (until their request time runs out).

@@ -49,7 +49,12 @@ impl Server {
             bail!("{}", report.failed.join("\n"));
         }
         if let Some(listen) = config.metrics_listen {
-            metrics_http::serve(listen, running.service().clone()).await?;
+            metrics_http::serve(
+                listen,
+                running.service().clone(),
+                running.volumes().provisioner().cloned(),
+            )
+            .await?;
         }
         Ok(Server { running })
     }
