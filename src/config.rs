@@ -26,6 +26,7 @@ mod control;
 pub mod diff;
 mod files;
 mod pools;
+mod size;
 pub mod store;
 mod validator;
 
@@ -39,6 +40,8 @@ pub use control::{ControlGroup, ControlSettings, DEFAULT_CONTROL_SOCKET, resolve
 pub use diff::{ConfigDiff, TargetDiff};
 use files::FileCounts;
 pub use files::Origin;
+pub use size::parse_size_text;
+use size::{SizeValue, parse_size};
 pub use store::Store;
 pub use validator::ConfigError;
 use validator::{Validator, line_of};
@@ -147,14 +150,6 @@ struct RawLun {
     volblocksize: Option<Spanned<SizeValue>>,
     sparse: Option<bool>,
     on_remove: Option<Spanned<String>>,
-}
-
-/// A size written as a number of bytes or a string with a unit ("1GiB", "256M").
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum SizeValue {
-    Bytes(u64),
-    Text(String),
 }
 
 /// A validated configuration.
@@ -371,14 +366,28 @@ fn load_text(
         }
         config.include = Some(dir);
     }
-    let files = origins.iter().map(|origin| match origin {
-        Origin::Main => None,
-        Origin::Included(path) => Some(path.display().to_string()),
-    });
-    errors.extend(pools::check_volumes(
-        &config.pools,
-        config.targets.iter().zip(files),
-    ));
+    let volumes = config
+        .targets
+        .iter()
+        .zip(&origins)
+        .flat_map(|(target, origin)| {
+            let file = match origin {
+                Origin::Main => None,
+                Origin::Included(path) => Some(path.display().to_string()),
+            };
+            target
+                .luns
+                .iter()
+                .filter_map(move |lun| match &lun.backing {
+                    Backing::Volume(spec) => Some((
+                        format!("target {:?} LUN {}", target.name, lun.lun),
+                        spec,
+                        file.clone(),
+                    )),
+                    _ => None,
+                })
+        });
+    errors.extend(pools::check_volumes(&config.pools, volumes));
     if errors.is_empty() {
         Ok(Loaded { config, origins })
     } else {
@@ -802,7 +811,7 @@ impl Validator<'_> {
                     );
                 }
             }
-            let backing = self.volume(
+            let backing = Backing::Volume(self.volume(
                 &what,
                 target,
                 number,
@@ -815,7 +824,7 @@ impl Validator<'_> {
                     sparse: l.sparse,
                     on_remove: l.on_remove.as_ref(),
                 },
-            )?;
+            )?);
             return Some(LunConfig {
                 lun: number,
                 backing,
@@ -952,42 +961,6 @@ impl Validator<'_> {
 
 /// Largest `physical_block_size` accepted (64 KiB).
 pub const MAX_PHYSICAL_BLOCK_SIZE: u32 = 64 * 1024;
-
-/// Parses `"1GiB"`, `"256M"`, `"4096"` or a bare integer; units are binary (K = 1024).
-fn parse_size(value: &SizeValue) -> Result<u64, String> {
-    match value {
-        SizeValue::Bytes(b) => Ok(*b),
-        SizeValue::Text(t) => parse_size_text(t),
-    }
-}
-
-/// Parses a size written as text: `"1GiB"`, `"256M"`, `"4096"`; units are binary (K = 1024).
-/// The control protocol accepts sizes in the same form.
-pub fn parse_size_text(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits_end);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("size {text:?} does not start with a number"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "size {text:?} has an unknown unit (use B, KiB, MiB, GiB or TiB)"
-            ));
-        }
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
 
 /// Parses a portal: `IP:port`, `[IPv6]:port`, or an address without a port (3260).
 fn parse_portal(text: &str) -> Result<SocketAddr, String> {

@@ -46,18 +46,18 @@ pub fn read_targets(file: &Path) -> Result<Vec<Map<String, Value>>, String> {
         toml::from_str(&text).map_err(|e| format!("{}: {}", file.display(), e.message()))?;
     let mut targets = Vec::new();
     for (key, value) in table {
-        let toml::Value::Array(list) = value else {
-            return Err(format!(
-                "{}: {key:?} is not a list of [[target]] tables",
-                file.display()
-            ));
-        };
         if key != "target" {
             return Err(format!(
                 "{}: only [[target]] tables belong here, not {key:?}",
                 file.display()
             ));
         }
+        let toml::Value::Array(list) = value else {
+            return Err(format!(
+                "{}: {key:?} is not a list of [[target]] tables",
+                file.display()
+            ));
+        };
         for item in list {
             match serde_json::to_value(item) {
                 Ok(Value::Object(map)) => targets.push(map),

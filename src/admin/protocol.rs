@@ -845,7 +845,8 @@ mod tests {
                 portal: Some("[::1]:3260".parse().unwrap()),
             }),
         ];
-        assert_eq!(commands.len(), COMMANDS.len() + 1);
+        // Three commands appear twice (with and without their optional keys).
+        assert_eq!(commands.len(), COMMANDS.len() + 3);
         for (i, c) in commands.into_iter().enumerate() {
             let id = (i % 2 == 0).then_some(i as u64);
             let line = encode_request(id, &c);

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::size::{SizeValue, parse_size};
 use super::validator::{ConfigError, Validator};
-use super::{Backing, SizeValue, TargetConfig, parse_size};
 use crate::provision::{OnRemove, PoolKind, PoolSettings, VolumeSpec, names};
 use crate::scsi::LuIdentity;
 
@@ -172,7 +172,7 @@ impl Validator<'_> {
         number: u64,
         block_size: u32,
         raw: RawVolume<'_>,
-    ) -> Option<Backing> {
+    ) -> Option<VolumeSpec> {
         let text = raw.volume.get_ref();
         let Some((pool, name)) = text.split_once('/') else {
             self.error(
@@ -258,7 +258,7 @@ impl Validator<'_> {
                 OnRemove::Keep
             }
         };
-        Some(Backing::Volume(VolumeSpec {
+        Some(VolumeSpec {
             pool: pool.to_string(),
             name: name.to_string(),
             size,
@@ -267,7 +267,7 @@ impl Validator<'_> {
             sparse: raw.sparse.unwrap_or(true),
             on_remove,
             lun_tag: lun_tag(target, number),
-        }))
+        })
     }
 }
 
@@ -283,58 +283,53 @@ pub fn lun_tag(target: &str, lun: u64) -> String {
 }
 
 /// After every file is read: each volume's pool is declared, its full name fits ZFS's limits,
-/// and no two LUNs share a volume. `file_of` names the file a target came from.
+/// and no two LUNs share a volume. Each volume comes with what declares it ("target T LUN
+/// N") and the file it is in (`None`: the main file).
 pub(super) fn check_volumes<'a>(
     pools: &[PoolSettings],
-    targets: impl Iterator<Item = (&'a TargetConfig, Option<String>)>,
+    volumes: impl Iterator<Item = (String, &'a VolumeSpec, Option<String>)>,
 ) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut users: BTreeMap<(String, String), String> = BTreeMap::new();
-    for (target, file) in targets {
-        for lun in &target.luns {
-            let Backing::Volume(spec) = &lun.backing else {
-                continue;
-            };
-            let what = format!("target {:?} LUN {}", target.name, lun.lun);
-            let mut error = |message: String| {
-                errors.push(ConfigError {
-                    file: file.clone(),
-                    line: None,
-                    message,
-                })
-            };
-            let Some(pool) = pools
-                .iter()
-                .find(|p| p.name.eq_ignore_ascii_case(&spec.pool))
-            else {
-                error(format!(
-                    "{what}: volume pool {:?} is not declared (a [[pool]] in the main file)",
-                    spec.pool
-                ));
-                continue;
-            };
-            if let PoolKind::Zfs { parent, .. } = &pool.kind
-                && let Err(why) = names::validate_volume_name(parent, &spec.name)
-            {
-                error(format!("{what}: volume {:?}: {why}", spec.name));
-            }
-            if let PoolKind::Files { .. } = &pool.kind
-                && spec.name.split('/').any(|c| c == ".." || c == ".")
-            {
-                error(format!(
-                    "{what}: volume {:?} leaves the pool's directory",
-                    spec.name
-                ));
-            }
-            let key = (pool.name.to_ascii_lowercase(), spec.name.clone());
-            if let Some(first) = users.get(&key) {
-                error(format!(
-                    "{what}: volume {}/{} is already the backing of {first}",
-                    spec.pool, spec.name
-                ));
-            } else {
-                users.insert(key, what);
-            }
+    for (what, spec, file) in volumes {
+        let mut error = |message: String| {
+            errors.push(ConfigError {
+                file: file.clone(),
+                line: None,
+                message,
+            })
+        };
+        let Some(pool) = pools
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(&spec.pool))
+        else {
+            error(format!(
+                "{what}: volume pool {:?} is not declared (a [[pool]] in the main file)",
+                spec.pool
+            ));
+            continue;
+        };
+        if let PoolKind::Zfs { parent, .. } = &pool.kind
+            && let Err(why) = names::validate_volume_name(parent, &spec.name)
+        {
+            error(format!("{what}: volume {:?}: {why}", spec.name));
+        }
+        if let PoolKind::Files { .. } = &pool.kind
+            && spec.name.split('/').any(|c| c == ".." || c == ".")
+        {
+            error(format!(
+                "{what}: volume {:?} leaves the pool's directory",
+                spec.name
+            ));
+        }
+        let key = (pool.name.to_ascii_lowercase(), spec.name.clone());
+        if let Some(first) = users.get(&key) {
+            error(format!(
+                "{what}: volume {}/{} is already the backing of {first}",
+                spec.pool, spec.name
+            ));
+        } else {
+            users.insert(key, what);
         }
     }
     errors
