@@ -46,7 +46,7 @@ done
 # KEEL_TEST_VM=0 leaves it out (quick local runs only; CI runs it).
 if [ "${KEEL_TEST_VM:-1}" = 1 ]; then
     echo "-- vm (interop/vm/run all)"
-    if KEEL_VM_BUILD_TIMEOUT=2400 KEEL_VM_BUDGET=1800 timeout 4500 interop/vm/run all; then
+    if KEEL_VM_BUILD_TIMEOUT=2400 KEEL_VM_BUDGET=2400 timeout 4800 interop/vm/run all; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))

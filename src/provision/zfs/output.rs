@@ -355,6 +355,53 @@ mod tests {
     const LIST_EMPTY_23: &[u8] = include_bytes!("../../../tests/data/zfs/list-empty-2.3.txt");
     const GET_23: &[u8] = include_bytes!("../../../tests/data/zfs/get-snapshot-2.3.txt");
 
+    /// Captured in the OpenZFS 2.3.2 guest (interop/vm/scenarios/provision), byte for byte.
+    const REAL_CLONES: &[u8] =
+        include_bytes!("../../../tests/data/zfs/captured-list-clones-2.3.2.txt");
+    const REAL_LONG_NAMES: &[u8] =
+        include_bytes!("../../../tests/data/zfs/captured-list-long-names-2.3.2.txt");
+
+    // Captured with `-r tank`, the whole pool (keel lists `-r PARENT`): parsed with the pool as
+    // the parent, keel's volumes are "keel/NAME" and the golden volume and snapshot are there.
+    #[test]
+    fn real_openzfs_output_of_keel_clones_parses() {
+        let observed = parse_observed("tank", REAL_CLONES).unwrap();
+        assert_eq!(observed.volumes.len(), 21);
+        assert_eq!(observed.snapshots, ["golden@base"]);
+        assert_eq!(observed.volumes["golden"].owner, None);
+        for (name, volume) in observed.volumes.iter().filter(|(n, _)| *n != "golden") {
+            let short = name.trim_start_matches("keel/");
+            assert_eq!(volume.origin.as_deref(), Some("tank/golden@base"), "{name}");
+            assert_eq!(volume.owner.as_deref(), Some("keel"), "{name}");
+            assert_eq!(volume.size, 64 << 20, "{name}");
+            assert_eq!(volume.volblocksize, Some(16384), "{name}");
+            let tag = volume.lun_tag.as_deref().unwrap_or_default();
+            assert!(
+                tag.starts_with(&format!("iqn.2026-12.org.example:{short} LUN 0 naa.6")),
+                "{name}: {tag}"
+            );
+        }
+        // Strict: a line outside the parent is an error, not skipped.
+        assert!(parse_observed("tank/keel", REAL_CLONES).is_err());
+    }
+
+    #[test]
+    fn real_openzfs_output_with_200_character_names_and_a_space_parses() {
+        let observed = parse_observed("tank", REAL_LONG_NAMES).unwrap();
+        assert_eq!(observed.volumes.len(), 62);
+        let clones = observed
+            .volumes
+            .iter()
+            .filter(|(name, v)| {
+                name.len() == "keel/".len() + 199 && v.origin.as_deref() == Some("tank/golden@base")
+            })
+            .count();
+        assert_eq!(clones, 60, "every long-named clone, found by its origin");
+        let spaced = &observed.volumes["keel/with space"];
+        assert_eq!(spaced.owner, None, "made by hand, not keel's");
+        assert_eq!(spaced.origin, None);
+    }
+
     fn long_volume() -> String {
         // "tank/keel/" (10 bytes) + 245 = 255 bytes, the longest name ZFS allows.
         format!("tank/keel/{}", "l".repeat(245))
