@@ -92,7 +92,11 @@ pub async fn build_lun(
             FileBackend::open_file(path, *create_size, lun.read_only),
             path,
         ),
-        Backing::Block { path } => (FileBackend::open_block_device(path, lun.read_only), path),
+        Backing::Block { path, direct } => (
+            FileBackend::open_block_device(path, lun.read_only)
+                .and_then(|device| device.with_direct_io(*direct, lun.block_size)),
+            path,
+        ),
     };
     let opened = opened.with_context(|| {
         format!(
