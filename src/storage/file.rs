@@ -1365,6 +1365,21 @@ mod tests {
             !open_device(&dev, DirectIo::Off, 512).unwrap().direct_io(),
             "off is off"
         );
+        // Read-only: O_DIRECT reads, writes refused as before.
+        let ro = FileBackend::open_block_device(Path::new(&dev.0), true)
+            .unwrap()
+            .with_direct_io(DirectIo::On, 4096)
+            .unwrap();
+        assert!(ro.direct_io());
+        assert_eq!(
+            &ro.read_at(4096, 512).await.unwrap()[..],
+            &pattern(4096, 9)[..512]
+        );
+        assert!(
+            ro.write_at(0, Bytes::from(vec![0u8; 4096]), false)
+                .await
+                .is_err()
+        );
     }
 
     #[test]
