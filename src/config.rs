@@ -33,7 +33,7 @@ mod validator;
 use crate::iscsi::Settings;
 use crate::iscsi::name::check_iscsi_name;
 use crate::provision::{PoolSettings, VolumeSpec};
-use crate::storage::IoEngine;
+use crate::storage::{DirectIo, IoEngine};
 pub use auth::{AccessSettings, read_secret_file};
 use auth::{RawAccess, RawCredential};
 pub use control::{ControlGroup, ControlSettings, DEFAULT_CONTROL_SOCKET, resolve_group};
@@ -136,6 +136,7 @@ struct RawLun {
     lun: Spanned<u64>,
     file: Option<Spanned<String>>,
     block: Option<Spanned<String>>,
+    direct: Option<Spanned<DirectValue>>,
     size: Option<Spanned<SizeValue>>,
     block_size: Option<Spanned<u32>>,
     physical_block_size: Option<Spanned<u32>>,
@@ -150,6 +151,17 @@ struct RawLun {
     volblocksize: Option<Spanned<SizeValue>>,
     sparse: Option<bool>,
     on_remove: Option<Spanned<String>>,
+}
+
+/// `direct` of a block LUN: `true`, `false` or `"auto"` (the strings "true" and "false" too,
+/// which is what the CLI's one-line LUN spec sends).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DirectValue {
+    Flag(bool),
+    Text(String),
+    /// Anything else, refused by the validator with the values that are allowed.
+    Other(toml::Value),
 }
 
 /// A validated configuration.
@@ -210,8 +222,8 @@ pub enum Backing {
         path: PathBuf,
         create_size: Option<u64>,
     },
-    /// An existing block device.
-    Block { path: PathBuf },
+    /// An existing block device, read and written with O_DIRECT as `direct` says.
+    Block { path: PathBuf, direct: DirectIo },
     /// A volume keel makes (or adopts) in a pool and serves once it is ready.
     Volume(VolumeSpec),
 }
@@ -803,6 +815,15 @@ impl Validator<'_> {
         };
         let physical_block_size = self.physical_block_size(&what, &l, block_size);
         if let Some(volume) = &l.volume {
+            if let Some(d) = &l.direct {
+                self.error(
+                    d,
+                    format!(
+                        "{what}: direct applies to block = LUNs; a volume uses O_DIRECT where \
+                         its device allows it"
+                    ),
+                );
+            }
             for (key, set) in [("file", l.file.is_some()), ("block", l.block.is_some())] {
                 if set {
                     self.error(
@@ -867,6 +888,12 @@ impl Validator<'_> {
         };
         let backing = match (&l.file, &l.block) {
             (Some(file), None) => {
+                if let Some(d) = &l.direct {
+                    self.error(
+                        d,
+                        format!("{what}: direct applies to block devices (block = \"/dev/...\")"),
+                    );
+                }
                 let path = data_dir.join(file.get_ref());
                 if file.get_ref().is_empty() {
                     self.error(file, format!("{what}: file is empty"));
@@ -883,8 +910,33 @@ impl Validator<'_> {
                         ),
                     );
                 }
+                let direct = match l.direct.as_ref() {
+                    None => DirectIo::Auto,
+                    Some(d) => match d.get_ref() {
+                        DirectValue::Flag(true) => DirectIo::On,
+                        DirectValue::Flag(false) => DirectIo::Off,
+                        DirectValue::Text(t) if t == "auto" => DirectIo::Auto,
+                        DirectValue::Text(t) if t == "true" => DirectIo::On,
+                        DirectValue::Text(t) if t == "false" => DirectIo::Off,
+                        other => {
+                            let shown = match other {
+                                DirectValue::Text(t) => format!("{t:?}"),
+                                DirectValue::Other(v) => v.to_string(),
+                                DirectValue::Flag(f) => f.to_string(),
+                            };
+                            self.error(
+                                d,
+                                format!(
+                                    "{what}: direct = {shown} is not one of true, false, \"auto\""
+                                ),
+                            );
+                            DirectIo::Auto
+                        }
+                    },
+                };
                 Backing::Block {
                     path: PathBuf::from(block.get_ref()),
+                    direct,
                 }
             }
             (Some(file), Some(_)) => {
@@ -1026,8 +1078,45 @@ block = "/dev/sdx"
         assert_eq!(
             t.luns[1].backing,
             Backing::Block {
-                path: "/dev/sdx".into()
+                path: "/dev/sdx".into(),
+                direct: DirectIo::Auto
             }
+        );
+    }
+
+    #[test]
+    fn direct_is_a_flag_or_auto_for_block_luns_only() {
+        let block = |extra: &str| {
+            format!(
+                "[[target]]\nname = \"iqn.2026-11.org.example:x\"\n[[target.lun]]\nlun = 0\n\
+                 block = \"/dev/sdx\"\n{extra}\n"
+            )
+        };
+        let direct =
+            |extra: &str| match &parse(&block(extra), "x").unwrap().targets[0].luns[0].backing {
+                Backing::Block { direct, .. } => *direct,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(direct(""), DirectIo::Auto, "the default");
+        assert_eq!(direct("direct = \"auto\""), DirectIo::Auto);
+        assert_eq!(direct("direct = true"), DirectIo::On);
+        assert_eq!(direct("direct = false"), DirectIo::Off);
+        // What the CLI's one-line spec sends.
+        assert_eq!(direct("direct = \"true\""), DirectIo::On);
+        assert_eq!(direct("direct = \"false\""), DirectIo::Off);
+        let err = parse(&block("direct = \"sometimes\""), "x").unwrap_err();
+        assert!(err.to_string().contains("not one of true, false"), "{err}");
+        let err = parse(&block("direct = 1"), "x").unwrap_err();
+        assert!(
+            err.to_string().contains("direct = 1 is not one of"),
+            "{err}"
+        );
+        let file = "[[target]]\nname = \"iqn.2026-11.org.example:x\"\n[[target.lun]]\nlun = 0\n\
+                    file = \"x.img\"\nsize = 4096\ndirect = true\n";
+        let err = parse(file, "x").unwrap_err();
+        assert!(
+            err.to_string().contains("direct applies to block devices"),
+            "{err}"
         );
     }
 

@@ -185,7 +185,7 @@ impl ConfigDiff {
 fn backing_name(backing: &Backing) -> String {
     match backing {
         Backing::File { path, .. } => format!("file {}", path.display()),
-        Backing::Block { path } => format!("block device {}", path.display()),
+        Backing::Block { path, .. } => format!("block device {}", path.display()),
         Backing::Volume(spec) => format!("volume {}/{}", spec.pool, spec.name),
     }
 }

@@ -305,7 +305,7 @@ impl Store {
         };
         let (path, create_size) = match &config.backing {
             Backing::File { path, create_size } => (path, *create_size),
-            Backing::Block { path } => {
+            Backing::Block { path, .. } => {
                 return Err(ConfigErrors::one(
                     ErrorKind::Invalid,
                     &what,
@@ -536,7 +536,7 @@ fn new_target_file_text(spec: &toml::Table) -> Result<String, ConfigErrors> {
 }
 
 /// The keys a LUN table starts with, in this order.
-const LUN_KEYS_FIRST: &[&str] = &["lun", "file", "block", "size"];
+const LUN_KEYS_FIRST: &[&str] = &["lun", "file", "block", "direct", "size"];
 
 /// Puts `first` keys first, in that order; the others keep theirs after them.
 fn order_keys(table: &mut Table, first: &[&str]) {

@@ -17,7 +17,7 @@ use crate::iscsi::login::LoginAccess;
 use crate::iscsi::{Service, Target};
 use crate::scsi::{AtomicJournal, LogicalUnit, LuIdentity, TargetDevice, file_store};
 use crate::storage::pool::BufferPool;
-use crate::storage::{BlockBackend, FileBackend, UringEngine, select_engine};
+use crate::storage::{BlockBackend, DirectIo, FileBackend, UringEngine, select_engine};
 
 /// What every LUN of a server shares: where its state files live and how its storage I/O
 /// runs.
@@ -92,7 +92,11 @@ pub async fn build_lun(
             FileBackend::open_file(path, *create_size, lun.read_only),
             path,
         ),
-        Backing::Block { path } => (FileBackend::open_block_device(path, lun.read_only), path),
+        Backing::Block { path, direct } => (
+            FileBackend::open_block_device(path, lun.read_only)
+                .and_then(|device| device.with_direct_io(*direct, lun.block_size)),
+            path,
+        ),
         Backing::Volume(spec) => {
             anyhow::bail!(
                 "target {target} LUN {}: volume {}/{} is opened when its pool reports it ready",
@@ -138,10 +142,13 @@ pub async fn open_medium(
     let is_file = std::fs::metadata(path)
         .map(|m| m.is_file())
         .unwrap_or(false);
+    // A zvol (or any block device) is read and written with O_DIRECT where it allows it, so
+    // its data is not cached twice (in the page cache and the ARC).
     let opened = if is_file {
         FileBackend::open_file(path, None, lun.read_only)
     } else {
         FileBackend::open_block_device(path, lun.read_only)
+            .and_then(|device| device.with_direct_io(DirectIo::Auto, lun.block_size))
     };
     let opened = opened.with_context(|| {
         format!(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use file::FileBackend;
+pub use file::{DirectIo, FileBackend};
 pub use memory::MemoryBackend;
 pub use uring::UringEngine;
 

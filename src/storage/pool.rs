@@ -3,10 +3,36 @@
 //! sixth of keel's CPU on 1 MiB reads in a profile. A pooled buffer is allocated and zeroed
 //! once, filled by the read, handed out as the Data-In payload (`Bytes`), and comes back to
 //! the pool when the last reference to that payload is dropped.
+//!
+//! Every buffer starts on a page boundary, so a block device opened with O_DIRECT can read
+//! into it (see [`super::file`]); [`aligned_empty`] makes such buffers for the io_uring
+//! engine and for write data that must be copied to meet the same rule.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+/// Alignment of every pooled buffer's first byte: a page, which is at least the memory
+/// alignment any block device asks of O_DIRECT (its logical block size at most, 4 KiB for
+/// the devices keel opens that way).
+pub const BUFFER_ALIGN: usize = 4096;
+
+/// An empty buffer with room for `len` bytes whose first byte is at an address that is a
+/// multiple of `align` (a power of two). It over-allocates by `align - 1` bytes and starts
+/// past the padding, so no `unsafe` allocation is needed.
+pub fn aligned_empty(len: usize, align: usize) -> BytesMut {
+    let align = align.max(1);
+    let mut raw = BytesMut::with_capacity(len + align - 1);
+    let pad = (raw.as_ptr() as usize).wrapping_neg() & (align - 1);
+    // `pad < align <= capacity`: the split stays inside the allocation, and the part after
+    // it keeps at least `len` bytes of capacity without moving.
+    raw.split_off(pad)
+}
+
+/// Whether `data` starts at an address that is a multiple of `align` (a power of two).
+pub fn is_aligned(data: &[u8], align: usize) -> bool {
+    (data.as_ptr() as usize) & (align.max(1) - 1) == 0
+}
 
 /// Buffers are kept by size class: powers of two from `MIN_CLASS` up.
 const MIN_CLASS: usize = 64 * 1024;
@@ -42,16 +68,21 @@ impl BufferPool {
                 .get_mut(c)
                 .and_then(Vec::pop)
         });
-        let buf = reused.unwrap_or_else(|| vec![0u8; class.map_or(len, |c| MIN_CLASS << c)]);
+        let buf = reused
+            .unwrap_or_else(|| vec![0u8; class.map_or(len, |c| MIN_CLASS << c) + BUFFER_ALIGN]);
+        // A Vec's heap block never moves while it is not resized: the offset stays right.
+        let start = (buf.as_ptr() as usize).wrapping_neg() & (BUFFER_ALIGN - 1);
         PooledBuffer {
             buf,
+            start,
             len,
             pool: class.map(|_| Arc::downgrade(self)),
         }
     }
 
     fn give_back(&self, buf: Vec<u8>) {
-        let Some(class) = Self::class_of(buf.len()).filter(|c| MIN_CLASS << c == buf.len()) else {
+        let size = buf.len().saturating_sub(BUFFER_ALIGN);
+        let Some(class) = Self::class_of(size).filter(|c| MIN_CLASS << c == size) else {
             return;
         };
         let mut classes = self.classes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -59,7 +90,7 @@ impl BufferPool {
             classes.resize_with(class + 1, Vec::new);
         }
         let idle = &mut classes[class];
-        if (idle.len() + 1) * buf.len() <= IDLE_BYTES_PER_CLASS {
+        if (idle.len() + 1) * size <= IDLE_BYTES_PER_CLASS {
             idle.push(buf);
         }
     }
@@ -75,17 +106,19 @@ impl BufferPool {
     }
 }
 
-/// A buffer from the pool, `len` bytes long; back to the pool when dropped.
+/// A buffer from the pool, `len` bytes long from `start` (the first page boundary in `buf`);
+/// back to the pool when dropped.
 #[derive(Debug)]
 pub struct PooledBuffer {
     buf: Vec<u8>,
+    start: usize,
     len: usize,
     pool: Option<Weak<BufferPool>>,
 }
 
 impl PooledBuffer {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.len]
+        &mut self.buf[self.start..self.start + self.len]
     }
 
     /// The buffer as a payload; it returns to the pool when the last clone is dropped.
@@ -96,7 +129,7 @@ impl PooledBuffer {
 
 impl AsRef<[u8]> for PooledBuffer {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -147,5 +180,37 @@ mod tests {
         let b = pool.take(1 << 20);
         drop(pool);
         drop(b);
+    }
+
+    #[test]
+    fn buffers_start_on_a_page_boundary_new_or_reused() {
+        let pool = BufferPool::new();
+        for len in [1, 4096, 65536, 300 * 1024, 1 << 20, 9 << 20] {
+            let mut b = pool.take(len);
+            assert!(is_aligned(b.as_mut_slice(), BUFFER_ALIGN), "{len}");
+            assert_eq!(b.as_ref().len(), len);
+            drop(b);
+            let again = pool.take(len);
+            assert!(is_aligned(again.as_ref(), BUFFER_ALIGN), "{len} reused");
+            let bytes = again.into_bytes();
+            assert!(is_aligned(&bytes, BUFFER_ALIGN));
+        }
+        assert!(pool.idle() > 0, "pooled sizes came back");
+    }
+
+    #[test]
+    fn aligned_empty_buffers_hold_len_bytes_at_an_aligned_address() {
+        for align in [1, 512, 4096] {
+            for len in [1, 511, 4096, 1 << 20] {
+                let mut b = aligned_empty(len, align);
+                assert!(b.is_empty() && b.capacity() >= len, "{align} {len}");
+                assert!(is_aligned(&b, align), "{align} {len}");
+                let before = b.as_ptr();
+                b.extend_from_slice(&vec![7u8; len]);
+                assert_eq!(b.as_ptr(), before, "filling it does not move it");
+                assert!(b.freeze().iter().all(|&x| x == 7));
+            }
+        }
+        assert!(is_aligned(&[0u8; 0][..], 1));
     }
 }

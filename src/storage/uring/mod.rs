@@ -15,6 +15,10 @@
 //!   writing an eventfd the ring polls; producers skip that syscall while the thread is awake.
 //! - Short reads and writes are completed by resubmitting the rest; EINTR/EAGAIN are retried.
 //!   Reads and writes larger than Linux's per-call cap (MAX_RW_COUNT) are split the same way.
+//! - Direct I/O (a descriptor opened with O_DIRECT, see `storage::file`): the caller gives the
+//!   alignment the device demands; reads then land in a buffer that starts at such an
+//!   address, and split transfers are split at multiples of it. Write data must already be
+//!   aligned (the caller copies it when it is not).
 //! - FUA is a write with `RWF_DSYNC`; flush is `IORING_OP_FSYNC` with `DATASYNC`; discard is
 //!   `IORING_OP_FALLOCATE` (the caller falls back to zero-filling where it is not supported);
 //!   block devices are discarded with the `BLKDISCARD` ioctl of `blkdev`, which both engines
@@ -39,6 +43,8 @@ use bytes::{Bytes, BytesMut};
 use io_uring::{IoUring, opcode, squeue, types};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
+
+use super::pool::aligned_empty;
 
 pub(crate) mod blkdev;
 
@@ -118,6 +124,9 @@ struct Op {
     /// Keeps the descriptor open until the op completes, even if its backend is dropped.
     file: Option<Arc<File>>,
     offset: u64,
+    /// Every piece of a split transfer is a multiple of this (1, or the device's O_DIRECT
+    /// alignment), so that each piece's offset and address stay aligned.
+    align: usize,
     /// Bytes already transferred (writes; reads track it in `buf.len()`).
     done: usize,
     kind: Kind,
@@ -207,10 +216,21 @@ impl UringEngine {
         offset: u64,
         kind: Kind,
     ) -> impl Future<Output = Reply> + Send + 'static {
+        self.submit_aligned(file, offset, kind, 1)
+    }
+
+    fn submit_aligned(
+        &self,
+        file: Option<&Arc<File>>,
+        offset: u64,
+        kind: Kind,
+        align: usize,
+    ) -> impl Future<Output = Reply> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let op = Op {
             file: file.cloned(),
             offset,
+            align: align.max(1),
             done: 0,
             kind,
             reply,
@@ -243,15 +263,26 @@ impl UringEngine {
         offset: u64,
         len: usize,
     ) -> impl Future<Output = io::Result<Bytes>> + Send + 'static {
+        self.read_aligned(file, offset, len, 1)
+    }
+
+    /// [`UringEngine::read`] into a buffer whose address is a multiple of `align` (a power of
+    /// two), split (if at all) at multiples of it: what a descriptor opened with O_DIRECT
+    /// needs, with `offset` and `len` multiples of the device's block size.
+    pub fn read_aligned(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        len: usize,
+        align: usize,
+    ) -> impl Future<Output = io::Result<Bytes>> + Send + 'static {
         let fut = (len > 0).then(|| {
-            self.submit(
-                Some(file),
-                offset,
-                Kind::Read {
-                    buf: BytesMut::with_capacity(len),
-                    want: len,
-                },
-            )
+            let buf = if align > 1 {
+                aligned_empty(len, align)
+            } else {
+                BytesMut::with_capacity(len)
+            };
+            self.submit_aligned(Some(file), offset, Kind::Read { buf, want: len }, align)
         });
         async move {
             match fut {
@@ -269,12 +300,25 @@ impl UringEngine {
         data: Bytes,
         dsync: bool,
     ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.write_aligned(file, offset, data, dsync, 1)
+    }
+
+    /// [`UringEngine::write`] split (if at all) at multiples of `align`: for a descriptor
+    /// opened with O_DIRECT, whose `data` the caller has placed at an aligned address.
+    pub fn write_aligned(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        data: Bytes,
+        dsync: bool,
+        align: usize,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let fut = if data.is_empty() && !dsync {
             None
         } else if data.is_empty() {
-            Some(self.submit(Some(file), 0, Kind::Fdatasync))
+            Some(self.submit_aligned(Some(file), 0, Kind::Fdatasync, 1))
         } else {
-            Some(self.submit(Some(file), offset, Kind::Write { data, dsync }))
+            Some(self.submit_aligned(Some(file), offset, Kind::Write { data, dsync }, align))
         };
         async move {
             if let Some(fut) = fut {
@@ -441,7 +485,12 @@ impl Ring {
             return;
         };
         let fd = types::Fd(op.file.as_ref().map_or(-1, |f| f.as_raw_fd()));
-        let max = self.max_chunk;
+        // A piece of a direct transfer must stay a whole number of aligned units.
+        let max = if op.align > 1 {
+            (self.max_chunk / op.align).max(1) * op.align
+        } else {
+            self.max_chunk
+        };
         let sqe = match &mut op.kind {
             Kind::Read { buf, want } => {
                 let done = buf.len();
