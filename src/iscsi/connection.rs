@@ -378,9 +378,9 @@ impl Connection<'_> {
             async move {
                 // Fires however this future ends, so nobody waits on it forever.
                 let _finished = finished.drop_guard();
-                let ended = match fate.begin() {
+                let (ended, sample) = match fate.begin() {
                     // Aborted before it started: it never acts on the medium.
-                    Err(aborted) => Err(aborted),
+                    Err(aborted) => (Err(aborted), None),
                     Ok(()) => {
                         let outcome = match run {
                             Run::Scsi { device, request } => {
@@ -388,18 +388,24 @@ impl Connection<'_> {
                             }
                             Run::Fail(response) => response,
                         };
-                        fate.complete().map(|()| outcome)
+                        // Counted as it ran, even if its fate is sealed as aborted after it
+                        // (the connection ended meanwhile): a write that reached the medium
+                        // is in the bytes written. Data-In only if its reply goes out.
+                        let completed = fate.complete();
+                        let sample = measured.and_then(|(lun, class, received)| {
+                            let nanos = started.elapsed().as_nanos() as u64;
+                            let sent = if completed.is_ok() {
+                                data_in_sent(&for_reply, &outcome)
+                            } else {
+                                0
+                            };
+                            CommandSample::new(lun, class, &outcome, sent, received, nanos)
+                        });
+                        (completed.map(|()| outcome), sample)
                     }
                 };
                 drop(budget);
                 window.complete();
-                let sample = measured.zip(ended.as_ref().ok()).and_then(
-                    |((lun, class, received), outcome)| {
-                        let nanos = started.elapsed().as_nanos() as u64;
-                        let sent = data_in_sent(&for_reply, outcome);
-                        CommandSample::new(lun, class, outcome, sent, received, nanos)
-                    },
-                );
                 // Tell the reader first: once the reply is out, the initiator may reuse the tag.
                 let itt = for_reply.itt;
                 let _ = done.send(Completion { itt, sample });

@@ -113,6 +113,14 @@ impl Server {
             warn!("some connections did not finish in time");
         }
         running.stop().await;
+        // A zfs call in flight finishes (bounded) rather than being killed halfway; what it
+        // did not do, the next start reconciles (owner tags, the destroy intents file).
+        if tokio::time::timeout(Duration::from_secs(30), running.volumes().shutdown())
+            .await
+            .is_err()
+        {
+            warn!("a provisioning call did not finish in time; the next start reconciles it");
+        }
         if let Ok(threads) = Arc::try_unwrap(threads) {
             threads.stop().await;
         }
