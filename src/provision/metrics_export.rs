@@ -30,38 +30,18 @@ impl ProvisionCollector {
     }
 }
 
-fn state_name(state: &VolumeState) -> &'static str {
-    match state {
-        VolumeState::Queued => "queued",
-        VolumeState::Creating => "creating",
-        VolumeState::WaitingForDevice => "waiting_for_device",
-        VolumeState::Ready => "ready",
-        VolumeState::Failed(_) => "failed",
-        VolumeState::Destroying => "destroying",
-    }
-}
-
-const STATES: [&str; 6] = [
-    "queued",
-    "creating",
-    "waiting_for_device",
-    "ready",
-    "failed",
-    "destroying",
-];
-
 impl Collector for ProvisionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
         let stats = self.provisioner.stats();
         let mut by_state: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
         for pool in &stats {
-            for state in STATES {
+            for state in VolumeState::NAMES {
                 by_state.insert((pool.pool.clone(), state), 0);
             }
         }
         for volume in self.provisioner.status() {
             *by_state
-                .entry((volume.pool.clone(), state_name(&volume.state)))
+                .entry((volume.pool.clone(), volume.state.name()))
                 .or_default() += 1;
         }
 

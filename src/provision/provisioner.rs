@@ -90,6 +90,30 @@ pub enum VolumeState {
     Destroying,
 }
 
+impl VolumeState {
+    /// Every state's name, in [`VolumeState::name`]'s spelling.
+    pub const NAMES: [&'static str; 6] = [
+        "queued",
+        "creating",
+        "waiting_for_device",
+        "ready",
+        "failed",
+        "destroying",
+    ];
+
+    /// The name status and metrics show.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VolumeState::Queued => "queued",
+            VolumeState::Creating => "creating",
+            VolumeState::WaitingForDevice => "waiting_for_device",
+            VolumeState::Ready => "ready",
+            VolumeState::Failed(_) => "failed",
+            VolumeState::Destroying => "destroying",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeStatus {
     pub pool: String,

@@ -35,13 +35,10 @@ fn add_volumes(report: &mut StatusReport, running: &Running) {
     let failures: BTreeMap<(String, u64), String> = volumes.failures().into_iter().collect();
     let mut by_volume: BTreeMap<(String, String), VolumeReport> = BTreeMap::new();
     for v in volumes.status() {
-        let (state, reason) = match v.state {
-            VolumeState::Queued => ("queued", None),
-            VolumeState::Creating => ("creating", None),
-            VolumeState::WaitingForDevice => ("waiting_for_device", None),
-            VolumeState::Ready => ("ready", None),
-            VolumeState::Failed(reason) => ("failed", Some(reason)),
-            VolumeState::Destroying => ("destroying", None),
+        let state = v.state.name();
+        let reason = match v.state {
+            VolumeState::Failed(reason) => Some(reason),
+            _ => None,
         };
         let line = VolumeReport {
             pool: v.pool.clone(),
