@@ -101,8 +101,6 @@ pub struct Running {
     logout_grace: Duration,
     /// Volume LUNs and the provisioner that makes their volumes.
     volumes: Volumes,
-    /// Volume LUNs by (lower-cased target, LUN), for removals.
-    volume_luns: BTreeMap<(String, u64), VolumeSpec>,
 }
 
 /// How a change treats the volumes of the LUNs it removes.
@@ -127,7 +125,6 @@ impl Running {
             same_unit_wait: SAME_UNIT_WAIT,
             logout_grace: LOGOUT_GRACE,
             volumes: Volumes::none(),
-            volume_luns: BTreeMap::new(),
         }
     }
 
@@ -184,7 +181,7 @@ impl Running {
 
     /// The volume that backs `target`'s LUN `lun`, if it is a volume LUN.
     pub fn volume_of(&self, target: &str, lun: u64) -> Option<&VolumeSpec> {
-        self.volume_luns.get(&(target.to_ascii_lowercase(), lun))
+        self.volumes.spec_of(target, lun)
     }
 
     /// Adds to `diff` what a reload retries although the configuration did not change: the
@@ -264,12 +261,12 @@ impl Running {
         let mut report = ApplyReport::default();
         let mut unused_volumes = Vec::new();
         for name in &diff.targets_removed {
-            unused_volumes.extend(self.forget_volume_luns(name, None));
+            unused_volumes.extend(self.volumes.take_luns(name, None));
             self.remove_target(name, &mut report);
         }
         for changed in &diff.targets_changed {
             for &lun in &changed.luns_removed {
-                unused_volumes.extend(self.forget_volume_luns(&changed.new.name, Some(lun)));
+                unused_volumes.extend(self.volumes.take_luns(&changed.new.name, Some(lun)));
                 self.remove_lun(&changed.new.name, lun, &mut report);
             }
         }
@@ -449,20 +446,6 @@ impl Running {
         }
     }
 
-    /// The volume specs of `target`'s LUN `lun` (all its LUNs: `None`), no longer served.
-    fn forget_volume_luns(&mut self, target: &str, lun: Option<u64>) -> Vec<VolumeSpec> {
-        let target = target.to_ascii_lowercase();
-        let keys: Vec<_> = self
-            .volume_luns
-            .keys()
-            .filter(|(t, l)| *t == target && lun.is_none_or(|n| n == *l))
-            .cloned()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.volume_luns.remove(&k))
-            .collect()
-    }
-
     /// Tells the provisioner the volumes of removed LUNs are no longer wanted; destroys
     /// those whose policy or `options` ask for it, unless this change declares them again
     /// (a LUN removed and added back keeps its data).
@@ -568,8 +551,6 @@ impl Running {
             return;
         }
         self.lun_failures.remove(&key);
-        self.volume_luns
-            .insert((target.to_ascii_lowercase(), lun.lun), spec.clone());
         device.add_lun(unit);
         report.done(format!(
             "added target {target} LUN {} (volume {}/{} becoming ready)",

@@ -59,6 +59,10 @@ struct Table {
 pub struct Volumes {
     provisioner: Option<Provisioner>,
     table: Arc<Mutex<Table>>,
+    /// The volume of each volume LUN by (lower-cased target, LUN): what the apply path looks
+    /// up when it removes LUNs and reports status. Only the apply path uses it, so it is
+    /// not behind the table's mutex.
+    by_lun: BTreeMap<(String, u64), VolumeSpec>,
 }
 
 impl Volumes {
@@ -68,6 +72,7 @@ impl Volumes {
         Volumes {
             provisioner: None,
             table: Arc::default(),
+            by_lun: BTreeMap::new(),
         }
     }
 
@@ -99,6 +104,7 @@ impl Volumes {
         Ok(Volumes {
             provisioner: Some(provisioner),
             table,
+            by_lun: BTreeMap::new(),
         })
     }
 
@@ -109,7 +115,7 @@ impl Volumes {
     /// `unit` (no medium yet) waits for `spec`'s volume: declared to its pool, and moved to
     /// the front of the queue as soon as a command finds the unit not ready.
     pub fn declare(
-        &self,
+        &mut self,
         target: &str,
         config: &LunConfig,
         spec: &VolumeSpec,
@@ -143,7 +149,29 @@ impl Volumes {
         let demand = provisioner.clone();
         let (pool, name) = (spec.pool.clone(), spec.name.clone());
         unit.on_demand(move || demand.demand(&pool, &name));
+        self.by_lun
+            .insert((target.to_ascii_lowercase(), config.lun), spec.clone());
         Ok(())
+    }
+
+    /// The volume that backs `target`'s LUN `lun`, if it is a volume LUN.
+    pub fn spec_of(&self, target: &str, lun: u64) -> Option<&VolumeSpec> {
+        self.by_lun.get(&(target.to_ascii_lowercase(), lun))
+    }
+
+    /// The volumes of `target`'s LUN `lun` (all its LUNs: `None`), whose units are being
+    /// removed: no longer looked up by LUN. [`Volumes::undeclare`] then lets them go.
+    pub fn take_luns(&mut self, target: &str, lun: Option<u64>) -> Vec<VolumeSpec> {
+        let target = target.to_ascii_lowercase();
+        let keys: Vec<_> = self
+            .by_lun
+            .keys()
+            .filter(|(t, l)| *t == target && lun.is_none_or(|n| n == *l))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.by_lun.remove(&k))
+            .collect()
     }
 
     /// The unit backed by `spec` is gone (its LUN or target removed). The volume is
