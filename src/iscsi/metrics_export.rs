@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::Service;
 use super::metrics::{LATENCY_BOUNDS, LunTotals, bucket_bound_seconds};
+use super::session::SessionInfo;
 use crate::scsi::CommandClass;
 
 /// The scrape-time collector of one iSCSI service.
@@ -57,6 +58,12 @@ impl Collector for KeelCollector {
         service.forget_removed_metrics();
         let targets = service.targets.list();
         let names: BTreeSet<String> = targets.iter().map(|t| t.name.clone()).collect();
+        // The session registry is read before the counters: a connection folds its counts
+        // into the retired totals before its session leaves the registry, so a scrape that
+        // shows a session gone also shows everything it counted. Read the other way round,
+        // a session could end between the two reads and its last commands appear in
+        // neither (tests/metrics.rs writes_still_running_... saw 0 or 12 of 16 writes).
+        let sessions = service.sessions.list();
 
         let mut luns: BTreeMap<(String, u64), LunNow> = BTreeMap::new();
         for target in &targets {
@@ -115,7 +122,7 @@ impl Collector for KeelCollector {
                 .encode_gauge(&i64::from(now.pr_generation))?;
         }
 
-        encode_sessions(&mut encoder, service, &names)?;
+        encode_sessions(&mut encoder, &sessions, &names)?;
 
         let mut logins = encoder.encode_descriptor(
             "keel_logins",
@@ -225,14 +232,13 @@ fn encode_lun_counters(
 /// sessions.
 fn encode_sessions(
     encoder: &mut DescriptorEncoder,
-    service: &Service,
+    sessions: &[SessionInfo],
     targets: &BTreeSet<String>,
 ) -> Result<(), Error> {
     let mut per_target: BTreeMap<&str, (i64, i64)> =
         targets.iter().map(|t| (t.as_str(), (0, 0))).collect();
     let mut discovery = 0i64;
-    let sessions = service.sessions.list();
-    for session in &sessions {
+    for session in sessions {
         if session.target.is_empty() {
             discovery += 1;
         } else if let Some(count) = per_target.get_mut(session.target.as_str()) {
