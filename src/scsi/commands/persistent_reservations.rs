@@ -884,13 +884,25 @@ pub async fn persistent_reserve_out(
         Err(Refusal::Check(sense)) => return Err(sense),
     };
     if outcome.state != current {
+        // A local store keeps APTPL state only (SPC-4 §5.13.5); a shared (cluster) store
+        // gets every change, so the node that takes the unit over serves the same table.
         if let Some((store, unit)) = &store
-            && (outcome.state.aptpl || current.aptpl)
+            && (store.shared() || outcome.state.aptpl || current.aptpl)
         {
-            let to_save = outcome.state.aptpl.then(|| outcome.state.clone());
-            if let Err(e) = store.save(unit, to_save).await {
-                tracing::warn!(unit = %unit, "cannot save persistent reservations: {e}");
-                return Err(persist_failed());
+            let to_save = (store.shared() || outcome.state.aptpl).then(|| outcome.state.clone());
+            match store.save(unit, to_save).await {
+                Ok(()) => {}
+                // The cluster may not change the table now (recovery, no majority): BUSY
+                // (SAM-5 §5.3.1) makes the initiator retry, where a CHECK CONDITION would
+                // fail the registration; nothing was adopted.
+                Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+                    tracing::info!(unit = %unit, "persistent reservation change refused for now: {e}");
+                    return Ok(ScsiResponse::status(ScsiStatus::Busy));
+                }
+                Err(e) => {
+                    tracing::warn!(unit = %unit, "cannot save persistent reservations: {e}");
+                    return Err(persist_failed());
+                }
             }
         }
         reservations.lock().pr = outcome.state;

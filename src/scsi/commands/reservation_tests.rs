@@ -464,3 +464,112 @@ fn a_corrupt_file_fails_attaching_the_store() {
             .is_err()
     );
 }
+
+/// A store shared by several nodes (what a cluster database is to each of them), which
+/// refuses changes while `refusing` is set (a cluster in recovery or without a majority).
+#[derive(Debug, Default)]
+struct SharedStore {
+    saved: std::sync::Mutex<std::collections::HashMap<String, PrState>>,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl ReservationStore for SharedStore {
+    fn load(&self, unit: &str) -> std::io::Result<Option<PrState>> {
+        Ok(self.saved.lock().unwrap().get(unit).cloned())
+    }
+    fn save(&self, unit: &str, state: Option<PrState>) -> IoFuture<'_, ()> {
+        let unit = unit.to_owned();
+        Box::pin(async move {
+            if self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    "cluster recovering",
+                ));
+            }
+            let mut saved = self.saved.lock().unwrap();
+            match state {
+                Some(state) => saved.insert(unit, state),
+                None => saved.remove(&unit),
+            };
+            Ok(())
+        })
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_shared_store_carries_every_change_to_the_node_that_reloads() {
+    let store = Arc::new(SharedStore::default());
+    let first = target_with(Some(store.clone()));
+    let second = target_with(Some(store.clone()));
+    let a = settled(&first, "a").await;
+    // No APTPL: a shared store still gets the registration and the reservation (type 5,
+    // WRITE EXCLUSIVE - REGISTRANTS ONLY).
+    assert_eq!(
+        prout(&first, &a, 0, 0, 0, 0xA, 0).await.status,
+        ScsiStatus::Good
+    );
+    assert_eq!(
+        prout(&first, &a, 1, 5, 0xA, 0, 0).await.status,
+        ScsiStatus::Good
+    );
+    assert_eq!(store.saved.lock().unwrap().len(), 1);
+    // The second node built its unit before the change: it knows nothing until it reloads.
+    let a_there = settled(&second, "a").await;
+    assert_eq!(read_keys(&second, &a_there).await, (0, vec![]));
+    let lu = second.lun(0).unwrap();
+    assert!(lu.reservations().reload().await.unwrap());
+    // PRgeneration counts the registration, not the reservation (SPC-4 §6.16.2).
+    assert_eq!(read_keys(&second, &a_there).await, (1, vec![0xA]));
+    let stranger = settled(&second, "c").await;
+    assert_eq!(
+        status(&run(&second, &stranger, &WRITE10, &[0; 512]).await),
+        ScsiStatus::ReservationConflict
+    );
+    assert_eq!(
+        status(&run(&second, &a_there, &WRITE10, &[0; 512]).await),
+        ScsiStatus::Good
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_for_now_answers_busy_and_changes_nothing() {
+    let store = Arc::new(SharedStore::default());
+    let t = target_with(Some(store.clone()));
+    let a = settled(&t, "a").await;
+    assert_eq!(
+        prout(&t, &a, 0, 0, 0, 0xA, 0).await.status,
+        ScsiStatus::Good
+    );
+    store
+        .refusing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        prout(&t, &a, 1, 5, 0xA, 0, 0).await.status,
+        ScsiStatus::Busy
+    );
+    let b = settled(&t, "b").await;
+    assert_eq!(
+        status(&run(&t, &b, &WRITE10, &[0; 512]).await),
+        ScsiStatus::Good,
+        "the refused reservation was not adopted"
+    );
+    assert_eq!(read_keys(&t, &a).await, (1, vec![0xA]));
+    store
+        .refusing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        prout(&t, &a, 1, 5, 0xA, 0, 0).await.status,
+        ScsiStatus::Good
+    );
+}
+
+#[tokio::test]
+async fn a_local_store_is_not_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = target_with(Some(Arc::new(FileReservationStore::new(dir.path()))));
+    let lu = t.lun(0).unwrap();
+    assert!(!lu.reservations().reload().await.unwrap());
+}

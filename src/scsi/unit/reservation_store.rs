@@ -1,9 +1,10 @@
 //! Where persistent reservation state survives a restart (SPC-4 §5.13.5 "Persisting
 //! reservations and registrations": APTPL).
 //!
-//! [`ReservationStore`] is the seam: today a directory of TOML files, later a cluster
-//! database (CTDB persistent database) so a failover node serves the same registrations. The
-//! logical unit saves before it answers GOOD and only adopts a state the store accepted.
+//! [`ReservationStore`] is the seam: a directory of TOML files here, or a cluster database
+//! (`cluster::CtdbReservationStore`, a CTDB persistent database) so a failover node serves
+//! the same registrations. The logical unit saves before it answers GOOD and only adopts a
+//! state the store accepted.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -22,8 +23,18 @@ pub trait ReservationStore: Send + Sync + std::fmt::Debug {
     fn load(&self, unit: &str) -> io::Result<Option<PrState>>;
 
     /// Saves `state` for `unit` durably; `None` removes what was saved. Resolves only once
-    /// the change would survive a crash.
+    /// the change would survive a crash. An error of kind [`io::ErrorKind::ResourceBusy`]
+    /// means "not now" (a cluster store that may not change the state while the cluster
+    /// recovers or lacks a majority): the command ends with BUSY, which initiators retry.
     fn save(&self, unit: &str, state: Option<PrState>) -> IoFuture<'_, ()>;
+
+    /// Whether the store is shared with other nodes that may serve the unit next (a cluster
+    /// database). Then every change is saved before GOOD, APTPL or not: the registrations
+    /// and the reservation must move with the unit's portal to whichever node takes it
+    /// over, and that node adopts them with [`super::reservations::Reservations::reload`].
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// One TOML file per unit under `<data_dir>/reservations/`, replaced atomically: written to a

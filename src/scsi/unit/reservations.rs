@@ -58,6 +58,24 @@ impl Reservations {
         Ok(())
     }
 
+    /// Adopts the state saved in a shared store again: another node may have changed it
+    /// while it served the unit (issue 14: a node loads a LUN's table before it answers on
+    /// a portal it has just taken over). Waits for a change in progress, so a change this
+    /// node is committing is not overwritten by an older copy. Nothing saved means no
+    /// registrations. Returns whether a shared store was there to reload from.
+    pub async fn reload(&self) -> io::Result<bool> {
+        let _changing = self.changes.lock().await;
+        let Some((store, unit)) = self.lock().store.clone().filter(|(s, _)| s.shared()) else {
+            return Ok(false);
+        };
+        // The store's load may run a process or wait on a socket: off the runtime's threads.
+        let saved = tokio::task::spawn_blocking(move || store.load(&unit))
+            .await
+            .map_err(io::Error::other)??;
+        self.lock().pr = saved.unwrap_or_default();
+        Ok(true)
+    }
+
     /// A copy of the persistent reservation state.
     pub fn snapshot(&self) -> PrState {
         self.lock().pr.clone()
