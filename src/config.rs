@@ -22,6 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod auth;
+mod cluster;
 mod control;
 pub mod diff;
 mod files;
@@ -30,6 +31,7 @@ mod size;
 pub mod store;
 mod validator;
 
+use crate::cluster::ClusterSettings;
 use crate::iscsi::Settings;
 use crate::iscsi::name::check_iscsi_name;
 use crate::provision::{PoolSettings, VolumeSpec};
@@ -77,6 +79,7 @@ struct RawConfig {
     targets: Vec<RawTarget>,
     #[serde(default, rename = "pool")]
     pools: Vec<pools::RawPool>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +187,8 @@ pub struct Config {
     pub control: ControlSettings,
     /// `[[pool]]` tables: where declared volumes live (main file only).
     pub pools: Vec<PoolSettings>,
+    /// `[cluster]`: the CTDB cluster keel serves in (`None`: a single node).
+    pub cluster: Option<ClusterSettings>,
     /// Problems that do not stop keel (short CHAP secrets, odd allow-list names).
     pub warnings: Vec<ConfigError>,
 }
@@ -468,6 +473,7 @@ impl Config {
             metrics_listen: None,
             control: ControlSettings::default(),
             pools: Vec::new(),
+            cluster: None,
             warnings: Vec::new(),
         }
     }
@@ -542,6 +548,7 @@ fn parse_main(text: &str) -> Result<MainFile, ConfigError> {
     });
     let mut config = v.server(&raw.server);
     config.pools = v.pools(&raw.pools);
+    config.cluster = raw.cluster.as_ref().and_then(|c| v.cluster(c));
     let targets = v.targets(raw.targets, &config.data_dir);
     config.warnings = v.warnings;
     Ok(MainFile {
@@ -642,6 +649,7 @@ impl Validator<'_> {
             metrics_listen,
             control,
             pools: Vec::new(),
+            cluster: None,
             warnings: Vec::new(),
         }
     }

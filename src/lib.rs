@@ -8,6 +8,7 @@
 //! the pure codec in [`wire`]; [`scsi`] emulates logical units on top of [`storage`] backends.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod iscsi;
 pub mod payload;

@@ -56,9 +56,29 @@ enum Command {
     /// Add, remove or grow a LUN of a target (persisted in the configuration).
     #[command(subcommand)]
     Lun(LunCommand),
-    /// List sessions, or ask some to log out.
+    /// List sessions, ask some to log out, or close them.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Reload the persistent reservations kept in the cluster ([cluster]): what a node runs
+    /// before it answers on a public address it has just taken over.
+    #[command(subcommand)]
+    Reservations(ReservationsCommand),
+    /// Check that this node is fit to serve: portals listening, every LUN open and its
+    /// backing present. Exits 1 when not (the CTDB event script's monitor runs it).
+    Health {
+        /// Print the raw JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReservationsCommand {
+    /// Adopt every LUN's reservation table as committed in the cluster database.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +176,14 @@ enum SessionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// End the sessions matching every filter given at once, without asking (their portal
+    /// address has left this node: the CTDB event script's releaseip).
+    Close {
+        #[command(flatten)]
+        filter: LogoutArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -167,9 +195,10 @@ struct LogoutArgs {
     initiator: Option<String>,
     #[arg(long)]
     tsih: Option<u16>,
-    /// keel's local address the session came in on (`10.0.0.1:3260`).
+    /// keel's local address the session came in on: `10.0.0.1:3260`, or an IP alone
+    /// (`10.0.0.1`: every port).
     #[arg(long)]
-    portal: Option<std::net::SocketAddr>,
+    portal: Option<keel::iscsi::PortalMatch>,
 }
 
 // `keel generate`: the man pages or a shell's completions, from the CLI definition (the
@@ -386,14 +415,60 @@ fn main() -> ExitCode {
         Command::Session(SessionCommand::List { target, json }) => {
             control(&socket, admin::Command::SessionList { target }, json)
         }
-        Command::Session(SessionCommand::Logout { filter, json }) => {
-            let filter = LogoutFilter {
-                target: filter.target,
-                initiator: filter.initiator,
-                tsih: filter.tsih,
-                portal: filter.portal,
-            };
-            control(&socket, admin::Command::SessionLogout(filter), json)
+        Command::Session(SessionCommand::Logout { filter, json }) => control(
+            &socket,
+            admin::Command::SessionLogout(logout_filter(filter)),
+            json,
+        ),
+        Command::Session(SessionCommand::Close { filter, json }) => control(
+            &socket,
+            admin::Command::SessionClose(logout_filter(filter)),
+            json,
+        ),
+        Command::Reservations(ReservationsCommand::Reload { json }) => {
+            control(&socket, admin::Command::ReservationsReload, json)
+        }
+        Command::Health { json } => health(&socket, json),
+    }
+}
+
+fn logout_filter(filter: LogoutArgs) -> LogoutFilter {
+    LogoutFilter {
+        target: filter.target,
+        initiator: filter.initiator,
+        tsih: filter.tsih,
+        portal: filter.portal,
+    }
+}
+
+/// `keel health`: the problems found, and exit status 1 if there are any, or if keel does
+/// not answer at all (a monitor must fail then too).
+fn health(socket: &std::path::Path, json: bool) -> ExitCode {
+    let command = admin::Command::Health;
+    match client::call(socket, &command) {
+        Ok(result) => {
+            if json {
+                println!("{result}");
+            }
+            let healthy = result.get("healthy").and_then(|h| h.as_bool()) == Some(true);
+            let problems = result.get("problems").and_then(|p| p.as_array());
+            if !json {
+                for problem in problems.into_iter().flatten() {
+                    println!("{}", problem.as_str().unwrap_or_default());
+                }
+                if healthy {
+                    println!("healthy");
+                }
+            }
+            if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("keel: health: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Initiator, TARGET, honest_session_at, still_serves};
 use keel::config;
-use keel::iscsi::SessionFilter;
+use keel::iscsi::{PortalMatch, SessionFilter};
 use keel::server::Server;
 use keel::wire::{AsyncMessage, Reply};
 
@@ -80,7 +80,7 @@ async fn asked_sessions_log_out_or_are_dropped_after_the_grace() {
     let by_tsih_and_portal = SessionFilter {
         tsih: Some(stubborn.tsih),
         target: Some(TARGET.to_string()),
-        portal: Some(addr),
+        portal: Some(PortalMatch::Address(addr)),
         ..SessionFilter::default()
     };
     let asked_at = tokio::time::Instant::now();

@@ -13,7 +13,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -21,6 +20,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::config::parse_size_text;
+use crate::iscsi::PortalMatch;
 
 /// The protocol version this keel speaks.
 pub const VERSION: u64 = 1;
@@ -39,6 +39,9 @@ pub const COMMANDS: &[&str] = &[
     "lun.resize",
     "session.list",
     "session.logout",
+    "session.close",
+    "reservations.reload",
+    "health",
 ];
 
 /// What a request asks for.
@@ -75,6 +78,14 @@ pub enum Command {
     SessionList { target: Option<String> },
     /// `{"cmd":"session.logout", ...filter}`: asks matching sessions to log out.
     SessionLogout(LogoutFilter),
+    /// `{"cmd":"session.close", ...filter}`: ends matching sessions at once (their portal's
+    /// address has left this node: a CTDB releaseip).
+    SessionClose(LogoutFilter),
+    /// `{"cmd":"reservations.reload"}`: every LUN whose reservations live in the cluster
+    /// adopts the table committed there (a CTDB takeip, before answering on the address).
+    ReservationsReload,
+    /// `{"cmd":"health"}`: what would make this node unfit to serve (CTDB monitor).
+    Health,
 }
 
 /// Which sessions `session.logout` reaches: all that match every field given. At least one
@@ -85,8 +96,9 @@ pub struct LogoutFilter {
     pub initiator: Option<String>,
     /// The session's TSIH (RFC 7143 §11.12.9: 16 bits).
     pub tsih: Option<u16>,
-    /// The portal (keel's local address) the session's connection came in on.
-    pub portal: Option<SocketAddr>,
+    /// The portal (keel's local address) the session's connection came in on: an address
+    /// and port, or an IP (every port).
+    pub portal: Option<PortalMatch>,
 }
 
 impl LogoutFilter {
@@ -520,7 +532,7 @@ fn command(mut a: Args) -> Result<Command, CallError> {
         "session.list" => Command::SessionList {
             target: a.optional_string("target", TARGET_NAME)?,
         },
-        "session.logout" => {
+        name @ ("session.logout" | "session.close") => {
             let target = a.optional_string("target", TARGET_NAME)?;
             let initiator = a.optional_string("initiator", "an initiator name (a string)")?;
             let tsih = match a.take("tsih") {
@@ -529,19 +541,18 @@ fn command(mut a: Args) -> Result<Command, CallError> {
                     Some(n) => Some(n),
                     None => {
                         return Err(CallError::bad_request(format!(
-                            "session.logout: \"tsih\" must be an integer from 0 to 65535, not {v}"
+                            "{name}: \"tsih\" must be an integer from 0 to 65535, not {v}"
                         )));
                     }
                 },
             };
-            let portal = match a.optional_string("portal", "an address such as \"10.0.0.1:3260\"")? {
-                None => None,
-                Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-                    CallError::bad_request(format!(
-                        "session.logout: \"portal\" {text:?} is not an address such as \"10.0.0.1:3260\""
-                    ))
-                })?),
-            };
+            let portal =
+                match a.optional_string("portal", "an address such as \"10.0.0.1:3260\"")? {
+                    None => None,
+                    Some(text) => Some(text.parse::<PortalMatch>().map_err(|why| {
+                        CallError::bad_request(format!("{name}: \"portal\" {why}"))
+                    })?),
+                };
             let filter = LogoutFilter {
                 target,
                 initiator,
@@ -549,12 +560,18 @@ fn command(mut a: Args) -> Result<Command, CallError> {
                 portal,
             };
             if filter.is_empty() {
-                return Err(CallError::bad_request(
-                    "session.logout needs at least one of \"target\", \"initiator\", \"tsih\", \"portal\"",
-                ));
+                return Err(CallError::bad_request(format!(
+                    "{name} needs at least one of \"target\", \"initiator\", \"tsih\", \"portal\""
+                )));
             }
-            Command::SessionLogout(filter)
+            if name == "session.close" {
+                Command::SessionClose(filter)
+            } else {
+                Command::SessionLogout(filter)
+            }
         }
+        "reservations.reload" => Command::ReservationsReload,
+        "health" => Command::Health,
         other => {
             return Err(CallError::new(
                 ErrorCode::UnknownCommand,
@@ -579,6 +596,9 @@ impl Command {
             Command::LunResize { .. } => "lun.resize",
             Command::SessionList { .. } => "session.list",
             Command::SessionLogout(_) => "session.logout",
+            Command::SessionClose(_) => "session.close",
+            Command::ReservationsReload => "reservations.reload",
+            Command::Health => "health",
         }
     }
 
@@ -589,7 +609,7 @@ impl Command {
             m.insert(k.to_string(), v);
         };
         match self {
-            Command::Status | Command::Reload => {}
+            Command::Status | Command::Reload | Command::ReservationsReload | Command::Health => {}
             Command::TargetAdd { target } => put("target", Value::Object(target.clone())),
             Command::TargetRemove {
                 name,
@@ -625,7 +645,7 @@ impl Command {
                     put("target", t.clone().into());
                 }
             }
-            Command::SessionLogout(f) => {
+            Command::SessionLogout(f) | Command::SessionClose(f) => {
                 if let Some(t) = &f.target {
                     put("target", t.clone().into());
                 }
@@ -844,6 +864,12 @@ mod tests {
                 tsih: Some(7),
                 portal: Some("[::1]:3260".parse().unwrap()),
             }),
+            Command::SessionClose(LogoutFilter {
+                portal: Some("10.9.0.201".parse().unwrap()),
+                ..LogoutFilter::default()
+            }),
+            Command::ReservationsReload,
+            Command::Health,
         ];
         // Three commands appear twice (with and without their optional keys).
         assert_eq!(commands.len(), COMMANDS.len() + 3);
@@ -883,6 +909,25 @@ mod tests {
                 })
             ))
         );
+    }
+
+    #[test]
+    fn a_portal_is_an_address_or_an_ip_and_closing_needs_a_filter() {
+        assert_eq!(
+            parse(r#"{"v":1,"cmd":"session.close","portal":"::1"}"#),
+            Ok((
+                None,
+                Command::SessionClose(LogoutFilter {
+                    portal: Some(PortalMatch::Ip("::1".parse().unwrap())),
+                    ..LogoutFilter::default()
+                })
+            ))
+        );
+        let (_, error_code, message) = code(r#"{"v":1,"cmd":"session.close"}"#);
+        assert_eq!(error_code, ErrorCode::BadRequest);
+        assert!(message.starts_with("session.close needs"), "{message}");
+        let (_, _, message) = code(r#"{"v":1,"cmd":"session.logout","portal":"10.0.0.1:x"}"#);
+        assert!(message.contains("session.logout: \"portal\""), "{message}");
     }
 
     #[test]

@@ -279,6 +279,7 @@ fn size_change(old: &LunConfig, new: &LunConfig) -> SizeChange {
 /// - `io_engine`: every backend is opened with it.
 /// - `metrics_listen` and `control` (the control socket): bound once, at startup.
 /// - `pools`: each pool's provisioning queue and backend are built once, at startup.
+/// - `cluster`: the reservation store of every LUN is chosen at startup.
 /// - the iSCSI settings (`queue_depth`, burst lengths, timers, ...): the service offers them
 ///   in every login; sessions keep what they negotiated anyway.
 /// - `chap_algorithms`, `discovery_chap`, and the limits (`max_connections`, ...): part of
@@ -305,7 +306,7 @@ fn restart_settings(old: &Config, new: &Config) -> Vec<String> {
         Config,
         old,
         new,
-        restart: [data_dir, io_engine, metrics_listen, control, pools],
+        restart: [data_dir, io_engine, metrics_listen, control, pools, cluster],
         // Live, or (`iscsi`, `access`) sorted key by key below, as the file names them.
         others: [portals, include, targets, warnings, iscsi, access]
     );

@@ -37,7 +37,7 @@ use limits::ConnectionCounter;
 use login::LoginAccess;
 
 pub use limits::Limits;
-pub use session::{SessionFilter, SessionRegistry};
+pub use session::{PortalMatch, SessionFilter, SessionRegistry};
 pub use settings::Settings;
 
 /// A target as the iSCSI layer sees it: a name, a portal group, and its logical units.

@@ -107,7 +107,50 @@ pub struct SessionFilter {
     pub initiator: Option<String>,
     pub tsih: Option<u16>,
     /// The local address the session's connection came in on.
-    pub portal: Option<SocketAddr>,
+    pub portal: Option<PortalMatch>,
+}
+
+/// Which local addresses a filter's portal reaches: one address and port, or every port of
+/// one IP (a CTDB public address moves as an IP, whatever ports keel listens on there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortalMatch {
+    Address(SocketAddr),
+    Ip(std::net::IpAddr),
+}
+
+impl PortalMatch {
+    pub fn matches(&self, local: &SocketAddr) -> bool {
+        match self {
+            PortalMatch::Address(address) => address == local,
+            // An IPv4 portal reached through a dual-stack socket shows as ::ffff:a.b.c.d.
+            PortalMatch::Ip(ip) => local.ip().to_canonical() == ip.to_canonical(),
+        }
+    }
+}
+
+impl std::str::FromStr for PortalMatch {
+    type Err = String;
+
+    /// `10.0.0.1:3260`, `[::1]:3260`, or a bare IP (`10.0.0.1`, `::1`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(address) = text.parse::<SocketAddr>() {
+            return Ok(PortalMatch::Address(address));
+        }
+        text.parse::<std::net::IpAddr>()
+            .map(PortalMatch::Ip)
+            .map_err(|_| {
+                format!("{text:?} is not an address such as \"10.0.0.1:3260\" or an IP such as \"10.0.0.1\"")
+            })
+    }
+}
+
+impl std::fmt::Display for PortalMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortalMatch::Address(address) => write!(f, "{address}"),
+            PortalMatch::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
 }
 
 impl SessionFilter {
@@ -123,7 +166,9 @@ impl SessionFilter {
         self.target.as_ref().is_none_or(|t| *t == key.target)
             && self.initiator.as_ref().is_none_or(|i| *i == key.initiator)
             && self.tsih.is_none_or(|t| t == entry.tsih)
-            && self.portal.is_none_or(|p| entry.portal == Some(p))
+            && self
+                .portal
+                .is_none_or(|p| entry.portal.is_some_and(|local| p.matches(&local)))
     }
 }
 
@@ -351,6 +396,18 @@ impl SessionRegistry {
         asked
     }
 
+    /// Ends every session `filter` matches at once, without asking (its portal's address is
+    /// gone: a CTDB public IP released from this node). Returns how many.
+    pub fn close(&self, filter: &SessionFilter) -> usize {
+        let inner = self.lock();
+        let mut closed = 0;
+        for (_, entry) in inner.sessions.iter().filter(|(k, e)| filter.matches(k, e)) {
+            entry.cancel.cancel();
+            closed += 1;
+        }
+        closed
+    }
+
     /// How many sessions `filter` matches.
     pub fn count_matching(&self, filter: &SessionFilter) -> usize {
         let inner = self.lock();
@@ -452,9 +509,19 @@ mod tests {
             0
         );
         let by_portal = SessionFilter {
-            portal: Some(portal),
+            portal: Some(PortalMatch::Address(portal)),
             ..SessionFilter::default()
         };
+        let other_port = SessionFilter {
+            portal: Some("127.0.0.1:3261".parse().unwrap()),
+            ..SessionFilter::default()
+        };
+        let by_ip = SessionFilter {
+            portal: Some("127.0.0.1".parse().unwrap()),
+            ..SessionFilter::default()
+        };
+        assert_eq!(reg.count_matching(&other_port), 0);
+        assert_eq!(reg.count_matching(&by_ip), 1);
         assert_eq!(reg.request_logout(&by_portal, grace), 1);
         assert!(b.logout.requested().is_cancelled());
         assert_eq!(b.logout.grace(), grace);

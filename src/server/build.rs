@@ -11,11 +11,14 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
+use crate::cluster::CtdbReservationStore;
 use crate::config::{AccessSettings, Backing, Config, LunConfig, TargetConfig};
 use crate::iscsi::access::AllowList;
 use crate::iscsi::login::LoginAccess;
 use crate::iscsi::{Service, Target};
-use crate::scsi::{AtomicJournal, LogicalUnit, LuIdentity, TargetDevice, file_store};
+use crate::scsi::{
+    AtomicJournal, LogicalUnit, LuIdentity, ReservationStore, TargetDevice, file_store,
+};
 use crate::storage::pool::BufferPool;
 use crate::storage::{BlockBackend, DirectIo, FileBackend, UringEngine, select_engine};
 
@@ -31,6 +34,9 @@ pub struct StorageEnv {
     pub read_buffers: Arc<BufferPool>,
     /// The runtime whose bounded blocking pool runs the thread-pool engine's syscalls.
     pub blocking_pool: tokio::runtime::Handle,
+    /// Where every LUN keeps its persistent reservations: files under `data_dir`, or the
+    /// cluster's CTDB persistent database with `[cluster]`.
+    pub reservations: Arc<dyn ReservationStore>,
 }
 
 impl StorageEnv {
@@ -53,11 +59,26 @@ impl StorageEnv {
             },
             "storage engine"
         );
+        let reservations: Arc<dyn ReservationStore> = match &config.cluster {
+            None => file_store(&config.data_dir),
+            // Attached once, at startup: keel in a cluster does not serve reservations it
+            // cannot share (a clear error rather than a node with a private table).
+            Some(cluster) => {
+                Arc::new(CtdbReservationStore::attach(cluster).with_context(|| {
+                    format!(
+                        "[cluster]: cannot attach the reservation database {} through ctdbd at {}",
+                        cluster.reservations_database,
+                        cluster.socket.display()
+                    )
+                })?)
+            }
+        };
         Ok(StorageEnv {
             data_dir: config.data_dir.clone(),
             engine,
             read_buffers: BufferPool::new(),
             blocking_pool: tokio::runtime::Handle::current(),
+            reservations,
         })
     }
 }
@@ -194,13 +215,11 @@ fn new_unit(
         .with_atomic_journal(journal)
         .with_removable_medium(lun.removable)
         .with_sanitize_rate(lun.sanitize_rate);
-    unit.set_reservation_store(file_store(&env.data_dir))
+    unit.set_reservation_store(Arc::clone(&env.reservations))
         .with_context(|| {
             format!(
-                "target {} LUN {}: cannot load persistent reservations from {}",
-                target,
-                lun.lun,
-                env.data_dir.join("reservations").display()
+                "target {} LUN {}: cannot load persistent reservations ({:?})",
+                target, lun.lun, env.reservations
             )
         })?;
     Ok(Arc::new(unit))

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use super::apply::{ApplyOptions, ApplyReport, Running};
-use super::{notify, status};
+use super::{health, notify, status};
 use crate::admin::protocol::to_toml_table;
 use crate::admin::socket::ControlListener;
 use crate::admin::{Call, CallError, Command, ErrorCode, LogoutFilter};
@@ -225,6 +225,59 @@ impl Control {
                     "control: sessions asked to log out"
                 );
                 Ok(json!({ "sessions": asked }))
+            }
+            Command::SessionClose(filter) => {
+                let LogoutFilter {
+                    target,
+                    initiator,
+                    tsih,
+                    portal,
+                } = filter;
+                let filter = SessionFilter {
+                    target,
+                    initiator,
+                    tsih,
+                    portal,
+                };
+                let closed = running.service().sessions.close(&filter);
+                info!(sessions = closed, ?filter, "control: sessions closed");
+                Ok(json!({ "sessions": closed }))
+            }
+            Command::ReservationsReload => {
+                let mut units = 0;
+                let mut failed = Vec::new();
+                for target in running.service().targets.list() {
+                    for lu in target.device.luns() {
+                        match lu.reservations().reload().await {
+                            Ok(true) => units += 1,
+                            Ok(false) => {}
+                            Err(e) => failed.push(format!("{} LUN {}: {e}", target.name, lu.lun())),
+                        }
+                    }
+                }
+                info!(
+                    units,
+                    failed = failed.len(),
+                    "control: reservations reloaded"
+                );
+                if failed.is_empty() {
+                    Ok(json!({ "units": units }))
+                } else {
+                    Err(CallError::new(
+                        ErrorCode::Failed,
+                        format!(
+                            "reloaded {units} reservation tables; could not reload:\n{}",
+                            failed.join("\n")
+                        ),
+                    ))
+                }
+            }
+            Command::Health => {
+                let config = {
+                    let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                    store.config().clone()
+                };
+                to_json(&health::check(running, &config).await)
             }
         }
     }

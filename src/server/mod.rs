@@ -15,6 +15,7 @@ use crate::iscsi::Service;
 pub mod apply;
 pub mod build;
 pub mod control;
+pub mod health;
 pub mod logging;
 pub mod metrics_http;
 pub mod notify;

@@ -1,0 +1,352 @@
+//! The `ctdb` command-line tool as keel uses it: `ctdb status` read into a [`ClusterView`]
+//! (is the cluster in its normal state, is this node healthy, does this node see a
+//! majority), and the persistent-database calls (`attach`, `pfetch`, `pstore`) that carry
+//! the reservation tables. The tool runs as a child process (tokio::process, bounded, killed
+//! if abandoned); its output is parsed with nom.
+//!
+//! Why the tool for the database: a CTDB persistent transaction takes a g_lock record and
+//! reads and writes the local tdb files directly (samba `ctdb/client/client_db.c`); the tool
+//! is the maintained implementation of that, and a PR OUT is rare enough to afford a child
+//! process (about 10 ms).
+
+use std::io;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nom::IResult;
+use nom::Parser;
+use nom::branch::alt;
+use nom::bytes::complete::{tag, take_while1};
+use nom::character::complete::{space1, u32 as decimal};
+use nom::combinator::{all_consuming, map, opt};
+use nom::multi::separated_list1;
+
+use super::settings::ClusterSettings;
+
+/// One node as `ctdb status` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLine {
+    pub pnn: u32,
+    pub address: String,
+    /// Flag names (DISCONNECTED, UNHEALTHY, ...); empty when the node is OK.
+    pub flags: Vec<String>,
+    pub this_node: bool,
+}
+
+impl NodeLine {
+    fn connected(&self) -> bool {
+        !self.flags.iter().any(|f| f == "DISCONNECTED")
+    }
+}
+
+/// What `ctdb status` says about the cluster, as seen from this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeLine>,
+    /// "Recovery mode:NORMAL (0)": databases are consistent and may change.
+    pub recovery_normal: bool,
+}
+
+impl ClusterView {
+    /// Whether a reservation table may change now, and if not, why. CTDB has no quorum of
+    /// its own (whoever holds the cluster lock leads, DESIGN.md §3), so keel adds one: the
+    /// cluster must be out of recovery, this node healthy (no flag at all), and this node
+    /// must see more than half of the cluster's nodes. A partitioned leader that keeps the
+    /// lock and stays NORMAL is thereby refused, and the table cannot fork.
+    pub fn allows_changes(&self) -> Result<(), String> {
+        if !self.recovery_normal {
+            return Err("the cluster is in recovery".into());
+        }
+        let Some(me) = self.nodes.iter().find(|n| n.this_node) else {
+            return Err("ctdb status does not name this node".into());
+        };
+        if !me.flags.is_empty() {
+            return Err(format!("this node is {}", me.flags.join("|")));
+        }
+        let seen = self.nodes.iter().filter(|n| n.connected()).count();
+        if seen * 2 <= self.nodes.len() {
+            return Err(format!(
+                "this node sees {seen} of {} nodes, not a majority",
+                self.nodes.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn flag(input: &str) -> IResult<&str, String> {
+    map(
+        take_while1(|c: char| c.is_ascii_uppercase() || c == '-'),
+        str::to_owned,
+    )
+    .parse(input)
+}
+
+/// `pnn:0 192.168.50.10    OK (THIS NODE)` (samba `ctdb/tools/ctdb.c` print_nodemap:
+/// "pnn:%u %-16s %s%s", the flags joined by '|', "OK" when none).
+fn node_line(input: &str) -> IResult<&str, NodeLine> {
+    let (input, _) = tag("pnn:")(input)?;
+    let (input, pnn) = decimal(input)?;
+    let (input, _) = space1(input)?;
+    let (input, address) = take_while1(|c: char| !c.is_whitespace())(input)?;
+    let (input, _) = space1(input)?;
+    let (input, flags) = alt((
+        map(tag("OK"), |_| Vec::new()),
+        separated_list1(tag("|"), flag),
+    ))
+    .parse(input)?;
+    let (input, this_node) = opt(tag(" (THIS NODE)")).parse(input)?;
+    Ok((
+        input,
+        NodeLine {
+            pnn,
+            address: address.to_owned(),
+            flags,
+            this_node: this_node.is_some(),
+        },
+    ))
+}
+
+/// Reads `ctdb status` output. Node lines and the recovery mode are required; the lines
+/// between them (generation, VNN map, leader) are not needed and may vary by version.
+pub fn parse_status(text: &str) -> Result<ClusterView, String> {
+    let mut nodes = Vec::new();
+    let mut recovery = None;
+    let mut expected = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Number of nodes:") {
+            let count = rest.split_whitespace().next().unwrap_or_default();
+            expected = Some(
+                count
+                    .parse::<usize>()
+                    .map_err(|_| format!("ctdb status: bad node count in {line:?}"))?,
+            );
+        } else if line.starts_with("pnn:") {
+            let (_, node) = all_consuming(node_line)
+                .parse(line.trim_end())
+                .map_err(|_| format!("ctdb status: cannot read node line {line:?}"))?;
+            nodes.push(node);
+        } else if let Some(rest) = line.strip_prefix("Recovery mode:") {
+            recovery = Some(match rest.split_whitespace().next() {
+                Some("NORMAL") => true,
+                Some("RECOVERY") => false,
+                _ => return Err(format!("ctdb status: unknown recovery mode in {line:?}")),
+            });
+        }
+    }
+    let Some(recovery_normal) = recovery else {
+        return Err("ctdb status: no \"Recovery mode:\" line".into());
+    };
+    if nodes.is_empty() {
+        return Err("ctdb status: no node lines".into());
+    }
+    // Deleted nodes are counted in the header but not listed.
+    if let Some(expected) = expected
+        && expected < nodes.len()
+    {
+        return Err(format!(
+            "ctdb status: {} node lines but \"Number of nodes:{expected}\"",
+            nodes.len()
+        ));
+    }
+    Ok(ClusterView {
+        nodes,
+        recovery_normal,
+    })
+}
+
+/// Runs the `ctdb` tool against the local ctdbd.
+#[derive(Clone, Debug)]
+pub struct CtdbTool {
+    command: Vec<String>,
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+/// Output kept from one call (a reservation table is a few KiB).
+const OUTPUT_LIMIT: u64 = 1 << 20;
+
+impl CtdbTool {
+    pub fn new(settings: &ClusterSettings) -> io::Result<CtdbTool> {
+        if settings.command.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "[cluster] command is empty",
+            ));
+        }
+        Ok(CtdbTool {
+            command: settings.command.clone(),
+            socket: settings.socket.clone(),
+            timeout: settings.timeout,
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.command[0]);
+        let limit = self.timeout.as_secs().max(1).to_string();
+        command
+            .args(&self.command[1..])
+            .args(["-T", limit.as_str()])
+            .args(args)
+            .env("CTDB_SOCKET", &self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs `ctdb ARGS` and returns its stdout, or an error with its stderr's gist.
+    pub async fn run(&self, args: &[&str]) -> io::Result<String> {
+        let mut command = tokio::process::Command::from(self.command(args));
+        command.kill_on_drop(true);
+        let child = command.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot run {:?}: {e}", self.command[0]))
+        })?;
+        // ctdb's own -T bounds its calls to ctdbd; this bounds the process as a whole.
+        let waited = tokio::time::timeout(self.timeout * 2, child.wait_with_output()).await;
+        let output = match waited {
+            Ok(output) => output?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "ctdb {} did not finish in {:?}",
+                        args.join(" "),
+                        self.timeout * 2
+                    ),
+                ));
+            }
+        };
+        finish(args, output)
+    }
+
+    /// [`Self::run`], blocking the calling thread (for the store's load, which runs on the
+    /// blocking pool or at startup).
+    pub fn run_blocking(&self, args: &[&str]) -> io::Result<String> {
+        let output = self.command(args).output().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot run {:?}: {e}", self.command[0]))
+        })?;
+        finish(args, output)
+    }
+
+    /// What `ctdb status` says now.
+    pub async fn view(&self) -> io::Result<ClusterView> {
+        let text = self.run(&["status"]).await?;
+        parse_status(&text).map_err(io::Error::other)
+    }
+}
+
+fn finish(args: &[&str], output: std::process::Output) -> io::Result<String> {
+    let mut stdout = output.stdout;
+    stdout.truncate(OUTPUT_LIMIT as usize);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let gist = stderr.lines().last().unwrap_or("").trim();
+        return Err(io::Error::other(format!(
+            "ctdb {} failed ({}): {gist}",
+            args.first().copied().unwrap_or(""),
+            output.status
+        )));
+    }
+    String::from_utf8(stdout).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "ctdb {}: output is not UTF-8",
+                args.first().copied().unwrap_or("")
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ctdb status` on a healthy 3-node cluster (format of samba ctdb/tools/ctdb.c
+    /// print_status, ctdb 4.17).
+    const HEALTHY: &str = "Number of nodes:3\n\
+pnn:0 192.168.50.10    OK (THIS NODE)\n\
+pnn:1 192.168.50.11    OK\n\
+pnn:2 192.168.50.12    OK\n\
+Generation:1618293212\n\
+Size:3\n\
+hash:0 lmaster:0\n\
+hash:1 lmaster:1\n\
+hash:2 lmaster:2\n\
+Recovery mode:NORMAL (0)\n\
+Leader:0\n";
+
+    #[test]
+    fn a_healthy_cluster_allows_changes() {
+        let view = parse_status(HEALTHY).unwrap();
+        assert_eq!(view.nodes.len(), 3);
+        assert!(view.nodes[0].this_node && view.nodes[0].flags.is_empty());
+        assert_eq!(view.nodes[2].address, "192.168.50.12");
+        assert_eq!(view.allows_changes(), Ok(()));
+    }
+
+    #[test]
+    fn a_partitioned_leader_in_normal_mode_is_refused() {
+        let text = HEALTHY
+            .replace(
+                "pnn:1 192.168.50.11    OK",
+                "pnn:1 192.168.50.11    DISCONNECTED|UNHEALTHY|INACTIVE",
+            )
+            .replace(
+                "pnn:2 192.168.50.12    OK",
+                "pnn:2 192.168.50.12    DISCONNECTED|INACTIVE",
+            );
+        let view = parse_status(&text).unwrap();
+        assert_eq!(
+            view.nodes[1].flags,
+            ["DISCONNECTED", "UNHEALTHY", "INACTIVE"]
+        );
+        assert!(view.recovery_normal);
+        let why = view.allows_changes().unwrap_err();
+        assert!(why.contains("1 of 3"), "{why}");
+    }
+
+    #[test]
+    fn recovery_and_an_unhealthy_node_are_refused() {
+        let recovering = HEALTHY.replace("NORMAL (0)", "RECOVERY (1)");
+        assert!(parse_status(&recovering).unwrap().allows_changes().is_err());
+        let unhealthy = HEALTHY.replace("OK (THIS NODE)", "UNHEALTHY (THIS NODE)");
+        let why = parse_status(&unhealthy)
+            .unwrap()
+            .allows_changes()
+            .unwrap_err();
+        assert!(why.contains("UNHEALTHY"), "{why}");
+        let disabled = HEALTHY.replace("OK (THIS NODE)", "DISABLED (THIS NODE)");
+        assert!(parse_status(&disabled).unwrap().allows_changes().is_err());
+    }
+
+    #[test]
+    fn one_node_away_of_three_still_leaves_a_majority() {
+        let text = HEALTHY.replace(
+            "pnn:2 192.168.50.12    OK",
+            "pnn:2 192.168.50.12    DISCONNECTED|UNHEALTHY|INACTIVE",
+        );
+        assert_eq!(parse_status(&text).unwrap().allows_changes(), Ok(()));
+    }
+
+    #[test]
+    fn odd_output_is_an_error_not_a_guess() {
+        assert!(parse_status("").is_err());
+        assert!(parse_status("Recovery mode:NORMAL (0)\n").is_err());
+        assert!(parse_status(&HEALTHY.replace("Recovery mode:NORMAL (0)\n", "")).is_err());
+        assert!(parse_status(&HEALTHY.replace("OK (THIS NODE)", "ok?")).is_err());
+        assert!(parse_status(&HEALTHY.replace("NORMAL (0)", "SIDEWAYS (7)")).is_err());
+        assert!(parse_status(&HEALTHY.replace("Number of nodes:3", "Number of nodes:2")).is_err());
+        // Partially online nodes carry that word instead of flags.
+        let partial = HEALTHY.replace(
+            "pnn:1 192.168.50.11    OK",
+            "pnn:1 192.168.50.11    PARTIALLYONLINE",
+        );
+        assert_eq!(
+            parse_status(&partial).unwrap().nodes[1].flags,
+            ["PARTIALLYONLINE"]
+        );
+    }
+}

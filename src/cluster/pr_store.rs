@@ -1,0 +1,179 @@
+//! The reservation tables of a cluster's LUNs in a CTDB persistent database (issue 14): every
+//! PR OUT that changes a table commits there before GOOD, and a node that takes a portal
+//! over reloads the tables before it answers on it, so registrations and the reservation
+//! move with the portal. A change is refused for now (BUSY, which initiators retry) unless
+//! [`ClusterView::allows_changes`]: a partitioned node cannot fork the table.
+//!
+//! One record per unit, key `keel-pr:<NAA hex>` (the NAA designator derives from the
+//! configuration, so it is the same on every node), value a JSON document with a format
+//! version. An empty record means "no registrations".
+
+use std::io;
+
+use crate::scsi::{PrState, ReservationStore};
+use crate::storage::IoFuture;
+
+use super::ctdb_tool::{ClusterView, CtdbTool};
+use super::settings::ClusterSettings;
+
+/// The record's format, versioned so a later layout can read old records.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    version: u32,
+    state: PrState,
+}
+
+const FORMAT_VERSION: u32 = 1;
+
+/// A [`ReservationStore`] in a CTDB persistent database, through the `ctdb` tool.
+#[derive(Debug)]
+pub struct CtdbReservationStore {
+    tool: CtdbTool,
+    database: String,
+}
+
+impl CtdbReservationStore {
+    /// Attaches the persistent database (made on every node if it does not exist yet;
+    /// attaching is idempotent), so the store is usable before the first unit loads.
+    pub fn attach(settings: &ClusterSettings) -> io::Result<CtdbReservationStore> {
+        let tool = CtdbTool::new(settings)?;
+        let database = settings.reservations_database.clone();
+        tool.run_blocking(&["attach", &database, "persistent"])
+            .map_err(|e| io::Error::new(e.kind(), format!("attaching {database}: {e}")))?;
+        Ok(CtdbReservationStore { tool, database })
+    }
+
+    fn key(unit: &str) -> String {
+        // Never "0x...": the tool reads such an argument as hex (ctdb.c str_to_data).
+        format!("keel-pr:{unit}")
+    }
+
+    /// Whether the cluster lets the tables change now; ResourceBusy with the reason if not.
+    async fn may_change(&self) -> io::Result<()> {
+        let view: ClusterView = self.tool.view().await.map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("cluster state unknown: {e}"),
+            )
+        })?;
+        view.allows_changes()
+            .map_err(|why| io::Error::new(io::ErrorKind::ResourceBusy, why))
+    }
+}
+
+/// The state in a `ctdb pfetch` answer (the record and a newline; nothing for no record).
+fn decode(fetched: &str) -> io::Result<Option<PrState>> {
+    let text = fetched.strip_suffix('\n').unwrap_or(fetched);
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let record: Record = serde_json::from_str(text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("reservation record: {e}"),
+        )
+    })?;
+    if record.version != FORMAT_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "reservation record: format version {} is not known",
+                record.version
+            ),
+        ));
+    }
+    Ok(Some(record.state))
+}
+
+fn encode(state: Option<PrState>) -> io::Result<String> {
+    match state {
+        None => Ok(String::new()),
+        Some(state) => serde_json::to_string(&Record {
+            version: FORMAT_VERSION,
+            state,
+        })
+        .map_err(io::Error::other),
+    }
+}
+
+impl ReservationStore for CtdbReservationStore {
+    fn load(&self, unit: &str) -> io::Result<Option<PrState>> {
+        let fetched = self
+            .tool
+            .run_blocking(&["pfetch", &self.database, &Self::key(unit)])?;
+        decode(&fetched)
+    }
+
+    fn save(&self, unit: &str, state: Option<PrState>) -> IoFuture<'_, ()> {
+        let key = Self::key(unit);
+        Box::pin(async move {
+            self.may_change().await?;
+            let value = encode(state)?;
+            // pstore is one persistent transaction, committed on every connected node
+            // before the tool exits 0.
+            self.tool
+                .run(&["pstore", &self.database, &key, &value])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::{NexusId, PrType, Registration, Reservation};
+
+    fn sample() -> PrState {
+        PrState {
+            generation: 3,
+            aptpl: false,
+            registrations: vec![Registration {
+                key: 0xFEDC_BA98_7654_3210,
+                initiator: "iqn.2026-01.test:a,i,0x000000000001".into(),
+                target_port: "iqn.2026-11.org.example:disk0,t,0x0001".into(),
+                relative_port: 1,
+                all_target_ports: false,
+            }],
+            reservation: Some(Reservation {
+                pr_type: PrType::WriteExclusiveRegistrantsOnly,
+                holder: Some(NexusId {
+                    initiator: "iqn.2026-01.test:a,i,0x000000000001".into(),
+                    target_port: "iqn.2026-11.org.example:disk0,t,0x0001".into(),
+                    relative_port: 1,
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_nothing_reads_as_none() {
+        let text = encode(Some(sample())).unwrap();
+        assert!(
+            text.starts_with('{'),
+            "never 0x..., which ctdb reads as hex"
+        );
+        assert_eq!(decode(&format!("{text}\n")).unwrap(), Some(sample()));
+        assert_eq!(decode("\n").unwrap(), None);
+        assert_eq!(decode("").unwrap(), None);
+        assert_eq!(encode(None).unwrap(), "");
+    }
+
+    #[test]
+    fn a_foreign_or_newer_record_is_an_error() {
+        assert!(decode("not json\n").is_err());
+        let newer = encode(Some(sample()))
+            .unwrap()
+            .replace("\"version\":1", "\"version\":9");
+        assert!(decode(&newer).is_err());
+    }
+
+    #[test]
+    fn keys_never_read_as_hex() {
+        assert_eq!(CtdbReservationStore::key("0x60a4"), "keel-pr:0x60a4");
+    }
+}
