@@ -6,10 +6,13 @@
 //! socket and client; [`config`] decodes `targets.toml` into the lower layers' own
 //! settings types (such as [`iscsi::Settings`]); [`iscsi`] speaks the protocol over TCP using
 //! the pure codec in [`wire`]; [`scsi`] emulates logical units on top of [`storage`] backends.
+//! Beside them, [`drill`] (`keel drill`) is an initiator of its own on [`wire`]: a failover
+//! drill against any target, which uses nothing of the target side.
 
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod drill;
 pub mod iscsi;
 pub mod payload;
 pub mod provision;

@@ -1,6 +1,6 @@
 //! The `keel` command: serve targets, check a configuration, or drive a running keel through
 //! its control socket (`status`, `reload`, `target`, `lun`, `session`: thin clients of
-//! `admin::client`, one request each).
+//! `admin::client`, one request each); `drill`, a failover drill against any target.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +70,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A failover drill against any iSCSI target: write self-describing blocks, reconnect
+    /// through failures with the same ISID, read back, and report acknowledged writes lost
+    /// (exit 1 if any, or corruption, unrecovered errors, a reservation change).
+    Drill(DrillArgs),
 }
 
 #[derive(Subcommand)]
@@ -79,6 +83,118 @@ enum ReservationsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct DrillArgs {
+    /// The target's portal, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    portal: String,
+    /// The target's iSCSI name.
+    #[arg(long, value_name = "IQN")]
+    target: String,
+    #[arg(long, default_value_t = 0)]
+    lun: u64,
+    /// The initiator name to log in with.
+    #[arg(long, value_name = "IQN", default_value = keel::drill::DEFAULT_INITIATOR)]
+    initiator: String,
+    /// Write for this long, then settle, read everything back and report (without it: until
+    /// SIGINT or SIGTERM; a second signal stops at once).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// How many blocks (from --first-lba) the drill writes to.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    blocks: u64,
+    #[arg(long, value_name = "LBA", default_value_t = 0)]
+    first_lba: u64,
+    /// Write to sequential LBAs instead of random ones.
+    #[arg(long)]
+    sequential: bool,
+    /// Commands in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    queue_depth: usize,
+    /// Every Nth command reads back a recorded block (0: only the full read-backs).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    read_every: u64,
+    /// Also read back every recorded block this often while writing.
+    #[arg(long, value_name = "SECS")]
+    verify_every: Option<f64>,
+    /// Do not read every recorded block back right after a reconnect.
+    #[arg(long)]
+    no_verify_on_reconnect: bool,
+    /// A command without status for this long: drop the connection and reconnect.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    command_timeout: f64,
+    /// Report I/O stalls (no command completing) at least this long as events.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    stall_report_ms: u64,
+    /// Register this persistent-reservation key (hex) at the start and check it after every
+    /// reconnect.
+    #[arg(long, value_name = "HEX")]
+    pr_key: Option<String>,
+    /// Also reserve: we, ex, wero, earo, wear, eaar (or the type's number).
+    #[arg(long, value_name = "TYPE", requires = "pr_key")]
+    reserve_type: Option<String>,
+    /// Register and reserve again when a reconnect finds them gone (still reported).
+    #[arg(long, requires = "pr_key")]
+    pr_reestablish: bool,
+    /// Register with APTPL (ask the target to keep the reservation through a restart).
+    #[arg(long, requires = "pr_key")]
+    pr_aptpl: bool,
+    /// Write with FUA (forced unit access).
+    #[arg(long)]
+    fua: bool,
+    /// After the stop, how long settling and the final read-back may take.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    grace: f64,
+    /// Also write the summary as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+impl DrillArgs {
+    fn options(&self) -> Result<keel::drill::Options, String> {
+        let seconds = |name: &str, value: f64| {
+            std::time::Duration::try_from_secs_f64(value)
+                .map_err(|_| format!("--{name} {value}: not a number of seconds"))
+        };
+        let mut o = keel::drill::Options::new(&self.portal, &self.target);
+        o.lun = self.lun;
+        o.initiator = self.initiator.clone();
+        o.duration = self.duration.map(|d| seconds("duration", d)).transpose()?;
+        o.blocks = self.blocks;
+        o.first_lba = self.first_lba;
+        o.pattern = if self.sequential {
+            keel::drill::Pattern::Sequential
+        } else {
+            keel::drill::Pattern::Random
+        };
+        o.queue_depth = self.queue_depth;
+        o.read_every = self.read_every;
+        o.verify_every = self
+            .verify_every
+            .map(|d| seconds("verify-every", d))
+            .transpose()?;
+        o.verify_on_reconnect = !self.no_verify_on_reconnect;
+        o.command_timeout = seconds("command-timeout", self.command_timeout)?;
+        o.stall_report = std::time::Duration::from_millis(self.stall_report_ms);
+        o.pr_key = self
+            .pr_key
+            .as_deref()
+            .map(keel::drill::parse_key)
+            .transpose()?;
+        o.reserve = self
+            .reserve_type
+            .as_deref()
+            .map(keel::drill::ReservationType::parse)
+            .transpose()?;
+        o.pr_reestablish = self.pr_reestablish;
+        o.pr_aptpl = self.pr_aptpl;
+        o.fua = self.fua;
+        o.grace = seconds("grace", self.grace)?;
+        o.validate()?;
+        Ok(o)
+    }
 }
 
 #[derive(Subcommand)]
@@ -429,6 +545,7 @@ fn main() -> ExitCode {
             control(&socket, admin::Command::ReservationsReload, json)
         }
         Command::Health { json } => health(&socket, json),
+        Command::Drill(args) => drill(&args),
     }
 }
 
@@ -470,6 +587,63 @@ fn health(socket: &std::path::Path, json: bool) -> ExitCode {
             eprintln!("keel: health: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `keel drill`: exit 0 when the drill passed, 1 when it found loss, corruption, errors or a
+/// reservation change (or could not run), 2 on usage errors.
+fn drill(args: &DrillArgs) -> ExitCode {
+    let options = match args.options() {
+        Ok(o) => o,
+        Err(why) => return usage(&why),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel drill: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let stop = keel::drill::Stop::default();
+        let signals = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    shutdown_signal().await;
+                    stop.request();
+                }
+            })
+        };
+        let result = keel::drill::run(options, stop).await;
+        signals.abort();
+        result
+    });
+    let summary = match result {
+        Ok((summary, _)) => summary,
+        Err(keel::drill::Fatal::Usage(why)) => return usage(&why),
+        Err(e) => {
+            eprintln!("keel drill: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", summary.render());
+    if let Some(path) = &args.json {
+        let written = serde_json::to_string_pretty(&summary)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(path, text + "\n"));
+        if let Err(e) = written {
+            eprintln!("keel drill: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if summary.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
