@@ -4,10 +4,12 @@
 //! checks this and that there are no import cycles): [`server`] turns a configuration into
 //! running objects and serves; [`admin`] (beside config) is the control socket's protocol,
 //! socket and client; [`config`] decodes `targets.toml` into the lower layers' own
-//! settings types (such as [`iscsi::Settings`]); [`iscsi`] speaks the protocol over TCP using
+//! settings types (such as [`iscsi::Settings`]); [`cluster`] (beside provision) speaks to the
+//! cluster manager (CTDB); [`iscsi`] speaks the protocol over TCP using
 //! the pure codec in [`wire`]; [`scsi`] emulates logical units on top of [`storage`] backends.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod iscsi;
 pub mod payload;
