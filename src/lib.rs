@@ -4,7 +4,8 @@
 //! checks this and that there are no import cycles): [`server`] turns a configuration into
 //! running objects and serves; [`admin`] (beside config) is the control socket's protocol,
 //! socket and client; [`config`] decodes `targets.toml` into the lower layers' own
-//! settings types (such as [`iscsi::Settings`]); [`iscsi`] speaks the protocol over TCP using
+//! settings types (such as [`iscsi::Settings`]); [`cluster`] (beside provision) speaks to the
+//! cluster manager (CTDB); [`iscsi`] speaks the protocol over TCP using
 //! the pure codec in [`wire`]; [`scsi`] emulates logical units on top of [`storage`] backends.
 //! Beside them, [`drill`] (`keel drill`) is an initiator of its own on [`wire`]: a failover
 //! drill against any target, which uses nothing of the target side.

@@ -1,0 +1,11 @@
+//! The CTDB client: ctdbd's unix-socket protocol (`protocol`, sans-IO, checked against
+//! packets captured from Debian 12's ctdbd 4.17) and an async client (`client`).
+
+pub mod client;
+pub mod protocol;
+
+pub use client::{
+    ClientConfig, ClientError, ClusterEvent, ClusterEvents, CtdbClient, DEFAULT_SOCKET,
+    DEFAULT_TIMEOUT, NodeState,
+};
+pub use protocol::{Connection, NodeFlags, NodeInfo, RecoveryMode, Runstate};
