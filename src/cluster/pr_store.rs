@@ -34,13 +34,33 @@ pub struct CtdbReservationStore {
 
 impl CtdbReservationStore {
     /// Attaches the persistent database (made on every node if it does not exist yet;
-    /// attaching is idempotent), so the store is usable before the first unit loads.
-    pub fn attach(settings: &ClusterSettings) -> io::Result<CtdbReservationStore> {
+    /// attaching is idempotent), so the store is usable before the first unit loads. ctdbd
+    /// may still be starting or recovering (keel starts after it at boot): attaching is
+    /// tried again every second for up to `patience`.
+    pub fn attach(
+        settings: &ClusterSettings,
+        patience: std::time::Duration,
+    ) -> io::Result<CtdbReservationStore> {
         let tool = CtdbTool::new(settings)?;
         let database = settings.reservations_database.clone();
-        tool.run_blocking(&["attach", &database, "persistent"])
-            .map_err(|e| io::Error::new(e.kind(), format!("attaching {database}: {e}")))?;
-        Ok(CtdbReservationStore { tool, database })
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match tool.run_blocking(&["attach", &database, "persistent"]) {
+                Ok(_) => return Ok(CtdbReservationStore { tool, database }),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("attaching {database}: {e}"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "attaching {database} (trying again for up to {patience:?}): {e}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     fn key(unit: &str) -> String {

@@ -63,15 +63,15 @@ impl StorageEnv {
             None => file_store(&config.data_dir),
             // Attached once, at startup: keel in a cluster does not serve reservations it
             // cannot share (a clear error rather than a node with a private table).
-            Some(cluster) => {
-                Arc::new(CtdbReservationStore::attach(cluster).with_context(|| {
+            Some(cluster) => Arc::new(
+                CtdbReservationStore::attach(cluster, CTDB_ATTACH_PATIENCE).with_context(|| {
                     format!(
                         "[cluster]: cannot attach the reservation database {} through ctdbd at {}",
                         cluster.reservations_database,
                         cluster.socket.display()
                     )
-                })?)
-            }
+                })?,
+            ),
         };
         Ok(StorageEnv {
             data_dir: config.data_dir.clone(),
@@ -82,6 +82,10 @@ impl StorageEnv {
         })
     }
 }
+
+/// How long keel waits at startup for ctdbd to let it attach the reservation database
+/// (ctdbd may still be in its first recovery).
+const CTDB_ATTACH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The iSCSI service of a configuration: its settings, CHAP algorithms, discovery
 /// authentication and limits, with no targets yet.
