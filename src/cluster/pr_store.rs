@@ -10,6 +10,8 @@
 
 use std::io;
 
+use tokio::sync::mpsc;
+
 use crate::scsi::{PrState, ReservationStore};
 use crate::storage::IoFuture;
 
@@ -30,6 +32,9 @@ const FORMAT_VERSION: u32 = 1;
 pub struct CtdbReservationStore {
     tool: CtdbTool,
     database: String,
+    /// Where the unit of each committed change is reported, so that other nodes serving
+    /// the same unit through another address reload it (see [`Self::with_change_feed`]).
+    changes: Option<mpsc::UnboundedSender<String>>,
 }
 
 impl CtdbReservationStore {
@@ -46,7 +51,13 @@ impl CtdbReservationStore {
         let deadline = std::time::Instant::now() + patience;
         loop {
             match tool.run_blocking(&["attach", &database, "persistent"]) {
-                Ok(_) => return Ok(CtdbReservationStore { tool, database }),
+                Ok(_) => {
+                    return Ok(CtdbReservationStore {
+                        tool,
+                        database,
+                        changes: None,
+                    });
+                }
                 Err(e) if std::time::Instant::now() >= deadline => {
                     return Err(io::Error::new(
                         e.kind(),
@@ -61,6 +72,13 @@ impl CtdbReservationStore {
                 }
             }
         }
+    }
+
+    /// This store, reporting the unit of every change it commits on the returned channel.
+    pub fn with_change_feed(mut self) -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.changes = Some(tx);
+        (self, rx)
     }
 
     fn key(unit: &str) -> String {
@@ -125,7 +143,7 @@ impl ReservationStore for CtdbReservationStore {
     }
 
     fn save(&self, unit: &str, state: Option<PrState>) -> IoFuture<'_, ()> {
-        let key = Self::key(unit);
+        let (key, unit) = (Self::key(unit), unit.to_owned());
         Box::pin(async move {
             self.may_change().await?;
             let value = encode(state)?;
@@ -134,6 +152,9 @@ impl ReservationStore for CtdbReservationStore {
             self.tool
                 .run(&["pstore", &self.database, &key, &value])
                 .await?;
+            if let Some(changes) = &self.changes {
+                let _ = changes.send(unit);
+            }
             Ok(())
         })
     }

@@ -138,12 +138,16 @@ impl Running {
     pub async fn start(config: &Config) -> anyhow::Result<(Running, ApplyReport)> {
         let storage = StorageEnv::new(config)?;
         let volumes = Volumes::start(config, &storage)?;
+        let reservation_changes = storage
+            .reservation_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let mut running = Running::new(build::service(config), storage);
         running.volumes = volumes;
-        running.cluster = config
-            .cluster
-            .as_ref()
-            .map(|settings| ClusterLink::start(settings, Arc::clone(&running.service)));
+        running.cluster = config.cluster.as_ref().map(|settings| {
+            ClusterLink::start(settings, Arc::clone(&running.service), reservation_changes)
+        });
         let report = running.apply(&diff(&config.only_settings(), config)).await;
         Ok((running, report))
     }

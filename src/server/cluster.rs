@@ -19,9 +19,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::build::ReservationChanges;
 use crate::cluster::ClusterSettings;
+use crate::cluster::ctdb::protocol::node;
 use crate::cluster::ctdb::{ClientConfig, ClusterEvent, ClusterEvents, CtdbClient};
 use crate::iscsi::{PortalMatch, Service, SessionFilter};
+
+/// keel's srvid on every node: "the reservation table of unit X changed" (the payload is
+/// the unit's key, its NAA designator in hex). ASCII "keelPR" in the high bytes, away from
+/// the ranges samba reserves (0xF0.. and process ids).
+const RESERVATIONS_CHANGED: u64 = 0x6B65_656C_5052_0001;
 
 /// How often a lost ctdbd is tried again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
@@ -65,13 +72,20 @@ impl Drop for TrackedConnection {
 
 impl ClusterLink {
     /// Starts the CTDB client task of `service`; it ends when the service shuts down.
-    pub fn start(settings: &ClusterSettings, service: Arc<Service>) -> ClusterLink {
+    /// `changes` names the units whose reservation tables this node changed: the other
+    /// nodes are told, so one serving the same unit through another address reloads it.
+    pub fn start(
+        settings: &ClusterSettings,
+        service: Arc<Service>,
+        changes: Option<ReservationChanges>,
+    ) -> ClusterLink {
         let (tx, rx) = mpsc::unbounded_channel();
         let config = ClientConfig {
             socket: settings.socket.clone(),
             timeout: settings.timeout,
         };
-        tokio::spawn(run(config, service, rx));
+        let changes = changes.unwrap_or_else(|| mpsc::unbounded_channel().1);
+        tokio::spawn(run(config, service, rx, changes));
         ClusterLink { events: tx }
     }
 
@@ -90,6 +104,7 @@ async fn run(
     config: ClientConfig,
     service: Arc<Service>,
     mut link: mpsc::UnboundedReceiver<LinkEvent>,
+    mut changes: ReservationChanges,
 ) {
     let shutdown = service.shutdown.clone();
     let mut live: HashSet<(SocketAddr, SocketAddr)> = HashSet::new();
@@ -101,6 +116,11 @@ async fn run(
             event = link.recv() => {
                 let Some(event) = event else { return };
                 note(&mut live, event);
+                continue;
+            }
+            Some(unit) = changes.recv() => {
+                // Cannot be: a change commits only through ctdbd. Nobody to tell.
+                warn!(unit, "reservation change while ctdbd is unreachable: other nodes reload it when they take an address over");
                 continue;
             }
             connected = CtdbClient::connect(&config) => connected,
@@ -120,8 +140,16 @@ async fn run(
             }
         };
         warned = false;
-        if let Err(e) = client.subscribe_ip_events().await {
-            warn!("ctdbd: cannot subscribe to address release/takeover: {e}");
+        let subscribed = match client.subscribe_ip_events().await {
+            Ok(()) => client.register_srvid(RESERVATIONS_CHANGED).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = subscribed {
+            warn!("ctdbd: cannot subscribe to its messages (trying again): {e}");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RECONNECT_EVERY) => {}
+            }
             continue;
         }
         info!(
@@ -132,7 +160,11 @@ async fn run(
         for (local, peer) in &live {
             register(&client, *local, *peer).await;
         }
-        if serve(&client, events, &service, &mut link, &mut live)
+        let channels = Channels {
+            link: &mut link,
+            changes: &mut changes,
+        };
+        if serve(&client, events, &service, channels, &mut live)
             .await
             .is_break()
         {
@@ -142,18 +174,34 @@ async fn run(
     }
 }
 
+/// What the server tells the cluster task.
+struct Channels<'a> {
+    link: &'a mut mpsc::UnboundedReceiver<LinkEvent>,
+    changes: &'a mut ReservationChanges,
+}
+
 /// Serves one ctdbd connection until it ends (Continue) or the server shuts down (Break).
 async fn serve(
     client: &CtdbClient,
     mut events: ClusterEvents,
     service: &Service,
-    link: &mut mpsc::UnboundedReceiver<LinkEvent>,
+    channels: Channels<'_>,
     live: &mut HashSet<(SocketAddr, SocketAddr)>,
 ) -> std::ops::ControlFlow<()> {
+    let Channels { link, changes } = channels;
     let shutdown = service.shutdown.clone();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return std::ops::ControlFlow::Break(()),
+            Some(unit) = changes.recv() => {
+                // Every node, this one included (it reloads what it already has).
+                if let Err(e) = client
+                    .send_message(node::BROADCAST_CONNECTED, RESERVATIONS_CHANGED, unit.as_bytes())
+                    .await
+                {
+                    warn!(unit, "cannot tell the other nodes of a reservation change: {e}");
+                }
+            }
             event = link.recv() => {
                 let Some(event) = event else { return std::ops::ControlFlow::Break(()) };
                 if let LinkEvent::Accepted { local, peer } = event {
@@ -176,6 +224,12 @@ async fn serve(
                     // sends TAKE_IP after the address is up, so a client may come first).
                     info!(%ip, "ctdb took the address over; reloading reservation tables");
                     tokio::spawn(reload_reservations(service.targets.list()));
+                }
+                Some(ClusterEvent::Message { srvid: RESERVATIONS_CHANGED, data }) => {
+                    match reservation_unit(&data) {
+                        Some(unit) => reload_unit(service, unit),
+                        None => warn!("a reservation change message names no unit: {} bytes", data.len()),
+                    }
                 }
                 Some(ClusterEvent::Message { srvid, .. }) => debug!(srvid, "ctdb message ignored"),
                 Some(ClusterEvent::Disconnected) | None => return std::ops::ControlFlow::Continue(()),
@@ -213,5 +267,51 @@ async fn reload_reservations(targets: Vec<Arc<crate::iscsi::Target>>) {
                 warn!(target = %target.name, lun = lu.lun(), "cannot reload reservations: {e}");
             }
         }
+    }
+}
+
+/// The unit a reservation change message names: 32 hex digits (an NAA designator).
+fn reservation_unit(data: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(data).ok()?;
+    (text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())).then_some(text)
+}
+
+/// Reloads the reservation table of the LUN whose key is `unit`, off this task.
+fn reload_unit(service: &Service, unit: &str) {
+    let units: Vec<_> = service
+        .targets
+        .list()
+        .iter()
+        .flat_map(|t| t.device.luns())
+        .filter(|lu| lu.reservation_key() == unit)
+        .collect();
+    if units.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for lu in units {
+            if let Err(e) = lu.reservations().reload().await {
+                warn!(
+                    lun = lu.lun(),
+                    "cannot reload reservations after another node's change: {e}"
+                );
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_message_names_a_unit_or_nothing() {
+        assert_eq!(
+            reservation_unit(b"60a4b4546ea9c4be0545e34ebaa67350"),
+            Some("60a4b4546ea9c4be0545e34ebaa67350")
+        );
+        assert_eq!(reservation_unit(b"60a4"), None);
+        assert_eq!(reservation_unit(b"zz a4b4546ea9c4be0545e34ebaa6735"), None);
+        assert_eq!(reservation_unit(&[0xff; 32]), None);
     }
 }

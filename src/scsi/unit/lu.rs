@@ -586,13 +586,18 @@ impl LogicalUnit {
     /// Persists APTPL reservation state in `store`, under the unit's NAA designator in hex
     /// (the same on every cluster node), and adopts what was saved there.
     pub fn set_reservation_store(&self, store: Arc<dyn ReservationStore>) -> std::io::Result<()> {
-        let unit: String = self
-            .identity
+        self.reservations
+            .attach_store(&self.reservation_key(), store)
+    }
+
+    /// The unit's name in a reservation store: its NAA designator in hex, derived from the
+    /// configuration and so the same on every cluster node.
+    pub fn reservation_key(&self) -> String {
+        self.identity
             .naa
             .iter()
             .map(|b| format!("{b:02x}"))
-            .collect();
-        self.reservations.attach_store(&unit, store)
+            .collect()
     }
     /// The WRITE ATOMIC limits of this unit, `None` when it does not offer the command (no
     /// journal).
