@@ -303,6 +303,104 @@ fn reload_unit(service: &Service, unit: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::ctdb::fake::{read_request, reply};
+    use crate::cluster::ctdb::protocol::{self, Connection, Message, encode_ip_message, opcode};
+    use crate::iscsi::Settings;
+    use crate::iscsi::session::SessionKey;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{UnixListener, UnixStream};
+
+    /// Plays ctdbd for one client connection up to its subscriptions: answers GET_PNN with
+    /// 1 and every REGISTER_SRVID with success; returns the srvids subscribed.
+    async fn handshake(stream: &mut UnixStream) -> Vec<u64> {
+        let (h, op, _) = read_request(stream).await.unwrap();
+        assert_eq!(op, opcode::GET_PNN);
+        stream
+            .write_all(&reply(h.reqid, 1, &[], None))
+            .await
+            .unwrap();
+        let mut srvids = Vec::new();
+        for _ in 0..3 {
+            let (h, op, p) = read_request(stream).await.unwrap();
+            assert_eq!(op, opcode::REGISTER_SRVID);
+            srvids.push(u64::from_ne_bytes(p[40..48].try_into().unwrap()));
+            stream
+                .write_all(&reply(h.reqid, 0, &[], None))
+                .await
+                .unwrap();
+        }
+        srvids
+    }
+
+    /// Reads one TCP_CLIENT request, answers it, and returns its connection's bytes.
+    async fn registration(stream: &mut UnixStream) -> Vec<u8> {
+        let (h, op, p) = read_request(stream).await.unwrap();
+        assert_eq!(op, opcode::TCP_CLIENT);
+        stream
+            .write_all(&reply(h.reqid, 0, &[], None))
+            .await
+            .unwrap();
+        let datalen = u32::from_ne_bytes(p[56..60].try_into().unwrap()) as usize;
+        p[60..60 + datalen].to_vec()
+    }
+
+    #[tokio::test]
+    async fn connections_are_registered_released_addresses_closed_and_ctdbd_restarts_survived() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctdbd.socket");
+        let listener = UnixListener::bind(&path).unwrap();
+        let service = Arc::new(Service::new(Settings::default()));
+        let settings = ClusterSettings {
+            socket: path.clone(),
+            timeout: Duration::from_secs(2),
+            ..ClusterSettings::default()
+        };
+        let link = ClusterLink::start(&settings, service.clone(), None);
+
+        let (mut ctdbd, _) = listener.accept().await.unwrap();
+        let srvids = handshake(&mut ctdbd).await;
+        assert!(srvids.contains(&protocol::srvid::RELEASE_IP));
+        assert!(srvids.contains(&RESERVATIONS_CHANGED));
+
+        let local: SocketAddr = "10.9.0.201:3260".parse().unwrap();
+        let peer: SocketAddr = "10.9.0.100:40000".parse().unwrap();
+        let tracked = link.accepted(local, peer);
+        let mut expected = Vec::new();
+        Connection::new(local, peer).push(&mut expected);
+        assert!(registration(&mut ctdbd).await.starts_with(&expected));
+
+        // Sessions on the released address close; one on another address does not.
+        let key = |isid: u8| SessionKey {
+            initiator: "iqn.x:i".into(),
+            isid: [isid, 0, 0, 0, 0, 1],
+            target: "iqn.t".into(),
+        };
+        let on_it = service.sessions.admit(key(1)).await.unwrap();
+        on_it.set_portal(local);
+        let elsewhere = service.sessions.admit(key(2)).await.unwrap();
+        elsewhere.set_portal("10.9.0.202:3260".parse().unwrap());
+        let release = Message::encode(
+            1,
+            1,
+            0,
+            protocol::srvid::RELEASE_IP,
+            &encode_ip_message(local.ip()),
+        );
+        ctdbd.write_all(&release).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), on_it.cancel.cancelled())
+            .await
+            .expect("the session on the released address is closed");
+        assert!(!elsewhere.cancel.is_cancelled());
+
+        // ctdbd restarts: keel connects again, subscribes again and registers the live
+        // connection again (ctdbd forgot it with the old socket).
+        drop(ctdbd);
+        let (mut ctdbd, _) = listener.accept().await.unwrap();
+        handshake(&mut ctdbd).await;
+        assert!(registration(&mut ctdbd).await.starts_with(&expected));
+        drop(tracked);
+        service.shutdown.cancel();
+    }
 
     #[test]
     fn a_change_message_names_a_unit_or_nothing() {
