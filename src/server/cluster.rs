@@ -194,9 +194,10 @@ async fn serve(
         tokio::select! {
             _ = shutdown.cancelled() => return std::ops::ControlFlow::Break(()),
             Some(unit) = changes.recv() => {
-                // Every node, this one included (it reloads what it already has).
+                // Every connected node; the message names its origin, which ignores it.
+                let message = format!("{unit}@{}", client.pnn());
                 if let Err(e) = client
-                    .send_message(node::BROADCAST_CONNECTED, RESERVATIONS_CHANGED, unit.as_bytes())
+                    .send_message(node::BROADCAST_CONNECTED, RESERVATIONS_CHANGED, message.as_bytes())
                     .await
                 {
                     warn!(unit, "cannot tell the other nodes of a reservation change: {e}");
@@ -226,8 +227,9 @@ async fn serve(
                     tokio::spawn(reload_reservations(service.targets.list()));
                 }
                 Some(ClusterEvent::Message { srvid: RESERVATIONS_CHANGED, data }) => {
-                    match reservation_unit(&data) {
-                        Some(unit) => reload_unit(service, unit),
+                    match change_message(&data) {
+                        Some((_, origin)) if origin == client.pnn() => {}
+                        Some((unit, _)) => reload_unit(service, unit),
                         None => warn!("a reservation change message names no unit: {} bytes", data.len()),
                     }
                 }
@@ -263,20 +265,23 @@ async fn register(client: &CtdbClient, local: SocketAddr, peer: SocketAddr) {
 async fn reload_reservations(targets: Vec<Arc<crate::iscsi::Target>>) {
     for target in targets {
         for lu in target.device.luns() {
-            if let Err(e) = lu.reservations().reload().await {
+            if let Err(e) = lu.reload_reservations(false).await {
                 warn!(target = %target.name, lun = lu.lun(), "cannot reload reservations: {e}");
             }
         }
     }
 }
 
-/// The unit a reservation change message names: 32 hex digits (an NAA designator).
-fn reservation_unit(data: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(data).ok()?;
-    (text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())).then_some(text)
+/// What a reservation change message says: `UNIT@PNN`, the unit's key (32 hex digits, an
+/// NAA designator) and the node that made the change.
+fn change_message(data: &[u8]) -> Option<(&str, u32)> {
+    let (unit, origin) = std::str::from_utf8(data).ok()?.split_once('@')?;
+    let unit_ok = unit.len() == 32 && unit.bytes().all(|b| b.is_ascii_hexdigit());
+    Some((unit, origin.parse().ok()?)).filter(|_| unit_ok)
 }
 
-/// Reloads the reservation table of the LUN whose key is `unit`, off this task.
+/// Reloads the reservation table of the LUN whose key is `unit`, off this task, and
+/// establishes the unit attentions the change owes to this node's nexuses.
 fn reload_unit(service: &Service, unit: &str) {
     let units: Vec<_> = service
         .targets
@@ -290,7 +295,7 @@ fn reload_unit(service: &Service, unit: &str) {
     }
     tokio::spawn(async move {
         for lu in units {
-            if let Err(e) = lu.reservations().reload().await {
+            if let Err(e) = lu.reload_reservations(true).await {
                 warn!(
                     lun = lu.lun(),
                     "cannot reload reservations after another node's change: {e}"
@@ -403,13 +408,16 @@ mod tests {
     }
 
     #[test]
-    fn a_change_message_names_a_unit_or_nothing() {
+    fn a_change_message_names_a_unit_and_its_origin_or_nothing() {
+        let unit = "60a4b4546ea9c4be0545e34ebaa67350";
         assert_eq!(
-            reservation_unit(b"60a4b4546ea9c4be0545e34ebaa67350"),
-            Some("60a4b4546ea9c4be0545e34ebaa67350")
+            change_message(format!("{unit}@2").as_bytes()),
+            Some((unit, 2))
         );
-        assert_eq!(reservation_unit(b"60a4"), None);
-        assert_eq!(reservation_unit(b"zz a4b4546ea9c4be0545e34ebaa6735"), None);
-        assert_eq!(reservation_unit(&[0xff; 32]), None);
+        assert_eq!(change_message(unit.as_bytes()), None);
+        assert_eq!(change_message(b"60a4@1"), None);
+        assert_eq!(change_message(format!("{unit}@x").as_bytes()), None);
+        assert_eq!(change_message(b"zz a4b4546ea9c4be0545e34ebaa6735@1"), None);
+        assert_eq!(change_message(&[0xff; 34]), None);
     }
 }
