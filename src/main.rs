@@ -289,6 +289,13 @@ enum SessionCommand {
     Logout {
         #[command(flatten)]
         filter: LogoutArgs,
+        /// A planned move: logins arriving on --portal's address meanwhile are redirected
+        /// to ADDRESS (`10.0.0.2:3260` or `10.0.0.2:3260,1`; RFC 7143 status 0x0101).
+        #[arg(long, value_name = "ADDRESS", requires = "portal")]
+        redirect: Option<String>,
+        /// How long the redirection lasts.
+        #[arg(long, value_name = "SECS", default_value_t = admin::protocol::DEFAULT_REDIRECT_SECS, requires = "redirect")]
+        redirect_secs: u64,
         #[arg(long)]
         json: bool,
     },
@@ -531,11 +538,29 @@ fn main() -> ExitCode {
         Command::Session(SessionCommand::List { target, json }) => {
             control(&socket, admin::Command::SessionList { target }, json)
         }
-        Command::Session(SessionCommand::Logout { filter, json }) => control(
-            &socket,
-            admin::Command::SessionLogout(logout_filter(filter)),
+        Command::Session(SessionCommand::Logout {
+            filter,
+            redirect,
+            redirect_secs,
             json,
-        ),
+        }) => {
+            let redirect = match redirect
+                .map(|to| keel::iscsi::redirects::check_target_address(&to))
+                .transpose()
+            {
+                Ok(to) => to.map(|target_address| admin::LoginRedirect {
+                    target_address,
+                    seconds: redirect_secs,
+                }),
+                Err(why) => return usage(&format!("--redirect {why}")),
+            };
+            let filter = logout_filter(filter);
+            control(
+                &socket,
+                admin::Command::SessionLogout { filter, redirect },
+                json,
+            )
+        }
         Command::Session(SessionCommand::Close { filter, json }) => control(
             &socket,
             admin::Command::SessionClose(logout_filter(filter)),

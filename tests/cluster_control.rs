@@ -105,3 +105,81 @@ async fn reloading_reservations_without_a_cluster_reloads_nothing() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("\"units\": 0"), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_move_asks_sessions_to_log_out_and_redirects_their_next_login() {
+    use keel::wire::Reply;
+    let keel = std::sync::Arc::new(KeelProcess::start("4MiB", "").await);
+    let mut session = honest_session_at(keel.addr, 1).await;
+
+    let k = keel.clone();
+    let out = blocking(move || {
+        cli(
+            &k,
+            &[
+                "session",
+                "logout",
+                "--portal",
+                "127.0.0.1",
+                "--redirect",
+                "127.0.0.2:3260,1",
+                "--json",
+            ],
+        )
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"sessions\": 1"), "{}", text(&out));
+    match session.recv().await {
+        Some(Reply::Async(m)) => assert_eq!(m.event, 1, "logout requested"),
+        other => panic!("expected an Async Message, got {other:?}"),
+    }
+
+    // The next login on that address is sent to the new one (0x0101 with TargetAddress).
+    let mut again = common::Initiator::connect(keel.addr).await;
+    let name = again.name.clone();
+    let r = again
+        .login_step(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", &name),
+                ("AuthMethod", "None"),
+                ("TargetName", common::TARGET),
+            ],
+        )
+        .await;
+    assert_eq!((r.status_class, r.status_detail), (1, 1));
+    let body = String::from_utf8_lossy(&r.data).to_string();
+    assert!(body.contains("TargetAddress=127.0.0.2:3260,1"), "{body:?}");
+
+    // A redirect needs the address it applies to, and a well-formed destination.
+    for args in [
+        &[
+            "session",
+            "logout",
+            "--target",
+            common::TARGET,
+            "--redirect",
+            "127.0.0.2:3260",
+        ][..],
+        &[
+            "session",
+            "logout",
+            "--portal",
+            "127.0.0.1",
+            "--redirect",
+            "127.0.0.2:0",
+        ][..],
+    ] {
+        let k = keel.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let out = blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&k, &args)
+        })
+        .await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
+}

@@ -11,4 +11,4 @@ pub mod protocol;
 pub mod socket;
 pub mod status;
 
-pub use protocol::{Call, CallError, Command, ErrorCode, LogoutFilter};
+pub use protocol::{Call, CallError, Command, ErrorCode, LoginRedirect, LogoutFilter};

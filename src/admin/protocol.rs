@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::config::parse_size_text;
 use crate::iscsi::PortalMatch;
+use crate::iscsi::redirects::check_target_address;
 
 /// The protocol version this keel speaks.
 pub const VERSION: u64 = 1;
@@ -76,8 +77,13 @@ pub enum Command {
     LunResize { target: String, lun: u64, size: u64 },
     /// `{"cmd":"session.list"}`, optionally `"target":"iqn..."`.
     SessionList { target: Option<String> },
-    /// `{"cmd":"session.logout", ...filter}`: asks matching sessions to log out.
-    SessionLogout(LogoutFilter),
+    /// `{"cmd":"session.logout", ...filter}`: asks matching sessions to log out; with
+    /// `"redirect":"ADDRESS"` (and `"redirect_secs"`, default 60) logins arriving on the
+    /// filter's portal address meanwhile are redirected there (a planned move).
+    SessionLogout {
+        filter: LogoutFilter,
+        redirect: Option<LoginRedirect>,
+    },
     /// `{"cmd":"session.close", ...filter}`: ends matching sessions at once (their portal's
     /// address has left this node: a CTDB releaseip).
     SessionClose(LogoutFilter),
@@ -106,6 +112,18 @@ impl LogoutFilter {
         *self == LogoutFilter::default()
     }
 }
+
+/// Where logins arriving on a portal address go during a planned move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginRedirect {
+    /// A TargetAddress (RFC 7143 §13.8), e.g. "10.9.0.12:3260,1".
+    pub target_address: String,
+    /// How long the redirection lasts.
+    pub seconds: u64,
+}
+
+/// How long a redirection lasts unless the request says.
+pub const DEFAULT_REDIRECT_SECS: u64 = 60;
 
 /// A parsed request handed to the server's control loop, with where its answer goes.
 #[derive(Debug)]
@@ -567,7 +585,38 @@ fn command(mut a: Args) -> Result<Command, CallError> {
             if name == "session.close" {
                 Command::SessionClose(filter)
             } else {
-                Command::SessionLogout(filter)
+                let redirect = match a
+                    .optional_string("redirect", "an address such as \"10.0.0.2:3260\"")?
+                {
+                    None => None,
+                    Some(text) => {
+                        let Some(PortalMatch::Ip(_) | PortalMatch::Address(_)) = filter.portal
+                        else {
+                            return Err(CallError::bad_request(
+                                "session.logout: \"redirect\" needs \"portal\": the address whose logins go elsewhere",
+                            ));
+                        };
+                        let target_address = check_target_address(&text).map_err(|why| {
+                            CallError::bad_request(format!("session.logout: \"redirect\" {why}"))
+                        })?;
+                        let seconds = match a.take("redirect_secs") {
+                            None => DEFAULT_REDIRECT_SECS,
+                            Some(v) => match v.as_u64().filter(|s| (1..=86_400).contains(s)) {
+                                Some(s) => s,
+                                None => {
+                                    return Err(CallError::bad_request(format!(
+                                        "session.logout: \"redirect_secs\" must be an integer from 1 to 86400, not {v}"
+                                    )));
+                                }
+                            },
+                        };
+                        Some(LoginRedirect {
+                            target_address,
+                            seconds,
+                        })
+                    }
+                };
+                Command::SessionLogout { filter, redirect }
             }
         }
         "reservations.reload" => Command::ReservationsReload,
@@ -595,7 +644,7 @@ impl Command {
             Command::LunRemove { .. } => "lun.remove",
             Command::LunResize { .. } => "lun.resize",
             Command::SessionList { .. } => "session.list",
-            Command::SessionLogout(_) => "session.logout",
+            Command::SessionLogout { .. } => "session.logout",
             Command::SessionClose(_) => "session.close",
             Command::ReservationsReload => "reservations.reload",
             Command::Health => "health",
@@ -645,7 +694,11 @@ impl Command {
                     put("target", t.clone().into());
                 }
             }
-            Command::SessionLogout(f) | Command::SessionClose(f) => {
+            Command::SessionLogout {
+                filter: f,
+                redirect: _,
+            }
+            | Command::SessionClose(f) => {
                 if let Some(t) = &f.target {
                     put("target", t.clone().into());
                 }
@@ -657,6 +710,13 @@ impl Command {
                 }
                 if let Some(p) = f.portal {
                     put("portal", p.to_string().into());
+                }
+                if let Command::SessionLogout {
+                    redirect: Some(r), ..
+                } = self
+                {
+                    put("redirect", r.target_address.clone().into());
+                    put("redirect_secs", r.seconds.into());
                 }
             }
         }
@@ -858,12 +918,25 @@ mod tests {
             Command::SessionList {
                 target: Some("t".into()),
             },
-            Command::SessionLogout(LogoutFilter {
-                target: Some("t".into()),
-                initiator: Some("iqn.1993-08.org.debian:01:x".into()),
-                tsih: Some(7),
-                portal: Some("[::1]:3260".parse().unwrap()),
-            }),
+            Command::SessionLogout {
+                filter: LogoutFilter {
+                    target: Some("t".into()),
+                    initiator: Some("iqn.1993-08.org.debian:01:x".into()),
+                    tsih: Some(7),
+                    portal: Some("[::1]:3260".parse().unwrap()),
+                },
+                redirect: None,
+            },
+            Command::SessionLogout {
+                filter: LogoutFilter {
+                    portal: Some("10.9.0.201".parse().unwrap()),
+                    ..LogoutFilter::default()
+                },
+                redirect: Some(LoginRedirect {
+                    target_address: "10.9.0.12:3260,1".into(),
+                    seconds: 30,
+                }),
+            },
             Command::SessionClose(LogoutFilter {
                 portal: Some("10.9.0.201".parse().unwrap()),
                 ..LogoutFilter::default()
@@ -871,8 +944,8 @@ mod tests {
             Command::ReservationsReload,
             Command::Health,
         ];
-        // Three commands appear twice (with and without their optional keys).
-        assert_eq!(commands.len(), COMMANDS.len() + 3);
+        // Four commands appear twice (with and without their optional keys).
+        assert_eq!(commands.len(), COMMANDS.len() + 4);
         for (i, c) in commands.into_iter().enumerate() {
             let id = (i % 2 == 0).then_some(i as u64);
             let line = encode_request(id, &c);
@@ -903,10 +976,13 @@ mod tests {
             parse(r#"{"v":1,"cmd":"session.logout","tsih":65535}"#),
             Ok((
                 None,
-                Command::SessionLogout(LogoutFilter {
-                    tsih: Some(65535),
-                    ..LogoutFilter::default()
-                })
+                Command::SessionLogout {
+                    filter: LogoutFilter {
+                        tsih: Some(65535),
+                        ..LogoutFilter::default()
+                    },
+                    redirect: None,
+                }
             ))
         );
     }

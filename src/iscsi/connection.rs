@@ -90,7 +90,7 @@ async fn run(
     let mut reader =
         FramedRead::with_capacity(rd, PduCodec::new(FrameLimits::LOGIN), LOGIN_READ_BUFFER);
 
-    let login = login(&mut reader, &mut wr, ctx, over).await?;
+    let login = login(&mut reader, &mut wr, ctx, over, local).await?;
     let Some(LoggedIn {
         outcome,
         guard,

@@ -3,9 +3,11 @@
 //! [`SessionRegistry`](super::SessionRegistry) (reinstating an older one with the same
 //! ISID, §6.3.5).
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -39,10 +41,11 @@ pub(super) async fn login<'a>(
     wr: &mut OwnedWriteHalf,
     ctx: &'a Arc<Service>,
     over: Option<OverLimit>,
+    local: SocketAddr,
 ) -> Result<Option<LoggedIn<'a>>, FrameError> {
     let login_time = Duration::from_secs(ctx.settings.login_timeout_secs);
     tokio::select! {
-        r = tokio::time::timeout(login_time, login_phase(reader, wr, ctx, over)) => match r {
+        r = tokio::time::timeout(login_time, login_phase(reader, wr, ctx, over, local)) => match r {
             Ok(r) => r,
             Err(_) => {
                 info!("login did not complete within {login_time:?}; dropping the connection");
@@ -58,6 +61,7 @@ async fn login_phase<'a>(
     wr: &mut OwnedWriteHalf,
     ctx: &'a Arc<Service>,
     over: Option<OverLimit>,
+    local: SocketAddr,
 ) -> Result<Option<LoggedIn<'a>>, FrameError> {
     let mut machine = LoginMachine::new(&ctx.settings).with_access(ctx.access.clone());
     let mut stat_sn: u32 = 1;
@@ -101,6 +105,16 @@ async fn login_phase<'a>(
             info!(status = "0x0302", "login refused: {over}");
             ctx.metrics.count_login("", status::OUT_OF_RESOURCES.0);
             let r = login::failure_response(&req, status::OUT_OF_RESOURCES);
+            send_login(wr, r, &mut stat_sn, &req, ctx).await?;
+            return Ok(None);
+        }
+        if first && let Some(to) = ctx.redirects.lookup(local.ip()) {
+            // A planned move (RFC 7143 §11.13.5, 0x0101): the initiator logs in at `to`.
+            info!(status = "0x0101", target_address = %to, "login redirected");
+            ctx.metrics
+                .count_login("", status::TARGET_MOVED_TEMPORARILY.0);
+            let mut r = login::failure_response(&req, status::TARGET_MOVED_TEMPORARILY);
+            r.data = Bytes::from(format!("TargetAddress={to}\0"));
             send_login(wr, r, &mut stat_sn, &req, ctx).await?;
             return Ok(None);
         }

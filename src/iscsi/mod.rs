@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod metrics_export;
 pub mod name;
 pub mod params;
+pub mod redirects;
 pub mod response;
 pub mod session;
 pub mod session_core;
@@ -125,6 +126,8 @@ pub struct Service {
     pub write_budget: std::sync::Arc<tokio::sync::Semaphore>,
     /// The counters behind the Prometheus metrics.
     pub metrics: metrics::Metrics,
+    /// Portal addresses whose logins are redirected elsewhere (a planned move).
+    pub redirects: redirects::Redirects,
     /// When the service was made (the server's uptime).
     pub started: std::time::Instant,
 }
@@ -156,6 +159,7 @@ impl Service {
             connections: ConnectionCounter::default(),
             shutdown: CancellationToken::new(),
             metrics: metrics::Metrics::default(),
+            redirects: redirects::Redirects::default(),
             started: std::time::Instant::now(),
         }
     }

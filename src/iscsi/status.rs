@@ -4,6 +4,8 @@
 
 pub type Status = (u8, u8);
 pub const SUCCESS: Status = (0x00, 0x00);
+/// Redirection: the target is reached at the TargetAddress the response carries.
+pub const TARGET_MOVED_TEMPORARILY: Status = (0x01, 0x01);
 pub const INITIATOR_ERROR: Status = (0x02, 0x00);
 pub const AUTHENTICATION_FAILED: Status = (0x02, 0x01);
 pub const AUTHORIZATION_FAILED: Status = (0x02, 0x02);

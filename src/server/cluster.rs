@@ -224,6 +224,8 @@ async fn serve(
                     // up; this is the fallback when the script is not installed (ctdbd
                     // sends TAKE_IP after the address is up, so a client may come first).
                     info!(%ip, "ctdb took the address over; reloading reservation tables");
+                    // Served here now: a redirection left from moving it away is over.
+                    service.redirects.clear(ip);
                     tokio::spawn(reload_reservations(service.targets.list()));
                 }
                 Some(ClusterEvent::Message { srvid: RESERVATIONS_CHANGED, data }) => {

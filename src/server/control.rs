@@ -24,6 +24,7 @@ use crate::admin::protocol::to_toml_table;
 use crate::admin::socket::ControlListener;
 use crate::admin::{Call, CallError, Command, ErrorCode, LogoutFilter};
 use crate::config::{ConfigDiff, ConfigErrors, ErrorKind, Store};
+use crate::iscsi::PortalMatch;
 use crate::iscsi::session::SessionFilter;
 
 /// Calls the control socket may have waiting for the writer before it answers `busy`.
@@ -202,13 +203,27 @@ impl Control {
                 }
                 Ok(json!({ "sessions": sessions }))
             }
-            Command::SessionLogout(filter) => {
+            Command::SessionLogout { filter, redirect } => {
                 let LogoutFilter {
                     target,
                     initiator,
                     tsih,
                     portal,
                 } = filter;
+                // Logins arriving on the address from now on go to the new one (planned
+                // move); the sessions asked to log out will log in there.
+                if let (Some(redirect), Some(portal)) = (&redirect, &portal) {
+                    let ip = match portal {
+                        PortalMatch::Address(a) => a.ip(),
+                        PortalMatch::Ip(ip) => *ip,
+                    };
+                    let lasting = std::time::Duration::from_secs(redirect.seconds);
+                    running
+                        .service()
+                        .redirects
+                        .set(ip, redirect.target_address.clone(), lasting);
+                    info!(%ip, to = %redirect.target_address, ?lasting, "control: logins redirected");
+                }
                 let filter = SessionFilter {
                     target,
                     initiator,
