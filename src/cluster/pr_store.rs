@@ -104,7 +104,7 @@ impl CtdbReservationStore {
 
 /// The state in a `ctdb pfetch` answer (the record and a newline; nothing for no record),
 /// with the unit attentions its change owes.
-fn decode(fetched: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {
+pub fn decode_record(fetched: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {
     let text = fetched.strip_suffix('\n').unwrap_or(fetched);
     if text.is_empty() {
         return Ok((None, Vec::new()));
@@ -178,7 +178,7 @@ impl ReservationStore for CtdbReservationStore {
         let fetched = self
             .tool
             .run_blocking(&["pfetch", &self.database, &Self::key(unit)])?;
-        decode(&fetched)
+        decode_record(&fetched)
     }
 }
 
@@ -219,11 +219,11 @@ mod tests {
         assert!(!text.contains("notices"), "none kept when there are none");
         let none = (None, Vec::new());
         assert_eq!(
-            decode(&format!("{text}\n")).unwrap(),
+            decode_record(&format!("{text}\n")).unwrap(),
             (Some(sample()), Vec::new())
         );
-        assert_eq!(decode("\n").unwrap(), none);
-        assert_eq!(decode("").unwrap(), none);
+        assert_eq!(decode_record("\n").unwrap(), none);
+        assert_eq!(decode_record("").unwrap(), none);
         assert_eq!(encode(None, Vec::new()).unwrap(), "");
     }
 
@@ -236,16 +236,19 @@ mod tests {
             ascq: 0x05,
         };
         let text = encode(Some(sample()), vec![notice.clone()]).unwrap();
-        assert_eq!(decode(&text).unwrap(), (Some(sample()), vec![notice]));
+        assert_eq!(
+            decode_record(&text).unwrap(),
+            (Some(sample()), vec![notice])
+        );
     }
 
     #[test]
     fn a_foreign_or_newer_record_is_an_error() {
-        assert!(decode("not json\n").is_err());
+        assert!(decode_record("not json\n").is_err());
         let newer = encode(Some(sample()), Vec::new())
             .unwrap()
             .replace("\"version\":1", "\"version\":9");
-        assert!(decode(&newer).is_err());
+        assert!(decode_record(&newer).is_err());
     }
 
     #[test]

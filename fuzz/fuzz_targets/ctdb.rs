@@ -1,0 +1,60 @@
+//! What keel reads from CTDB (src/cluster): ctdbd's packets on its unix socket
+//! (`ctdb/protocol.rs`: the packet framing, control replies, messages, node maps, tickle
+//! lists, the address of a RELEASE_IP/TAKE_IP message), the `ctdb status` output the
+//! reservation gate reads (`ctdb_tool.rs`), and the reservation record `ctdb pfetch` returns
+//! (`pr_store.rs`).
+//!
+//! Input: a selector byte, then the bytes of that kind.
+//!
+//! Invariants: nothing panics; a decoded address re-encodes to a message that decodes to the
+//! same address; a status that parses can be judged; a record that decodes re-encodes to
+//! one that decodes the same.
+#![no_main]
+
+use keel::cluster::ctdb::protocol::{
+    decode_header, decode_ip_message, decode_nodemap, decode_packet, decode_tickle_list,
+    encode_ip_message, packet_length,
+};
+use keel::cluster::ctdb_tool::parse_status;
+use keel::cluster::pr_store::decode_record;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    match kind % 6 {
+        0 => {
+            if let Some(prefix) = rest.get(..4) {
+                let prefix: [u8; 4] = prefix.try_into().unwrap_or_default();
+                if let Ok(len) = packet_length(prefix) {
+                    if let Some(packet) = rest.get(..len) {
+                        let _ = decode_packet(packet);
+                    }
+                }
+            }
+            let _ = decode_header(rest);
+            let _ = decode_packet(rest);
+        }
+        1 => {
+            let _ = decode_nodemap(rest);
+        }
+        2 => {
+            let _ = decode_tickle_list(rest);
+        }
+        3 => {
+            if let Ok(ip) = decode_ip_message(rest) {
+                assert_eq!(decode_ip_message(&encode_ip_message(ip)).ok(), Some(ip));
+            }
+        }
+        4 => {
+            if let Ok(view) = parse_status(&String::from_utf8_lossy(rest)) {
+                assert!(!view.nodes.is_empty());
+                let _ = view.allows_changes();
+            }
+        }
+        _ => {
+            let _ = decode_record(&String::from_utf8_lossy(rest));
+        }
+    }
+});
