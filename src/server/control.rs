@@ -204,15 +204,10 @@ impl Control {
                 Ok(json!({ "sessions": sessions }))
             }
             Command::SessionLogout { filter, redirect } => {
-                let LogoutFilter {
-                    target,
-                    initiator,
-                    tsih,
-                    portal,
-                } = filter;
+                let filter = session_filter(filter);
                 // Logins arriving on the address from now on go to the new one (planned
                 // move); the sessions asked to log out will log in there.
-                if let (Some(redirect), Some(portal)) = (&redirect, &portal) {
+                if let (Some(redirect), Some(portal)) = (&redirect, &filter.portal) {
                     let ip = match portal {
                         PortalMatch::Address(a) => a.ip(),
                         PortalMatch::Ip(ip) => *ip,
@@ -224,12 +219,6 @@ impl Control {
                         .set(ip, redirect.target_address.clone(), lasting);
                     info!(%ip, to = %redirect.target_address, ?lasting, "control: logins redirected");
                 }
-                let filter = SessionFilter {
-                    target,
-                    initiator,
-                    tsih,
-                    portal,
-                };
                 let asked = running
                     .service()
                     .sessions
@@ -242,18 +231,7 @@ impl Control {
                 Ok(json!({ "sessions": asked }))
             }
             Command::SessionClose(filter) => {
-                let LogoutFilter {
-                    target,
-                    initiator,
-                    tsih,
-                    portal,
-                } = filter;
-                let filter = SessionFilter {
-                    target,
-                    initiator,
-                    tsih,
-                    portal,
-                };
+                let filter = session_filter(filter);
                 let closed = running.service().sessions.close(&filter);
                 info!(sessions = closed, ?filter, "control: sessions closed");
                 Ok(json!({ "sessions": closed }))
@@ -411,6 +389,22 @@ fn refusal(errors: &ConfigErrors) -> CallError {
 fn to_json(value: &impl serde::Serialize) -> Result<Value, CallError> {
     serde_json::to_value(value)
         .map_err(|e| CallError::new(ErrorCode::Failed, format!("cannot encode the result: {e}")))
+}
+
+/// The sessions a control request's filter names.
+fn session_filter(filter: LogoutFilter) -> SessionFilter {
+    let LogoutFilter {
+        target,
+        initiator,
+        tsih,
+        portal,
+    } = filter;
+    SessionFilter {
+        target,
+        initiator,
+        tsih,
+        portal,
+    }
 }
 
 #[cfg(test)]

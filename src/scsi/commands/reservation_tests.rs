@@ -516,6 +516,12 @@ impl ReservationStore for SharedStore {
     }
 }
 
+/// The unit of `t` adopts what the shared store holds (`notify`: as after another node's
+/// change, with its unit attentions).
+async fn reload(t: &TargetDevice, notify: bool) {
+    t.lun(0).unwrap().reload_reservations(notify).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_preemption_on_one_node_reaches_the_preempted_nexus_on_another() {
     let store = Arc::new(SharedStore::default());
@@ -529,46 +535,26 @@ async fn a_preemption_on_one_node_reaches_the_preempted_nexus_on_another() {
         prout(&first, &a, 0, 0, 0, 0xA, 0).await.status,
         ScsiStatus::Good
     );
-    second
-        .lun(0)
-        .unwrap()
-        .reload_reservations(true)
-        .await
-        .unwrap();
+    reload(&second, true).await;
     assert_eq!(
         prout(&second, &b, 0, 0, 0, 0xB, 0).await.status,
         ScsiStatus::Good
     );
-    first
-        .lun(0)
-        .unwrap()
-        .reload_reservations(true)
-        .await
-        .unwrap();
+    reload(&first, true).await;
     // A preempts B's registration on the first node (PREEMPT, SPC-4 §5.13.11.2.2).
     assert_eq!(
         prout(&first, &a, 4, 5, 0xA, 0xB, 0).await.status,
         ScsiStatus::Good
     );
     // The second node learns of it: B's next command reports REGISTRATIONS PREEMPTED.
-    second
-        .lun(0)
-        .unwrap()
-        .reload_reservations(true)
-        .await
-        .unwrap();
+    reload(&second, true).await;
     assert_eq!(
         sense_of(&run(&second, &b, &TUR, &[]).await),
         (6, 0x2A, 0x05)
     );
     assert_eq!(read_keys(&second, &b).await.1, vec![0xA]);
     // A takeover reload does not deliver it again.
-    second
-        .lun(0)
-        .unwrap()
-        .reload_reservations(false)
-        .await
-        .unwrap();
+    reload(&second, false).await;
     assert_eq!(status(&run(&second, &b, &TUR, &[]).await), ScsiStatus::Good);
 }
 
