@@ -10,7 +10,9 @@
 
 use std::io;
 
-use crate::scsi::{PrState, ReservationStore};
+use tokio::sync::mpsc;
+
+use crate::scsi::{PrNotice, PrState, ReservationStore};
 use crate::storage::IoFuture;
 
 use super::ctdb_tool::{ClusterView, CtdbTool};
@@ -21,6 +23,9 @@ use super::settings::ClusterSettings;
 struct Record {
     version: u32,
     state: PrState,
+    /// The unit attentions the change that wrote this record owes to other nexuses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    notices: Vec<PrNotice>,
 }
 
 const FORMAT_VERSION: u32 = 1;
@@ -30,17 +35,53 @@ const FORMAT_VERSION: u32 = 1;
 pub struct CtdbReservationStore {
     tool: CtdbTool,
     database: String,
+    /// Where the unit of each committed change is reported, so that other nodes serving
+    /// the same unit through another address reload it (see [`Self::with_change_feed`]).
+    changes: Option<mpsc::UnboundedSender<String>>,
 }
 
 impl CtdbReservationStore {
     /// Attaches the persistent database (made on every node if it does not exist yet;
-    /// attaching is idempotent), so the store is usable before the first unit loads.
-    pub fn attach(settings: &ClusterSettings) -> io::Result<CtdbReservationStore> {
+    /// attaching is idempotent), so the store is usable before the first unit loads. ctdbd
+    /// may still be starting or recovering (keel starts after it at boot): attaching is
+    /// tried again every second for up to `patience`.
+    pub fn attach(
+        settings: &ClusterSettings,
+        patience: std::time::Duration,
+    ) -> io::Result<CtdbReservationStore> {
         let tool = CtdbTool::new(settings)?;
         let database = settings.reservations_database.clone();
-        tool.run_blocking(&["attach", &database, "persistent"])
-            .map_err(|e| io::Error::new(e.kind(), format!("attaching {database}: {e}")))?;
-        Ok(CtdbReservationStore { tool, database })
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match tool.run_blocking(&["attach", &database, "persistent"]) {
+                Ok(_) => {
+                    return Ok(CtdbReservationStore {
+                        tool,
+                        database,
+                        changes: None,
+                    });
+                }
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("attaching {database}: {e}"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "attaching {database} (trying again for up to {patience:?}): {e}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// This store, reporting the unit of every change it commits on the returned channel.
+    pub fn with_change_feed(mut self) -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.changes = Some(tx);
+        (self, rx)
     }
 
     fn key(unit: &str) -> String {
@@ -61,11 +102,12 @@ impl CtdbReservationStore {
     }
 }
 
-/// The state in a `ctdb pfetch` answer (the record and a newline; nothing for no record).
-fn decode(fetched: &str) -> io::Result<Option<PrState>> {
+/// The state in a `ctdb pfetch` answer (the record and a newline; nothing for no record),
+/// with the unit attentions its change owes.
+fn decode(fetched: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {
     let text = fetched.strip_suffix('\n').unwrap_or(fetched);
     if text.is_empty() {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     let record: Record = serde_json::from_str(text).map_err(|e| {
         io::Error::new(
@@ -82,15 +124,16 @@ fn decode(fetched: &str) -> io::Result<Option<PrState>> {
             ),
         ));
     }
-    Ok(Some(record.state))
+    Ok((Some(record.state), record.notices))
 }
 
-fn encode(state: Option<PrState>) -> io::Result<String> {
+fn encode(state: Option<PrState>, notices: Vec<PrNotice>) -> io::Result<String> {
     match state {
         None => Ok(String::new()),
         Some(state) => serde_json::to_string(&Record {
             version: FORMAT_VERSION,
             state,
+            notices,
         })
         .map_err(io::Error::other),
     }
@@ -98,28 +141,44 @@ fn encode(state: Option<PrState>) -> io::Result<String> {
 
 impl ReservationStore for CtdbReservationStore {
     fn load(&self, unit: &str) -> io::Result<Option<PrState>> {
-        let fetched = self
-            .tool
-            .run_blocking(&["pfetch", &self.database, &Self::key(unit)])?;
-        decode(&fetched)
+        Ok(self.load_change(unit)?.0)
     }
 
     fn save(&self, unit: &str, state: Option<PrState>) -> IoFuture<'_, ()> {
-        let key = Self::key(unit);
+        self.save_change(unit, state, Vec::new())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn save_change(
+        &self,
+        unit: &str,
+        state: Option<PrState>,
+        notices: Vec<PrNotice>,
+    ) -> IoFuture<'_, ()> {
+        let (key, unit) = (Self::key(unit), unit.to_owned());
         Box::pin(async move {
             self.may_change().await?;
-            let value = encode(state)?;
+            let value = encode(state, notices)?;
             // pstore is one persistent transaction, committed on every connected node
             // before the tool exits 0.
             self.tool
                 .run(&["pstore", &self.database, &key, &value])
                 .await?;
+            if let Some(changes) = &self.changes {
+                let _ = changes.send(unit);
+            }
             Ok(())
         })
     }
 
-    fn shared(&self) -> bool {
-        true
+    fn load_change(&self, unit: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {
+        let fetched = self
+            .tool
+            .run_blocking(&["pfetch", &self.database, &Self::key(unit)])?;
+        decode(&fetched)
     }
 }
 
@@ -152,21 +211,38 @@ mod tests {
 
     #[test]
     fn a_record_round_trips_and_nothing_reads_as_none() {
-        let text = encode(Some(sample())).unwrap();
+        let text = encode(Some(sample()), Vec::new()).unwrap();
         assert!(
             text.starts_with('{'),
             "never 0x..., which ctdb reads as hex"
         );
-        assert_eq!(decode(&format!("{text}\n")).unwrap(), Some(sample()));
-        assert_eq!(decode("\n").unwrap(), None);
-        assert_eq!(decode("").unwrap(), None);
-        assert_eq!(encode(None).unwrap(), "");
+        assert!(!text.contains("notices"), "none kept when there are none");
+        let none = (None, Vec::new());
+        assert_eq!(
+            decode(&format!("{text}\n")).unwrap(),
+            (Some(sample()), Vec::new())
+        );
+        assert_eq!(decode("\n").unwrap(), none);
+        assert_eq!(decode("").unwrap(), none);
+        assert_eq!(encode(None, Vec::new()).unwrap(), "");
+    }
+
+    #[test]
+    fn the_unit_attentions_of_a_change_travel_with_it() {
+        let notice = PrNotice {
+            to: sample().registrations,
+            from: sample().reservation.unwrap().holder.unwrap(),
+            asc: 0x2A,
+            ascq: 0x05,
+        };
+        let text = encode(Some(sample()), vec![notice.clone()]).unwrap();
+        assert_eq!(decode(&text).unwrap(), (Some(sample()), vec![notice]));
     }
 
     #[test]
     fn a_foreign_or_newer_record_is_an_error() {
         assert!(decode("not json\n").is_err());
-        let newer = encode(Some(sample()))
+        let newer = encode(Some(sample()), Vec::new())
             .unwrap()
             .replace("\"version\":1", "\"version\":9");
         assert!(decode(&newer).is_err());

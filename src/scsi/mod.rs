@@ -42,7 +42,7 @@ pub use unit::atomic_journal::{AtomicJournal, RecordHeader, encode_header, unit_
 pub use unit::limits::MAX_TRANSFER_BYTES;
 pub use unit::lu::{LogicalUnit, LuIdentity, Readiness};
 pub use unit::mode_values::ModeValues;
-pub use unit::pr_state::{NexusId, PrState, PrType, Registration, Reservation};
+pub use unit::pr_state::{NexusId, PrNotice, PrState, PrType, Registration, Reservation};
 pub use unit::reservation_store::{FileReservationStore, ReservationStore, file_store};
 pub use unit::task_set::{AbortOutcome, Aborted, Membership, TaskFate, TaskSet};
 

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::build::{self, StorageEnv};
+use super::cluster::ClusterLink;
 use super::threads::ConnectionThreads;
 use super::volumes::{self, VolumeKey, Volumes, volume_key};
 use crate::config::diff::{ConfigDiff, TargetDiff, diff};
@@ -101,6 +102,8 @@ pub struct Running {
     logout_grace: Duration,
     /// Volume LUNs and the provisioner that makes their volumes.
     volumes: Volumes,
+    /// The CTDB client with `[cluster]`: accepted connections are registered with it.
+    cluster: Option<ClusterLink>,
 }
 
 /// How a change treats the volumes of the LUNs it removes.
@@ -125,6 +128,7 @@ impl Running {
             same_unit_wait: SAME_UNIT_WAIT,
             logout_grace: LOGOUT_GRACE,
             volumes: Volumes::none(),
+            cluster: None,
         }
     }
 
@@ -134,8 +138,16 @@ impl Running {
     pub async fn start(config: &Config) -> anyhow::Result<(Running, ApplyReport)> {
         let storage = StorageEnv::new(config)?;
         let volumes = Volumes::start(config, &storage)?;
+        let reservation_changes = storage
+            .reservation_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let mut running = Running::new(build::service(config), storage);
         running.volumes = volumes;
+        running.cluster = config.cluster.as_ref().map(|settings| {
+            ClusterLink::start(settings, Arc::clone(&running.service), reservation_changes)
+        });
         let report = running.apply(&diff(&config.only_settings(), config)).await;
         Ok((running, report))
     }
@@ -613,7 +625,12 @@ impl Running {
                     stop: self.service.shutdown.child_token(),
                 };
                 if let Some(acceptor) = &self.acceptor {
-                    start_accepting(&mut listener, &self.service, acceptor);
+                    start_accepting(
+                        &mut listener,
+                        &self.service,
+                        acceptor,
+                        self.cluster.as_ref(),
+                    );
                 }
                 self.listeners.insert(portal, listener);
                 // The line scripts and tests wait for, with the port a port-0 portal got.
@@ -634,7 +651,7 @@ impl Running {
     /// From now on every listener, and every portal opened later, accepts connections.
     pub(super) fn start_accepting(&mut self, acceptor: Acceptor) {
         for listener in self.listeners.values_mut() {
-            start_accepting(listener, &self.service, &acceptor);
+            start_accepting(listener, &self.service, &acceptor, self.cluster.as_ref());
         }
         self.acceptor = Some(acceptor);
     }
@@ -654,11 +671,17 @@ impl Running {
 }
 
 /// Starts the listener's accept task: each connection goes to a connection thread.
-fn start_accepting(listener: &mut Listener, service: &Arc<Service>, acceptor: &Acceptor) {
+fn start_accepting(
+    listener: &mut Listener,
+    service: &Arc<Service>,
+    acceptor: &Acceptor,
+    cluster: Option<&ClusterLink>,
+) {
     let Some(socket) = listener.bound.take() else {
         return;
     };
     let (service, stop) = (Arc::clone(service), listener.stop.clone());
+    let cluster = cluster.cloned();
     let Acceptor {
         threads,
         connections,
@@ -670,8 +693,15 @@ fn start_accepting(listener: &mut Listener, service: &Arc<Service>, acceptor: &A
                 accepted = socket.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
                     Ok(stream) => {
                         let service = service.clone();
+                        // Known to the cluster (tickle ACKs after a takeover) for as long
+                        // as the connection's task holds it.
+                        let tracked = match (&cluster, stream.local_addr(), stream.peer_addr()) {
+                            (Some(link), Ok(local), Ok(peer)) => Some(link.accepted(local, peer)),
+                            _ => None,
+                        };
                         // The socket moves to its thread's reactor there.
                         threads.spawn(connections.track_future(async move {
+                            let _tracked = tracked;
                             match tokio::net::TcpStream::from_std(stream) {
                                 Ok(stream) => connection::serve(stream, service).await,
                                 Err(e) => warn!("cannot adopt a connection: {e}"),

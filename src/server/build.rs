@@ -37,7 +37,13 @@ pub struct StorageEnv {
     /// Where every LUN keeps its persistent reservations: files under `data_dir`, or the
     /// cluster's CTDB persistent database with `[cluster]`.
     pub reservations: Arc<dyn ReservationStore>,
+    /// With `[cluster]`: the unit of each reservation change committed here, for the
+    /// cluster link to tell the other nodes (taken by [`super::apply::Running::start`]).
+    pub reservation_changes: Arc<std::sync::Mutex<Option<ReservationChanges>>>,
 }
+
+/// The units of reservation changes committed on this node.
+pub type ReservationChanges = tokio::sync::mpsc::UnboundedReceiver<String>;
 
 impl StorageEnv {
     /// Chooses the storage engine once, for the whole server: a ring only when some target
@@ -59,18 +65,23 @@ impl StorageEnv {
             },
             "storage engine"
         );
+        let mut reservation_changes = None;
         let reservations: Arc<dyn ReservationStore> = match &config.cluster {
             None => file_store(&config.data_dir),
             // Attached once, at startup: keel in a cluster does not serve reservations it
             // cannot share (a clear error rather than a node with a private table).
             Some(cluster) => {
-                Arc::new(CtdbReservationStore::attach(cluster).with_context(|| {
-                    format!(
-                        "[cluster]: cannot attach the reservation database {} through ctdbd at {}",
-                        cluster.reservations_database,
-                        cluster.socket.display()
-                    )
-                })?)
+                let store = CtdbReservationStore::attach(cluster, CTDB_ATTACH_PATIENCE)
+                    .with_context(|| {
+                        format!(
+                            "[cluster]: cannot attach the reservation database {} through ctdbd at {}",
+                            cluster.reservations_database,
+                            cluster.socket.display()
+                        )
+                    })?;
+                let (store, changes) = store.with_change_feed();
+                reservation_changes = Some(changes);
+                Arc::new(store)
             }
         };
         Ok(StorageEnv {
@@ -79,9 +90,14 @@ impl StorageEnv {
             read_buffers: BufferPool::new(),
             blocking_pool: tokio::runtime::Handle::current(),
             reservations,
+            reservation_changes: Arc::new(std::sync::Mutex::new(reservation_changes)),
         })
     }
 }
+
+/// How long keel waits at startup for ctdbd to let it attach the reservation database
+/// (ctdbd may still be in its first recovery).
+const CTDB_ATTACH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The iSCSI service of a configuration: its settings, CHAP algorithms, discovery
 /// authentication and limits, with no targets yet.

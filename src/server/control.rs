@@ -248,7 +248,7 @@ impl Control {
                 let mut failed = Vec::new();
                 for target in running.service().targets.list() {
                     for lu in target.device.luns() {
-                        match lu.reservations().reload().await {
+                        match lu.reload_reservations(false).await {
                             Ok(true) => units += 1,
                             Ok(false) => {}
                             Err(e) => failed.push(format!("{} LUN {}: {e}", target.name, lu.lun())),

@@ -14,6 +14,7 @@ use crate::iscsi::Service;
 
 pub mod apply;
 pub mod build;
+pub mod cluster;
 pub mod control;
 pub mod health;
 pub mod logging;

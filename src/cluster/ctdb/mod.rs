@@ -2,6 +2,8 @@
 //! packets captured from Debian 12's ctdbd 4.17) and an async client (`client`).
 
 pub mod client;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod protocol;
 
 pub use client::{

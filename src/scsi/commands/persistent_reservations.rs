@@ -19,7 +19,7 @@ use crate::scsi::ordering::Order;
 use crate::scsi::sense::{Sense, SenseKey};
 use crate::scsi::unit::lu::LogicalUnit;
 use crate::scsi::unit::pr_state::{
-    ISID_SEPARATOR, NexusId, PrState, PrType, Registration, Reservation,
+    ISID_SEPARATOR, NexusId, PrNotice, PrState, PrType, Registration, Reservation,
 };
 use crate::scsi::{Nexus, ScsiResponse, ScsiStatus};
 
@@ -890,7 +890,21 @@ pub async fn persistent_reserve_out(
             && (store.shared() || outcome.state.aptpl || current.aptpl)
         {
             let to_save = (store.shared() || outcome.state.aptpl).then(|| outcome.state.clone());
-            match store.save(unit, to_save).await {
+            let notices = if store.shared() {
+                outcome
+                    .notices
+                    .iter()
+                    .map(|n| PrNotice {
+                        to: n.to.clone(),
+                        from: NexusId::of(nexus),
+                        asc: n.sense.asc,
+                        ascq: n.sense.ascq,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            match store.save_change(unit, to_save, notices).await {
                 Ok(()) => {}
                 // The cluster may not change the table now (recovery, no majority): BUSY
                 // (SAM-5 §5.3.1) makes the initiator retry, where a CHECK CONDITION would

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::persistent_reservations as pr;
 use crate::scsi::opcodes::op;
 use crate::scsi::unit::lu::{LogicalUnit, LuIdentity};
-use crate::scsi::unit::pr_state::PrState;
+use crate::scsi::unit::pr_state::{PrNotice, PrState};
 use crate::scsi::unit::reservation_store::{FileReservationStore, ReservationStore};
 use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TargetDevice, TaskAttr};
 use crate::storage::{IoFuture, MemoryBackend};
@@ -470,6 +470,7 @@ fn a_corrupt_file_fails_attaching_the_store() {
 #[derive(Debug, Default)]
 struct SharedStore {
     saved: std::sync::Mutex<std::collections::HashMap<String, PrState>>,
+    notices: std::sync::Mutex<Vec<PrNotice>>,
     refusing: std::sync::atomic::AtomicBool,
 }
 
@@ -497,6 +498,78 @@ impl ReservationStore for SharedStore {
     fn shared(&self) -> bool {
         true
     }
+    fn save_change(
+        &self,
+        unit: &str,
+        state: Option<PrState>,
+        notices: Vec<PrNotice>,
+    ) -> IoFuture<'_, ()> {
+        let unit = unit.to_owned();
+        Box::pin(async move {
+            self.save(&unit, state).await?;
+            *self.notices.lock().unwrap() = notices;
+            Ok(())
+        })
+    }
+    fn load_change(&self, unit: &str) -> std::io::Result<(Option<PrState>, Vec<PrNotice>)> {
+        Ok((self.load(unit)?, self.notices.lock().unwrap().clone()))
+    }
+}
+
+#[tokio::test]
+async fn a_preemption_on_one_node_reaches_the_preempted_nexus_on_another() {
+    let store = Arc::new(SharedStore::default());
+    let (first, second) = (
+        target_with(Some(store.clone())),
+        target_with(Some(store.clone())),
+    );
+    let a = settled(&first, "a").await;
+    let b = settled(&second, "b").await;
+    assert_eq!(
+        prout(&first, &a, 0, 0, 0, 0xA, 0).await.status,
+        ScsiStatus::Good
+    );
+    second
+        .lun(0)
+        .unwrap()
+        .reload_reservations(true)
+        .await
+        .unwrap();
+    assert_eq!(
+        prout(&second, &b, 0, 0, 0, 0xB, 0).await.status,
+        ScsiStatus::Good
+    );
+    first
+        .lun(0)
+        .unwrap()
+        .reload_reservations(true)
+        .await
+        .unwrap();
+    // A preempts B's registration on the first node (PREEMPT, SPC-4 §5.13.11.2.2).
+    assert_eq!(
+        prout(&first, &a, 4, 5, 0xA, 0xB, 0).await.status,
+        ScsiStatus::Good
+    );
+    // The second node learns of it: B's next command reports REGISTRATIONS PREEMPTED.
+    second
+        .lun(0)
+        .unwrap()
+        .reload_reservations(true)
+        .await
+        .unwrap();
+    assert_eq!(
+        sense_of(&run(&second, &b, &TUR, &[]).await),
+        (6, 0x2A, 0x05)
+    );
+    assert_eq!(read_keys(&second, &b).await.1, vec![0xA]);
+    // A takeover reload does not deliver it again.
+    second
+        .lun(0)
+        .unwrap()
+        .reload_reservations(false)
+        .await
+        .unwrap();
+    assert_eq!(status(&run(&second, &b, &TUR, &[]).await), ScsiStatus::Good);
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use super::reservations::Reservations;
 use super::sanitize::SanitizeState;
 use super::ua::UnitAttentions;
 use crate::scsi::Nexus;
-use crate::scsi::sense::Sense;
+use crate::scsi::sense::{Sense, SenseKey};
 
 /// INQUIRY PRODUCT REVISION LEVEL reported by every logical unit.
 pub const PRODUCT_REVISION: &str = "0001";
@@ -586,13 +586,41 @@ impl LogicalUnit {
     /// Persists APTPL reservation state in `store`, under the unit's NAA designator in hex
     /// (the same on every cluster node), and adopts what was saved there.
     pub fn set_reservation_store(&self, store: Arc<dyn ReservationStore>) -> std::io::Result<()> {
-        let unit: String = self
-            .identity
+        self.reservations
+            .attach_store(&self.reservation_key(), store)
+    }
+
+    /// Adopts the reservation table a shared store holds: another node changed it, or this
+    /// node takes an address over. With `notify` (a change another node made and announced)
+    /// the unit attentions that change owes are established for this node's nexuses it
+    /// covers; not at a takeover, where those nexuses got them on the node they were on.
+    /// Returns whether there was a shared store to reload from.
+    pub async fn reload_reservations(&self, notify: bool) -> std::io::Result<bool> {
+        let Some(notices) = self.reservations.reload_change().await? else {
+            return Ok(false);
+        };
+        if notify {
+            let unit_attentions = self.unit_attentions();
+            for nexus in unit_attentions.known_nexuses() {
+                for notice in &notices {
+                    if !notice.from.is(&nexus) && notice.to.iter().any(|r| r.covers(&nexus)) {
+                        let sense = Sense::new(SenseKey::UnitAttention, notice.asc, notice.ascq);
+                        unit_attentions.establish(&nexus, sense);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The unit's name in a reservation store: its NAA designator in hex, derived from the
+    /// configuration and so the same on every cluster node.
+    pub fn reservation_key(&self) -> String {
+        self.identity
             .naa
             .iter()
             .map(|b| format!("{b:02x}"))
-            .collect();
-        self.reservations.attach_store(&unit, store)
+            .collect()
     }
     /// The WRITE ATOMIC limits of this unit, `None` when it does not offer the command (no
     /// journal).

@@ -88,6 +88,21 @@ fn initiator_covers(spec: &str, initiator_port: &str) -> bool {
     }
 }
 
+/// A unit attention a PERSISTENT RESERVE OUT owed to other I_T nexuses (SPC-4 §5.13.11:
+/// REGISTRATIONS PREEMPTED, RESERVATIONS RELEASED, ...), kept beside the state in a shared
+/// store: a node that serves some of those nexuses establishes it for them when it reloads
+/// the state after another node's change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrNotice {
+    /// The nexuses these registrations cover get it...
+    pub to: Vec<Registration>,
+    /// ...except the one whose command caused it.
+    pub from: NexusId,
+    /// The UNIT ATTENTION's additional sense code and qualifier.
+    pub asc: u8,
+    pub ascq: u8,
+}
+
 /// One I_T nexus as the persistent state remembers it (the reservation holder).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NexusId {

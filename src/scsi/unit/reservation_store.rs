@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::storage::IoFuture;
 
-use super::pr_state::PrState;
+use super::pr_state::{PrNotice, PrState};
 
 /// Keeps the persistent reservation state of logical units, one entry per unit, named by a
 /// stable key (the NAA designator in hex, identical on every cluster node).
@@ -34,6 +34,24 @@ pub trait ReservationStore: Send + Sync + std::fmt::Debug {
     /// over, and that node adopts them with [`super::reservations::Reservations::reload`].
     fn shared(&self) -> bool {
         false
+    }
+
+    /// [`Self::save`], with the unit attentions the change owes to other nexuses: a shared
+    /// store keeps them for the nodes serving those nexuses (a local store has no use for
+    /// them: its node established them already).
+    fn save_change(
+        &self,
+        unit: &str,
+        state: Option<PrState>,
+        _notices: Vec<PrNotice>,
+    ) -> IoFuture<'_, ()> {
+        self.save(unit, state)
+    }
+
+    /// [`Self::load`], with the unit attentions the last change saved with
+    /// [`Self::save_change`] owes.
+    fn load_change(&self, unit: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {
+        Ok((self.load(unit)?, Vec::new()))
     }
 }
 

@@ -13,7 +13,7 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::pr_state::PrState;
+use super::pr_state::{PrNotice, PrState};
 use super::reservation_store::ReservationStore;
 use crate::scsi::Nexus;
 
@@ -64,16 +64,22 @@ impl Reservations {
     /// node is committing is not overwritten by an older copy. Nothing saved means no
     /// registrations. Returns whether a shared store was there to reload from.
     pub async fn reload(&self) -> io::Result<bool> {
+        Ok(self.reload_change().await?.is_some())
+    }
+
+    /// [`Self::reload`], returning the unit attentions the last change owes to other
+    /// nexuses (`None`: no shared store).
+    pub async fn reload_change(&self) -> io::Result<Option<Vec<PrNotice>>> {
         let _changing = self.changes.lock().await;
         let Some((store, unit)) = self.lock().store.clone().filter(|(s, _)| s.shared()) else {
-            return Ok(false);
+            return Ok(None);
         };
         // The store's load may run a process or wait on a socket: off the runtime's threads.
-        let saved = tokio::task::spawn_blocking(move || store.load(&unit))
+        let (saved, notices) = tokio::task::spawn_blocking(move || store.load_change(&unit))
             .await
             .map_err(io::Error::other)??;
         self.lock().pr = saved.unwrap_or_default();
-        Ok(true)
+        Ok(Some(notices))
     }
 
     /// A copy of the persistent reservation state.

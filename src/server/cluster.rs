@@ -1,0 +1,423 @@
+//! keel as a CTDB client, the way smbd is one (issue 14): one connection to the local
+//! ctdbd for the server's whole life, which
+//! - registers every accepted iSCSI connection (CTDB_CONTROL_TCP_CLIENT): ctdbd broadcasts
+//!   it to every node at once, so the node that takes the address over tickle-ACKs the
+//!   initiator, which then reconnects at once instead of waiting for its own timeout;
+//! - closes exactly the sessions of an address this node released (CTDB_SRVID_RELEASE_IP):
+//!   the address is gone, so they can only go on elsewhere;
+//! - reconnects when ctdbd restarts, and then subscribes and registers the live connections
+//!   again (ctdbd forgets a client's registrations when its socket closes).
+//!
+//! The accept loop hands each connection to [`ClusterLink::accepted`]; the returned
+//! [`TrackedConnection`] reports the close when the connection's task drops it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::build::ReservationChanges;
+use crate::cluster::ClusterSettings;
+use crate::cluster::ctdb::protocol::node;
+use crate::cluster::ctdb::{ClientConfig, ClusterEvent, ClusterEvents, CtdbClient};
+use crate::iscsi::{PortalMatch, Service, SessionFilter};
+
+/// keel's srvid on every node: "the reservation table of unit X changed" (the payload is
+/// the unit's key, its NAA designator in hex). ASCII "keelPR" in the high bytes, away from
+/// the ranges samba reserves (0xF0.. and process ids).
+const RESERVATIONS_CHANGED: u64 = 0x6B65_656C_5052_0001;
+
+/// How often a lost ctdbd is tried again.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+enum LinkEvent {
+    Accepted { local: SocketAddr, peer: SocketAddr },
+    Closed { local: SocketAddr, peer: SocketAddr },
+}
+
+/// The accept loop's side of the cluster link.
+#[derive(Clone, Debug)]
+pub struct ClusterLink {
+    events: mpsc::UnboundedSender<LinkEvent>,
+}
+
+impl std::fmt::Debug for LinkEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkEvent::Accepted { local, peer } => write!(f, "accepted {peer} -> {local}"),
+            LinkEvent::Closed { local, peer } => write!(f, "closed {peer} -> {local}"),
+        }
+    }
+}
+
+/// An accepted connection the cluster knows of; dropping it reports the close.
+#[derive(Debug)]
+pub struct TrackedConnection {
+    events: mpsc::UnboundedSender<LinkEvent>,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl Drop for TrackedConnection {
+    fn drop(&mut self) {
+        let _ = self.events.send(LinkEvent::Closed {
+            local: self.local,
+            peer: self.peer,
+        });
+    }
+}
+
+impl ClusterLink {
+    /// Starts the CTDB client task of `service`; it ends when the service shuts down.
+    /// `changes` names the units whose reservation tables this node changed: the other
+    /// nodes are told, so one serving the same unit through another address reloads it.
+    pub fn start(
+        settings: &ClusterSettings,
+        service: Arc<Service>,
+        changes: Option<ReservationChanges>,
+    ) -> ClusterLink {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = ClientConfig {
+            socket: settings.socket.clone(),
+            timeout: settings.timeout,
+        };
+        let changes = changes.unwrap_or_else(|| mpsc::unbounded_channel().1);
+        tokio::spawn(run(config, service, rx, changes));
+        ClusterLink { events: tx }
+    }
+
+    /// A connection was accepted: register it (without delaying the connection).
+    pub fn accepted(&self, local: SocketAddr, peer: SocketAddr) -> TrackedConnection {
+        let _ = self.events.send(LinkEvent::Accepted { local, peer });
+        TrackedConnection {
+            events: self.events.clone(),
+            local,
+            peer,
+        }
+    }
+}
+
+async fn run(
+    config: ClientConfig,
+    service: Arc<Service>,
+    mut link: mpsc::UnboundedReceiver<LinkEvent>,
+    mut changes: ReservationChanges,
+) {
+    let shutdown = service.shutdown.clone();
+    let mut live: HashSet<(SocketAddr, SocketAddr)> = HashSet::new();
+    let mut warned = false;
+    loop {
+        // Not connected: keep the live set current and try ctdbd again every second.
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = link.recv() => {
+                let Some(event) = event else { return };
+                note(&mut live, event);
+                continue;
+            }
+            Some(unit) = changes.recv() => {
+                // Cannot be: a change commits only through ctdbd. Nobody to tell.
+                warn!(unit, "reservation change while ctdbd is unreachable: other nodes reload it when they take an address over");
+                continue;
+            }
+            connected = CtdbClient::connect(&config) => connected,
+        };
+        let (client, events) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                if !warned {
+                    warn!(socket = %config.socket.display(), "cannot reach ctdbd (retrying every {RECONNECT_EVERY:?}): {e}");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RECONNECT_EVERY) => {}
+                }
+                continue;
+            }
+        };
+        warned = false;
+        let subscribed = match client.subscribe_ip_events().await {
+            Ok(()) => client.register_srvid(RESERVATIONS_CHANGED).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = subscribed {
+            warn!("ctdbd: cannot subscribe to its messages (trying again): {e}");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RECONNECT_EVERY) => {}
+            }
+            continue;
+        }
+        info!(
+            pnn = client.pnn(),
+            connections = live.len(),
+            "connected to ctdbd"
+        );
+        for (local, peer) in &live {
+            register(&client, *local, *peer).await;
+        }
+        let channels = Channels {
+            link: &mut link,
+            changes: &mut changes,
+        };
+        if serve(&client, events, &service, channels, &mut live)
+            .await
+            .is_break()
+        {
+            return;
+        }
+        warn!("ctdbd went away; reconnecting");
+    }
+}
+
+/// What the server tells the cluster task.
+struct Channels<'a> {
+    link: &'a mut mpsc::UnboundedReceiver<LinkEvent>,
+    changes: &'a mut ReservationChanges,
+}
+
+/// Serves one ctdbd connection until it ends (Continue) or the server shuts down (Break).
+async fn serve(
+    client: &CtdbClient,
+    mut events: ClusterEvents,
+    service: &Service,
+    channels: Channels<'_>,
+    live: &mut HashSet<(SocketAddr, SocketAddr)>,
+) -> std::ops::ControlFlow<()> {
+    let Channels { link, changes } = channels;
+    let shutdown = service.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return std::ops::ControlFlow::Break(()),
+            Some(unit) = changes.recv() => {
+                // Every connected node; the message names its origin, which ignores it.
+                let message = format!("{unit}@{}", client.pnn());
+                if let Err(e) = client
+                    .send_message(node::BROADCAST_CONNECTED, RESERVATIONS_CHANGED, message.as_bytes())
+                    .await
+                {
+                    warn!(unit, "cannot tell the other nodes of a reservation change: {e}");
+                }
+            }
+            event = link.recv() => {
+                let Some(event) = event else { return std::ops::ControlFlow::Break(()) };
+                if let LinkEvent::Accepted { local, peer } = event {
+                    register(client, local, peer).await;
+                }
+                note(live, event);
+            }
+            event = events.recv() => match event {
+                Some(ClusterEvent::ReleaseIp(ip)) => {
+                    let filter = SessionFilter {
+                        portal: Some(PortalMatch::Ip(ip)),
+                        ..SessionFilter::default()
+                    };
+                    let closed = service.sessions.close(&filter);
+                    info!(%ip, sessions = closed, "ctdb released the address: its sessions closed");
+                }
+                Some(ClusterEvent::TakeIp(ip)) => {
+                    // The event script's takeip reloaded the tables before the address was
+                    // up; this is the fallback when the script is not installed (ctdbd
+                    // sends TAKE_IP after the address is up, so a client may come first).
+                    info!(%ip, "ctdb took the address over; reloading reservation tables");
+                    tokio::spawn(reload_reservations(service.targets.list()));
+                }
+                Some(ClusterEvent::Message { srvid: RESERVATIONS_CHANGED, data }) => {
+                    match change_message(&data) {
+                        Some((_, origin)) if origin == client.pnn() => {}
+                        Some((unit, _)) => reload_unit(service, unit),
+                        None => warn!("a reservation change message names no unit: {} bytes", data.len()),
+                    }
+                }
+                Some(ClusterEvent::Message { srvid, .. }) => debug!(srvid, "ctdb message ignored"),
+                Some(ClusterEvent::Disconnected) | None => return std::ops::ControlFlow::Continue(()),
+            },
+        }
+    }
+}
+
+fn note(live: &mut HashSet<(SocketAddr, SocketAddr)>, event: LinkEvent) {
+    match event {
+        LinkEvent::Accepted { local, peer } => {
+            live.insert((local, peer));
+        }
+        LinkEvent::Closed { local, peer } => {
+            live.remove(&(local, peer));
+        }
+    }
+}
+
+/// Registers one connection. ctdbd refuses a public address this node does not host (a
+/// connection that raced the address's release: it ends with the release) and ignores
+/// addresses that are not public (node addresses, loopback).
+async fn register(client: &CtdbClient, local: SocketAddr, peer: SocketAddr) {
+    match client.tcp_client_register(local, peer).await {
+        Ok(()) => debug!(%local, %peer, "registered with ctdbd"),
+        Err(e) => info!(%local, %peer, "ctdbd did not register the connection: {e}"),
+    }
+}
+
+/// Reloads the reservation table of every LUN that keeps it in the cluster.
+async fn reload_reservations(targets: Vec<Arc<crate::iscsi::Target>>) {
+    for target in targets {
+        for lu in target.device.luns() {
+            if let Err(e) = lu.reload_reservations(false).await {
+                warn!(target = %target.name, lun = lu.lun(), "cannot reload reservations: {e}");
+            }
+        }
+    }
+}
+
+/// What a reservation change message says: `UNIT@PNN`, the unit's key (32 hex digits, an
+/// NAA designator) and the node that made the change.
+fn change_message(data: &[u8]) -> Option<(&str, u32)> {
+    let (unit, origin) = std::str::from_utf8(data).ok()?.split_once('@')?;
+    let unit_ok = unit.len() == 32 && unit.bytes().all(|b| b.is_ascii_hexdigit());
+    Some((unit, origin.parse().ok()?)).filter(|_| unit_ok)
+}
+
+/// Reloads the reservation table of the LUN whose key is `unit`, off this task, and
+/// establishes the unit attentions the change owes to this node's nexuses.
+fn reload_unit(service: &Service, unit: &str) {
+    let units: Vec<_> = service
+        .targets
+        .list()
+        .iter()
+        .flat_map(|t| t.device.luns())
+        .filter(|lu| lu.reservation_key() == unit)
+        .collect();
+    if units.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for lu in units {
+            if let Err(e) = lu.reload_reservations(true).await {
+                warn!(
+                    lun = lu.lun(),
+                    "cannot reload reservations after another node's change: {e}"
+                );
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ctdb::fake::{read_request, reply};
+    use crate::cluster::ctdb::protocol::{self, Connection, Message, encode_ip_message, opcode};
+    use crate::iscsi::Settings;
+    use crate::iscsi::session::SessionKey;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{UnixListener, UnixStream};
+
+    /// Plays ctdbd for one client connection up to its subscriptions: answers GET_PNN with
+    /// 1 and every REGISTER_SRVID with success; returns the srvids subscribed.
+    async fn handshake(stream: &mut UnixStream) -> Vec<u64> {
+        let (h, op, _) = read_request(stream).await.unwrap();
+        assert_eq!(op, opcode::GET_PNN);
+        stream
+            .write_all(&reply(h.reqid, 1, &[], None))
+            .await
+            .unwrap();
+        let mut srvids = Vec::new();
+        for _ in 0..3 {
+            let (h, op, p) = read_request(stream).await.unwrap();
+            assert_eq!(op, opcode::REGISTER_SRVID);
+            srvids.push(u64::from_ne_bytes(p[40..48].try_into().unwrap()));
+            stream
+                .write_all(&reply(h.reqid, 0, &[], None))
+                .await
+                .unwrap();
+        }
+        srvids
+    }
+
+    /// Reads one TCP_CLIENT request, answers it, and returns its connection's bytes.
+    async fn registration(stream: &mut UnixStream) -> Vec<u8> {
+        let (h, op, p) = read_request(stream).await.unwrap();
+        assert_eq!(op, opcode::TCP_CLIENT);
+        stream
+            .write_all(&reply(h.reqid, 0, &[], None))
+            .await
+            .unwrap();
+        let datalen = u32::from_ne_bytes(p[56..60].try_into().unwrap()) as usize;
+        p[60..60 + datalen].to_vec()
+    }
+
+    #[tokio::test]
+    async fn connections_are_registered_released_addresses_closed_and_ctdbd_restarts_survived() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctdbd.socket");
+        let listener = UnixListener::bind(&path).unwrap();
+        let service = Arc::new(Service::new(Settings::default()));
+        let settings = ClusterSettings {
+            socket: path.clone(),
+            timeout: Duration::from_secs(2),
+            ..ClusterSettings::default()
+        };
+        let link = ClusterLink::start(&settings, service.clone(), None);
+
+        let (mut ctdbd, _) = listener.accept().await.unwrap();
+        let srvids = handshake(&mut ctdbd).await;
+        assert!(srvids.contains(&protocol::srvid::RELEASE_IP));
+        assert!(srvids.contains(&RESERVATIONS_CHANGED));
+
+        let local: SocketAddr = "10.9.0.201:3260".parse().unwrap();
+        let peer: SocketAddr = "10.9.0.100:40000".parse().unwrap();
+        let tracked = link.accepted(local, peer);
+        let mut expected = Vec::new();
+        Connection::new(local, peer).push(&mut expected);
+        assert!(registration(&mut ctdbd).await.starts_with(&expected));
+
+        // Sessions on the released address close; one on another address does not.
+        let key = |isid: u8| SessionKey {
+            initiator: "iqn.x:i".into(),
+            isid: [isid, 0, 0, 0, 0, 1],
+            target: "iqn.t".into(),
+        };
+        let on_it = service.sessions.admit(key(1)).await.unwrap();
+        on_it.set_portal(local);
+        let elsewhere = service.sessions.admit(key(2)).await.unwrap();
+        elsewhere.set_portal("10.9.0.202:3260".parse().unwrap());
+        let release = Message::encode(
+            1,
+            1,
+            0,
+            protocol::srvid::RELEASE_IP,
+            &encode_ip_message(local.ip()),
+        );
+        ctdbd.write_all(&release).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), on_it.cancel.cancelled())
+            .await
+            .expect("the session on the released address is closed");
+        assert!(!elsewhere.cancel.is_cancelled());
+
+        // ctdbd restarts: keel connects again, subscribes again and registers the live
+        // connection again (ctdbd forgot it with the old socket).
+        drop(ctdbd);
+        let (mut ctdbd, _) = listener.accept().await.unwrap();
+        handshake(&mut ctdbd).await;
+        assert!(registration(&mut ctdbd).await.starts_with(&expected));
+        drop(tracked);
+        service.shutdown.cancel();
+    }
+
+    #[test]
+    fn a_change_message_names_a_unit_and_its_origin_or_nothing() {
+        let unit = "60a4b4546ea9c4be0545e34ebaa67350";
+        assert_eq!(
+            change_message(format!("{unit}@2").as_bytes()),
+            Some((unit, 2))
+        );
+        assert_eq!(change_message(unit.as_bytes()), None);
+        assert_eq!(change_message(b"60a4@1"), None);
+        assert_eq!(change_message(format!("{unit}@x").as_bytes()), None);
+        assert_eq!(change_message(b"zz a4b4546ea9c4be0545e34ebaa6735@1"), None);
+        assert_eq!(change_message(&[0xff; 34]), None);
+    }
+}
