@@ -22,6 +22,7 @@ use nom::character::complete::{space1, u32 as decimal};
 use nom::combinator::{all_consuming, map, opt};
 use nom::multi::separated_list1;
 
+use super::ctdb::{NodeFlags, NodeInfo};
 use super::settings::ClusterSettings;
 
 /// One node as `ctdb status` lists it.
@@ -49,17 +50,38 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Whether a reservation table may change now, and if not, why. CTDB has no quorum of
-    /// its own (whoever holds the cluster lock leads, DESIGN.md §3), so keel adds one: the
-    /// cluster must be out of recovery, this node healthy (no flag at all), and this node
-    /// must see more than half of the cluster's nodes. A partitioned leader that keeps the
-    /// lock and stays NORMAL is thereby refused, and the table cannot fork.
-    pub fn allows_changes(&self) -> Result<(), String> {
-        if !self.recovery_normal {
-            return Err("the cluster is in recovery".into());
+    /// The view from ctdbd's node map and recovery mode (read with the native client), as
+    /// `ctdb status` would print it.
+    pub fn from_nodemap(nodes: &[NodeInfo], this_pnn: u32, recovery_normal: bool) -> ClusterView {
+        let nodes = nodes
+            .iter()
+            .filter(|n| !n.flags.contains(NodeFlags::DELETED))
+            .map(|n| NodeLine {
+                pnn: n.pnn,
+                address: n.addr.ip().to_string(),
+                flags: if n.flags.is_ok() {
+                    Vec::new()
+                } else {
+                    n.flags.describe().split('|').map(str::to_owned).collect()
+                },
+                this_node: n.pnn == this_pnn,
+            })
+            .collect();
+        ClusterView {
+            nodes,
+            recovery_normal,
         }
+    }
+
+    /// Whether this node may serve the cluster's addresses at all, and if not, why: it has
+    /// no flag (not unhealthy, disabled, banned, stopped) and sees more than half of the
+    /// nodes. A recovery does not stop service (every node goes through one when another
+    /// joins), only changes to shared state ([`Self::allows_changes`]). A node cut off from
+    /// the majority must not keep answering on an address the others have taken over, and
+    /// when it comes back its tables are stale until reloaded.
+    pub fn may_serve(&self) -> Result<(), String> {
         let Some(me) = self.nodes.iter().find(|n| n.this_node) else {
-            return Err("ctdb status does not name this node".into());
+            return Err("ctdbd's node map does not name this node".into());
         };
         if !me.flags.is_empty() {
             return Err(format!("this node is {}", me.flags.join("|")));
@@ -72,6 +94,18 @@ impl ClusterView {
             ));
         }
         Ok(())
+    }
+
+    /// Whether a reservation table may change now, and if not, why. CTDB has no quorum of
+    /// its own (whoever holds the cluster lock leads, DESIGN.md §3), so keel adds one: the
+    /// cluster must be out of recovery, this node healthy (no flag at all), and this node
+    /// must see more than half of the cluster's nodes. A partitioned leader that keeps the
+    /// lock and stays NORMAL is thereby refused, and the table cannot fork.
+    pub fn allows_changes(&self) -> Result<(), String> {
+        if !self.recovery_normal {
+            return Err("the cluster is in recovery".into());
+        }
+        self.may_serve()
     }
 }
 
@@ -329,6 +363,48 @@ Leader:0\n";
             "pnn:2 192.168.50.12    DISCONNECTED|UNHEALTHY|INACTIVE",
         );
         assert_eq!(parse_status(&text).unwrap().allows_changes(), Ok(()));
+    }
+
+    #[test]
+    fn the_native_node_map_gives_the_same_judgement() {
+        let node = |pnn: u32, flags: u32| NodeInfo {
+            pnn,
+            flags: NodeFlags(flags),
+            addr: format!("192.168.50.1{pnn}:4379").parse().unwrap(),
+        };
+        let healthy = [node(0, 0), node(1, 0), node(2, 0)];
+        let view = ClusterView::from_nodemap(&healthy, 0, true);
+        assert_eq!(view, parse_status(HEALTHY).unwrap());
+        assert_eq!(view.allows_changes(), Ok(()));
+        // Recovery stops changes, not service.
+        let recovering = ClusterView::from_nodemap(&healthy, 0, false);
+        assert!(recovering.allows_changes().is_err());
+        assert_eq!(recovering.may_serve(), Ok(()));
+        // Cut off from the others: neither.
+        let alone = [
+            node(0, 0),
+            node(1, NodeFlags::DISCONNECTED),
+            node(2, NodeFlags::DISCONNECTED),
+        ];
+        let view = ClusterView::from_nodemap(&alone, 0, true);
+        assert!(view.may_serve().unwrap_err().contains("1 of 3"));
+        // Disabled (a planned move of every address away): not serving.
+        let disabled = [
+            node(0, NodeFlags::PERMANENTLY_DISABLED),
+            node(1, 0),
+            node(2, 0),
+        ];
+        let why = ClusterView::from_nodemap(&disabled, 0, true)
+            .may_serve()
+            .unwrap_err();
+        assert!(why.contains("DISABLED"), "{why}");
+        // Deleted nodes do not count.
+        let shrunk = [
+            node(0, 0),
+            node(1, NodeFlags::DELETED | NodeFlags::DISCONNECTED),
+            node(2, 0),
+        ];
+        assert_eq!(ClusterView::from_nodemap(&shrunk, 0, true).nodes.len(), 2);
     }
 
     #[test]

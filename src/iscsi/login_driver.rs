@@ -34,6 +34,10 @@ pub(super) struct LoggedIn<'a> {
     pub target: Option<Arc<Target>>,
 }
 
+/// How long a login waits for a closed admission gate (inside open-iscsi's 15 s login
+/// timeout, so the initiator sees a dropped connection, not its own timeout).
+const ADMISSION_WAIT: Duration = Duration::from_secs(10);
+
 /// The login phase, within the configured time and until shutdown: `None` if the
 /// connection ends without a session.
 pub(super) async fn login<'a>(
@@ -63,6 +67,14 @@ async fn login_phase<'a>(
     over: Option<OverLimit>,
     local: SocketAddr,
 ) -> Result<Option<LoggedIn<'a>>, FrameError> {
+    if let Some(reason) = ctx.admission.closed_because() {
+        // Held, not refused: see admission.rs.
+        info!(%reason, "login held until this node may serve");
+        if !ctx.admission.wait_open(ADMISSION_WAIT).await {
+            info!(%reason, "this node still may not serve; dropping the connection unanswered");
+            return Ok(None);
+        }
+    }
     let mut machine = LoginMachine::new(&ctx.settings).with_access(ctx.access.clone());
     let mut stat_sn: u32 = 1;
     let mut first = true;

@@ -3,6 +3,7 @@
 //! Knows nothing about SCSI commands: it hands CDBs to a [`crate::scsi::TargetDevice`].
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod chap;
 pub mod connection;
@@ -128,6 +129,8 @@ pub struct Service {
     pub metrics: metrics::Metrics,
     /// Portal addresses whose logins are redirected elsewhere (a planned move).
     pub redirects: redirects::Redirects,
+    /// Whether logins are taken now (held while a cluster node is unfit to serve).
+    pub admission: admission::Admission,
     /// When the service was made (the server's uptime).
     pub started: std::time::Instant,
 }
@@ -160,6 +163,7 @@ impl Service {
             shutdown: CancellationToken::new(),
             metrics: metrics::Metrics::default(),
             redirects: redirects::Redirects::default(),
+            admission: admission::Admission::default(),
             started: std::time::Instant::now(),
         }
     }

@@ -408,6 +408,17 @@ impl SessionRegistry {
         closed
     }
 
+    /// Ends at once every session whose portal (keel's local address) `on` accepts; how many.
+    pub fn close_where(&self, on: impl Fn(Option<SocketAddr>) -> bool) -> usize {
+        let inner = self.lock();
+        let mut closed = 0;
+        for entry in inner.sessions.values().filter(|e| on(e.portal)) {
+            entry.cancel.cancel();
+            closed += 1;
+        }
+        closed
+    }
+
     /// How many sessions `filter` matches.
     pub fn count_matching(&self, filter: &SessionFilter) -> usize {
         let inner = self.lock();

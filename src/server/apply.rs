@@ -143,10 +143,12 @@ impl Running {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        let client = storage.cluster_client.clone().unwrap_or_default();
         let mut running = Running::new(build::service(config), storage);
         running.volumes = volumes;
         running.cluster = config.cluster.as_ref().map(|settings| {
-            ClusterLink::start(settings, Arc::clone(&running.service), reservation_changes)
+            let service = Arc::clone(&running.service);
+            ClusterLink::start(settings, service, reservation_changes, client)
         });
         let report = running.apply(&diff(&config.only_settings(), config)).await;
         Ok((running, report))

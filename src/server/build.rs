@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
 use crate::cluster::CtdbReservationStore;
+use crate::cluster::ctdb::SharedClient;
 use crate::config::{AccessSettings, Backing, Config, LunConfig, TargetConfig};
 use crate::iscsi::access::AllowList;
 use crate::iscsi::login::LoginAccess;
@@ -40,6 +41,9 @@ pub struct StorageEnv {
     /// With `[cluster]`: the unit of each reservation change committed here, for the
     /// cluster link to tell the other nodes (taken by [`super::apply::Running::start`]).
     pub reservation_changes: Arc<std::sync::Mutex<Option<ReservationChanges>>>,
+    /// With `[cluster]`: keel's connection to ctdbd, held by the cluster link while it is
+    /// connected and asked by the reservation store.
+    pub cluster_client: Option<SharedClient>,
 }
 
 /// The units of reservation changes committed on this node.
@@ -66,6 +70,7 @@ impl StorageEnv {
             "storage engine"
         );
         let mut reservation_changes = None;
+        let mut cluster_client = None;
         let reservations: Arc<dyn ReservationStore> = match &config.cluster {
             None => file_store(&config.data_dir),
             // Attached once, at startup: keel in a cluster does not serve reservations it
@@ -79,8 +84,10 @@ impl StorageEnv {
                             cluster.socket.display()
                         )
                     })?;
-                let (store, changes) = store.with_change_feed();
+                let client = SharedClient::default();
+                let (store, changes) = store.with_client(client.clone()).with_change_feed();
                 reservation_changes = Some(changes);
+                cluster_client = Some(client);
                 Arc::new(store)
             }
         };
@@ -91,6 +98,7 @@ impl StorageEnv {
             blocking_pool: tokio::runtime::Handle::current(),
             reservations,
             reservation_changes: Arc::new(std::sync::Mutex::new(reservation_changes)),
+            cluster_client,
         })
     }
 }

@@ -22,13 +22,17 @@ use tracing::{debug, info, warn};
 use super::build::ReservationChanges;
 use crate::cluster::ClusterSettings;
 use crate::cluster::ctdb::protocol::node;
-use crate::cluster::ctdb::{ClientConfig, ClusterEvent, ClusterEvents, CtdbClient};
+use crate::cluster::ctdb::{ClientConfig, ClusterEvent, ClusterEvents, CtdbClient, SharedClient};
 use crate::iscsi::{PortalMatch, Service, SessionFilter};
 
 /// keel's srvid on every node: "the reservation table of unit X changed" (the payload is
 /// the unit's key, its NAA designator in hex). ASCII "keelPR" in the high bytes, away from
 /// the ranges samba reserves (0xF0.. and process ids).
 const RESERVATIONS_CHANGED: u64 = 0x6B65_656C_5052_0001;
+
+/// How often this node's standing in the cluster is read (two controls to the local
+/// ctdbd): the longest a node cut off keeps serving before it notices.
+const FITNESS_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a lost ctdbd is tried again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
@@ -74,10 +78,14 @@ impl ClusterLink {
     /// Starts the CTDB client task of `service`; it ends when the service shuts down.
     /// `changes` names the units whose reservation tables this node changed: the other
     /// nodes are told, so one serving the same unit through another address reloads it.
+    ///
+    /// Logins are held until the node is connected to ctdbd and may serve (see
+    /// [`check_fitness`]); `client` holds the connection while there is one.
     pub fn start(
         settings: &ClusterSettings,
         service: Arc<Service>,
         changes: Option<ReservationChanges>,
+        client: SharedClient,
     ) -> ClusterLink {
         let (tx, rx) = mpsc::unbounded_channel();
         let config = ClientConfig {
@@ -85,7 +93,8 @@ impl ClusterLink {
             timeout: settings.timeout,
         };
         let changes = changes.unwrap_or_else(|| mpsc::unbounded_channel().1);
-        tokio::spawn(run(config, service, rx, changes));
+        service.admission.close("not connected to ctdbd yet");
+        tokio::spawn(run(config, service, rx, changes, client));
         ClusterLink { events: tx }
     }
 
@@ -105,6 +114,7 @@ async fn run(
     service: Arc<Service>,
     mut link: mpsc::UnboundedReceiver<LinkEvent>,
     mut changes: ReservationChanges,
+    slot: SharedClient,
 ) {
     let shutdown = service.shutdown.clone();
     let mut live: HashSet<(SocketAddr, SocketAddr)> = HashSet::new();
@@ -157,6 +167,7 @@ async fn run(
             connections = live.len(),
             "connected to ctdbd"
         );
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
         for (local, peer) in &live {
             register(&client, *local, *peer).await;
         }
@@ -170,8 +181,52 @@ async fn run(
         {
             return;
         }
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = None;
+        // A node without its ctdbd is no member: the others take its addresses over.
+        unfit(&service, "lost the connection to ctdbd");
         warn!("ctdbd went away; reconnecting");
     }
+}
+
+/// Whether this node may serve, checked every [`FITNESS_EVERY`]: when it may not (cut off
+/// from the majority, or flagged unhealthy, disabled, banned, stopped), logins are held and
+/// its sessions closed; when it may again, the reservation tables are reloaded (the others
+/// may have changed them meanwhile) before logins are taken.
+async fn check_fitness(client: &CtdbClient, service: &Service) {
+    let verdict = match client.view().await {
+        Ok(view) => view.may_serve(),
+        Err(e) => {
+            warn!("cannot read the cluster's state: {e}");
+            return;
+        }
+    };
+    match (verdict, service.admission.closed_because()) {
+        (Ok(()), Some(was)) => {
+            reload_reservations(service.targets.list()).await;
+            service.admission.open();
+            info!(%was, "this node may serve: reservation tables reloaded, logins taken");
+        }
+        (Err(why), None) => unfit(service, &why),
+        _ => {}
+    }
+}
+
+/// Holds logins and closes the sessions that came in on the cluster's addresses (every
+/// address but loopback): a node that may not serve must not keep answering, nor keep
+/// sending from an address another node has taken over.
+fn unfit(service: &Service, why: &str) {
+    if service.admission.closed_because().is_some() {
+        return;
+    }
+    service.admission.close(why);
+    let closed = service
+        .sessions
+        .close_where(|portal| portal.is_some_and(|p| !p.ip().is_loopback()));
+    warn!(
+        reason = why,
+        sessions = closed,
+        "this node may not serve: logins held, sessions closed"
+    );
 }
 
 /// What the server tells the cluster task.
@@ -190,9 +245,12 @@ async fn serve(
 ) -> std::ops::ControlFlow<()> {
     let Channels { link, changes } = channels;
     let shutdown = service.shutdown.clone();
+    let mut fitness = tokio::time::interval(FITNESS_EVERY);
+    fitness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return std::ops::ControlFlow::Break(()),
+            _ = fitness.tick() => check_fitness(client, service).await,
             Some(unit) = changes.recv() => {
                 // Every connected node; the message names its origin, which ignores it.
                 let message = format!("{unit}@{}", client.pnn());
@@ -310,45 +368,98 @@ fn reload_unit(service: &Service, unit: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ctdb::fake::{read_request, reply};
+    use crate::cluster::ctdb::NodeFlags;
+    use crate::cluster::ctdb::fake::{nodemap, reply};
     use crate::cluster::ctdb::protocol::{self, Connection, Message, encode_ip_message, opcode};
     use crate::iscsi::Settings;
     use crate::iscsi::session::SessionKey;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{UnixListener, UnixStream};
 
-    /// Plays ctdbd for one client connection up to its subscriptions: answers GET_PNN with
-    /// 1 and every REGISTER_SRVID with success; returns the srvids subscribed.
-    async fn handshake(stream: &mut UnixStream) -> Vec<u64> {
-        let (h, op, _) = read_request(stream).await.unwrap();
-        assert_eq!(op, opcode::GET_PNN);
-        stream
-            .write_all(&reply(h.reqid, 1, &[], None))
+    /// What the client asked the fake ctdbd, as (opcode, whole packet).
+    type Requests = mpsc::UnboundedReceiver<(u32, Vec<u8>)>;
+    /// The fake ctdbd's side of the socket, to send the client messages.
+    type FakeWriter = Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>;
+
+    /// A scripted ctdbd for one client connection: answers GET_PNN with 1, REGISTER_SRVID,
+    /// TCP_CLIENT and the state controls (recovery NORMAL; a node map in which the other two
+    /// nodes are connected while `majority` is set) and reports every request but the
+    /// state controls on the returned channel as (opcode, whole packet).
+    fn fake_ctdbd(
+        stream: UnixStream,
+        majority: Arc<std::sync::atomic::AtomicBool>,
+    ) -> (Requests, FakeWriter, tokio::task::JoinHandle<()>) {
+        let (mut read, write) = stream.into_split();
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = write.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let mut prefix = [0u8; 4];
+                if read.read_exact(&mut prefix).await.is_err() {
+                    return;
+                }
+                let len = protocol::packet_length(prefix).unwrap();
+                let mut p = vec![0u8; len];
+                p[..4].copy_from_slice(&prefix);
+                read.read_exact(&mut p[4..]).await.unwrap();
+                let h = protocol::decode_header(&p).unwrap();
+                let op = u32::from_ne_bytes(p[32..36].try_into().unwrap());
+                let others = if majority.load(std::sync::atomic::Ordering::Relaxed) {
+                    0
+                } else {
+                    NodeFlags::DISCONNECTED
+                };
+                let answer = match op {
+                    opcode::GET_PNN => reply(h.reqid, 1, &[], None),
+                    opcode::GET_RECMODE => reply(h.reqid, 0, &[], None),
+                    opcode::GET_NODEMAP => reply(h.reqid, 0, &nodemap(&[others, 0, others]), None),
+                    _ => reply(h.reqid, 0, &[], None),
+                };
+                writer.lock().await.write_all(&answer).await.unwrap();
+                if op != opcode::GET_RECMODE && op != opcode::GET_NODEMAP {
+                    let _ = tx.send((op, p));
+                }
+            }
+        });
+        (rx, write, task)
+    }
+
+    async fn next_request(requests: &mut Requests) -> (u32, Vec<u8>) {
+        tokio::time::timeout(Duration::from_secs(5), requests.recv())
             .await
-            .unwrap();
+            .expect("a request in time")
+            .expect("the client is connected")
+    }
+
+    /// The subscriptions a client makes after connecting.
+    async fn subscriptions(requests: &mut Requests) -> Vec<u64> {
+        assert_eq!(next_request(requests).await.0, opcode::GET_PNN);
         let mut srvids = Vec::new();
         for _ in 0..3 {
-            let (h, op, p) = read_request(stream).await.unwrap();
+            let (op, p) = next_request(requests).await;
             assert_eq!(op, opcode::REGISTER_SRVID);
             srvids.push(u64::from_ne_bytes(p[40..48].try_into().unwrap()));
-            stream
-                .write_all(&reply(h.reqid, 0, &[], None))
-                .await
-                .unwrap();
         }
         srvids
     }
 
-    /// Reads one TCP_CLIENT request, answers it, and returns its connection's bytes.
-    async fn registration(stream: &mut UnixStream) -> Vec<u8> {
-        let (h, op, p) = read_request(stream).await.unwrap();
+    /// The connection a TCP_CLIENT request registers, as its bytes.
+    async fn registration(requests: &mut Requests) -> Vec<u8> {
+        let (op, p) = next_request(requests).await;
         assert_eq!(op, opcode::TCP_CLIENT);
-        stream
-            .write_all(&reply(h.reqid, 0, &[], None))
-            .await
-            .unwrap();
         let datalen = u32::from_ne_bytes(p[56..60].try_into().unwrap()) as usize;
         p[60..60 + datalen].to_vec()
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not within 5 s");
     }
 
     #[tokio::test]
@@ -362,19 +473,34 @@ mod tests {
             timeout: Duration::from_secs(2),
             ..ClusterSettings::default()
         };
-        let link = ClusterLink::start(&settings, service.clone(), None);
+        let slot = SharedClient::default();
+        let link = ClusterLink::start(&settings, service.clone(), None, slot.clone());
+        assert!(
+            service.admission.closed_because().is_some(),
+            "no logins before ctdbd"
+        );
 
-        let (mut ctdbd, _) = listener.accept().await.unwrap();
-        let srvids = handshake(&mut ctdbd).await;
+        let majority = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("keel connects")
+            .unwrap();
+        let (mut requests, ctdbd, fake) = fake_ctdbd(stream, majority.clone());
+        let srvids = subscriptions(&mut requests).await;
         assert!(srvids.contains(&protocol::srvid::RELEASE_IP));
         assert!(srvids.contains(&RESERVATIONS_CHANGED));
+        until("logins taken once the node may serve", || {
+            service.admission.closed_because().is_none()
+        })
+        .await;
+        assert!(slot.read().unwrap().is_some(), "the store can ask ctdbd");
 
         let local: SocketAddr = "10.9.0.201:3260".parse().unwrap();
         let peer: SocketAddr = "10.9.0.100:40000".parse().unwrap();
         let tracked = link.accepted(local, peer);
         let mut expected = Vec::new();
         Connection::new(local, peer).push(&mut expected);
-        assert!(registration(&mut ctdbd).await.starts_with(&expected));
+        assert!(registration(&mut requests).await.starts_with(&expected));
 
         // Sessions on the released address close; one on another address does not.
         let key = |isid: u8| SessionKey {
@@ -386,6 +512,8 @@ mod tests {
         on_it.set_portal(local);
         let elsewhere = service.sessions.admit(key(2)).await.unwrap();
         elsewhere.set_portal("10.9.0.202:3260".parse().unwrap());
+        let local_only = service.sessions.admit(key(3)).await.unwrap();
+        local_only.set_portal("127.0.0.1:3260".parse().unwrap());
         let release = Message::encode(
             1,
             1,
@@ -393,18 +521,43 @@ mod tests {
             protocol::srvid::RELEASE_IP,
             &encode_ip_message(local.ip()),
         );
-        ctdbd.write_all(&release).await.unwrap();
+        ctdbd.lock().await.write_all(&release).await.unwrap();
         tokio::time::timeout(Duration::from_secs(5), on_it.cancel.cancelled())
             .await
             .expect("the session on the released address is closed");
         assert!(!elsewhere.cancel.is_cancelled());
 
-        // ctdbd restarts: keel connects again, subscribes again and registers the live
-        // connection again (ctdbd forgot it with the old socket).
-        drop(ctdbd);
-        let (mut ctdbd, _) = listener.accept().await.unwrap();
-        handshake(&mut ctdbd).await;
-        assert!(registration(&mut ctdbd).await.starts_with(&expected));
+        // Cut off from the majority: logins held, sessions on the cluster's addresses
+        // closed (not loopback's); back with the majority: logins taken again.
+        majority.store(false, std::sync::atomic::Ordering::Relaxed);
+        until("logins held without a majority", || {
+            service.admission.closed_because().is_some()
+        })
+        .await;
+        assert!(elsewhere.cancel.is_cancelled());
+        assert!(!local_only.cancel.is_cancelled());
+        majority.store(true, std::sync::atomic::Ordering::Relaxed);
+        until("logins taken with the majority back", || {
+            service.admission.closed_because().is_none()
+        })
+        .await;
+
+        // ctdbd restarts: logins are held meanwhile; keel connects again, subscribes again
+        // and registers the live connection again (ctdbd forgot it with the old socket).
+        fake.abort();
+        let _ = fake.await;
+        drop((ctdbd, requests));
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("keel connects again")
+            .unwrap();
+        assert!(
+            service.admission.closed_because().is_some(),
+            "held without ctdbd"
+        );
+        let (mut requests, _ctdbd, _fake) = fake_ctdbd(stream, majority.clone());
+        subscriptions(&mut requests).await;
+        assert!(registration(&mut requests).await.starts_with(&expected));
         drop(tracked);
         service.shutdown.cancel();
     }

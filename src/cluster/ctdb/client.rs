@@ -102,6 +102,10 @@ pub enum ClusterEvent {
     Disconnected,
 }
 
+/// The client the server's cluster task holds while it is connected to ctdbd, shared with
+/// what needs to ask ctdbd now (the reservation store's gate).
+pub type SharedClient = Arc<std::sync::RwLock<Option<CtdbClient>>>;
+
 /// The receiving end of a client's events; ends after [`ClusterEvent::Disconnected`].
 pub type ClusterEvents = mpsc::UnboundedReceiver<ClusterEvent>;
 
@@ -277,6 +281,17 @@ impl CtdbClient {
             healthy: flags.is_ok(),
             flags,
         })
+    }
+
+    /// The cluster as this node sees it now (node map and recovery mode: two controls).
+    pub async fn view(&self) -> Result<crate::cluster::ClusterView, ClientError> {
+        let recovery = self.recovery_mode().await?;
+        let nodes = self.nodemap().await?;
+        Ok(crate::cluster::ClusterView::from_nodemap(
+            &nodes,
+            self.pnn(),
+            recovery == RecoveryMode::Normal,
+        ))
     }
 
     /// Asks ctdbd to send this client the messages for `srvid`.

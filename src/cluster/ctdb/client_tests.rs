@@ -2,22 +2,9 @@
 //! reqid matching, events, timeouts, a closing socket, hostile packets.
 
 use super::*;
-use crate::cluster::ctdb::fake::{read_request, reply};
+use crate::cluster::ctdb::fake::{nodemap, read_request, reply};
 use crate::cluster::ctdb::protocol::{Header, decode_packet, encode_ip_message};
 use tokio::net::UnixListener;
-
-fn nodemap(flags: &[u32]) -> Vec<u8> {
-    let mut d = (flags.len() as u32).to_ne_bytes().to_vec();
-    for (pnn, f) in flags.iter().enumerate() {
-        d.extend_from_slice(&(pnn as u32).to_ne_bytes());
-        d.extend_from_slice(&f.to_ne_bytes());
-        protocol::push_sock_addr(
-            SocketAddr::from(([192, 168, 50, 10 + pnn as u8], 4379)),
-            &mut d,
-        );
-    }
-    d
-}
 
 struct Fake {
     _dir: tempfile::TempDir,

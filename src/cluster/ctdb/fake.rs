@@ -5,6 +5,8 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
+use std::net::SocketAddr;
+
 use super::protocol::{self, HEADER_LEN, Header};
 
 /// A reply as ctdbd 4.17 lays it out: header, status, datalen, errorlen, data, message.
@@ -39,4 +41,18 @@ pub(crate) async fn read_request(stream: &mut UnixStream) -> Option<(Header, u32
     let header = protocol::decode_header(&p).ok()?;
     let opcode = u32::from_ne_bytes(p[32..36].try_into().ok()?);
     Some((header, opcode, p))
+}
+
+/// GET_NODEMAP's reply data for nodes 0.. with these flags.
+pub(crate) fn nodemap(flags: &[u32]) -> Vec<u8> {
+    let mut d = (flags.len() as u32).to_ne_bytes().to_vec();
+    for (pnn, f) in flags.iter().enumerate() {
+        d.extend_from_slice(&(pnn as u32).to_ne_bytes());
+        d.extend_from_slice(&f.to_ne_bytes());
+        protocol::push_sock_addr(
+            SocketAddr::from(([192, 168, 50, 10 + pnn as u8], 4379)),
+            &mut d,
+        );
+    }
+    d
 }

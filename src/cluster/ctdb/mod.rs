@@ -8,6 +8,6 @@ pub mod protocol;
 
 pub use client::{
     ClientConfig, ClientError, ClusterEvent, ClusterEvents, CtdbClient, DEFAULT_SOCKET,
-    DEFAULT_TIMEOUT, NodeState,
+    DEFAULT_TIMEOUT, NodeState, SharedClient,
 };
 pub use protocol::{Connection, NodeFlags, NodeInfo, RecoveryMode, Runstate};
