@@ -73,18 +73,16 @@ impl ClusterView {
         }
     }
 
-    /// Whether this node may serve the cluster's addresses at all, and if not, why: it has
-    /// no flag (not unhealthy, disabled, banned, stopped) and sees more than half of the
-    /// nodes. A recovery does not stop service (every node goes through one when another
-    /// joins), only changes to shared state ([`Self::allows_changes`]). A node cut off from
-    /// the majority must not keep answering on an address the others have taken over, and
-    /// when it comes back its tables are stale until reloaded.
+    /// Whether this node may serve the cluster's addresses at all, and if not, why: it sees
+    /// more than half of the nodes. A node cut off from the majority must not keep answering
+    /// on an address the others take over (ctdbd does not release it there), and when it
+    /// comes back its tables are stale until reloaded. A node's flags do not stop service:
+    /// an unhealthy, disabled or banned node's addresses are moved by ctdbd, whose
+    /// RELEASE_IP closes their sessions at the right moment; nor does a recovery (every node
+    /// goes through one when another joins). Both stop changes ([`Self::allows_changes`]).
     pub fn may_serve(&self) -> Result<(), String> {
-        let Some(me) = self.nodes.iter().find(|n| n.this_node) else {
+        if !self.nodes.iter().any(|n| n.this_node) {
             return Err("ctdbd's node map does not name this node".into());
-        };
-        if !me.flags.is_empty() {
-            return Err(format!("this node is {}", me.flags.join("|")));
         }
         let seen = self.nodes.iter().filter(|n| n.connected()).count();
         if seen * 2 <= self.nodes.len() {
@@ -104,6 +102,11 @@ impl ClusterView {
     pub fn allows_changes(&self) -> Result<(), String> {
         if !self.recovery_normal {
             return Err("the cluster is in recovery".into());
+        }
+        if let Some(me) = self.nodes.iter().find(|n| n.this_node)
+            && !me.flags.is_empty()
+        {
+            return Err(format!("this node is {}", me.flags.join("|")));
         }
         self.may_serve()
     }
@@ -388,16 +391,16 @@ Leader:0\n";
         ];
         let view = ClusterView::from_nodemap(&alone, 0, true);
         assert!(view.may_serve().unwrap_err().contains("1 of 3"));
-        // Disabled (a planned move of every address away): not serving.
+        // Disabled (a planned move of every address away): ctdbd moves the addresses and
+        // RELEASE_IP closes their sessions; meanwhile it serves, but changes nothing.
         let disabled = [
             node(0, NodeFlags::PERMANENTLY_DISABLED),
             node(1, 0),
             node(2, 0),
         ];
-        let why = ClusterView::from_nodemap(&disabled, 0, true)
-            .may_serve()
-            .unwrap_err();
-        assert!(why.contains("DISABLED"), "{why}");
+        let view = ClusterView::from_nodemap(&disabled, 0, true);
+        assert_eq!(view.may_serve(), Ok(()));
+        assert!(view.allows_changes().unwrap_err().contains("DISABLED"));
         // Deleted nodes do not count.
         let shrunk = [
             node(0, 0),

@@ -1,7 +1,7 @@
 //! Whether this server takes logins now. Open unless something above closes it: in a CTDB
-//! cluster (issue 14), a node that has lost the majority or is flagged (unhealthy,
-//! disabled, banned) must not answer on the cluster's addresses, and one coming back must
-//! first reload the reservation tables the others changed meanwhile. A login arriving while
+//! cluster (issue 14), a node that has lost the majority or its ctdbd must not answer on
+//! the cluster's addresses, and one coming back must first reload the reservation tables
+//! the others changed meanwhile. A login arriving while
 //! it is closed is held (bounded) rather than refused: it goes on once the node is fit, or
 //! its connection is dropped without an answer, so the initiator retries (no status class 3,
 //! which open-iscsi retries at once, and no class 2, which it treats as final).

@@ -34,9 +34,10 @@ pub(super) struct LoggedIn<'a> {
     pub target: Option<Arc<Target>>,
 }
 
-/// How long a login waits for a closed admission gate (inside open-iscsi's 15 s login
-/// timeout, so the initiator sees a dropped connection, not its own timeout).
-const ADMISSION_WAIT: Duration = Duration::from_secs(10);
+/// How long a login waits for a closed admission gate: long enough for a node coming back
+/// to reload its tables (milliseconds), short enough that an initiator whose ARP cache still
+/// points here retries soon, and reaches the node that took the address over.
+const ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
 /// The login phase, within the configured time and until shutdown: `None` if the
 /// connection ends without a session.

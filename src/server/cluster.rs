@@ -189,8 +189,7 @@ async fn run(
 }
 
 /// Whether this node may serve, checked every [`FITNESS_EVERY`]: when it may not (cut off
-/// from the majority, or flagged unhealthy, disabled, banned, stopped), logins are held and
-/// its sessions closed; when it may again, the reservation tables are reloaded (the others
+/// from the majority), logins are held and its sessions closed; when it may again, the reservation tables are reloaded (the others
 /// may have changed them meanwhile) before logins are taken.
 async fn check_fitness(client: &CtdbClient, service: &Service) {
     let verdict = match client.view().await {
