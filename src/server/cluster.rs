@@ -201,7 +201,7 @@ async fn check_fitness(client: &CtdbClient, service: &Service) {
     };
     match (verdict, service.admission.closed_because()) {
         (Ok(()), Some(was)) => {
-            reload_reservations(service.targets.list()).await;
+            reload_tables(service.targets.list(), Tables::All).await;
             service.admission.open();
             info!(%was, "this node may serve: reservation tables reloaded, logins taken");
         }
@@ -283,12 +283,16 @@ async fn serve(
                     info!(%ip, "ctdb took the address over; reloading reservation tables");
                     // Served here now: a redirection left from moving it away is over.
                     service.redirects.clear(ip);
-                    tokio::spawn(reload_reservations(service.targets.list()));
+                    let targets = service.targets.list();
+                    tokio::spawn(async move { reload_tables(targets, Tables::All).await });
                 }
                 Some(ClusterEvent::Message { srvid: RESERVATIONS_CHANGED, data }) => {
                     match change_message(&data) {
                         Some((_, origin)) if origin == client.pnn() => {}
-                        Some((unit, _)) => reload_unit(service, unit),
+                        Some((unit, _)) => {
+                            let (targets, unit) = (service.targets.list(), unit.to_owned());
+                            tokio::spawn(async move { reload_tables(targets, Tables::Changed(&unit)).await });
+                        }
                         None => warn!("a reservation change message names no unit: {} bytes", data.len()),
                     }
                 }
@@ -320,15 +324,42 @@ async fn register(client: &CtdbClient, local: SocketAddr, peer: SocketAddr) {
     }
 }
 
-/// Reloads the reservation table of every LUN that keeps it in the cluster.
-async fn reload_reservations(targets: Vec<Arc<crate::iscsi::Target>>) {
+/// Which units [`reload_tables`] reloads.
+pub(super) enum Tables<'a> {
+    /// Every unit: this node takes an address over, or may serve again.
+    All,
+    /// The unit with this reservation key, after another node changed it: the unit
+    /// attentions the change owes to this node's nexuses are established too.
+    Changed(&'a str),
+}
+
+/// Reloads the reservation tables of the units kept in the cluster; returns how many were
+/// reloaded and, for each that could not be, why. The one loop behind `keel reservations
+/// reload` (the event script's takeip), TAKE_IP, a node becoming fit again and another
+/// node's change.
+pub(super) async fn reload_tables(
+    targets: Vec<Arc<crate::iscsi::Target>>,
+    which: Tables<'_>,
+) -> (usize, Vec<String>) {
+    let (mut reloaded, mut failed) = (0, Vec::new());
     for target in targets {
         for lu in target.device.luns() {
-            if let Err(e) = lu.reload_reservations(false).await {
-                warn!(target = %target.name, lun = lu.lun(), "cannot reload reservations: {e}");
+            let notify = match which {
+                Tables::All => false,
+                Tables::Changed(unit) if lu.reservation_key() == unit => true,
+                Tables::Changed(_) => continue,
+            };
+            match lu.reload_reservations(notify).await {
+                Ok(true) => reloaded += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(target = %target.name, lun = lu.lun(), "cannot reload reservations: {e}");
+                    failed.push(format!("{} LUN {}: {e}", target.name, lu.lun()));
+                }
             }
         }
     }
+    (reloaded, failed)
 }
 
 /// What a reservation change message says: `UNIT@PNN`, the unit's key (32 hex digits, an
@@ -337,31 +368,6 @@ fn change_message(data: &[u8]) -> Option<(&str, u32)> {
     let (unit, origin) = std::str::from_utf8(data).ok()?.split_once('@')?;
     let unit_ok = unit.len() == 32 && unit.bytes().all(|b| b.is_ascii_hexdigit());
     Some((unit, origin.parse().ok()?)).filter(|_| unit_ok)
-}
-
-/// Reloads the reservation table of the LUN whose key is `unit`, off this task, and
-/// establishes the unit attentions the change owes to this node's nexuses.
-fn reload_unit(service: &Service, unit: &str) {
-    let units: Vec<_> = service
-        .targets
-        .list()
-        .iter()
-        .flat_map(|t| t.device.luns())
-        .filter(|lu| lu.reservation_key() == unit)
-        .collect();
-    if units.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        for lu in units {
-            if let Err(e) = lu.reload_reservations(true).await {
-                warn!(
-                    lun = lu.lun(),
-                    "cannot reload reservations after another node's change: {e}"
-                );
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use super::apply::{ApplyOptions, ApplyReport, Running};
-use super::{health, notify, status};
+use super::{cluster, health, notify, status};
 use crate::admin::protocol::to_toml_table;
 use crate::admin::socket::ControlListener;
 use crate::admin::{Call, CallError, Command, ErrorCode, LogoutFilter};
@@ -237,17 +237,8 @@ impl Control {
                 Ok(json!({ "sessions": closed }))
             }
             Command::ReservationsReload => {
-                let mut units = 0;
-                let mut failed = Vec::new();
-                for target in running.service().targets.list() {
-                    for lu in target.device.luns() {
-                        match lu.reload_reservations(false).await {
-                            Ok(true) => units += 1,
-                            Ok(false) => {}
-                            Err(e) => failed.push(format!("{} LUN {}: {e}", target.name, lu.lun())),
-                        }
-                    }
-                }
+                let targets = running.service().targets.list();
+                let (units, failed) = cluster::reload_tables(targets, cluster::Tables::All).await;
                 info!(
                     units,
                     failed = failed.len(),
