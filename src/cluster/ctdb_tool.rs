@@ -10,6 +10,7 @@
 //! process (about 10 ms).
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -222,6 +223,12 @@ impl CtdbTool {
     fn command(&self, args: &[&str]) -> std::process::Command {
         let mut command = std::process::Command::new(&self.command[0]);
         let limit = self.timeout.as_secs().max(1).to_string();
+        // A process group of its own: when ctdb's -T runtime limit expires, its alarm
+        // handler signals its whole process group (`kill(0, SIGTERM)`, samba
+        // ctdb/tools/ctdb.c alarm_handler). In keel's group that would be keel itself (the
+        // group leader under systemd) and whatever started it: one slow call during a
+        // recovery would shut the target down.
+        command.process_group(0);
         command
             .args(&self.command[1..])
             .args(["-T", limit.as_str()])
@@ -408,6 +415,25 @@ Leader:0\n";
             node(2, 0),
         ];
         assert_eq!(ClusterView::from_nodemap(&shrunk, 0, true).nodes.len(), 2);
+    }
+
+    /// A stand-in `ctdb` that reports whether it leads its own process group (field 5 of
+    /// /proc/self/stat), without signalling anything: a tool that did `kill(0, SIGTERM)`
+    /// from keel's group would take the test runner down with it.
+    fn group_probe() -> CtdbTool {
+        let script = r#"read -r pid comm state ppid pgrp rest < /proc/$$/stat; [ "$pgrp" = "$$" ] && echo own-group || echo shared-group"#;
+        CtdbTool {
+            command: vec!["sh".into(), "-c".into(), script.into(), "ctdb".into()],
+            socket: PathBuf::from("/nonexistent/ctdbd.socket"),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_tool_runs_in_a_process_group_of_its_own() {
+        let tool = group_probe();
+        assert_eq!(tool.run(&["status"]).await.unwrap().trim(), "own-group");
+        assert_eq!(tool.run_blocking(&["status"]).unwrap().trim(), "own-group");
     }
 
     #[test]
