@@ -1,8 +1,8 @@
-//! The `ctdb` command-line tool as keel uses it: `ctdb status` read into a [`ClusterView`]
-//! (is the cluster in its normal state, is this node healthy, does this node see a
-//! majority), and the persistent-database calls (`attach`, `pfetch`, `pstore`) that carry
-//! the reservation tables. The tool runs as a child process (tokio::process, bounded, killed
-//! if abandoned); its output is parsed with nom.
+//! The `ctdb` command-line tool as keel uses it, for the persistent-database calls
+//! (`attach`, `pfetch`, `pstore`) that carry the reservation tables, and [`ClusterView`],
+//! keel's judgement of ctdbd's node map (read with the native client, `ctdb/client.rs`):
+//! may this node serve, may the tables change. The tool runs as a child process
+//! (tokio::process, bounded, killed if abandoned, in a process group of its own).
 //!
 //! Why the tool for the database: a CTDB persistent transaction takes a g_lock record and
 //! reads and writes the local tdb files directly (samba `ctdb/client/client_db.c`); the tool
@@ -15,18 +15,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nom::IResult;
-use nom::Parser;
-use nom::branch::alt;
-use nom::bytes::complete::{tag, take_while1};
-use nom::character::complete::{space1, u32 as decimal};
-use nom::combinator::{all_consuming, map, opt};
-use nom::multi::separated_list1;
-
 use super::ctdb::{NodeFlags, NodeInfo};
 use super::settings::ClusterSettings;
 
-/// One node as `ctdb status` lists it.
+/// One node of the node map, as `ctdb status` would list it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeLine {
     pub pnn: u32,
@@ -42,11 +34,11 @@ impl NodeLine {
     }
 }
 
-/// What `ctdb status` says about the cluster, as seen from this node.
+/// The cluster as this node's ctdbd sees it: its node map and recovery mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterView {
     pub nodes: Vec<NodeLine>,
-    /// "Recovery mode:NORMAL (0)": databases are consistent and may change.
+    /// Recovery mode NORMAL: databases are consistent and may change.
     pub recovery_normal: bool,
 }
 
@@ -111,87 +103,6 @@ impl ClusterView {
         }
         self.may_serve()
     }
-}
-
-fn flag(input: &str) -> IResult<&str, String> {
-    map(
-        take_while1(|c: char| c.is_ascii_uppercase() || c == '-'),
-        str::to_owned,
-    )
-    .parse(input)
-}
-
-/// `pnn:0 192.168.50.10    OK (THIS NODE)` (samba `ctdb/tools/ctdb.c` print_nodemap:
-/// "pnn:%u %-16s %s%s", the flags joined by '|', "OK" when none).
-fn node_line(input: &str) -> IResult<&str, NodeLine> {
-    let (input, _) = tag("pnn:")(input)?;
-    let (input, pnn) = decimal(input)?;
-    let (input, _) = space1(input)?;
-    let (input, address) = take_while1(|c: char| !c.is_whitespace())(input)?;
-    let (input, _) = space1(input)?;
-    let (input, flags) = alt((
-        map(tag("OK"), |_| Vec::new()),
-        separated_list1(tag("|"), flag),
-    ))
-    .parse(input)?;
-    let (input, this_node) = opt(tag(" (THIS NODE)")).parse(input)?;
-    Ok((
-        input,
-        NodeLine {
-            pnn,
-            address: address.to_owned(),
-            flags,
-            this_node: this_node.is_some(),
-        },
-    ))
-}
-
-/// Reads `ctdb status` output. Node lines and the recovery mode are required; the lines
-/// between them (generation, VNN map, leader) are not needed and may vary by version.
-pub fn parse_status(text: &str) -> Result<ClusterView, String> {
-    let mut nodes = Vec::new();
-    let mut recovery = None;
-    let mut expected = None;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("Number of nodes:") {
-            let count = rest.split_whitespace().next().unwrap_or_default();
-            expected = Some(
-                count
-                    .parse::<usize>()
-                    .map_err(|_| format!("ctdb status: bad node count in {line:?}"))?,
-            );
-        } else if line.starts_with("pnn:") {
-            let (_, node) = all_consuming(node_line)
-                .parse(line.trim_end())
-                .map_err(|_| format!("ctdb status: cannot read node line {line:?}"))?;
-            nodes.push(node);
-        } else if let Some(rest) = line.strip_prefix("Recovery mode:") {
-            recovery = Some(match rest.split_whitespace().next() {
-                Some("NORMAL") => true,
-                Some("RECOVERY") => false,
-                _ => return Err(format!("ctdb status: unknown recovery mode in {line:?}")),
-            });
-        }
-    }
-    let Some(recovery_normal) = recovery else {
-        return Err("ctdb status: no \"Recovery mode:\" line".into());
-    };
-    if nodes.is_empty() {
-        return Err("ctdb status: no node lines".into());
-    }
-    // Deleted nodes are counted in the header but not listed.
-    if let Some(expected) = expected
-        && expected < nodes.len()
-    {
-        return Err(format!(
-            "ctdb status: {} node lines but \"Number of nodes:{expected}\"",
-            nodes.len()
-        ));
-    }
-    Ok(ClusterView {
-        nodes,
-        recovery_normal,
-    })
 }
 
 /// Runs the `ctdb` tool against the local ctdbd.
@@ -273,12 +184,6 @@ impl CtdbTool {
         })?;
         finish(args, output)
     }
-
-    /// What `ctdb status` says now.
-    pub async fn view(&self) -> io::Result<ClusterView> {
-        let text = self.run(&["status"]).await?;
-        parse_status(&text).map_err(io::Error::other)
-    }
 }
 
 fn finish(args: &[&str], output: std::process::Output) -> io::Result<String> {
@@ -308,23 +213,24 @@ fn finish(args: &[&str], output: std::process::Output) -> io::Result<String> {
 mod tests {
     use super::*;
 
-    /// `ctdb status` on a healthy 3-node cluster (format of samba ctdb/tools/ctdb.c
-    /// print_status, ctdb 4.17).
-    const HEALTHY: &str = "Number of nodes:3\n\
-pnn:0 192.168.50.10    OK (THIS NODE)\n\
-pnn:1 192.168.50.11    OK\n\
-pnn:2 192.168.50.12    OK\n\
-Generation:1618293212\n\
-Size:3\n\
-hash:0 lmaster:0\n\
-hash:1 lmaster:1\n\
-hash:2 lmaster:2\n\
-Recovery mode:NORMAL (0)\n\
-Leader:0\n";
+    fn node(pnn: u32, flags: u32) -> NodeInfo {
+        NodeInfo {
+            pnn,
+            flags: NodeFlags(flags),
+            addr: format!("192.168.50.1{pnn}:4379").parse().unwrap(),
+        }
+    }
+
+    const HEALTHY: [u32; 3] = [0, 0, 0];
+
+    fn view(flags: [u32; 3], recovery_normal: bool) -> ClusterView {
+        let nodes: Vec<NodeInfo> = (0..3).map(|pnn| node(pnn, flags[pnn as usize])).collect();
+        ClusterView::from_nodemap(&nodes, 0, recovery_normal)
+    }
 
     #[test]
     fn a_healthy_cluster_allows_changes() {
-        let view = parse_status(HEALTHY).unwrap();
+        let view = view(HEALTHY, true);
         assert_eq!(view.nodes.len(), 3);
         assert!(view.nodes[0].this_node && view.nodes[0].flags.is_empty());
         assert_eq!(view.nodes[2].address, "192.168.50.12");
@@ -333,88 +239,54 @@ Leader:0\n";
 
     #[test]
     fn a_partitioned_leader_in_normal_mode_is_refused() {
-        let text = HEALTHY
-            .replace(
-                "pnn:1 192.168.50.11    OK",
-                "pnn:1 192.168.50.11    DISCONNECTED|UNHEALTHY|INACTIVE",
-            )
-            .replace(
-                "pnn:2 192.168.50.12    OK",
-                "pnn:2 192.168.50.12    DISCONNECTED|INACTIVE",
-            );
-        let view = parse_status(&text).unwrap();
-        assert_eq!(
-            view.nodes[1].flags,
-            ["DISCONNECTED", "UNHEALTHY", "INACTIVE"]
+        // What the cut-off leader's ctdbd reports: it keeps the cluster lock and stays
+        // NORMAL, the others are DISCONNECTED (and INACTIVE, which that implies).
+        let view = view(
+            [
+                0,
+                NodeFlags::DISCONNECTED | NodeFlags::UNHEALTHY,
+                NodeFlags::DISCONNECTED,
+            ],
+            true,
         );
-        assert!(view.recovery_normal);
+        assert_eq!(view.nodes[1].flags, ["DISCONNECTED", "UNHEALTHY"]);
         let why = view.allows_changes().unwrap_err();
         assert!(why.contains("1 of 3"), "{why}");
+        assert!(view.may_serve().unwrap_err().contains("1 of 3"));
     }
 
     #[test]
-    fn recovery_and_an_unhealthy_node_are_refused() {
-        let recovering = HEALTHY.replace("NORMAL (0)", "RECOVERY (1)");
-        assert!(parse_status(&recovering).unwrap().allows_changes().is_err());
-        let unhealthy = HEALTHY.replace("OK (THIS NODE)", "UNHEALTHY (THIS NODE)");
-        let why = parse_status(&unhealthy)
-            .unwrap()
-            .allows_changes()
-            .unwrap_err();
+    fn recovery_and_a_flagged_node_stop_changes_not_service() {
+        let recovering = view(HEALTHY, false);
+        assert!(recovering.allows_changes().is_err());
+        assert_eq!(recovering.may_serve(), Ok(()));
+        let unhealthy = view([NodeFlags::UNHEALTHY, 0, 0], true);
+        let why = unhealthy.allows_changes().unwrap_err();
         assert!(why.contains("UNHEALTHY"), "{why}");
-        let disabled = HEALTHY.replace("OK (THIS NODE)", "DISABLED (THIS NODE)");
-        assert!(parse_status(&disabled).unwrap().allows_changes().is_err());
+        assert_eq!(unhealthy.may_serve(), Ok(()));
+        // Disabled (a planned move of every address away): ctdbd moves the addresses and
+        // RELEASE_IP closes their sessions; meanwhile it serves, but changes nothing.
+        let disabled = view([NodeFlags::PERMANENTLY_DISABLED, 0, 0], true);
+        assert_eq!(disabled.may_serve(), Ok(()));
+        assert!(disabled.allows_changes().unwrap_err().contains("DISABLED"));
     }
 
     #[test]
     fn one_node_away_of_three_still_leaves_a_majority() {
-        let text = HEALTHY.replace(
-            "pnn:2 192.168.50.12    OK",
-            "pnn:2 192.168.50.12    DISCONNECTED|UNHEALTHY|INACTIVE",
-        );
-        assert_eq!(parse_status(&text).unwrap().allows_changes(), Ok(()));
+        let view = view([0, 0, NodeFlags::DISCONNECTED | NodeFlags::UNHEALTHY], true);
+        assert_eq!(view.allows_changes(), Ok(()));
     }
 
     #[test]
-    fn the_native_node_map_gives_the_same_judgement() {
-        let node = |pnn: u32, flags: u32| NodeInfo {
-            pnn,
-            flags: NodeFlags(flags),
-            addr: format!("192.168.50.1{pnn}:4379").parse().unwrap(),
-        };
-        let healthy = [node(0, 0), node(1, 0), node(2, 0)];
-        let view = ClusterView::from_nodemap(&healthy, 0, true);
-        assert_eq!(view, parse_status(HEALTHY).unwrap());
-        assert_eq!(view.allows_changes(), Ok(()));
-        // Recovery stops changes, not service.
-        let recovering = ClusterView::from_nodemap(&healthy, 0, false);
-        assert!(recovering.allows_changes().is_err());
-        assert_eq!(recovering.may_serve(), Ok(()));
-        // Cut off from the others: neither.
-        let alone = [
-            node(0, 0),
-            node(1, NodeFlags::DISCONNECTED),
-            node(2, NodeFlags::DISCONNECTED),
-        ];
-        let view = ClusterView::from_nodemap(&alone, 0, true);
-        assert!(view.may_serve().unwrap_err().contains("1 of 3"));
-        // Disabled (a planned move of every address away): ctdbd moves the addresses and
-        // RELEASE_IP closes their sessions; meanwhile it serves, but changes nothing.
-        let disabled = [
-            node(0, NodeFlags::PERMANENTLY_DISABLED),
-            node(1, 0),
-            node(2, 0),
-        ];
-        let view = ClusterView::from_nodemap(&disabled, 0, true);
-        assert_eq!(view.may_serve(), Ok(()));
-        assert!(view.allows_changes().unwrap_err().contains("DISABLED"));
-        // Deleted nodes do not count.
+    fn deleted_nodes_do_not_count_and_an_unnamed_node_may_not_serve() {
         let shrunk = [
             node(0, 0),
             node(1, NodeFlags::DELETED | NodeFlags::DISCONNECTED),
             node(2, 0),
         ];
         assert_eq!(ClusterView::from_nodemap(&shrunk, 0, true).nodes.len(), 2);
+        let stranger = ClusterView::from_nodemap(&shrunk, 7, true);
+        assert!(stranger.may_serve().unwrap_err().contains("does not name"));
     }
 
     /// A stand-in `ctdb` that reports whether it leads its own process group (field 5 of
@@ -434,24 +306,5 @@ Leader:0\n";
         let tool = group_probe();
         assert_eq!(tool.run(&["status"]).await.unwrap().trim(), "own-group");
         assert_eq!(tool.run_blocking(&["status"]).unwrap().trim(), "own-group");
-    }
-
-    #[test]
-    fn odd_output_is_an_error_not_a_guess() {
-        assert!(parse_status("").is_err());
-        assert!(parse_status("Recovery mode:NORMAL (0)\n").is_err());
-        assert!(parse_status(&HEALTHY.replace("Recovery mode:NORMAL (0)\n", "")).is_err());
-        assert!(parse_status(&HEALTHY.replace("OK (THIS NODE)", "ok?")).is_err());
-        assert!(parse_status(&HEALTHY.replace("NORMAL (0)", "SIDEWAYS (7)")).is_err());
-        assert!(parse_status(&HEALTHY.replace("Number of nodes:3", "Number of nodes:2")).is_err());
-        // Partially online nodes carry that word instead of flags.
-        let partial = HEALTHY.replace(
-            "pnn:1 192.168.50.11    OK",
-            "pnn:1 192.168.50.11    PARTIALLYONLINE",
-        );
-        assert_eq!(
-            parse_status(&partial).unwrap().nodes[1].flags,
-            ["PARTIALLYONLINE"]
-        );
     }
 }

@@ -3,7 +3,8 @@
 //! - `ctdb/protocol.rs` (sans-IO): ctdbd's client protocol, packets in and out as bytes.
 //! - `ctdb/client.rs`: an async client over ctdbd's unix socket (connection registration
 //!   for tickle ACKs, IP release/takeover events, node and recovery state).
-//! - `ctdb_tool.rs`: the `ctdb` tool, for `ctdb status` and the persistent-database calls.
+//! - `ctdb_tool.rs`: `ClusterView` (the serving rule and the reservation gate, judged from
+//!   ctdbd's node map) and the `ctdb` tool, for the persistent-database calls.
 //! - `pr_store.rs`: the reservation tables in a CTDB persistent database.
 //! - `settings.rs`: `[cluster]`, decoded by the configuration layer.
 

@@ -39,10 +39,10 @@ pub struct CtdbReservationStore {
     /// Where the unit of each committed change is reported, so that other nodes serving
     /// the same unit through another address reload it (see [`Self::with_change_feed`]).
     changes: Option<mpsc::UnboundedSender<String>>,
-    /// keel's connection to ctdbd, when the server holds one: the gate asks through it
-    /// (two controls, a millisecond) instead of running `ctdb status`, which in 4.17 waits
-    /// for the leader's broadcast (0.4-1 s).
-    client: Option<SharedClient>,
+    /// keel's connection to ctdbd (empty while it has none): the gate asks through it (two
+    /// controls, a millisecond; `ctdb status` in 4.17 waits for the leader's broadcast,
+    /// 0.4-1 s).
+    client: SharedClient,
 }
 
 impl CtdbReservationStore {
@@ -52,6 +52,7 @@ impl CtdbReservationStore {
     /// tried again every second for up to `patience`.
     pub fn attach(
         settings: &ClusterSettings,
+        client: SharedClient,
         patience: std::time::Duration,
     ) -> io::Result<CtdbReservationStore> {
         let tool = CtdbTool::new(settings)?;
@@ -64,7 +65,7 @@ impl CtdbReservationStore {
                         tool,
                         database,
                         changes: None,
-                        client: None,
+                        client,
                     });
                 }
                 Err(e) if std::time::Instant::now() >= deadline => {
@@ -90,13 +91,6 @@ impl CtdbReservationStore {
         (self, rx)
     }
 
-    /// This store, asking ctdbd through `client` (while it holds a connection) whether the
-    /// tables may change.
-    pub fn with_client(mut self, client: SharedClient) -> Self {
-        self.client = Some(client);
-        self
-    }
-
     fn key(unit: &str) -> String {
         // Never "0x...": the tool reads such an argument as hex (ctdb.c str_to_data).
         format!("keel-pr:{unit}")
@@ -105,23 +99,18 @@ impl CtdbReservationStore {
     /// Whether the cluster lets the tables change now; ResourceBusy with the reason if not.
     async fn may_change(&self) -> io::Result<()> {
         let busy = |why: String| io::Error::new(io::ErrorKind::ResourceBusy, why);
-        let view: ClusterView = match &self.client {
-            None => self
-                .tool
-                .view()
-                .await
-                .map_err(|e| busy(format!("cluster state unknown: {e}")))?,
-            Some(shared) => {
-                let client = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let Some(client) = client else {
-                    return Err(busy("keel is not connected to ctdbd".into()));
-                };
-                client
-                    .view()
-                    .await
-                    .map_err(|e| busy(format!("cluster state unknown: {e}")))?
-            }
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(client) = client else {
+            return Err(busy("keel is not connected to ctdbd".into()));
         };
+        let view: ClusterView = client
+            .view()
+            .await
+            .map_err(|e| busy(format!("cluster state unknown: {e}")))?;
         view.allows_changes()
             .map_err(|why| io::Error::new(io::ErrorKind::ResourceBusy, why))
     }

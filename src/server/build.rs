@@ -76,16 +76,20 @@ impl StorageEnv {
             // Attached once, at startup: keel in a cluster does not serve reservations it
             // cannot share (a clear error rather than a node with a private table).
             Some(cluster) => {
-                let store = CtdbReservationStore::attach(cluster, CTDB_ATTACH_PATIENCE)
-                    .with_context(|| {
-                        format!(
-                            "[cluster]: cannot attach the reservation database {} through ctdbd at {}",
-                            cluster.reservations_database,
-                            cluster.socket.display()
-                        )
-                    })?;
                 let client = SharedClient::default();
-                let (store, changes) = store.with_client(client.clone()).with_change_feed();
+                let store = CtdbReservationStore::attach(
+                    cluster,
+                    client.clone(),
+                    CTDB_ATTACH_PATIENCE,
+                )
+                .with_context(|| {
+                    format!(
+                        "[cluster]: cannot attach the reservation database {} through ctdbd at {}",
+                        cluster.reservations_database,
+                        cluster.socket.display()
+                    )
+                })?;
+                let (store, changes) = store.with_change_feed();
                 reservation_changes = Some(changes);
                 cluster_client = Some(client);
                 Arc::new(store)
