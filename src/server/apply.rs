@@ -27,6 +27,7 @@ use super::build::{self, StorageEnv};
 use super::cluster::ClusterLink;
 use super::threads::ConnectionThreads;
 use super::volumes::{self, VolumeKey, Volumes, volume_key};
+use crate::cluster::ctdb::SharedClient;
 use crate::config::diff::{ConfigDiff, TargetDiff, diff};
 use crate::config::{Backing, Config, LunConfig, TargetConfig};
 use crate::iscsi::{Service, SessionFilter, Target, connection};
@@ -136,19 +137,17 @@ impl Running {
     /// an empty configuration (same server settings, no portals, no targets), applied. Fails
     /// only if the storage engine cannot be set up; what failed to apply is in the report.
     pub async fn start(config: &Config) -> anyhow::Result<(Running, ApplyReport)> {
-        let storage = StorageEnv::new(config)?;
+        let (storage, wiring) = StorageEnv::new(config)?;
         let volumes = Volumes::start(config, &storage)?;
-        let reservation_changes = storage
-            .reservation_changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let client = storage.cluster_client.clone().unwrap_or_default();
         let mut running = Running::new(build::service(config), storage);
         running.volumes = volumes;
         running.cluster = config.cluster.as_ref().map(|settings| {
             let service = Arc::clone(&running.service);
-            ClusterLink::start(settings, service, reservation_changes, client)
+            let (changes, client) = match wiring {
+                Some(w) => (Some(w.reservation_changes), w.client),
+                None => (None, SharedClient::default()),
+            };
+            ClusterLink::start(settings, service, changes, client)
         });
         let report = running.apply(&diff(&config.only_settings(), config)).await;
         Ok((running, report))

@@ -38,12 +38,17 @@ pub struct StorageEnv {
     /// Where every LUN keeps its persistent reservations: files under `data_dir`, or the
     /// cluster's CTDB persistent database with `[cluster]`.
     pub reservations: Arc<dyn ReservationStore>,
-    /// With `[cluster]`: the unit of each reservation change committed here, for the
-    /// cluster link to tell the other nodes (taken by [`super::apply::Running::start`]).
-    pub reservation_changes: Arc<std::sync::Mutex<Option<ReservationChanges>>>,
-    /// With `[cluster]`: keel's connection to ctdbd, held by the cluster link while it is
-    /// connected and asked by the reservation store.
-    pub cluster_client: Option<SharedClient>,
+}
+
+/// With `[cluster]`, what the reservation store shares with the cluster link
+/// ([`super::apply::Running::start`] hands it over).
+pub struct ClusterWiring {
+    /// The unit of each reservation change committed here, for the link to tell the other
+    /// nodes.
+    pub reservation_changes: ReservationChanges,
+    /// keel's connection to ctdbd, held by the link while it is connected and asked by the
+    /// store.
+    pub client: SharedClient,
 }
 
 /// The units of reservation changes committed on this node.
@@ -52,8 +57,9 @@ pub type ReservationChanges = tokio::sync::mpsc::UnboundedReceiver<String>;
 impl StorageEnv {
     /// Chooses the storage engine once, for the whole server: a ring only when some target
     /// has a LUN. Storage syscalls of the thread-pool engine run on the current runtime's
-    /// blocking pool, so call this on the main runtime.
-    pub fn new(config: &Config) -> Result<StorageEnv> {
+    /// blocking pool, so call this on the main runtime. With `[cluster]`, also what the
+    /// reservation store shares with the cluster link.
+    pub fn new(config: &Config) -> Result<(StorageEnv, Option<ClusterWiring>)> {
         let uses_files = config.targets.iter().any(|t| !t.luns.is_empty());
         let engine = if uses_files {
             select_engine(config.io_engine, UringEngine::new)?
@@ -69,8 +75,7 @@ impl StorageEnv {
             },
             "storage engine"
         );
-        let mut reservation_changes = None;
-        let mut cluster_client = None;
+        let mut wiring = None;
         let reservations: Arc<dyn ReservationStore> = match &config.cluster {
             None => file_store(&config.data_dir),
             // Attached once, at startup: keel in a cluster does not serve reservations it
@@ -89,21 +94,22 @@ impl StorageEnv {
                         cluster.socket.display()
                     )
                 })?;
-                let (store, changes) = store.with_change_feed();
-                reservation_changes = Some(changes);
-                cluster_client = Some(client);
+                let (store, reservation_changes) = store.with_change_feed();
+                wiring = Some(ClusterWiring {
+                    reservation_changes,
+                    client,
+                });
                 Arc::new(store)
             }
         };
-        Ok(StorageEnv {
+        let env = StorageEnv {
             data_dir: config.data_dir.clone(),
             engine,
             read_buffers: BufferPool::new(),
             blocking_pool: tokio::runtime::Handle::current(),
             reservations,
-            reservation_changes: Arc::new(std::sync::Mutex::new(reservation_changes)),
-            cluster_client,
-        })
+        };
+        Ok((env, wiring))
     }
 }
 
@@ -321,7 +327,7 @@ mod tests {
     async fn one_lun_and_one_target_build_on_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(dir.path(), TWO_TARGETS);
-        let env = StorageEnv::new(&config).unwrap();
+        let (env, _) = StorageEnv::new(&config).unwrap();
         // A single LUN of the first target, without building anything else.
         let lun = build_lun(&config.targets[0].name, &config.targets[0].luns[1], &env)
             .await
@@ -345,7 +351,7 @@ mod tests {
             "[[target]]\nname = \"iqn.2026-11.org.example:a\"\n\
              [[target.lun]]\nlun = 7\nblock = \"/nonexistent/keel-test-device\"\n",
         );
-        let env = StorageEnv::new(&config).unwrap();
+        let (env, _) = StorageEnv::new(&config).unwrap();
         let err = build_target(&config.targets[0], &env).await.unwrap_err();
         assert!(
             format!("{err:#}").starts_with(
