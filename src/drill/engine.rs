@@ -18,6 +18,11 @@ use super::{Fatal, Options, Pattern, Stop};
 const MAX_BLOCK: u32 = 1 << 20;
 /// How long BUSY or TASK SET FULL holds back the next command.
 const BUSY_PAUSE: Duration = Duration::from_millis(20);
+/// How long a RESERVATION CONFLICT holds back the next command. The conflict is final for
+/// its command (an error the drill reports), but another initiator holds the unit and will
+/// keep doing so for a while: the drill goes on probing, not hammering (without the pause,
+/// an unregistered drill sent 15,000 commands a second into a WERO reservation).
+const CONFLICT_PAUSE: Duration = Duration::from_millis(100);
 /// Setup commands answered with a unit attention or BUSY are sent again this many times.
 const SETUP_ATTEMPTS: usize = 20;
 
@@ -856,6 +861,9 @@ impl Drill {
             other => {
                 if op.kind == Kind::Write && other.did_nothing() {
                     self.ledger.refused(op.lba, op.seq);
+                }
+                if other == Outcome::ReservationConflict {
+                    self.hold_until = Some(Instant::now() + CONFLICT_PAUSE);
                 }
                 self.report
                     .error(format!("{} of LBA {}: {other}", op.kind.name(), op.lba));
