@@ -86,7 +86,11 @@ impl Volumes {
         for pool in &config.pools {
             let backend: Arc<dyn VolumeBackend> = match &pool.kind {
                 PoolKind::Zfs { .. } => {
-                    Arc::new(ZfsBackend::new(pool).with_context(|| format!("pool {}", pool.name))?)
+                    let zfs =
+                        ZfsBackend::new(pool).with_context(|| format!("pool {}", pool.name))?;
+                    // A keel killed during `zfs program` left its program file behind.
+                    zfs.sweep_stale_program_files();
+                    Arc::new(zfs)
                 }
                 PoolKind::Files { .. } => Arc::new(
                     FilesBackend::new(pool).with_context(|| format!("pool {}", pool.name))?,

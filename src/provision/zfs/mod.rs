@@ -19,7 +19,7 @@ mod runner;
 mod tests;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -116,6 +116,42 @@ impl ZfsBackend {
     pub fn with_script_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.script_dir = dir.into();
         self
+    }
+
+    /// Removes channel program files that a keel killed during a `zfs program` call left in
+    /// the script directory (a file is removed right after its call otherwise): those whose
+    /// writer's pid (in the name) is not a running process. A live process's file, and
+    /// anything not named like keel's, is never touched. Returns how many were removed.
+    pub fn sweep_stale_program_files(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.script_dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(program_file_pid) else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(error) => tracing::warn!(
+                    path = %entry.path().display(),
+                    %error,
+                    "cannot remove a stale channel program file"
+                ),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                dir = %self.script_dir.display(),
+                removed,
+                "removed channel program files left by a keel that was killed"
+            );
+        }
+        removed
     }
 
     /// Sets how many names one `zfs program` call destroys (at least 1).
@@ -514,6 +550,22 @@ enum ProgramRun {
     Done,
     Refused,
     Stopped(command::ProgramFailure),
+}
+
+/// The writer's pid in a program file's name, `keel-destroy-batch-PID-HEX16.lua`
+/// ([`ProgramFile::write`]); `None` for any other name.
+fn program_file_pid(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix("keel-destroy-batch-")?
+        .strip_suffix(".lua")?;
+    let (pid, suffix) = rest.split_once('-')?;
+    let hex = suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    if hex && digits {
+        pid.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// The destroy program in a file of its own for one `zfs program` call (created new with a

@@ -589,6 +589,37 @@ async fn an_unwritable_script_dir_falls_back_without_a_call() {
     assert_eq!(stub.argv(1), ["destroy", "tank/keel/a"]);
 }
 
+#[test]
+fn program_files_of_dead_keels_are_swept_and_nothing_else() {
+    let stub = Stub::new();
+    let dir = stub.path("scripts");
+    std::fs::create_dir_all(&dir).unwrap();
+    // pid 2^31-1 is above any pid_max: that writer is surely gone.
+    let dead = "keel-destroy-batch-2147483647-0123456789abcdef.lua";
+    let mine = format!(
+        "keel-destroy-batch-{}-0123456789abcdef.lua",
+        std::process::id()
+    );
+    let live = "keel-destroy-batch-1-0123456789abcdef.lua"; // init is always running
+    let others = [
+        "keel-destroy-batch-2147483647-xyz.lua",
+        "keel-destroy-batch--0123456789abcdef.lua",
+        "notes.lua",
+    ];
+    for name in [dead, mine.as_str(), live].into_iter().chain(others) {
+        std::fs::write(dir.join(name), "x").unwrap();
+    }
+    let backend = stub.backend();
+    assert_eq!(backend.sweep_stale_program_files(), 1);
+    assert!(!dir.join(dead).exists());
+    for name in [mine.as_str(), live].into_iter().chain(others) {
+        assert!(dir.join(name).exists(), "{name} was removed");
+    }
+    // No directory: nothing to do, no error.
+    let missing = stub.backend().with_script_dir(stub.path("missing-dir"));
+    assert_eq!(missing.sweep_stale_program_files(), 0);
+}
+
 #[tokio::test]
 async fn snapshot_destroys_are_one_call_per_volume() {
     let stub = Stub::new();
