@@ -289,9 +289,8 @@ impl UringEngine {
             }
             ring.backlog.push_back(op);
             ring.start_backlog();
-            ring.enter();
             // What completed meanwhile (this op, if the kernel did it inline) is answered now.
-            ring.reap();
+            ring.pump();
             true
         });
         async move {
@@ -547,9 +546,7 @@ async fn reap(events: AsyncFd<Events>, dead: Dead) {
         let _ = rustix::io::read(&shared.events, &mut counter);
         let stop = shared.with_ring(|ring| {
             // Completions reaped here may start backlog ops or the rest of short transfers.
-            ring.reap();
-            ring.enter();
-            ring.reap();
+            ring.pump();
             ring.closed && ring.in_flight == 0 && ring.backlog.is_empty()
         });
         if stop {
@@ -604,7 +601,7 @@ impl Ring {
     }
 
     /// Submits the pushed SQEs (`io_uring_enter`). A busy kernel (EBUSY, EAGAIN: completions
-    /// to reap first) leaves them queued for the next entry, which the next reap makes.
+    /// to reap first) leaves them queued for the next entry (see `pump`).
     fn enter(&mut self) {
         for _ in 0..2 {
             if self.ring.submission().is_empty() {
@@ -624,9 +621,14 @@ impl Ring {
         }
     }
 
-    /// Handles every completion the kernel has posted.
-    fn reap(&mut self) {
+    /// Submits what is pushed and handles every completion the kernel has posted, until
+    /// neither is left: a completion may push more (the rest of a short transfer, backlog
+    /// ops that now have room), and an op the kernel does inline completes in the entry
+    /// that submits it. Stops when a round reaps nothing; SQEs a busy kernel refused then
+    /// wait for the next round, which the completions it is busy with bring (the eventfd).
+    fn pump(&mut self) {
         loop {
+            self.enter();
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
             cqes.extend(
@@ -642,7 +644,7 @@ impl Ring {
             if !any {
                 return;
             }
-            // Room freed in the table: ops waiting for it go now (submitted by the caller).
+            // Room freed in the table: ops waiting for it go now.
             self.start_backlog();
         }
     }
