@@ -1,20 +1,33 @@
-//! The io_uring engine: one ring on a dedicated thread, fed through a queue, answering
-//! through oneshot channels.
+//! The io_uring engine: a ring per runtime thread that submits. Callers submit on their own
+//! thread; completions are reaped by the submitter when it enters the ring, or by a reaper
+//! task on that thread's runtime that wakes on the ring's eventfd; results come back through
+//! oneshot channels.
 //!
 //! Design (DESIGN.md §3: io_uring bridged into tokio did 200k+ IOPS vs ~110k for
 //! `spawn_blocking`):
 //!
 //! - A tokio task calls [`UringEngine::read`] and friends. The call builds an [`Op`] that owns
-//!   everything the kernel will touch (the file, the buffer), pushes it onto a shared queue and
-//!   returns a future that only awaits a oneshot receiver. Nothing the kernel uses lives in that
-//!   future, so dropping it (a cancelled command, a closed connection) frees nothing the kernel
-//!   still writes to: the op finishes on the ring thread and its buffer is released there.
-//! - The ring thread drains the queue, puts every queued op in the in-flight table (a slab
-//!   indexed by `user_data`) and submits them all with one `io_uring_enter` (batching), then
-//!   sleeps in the same call until a completion arrives. A producer wakes a sleeping thread by
-//!   writing an eventfd the ring polls; producers skip that syscall while the thread is awake.
-//! - Short reads and writes are completed by resubmitting the rest; EINTR/EAGAIN are retried.
-//!   Reads and writes larger than Linux's per-call cap (MAX_RW_COUNT) are split the same way.
+//!   everything the kernel will touch (the file, the buffer), moves it into the in-flight table
+//!   of the calling thread's ring (a slab indexed by `user_data`, behind the ring's mutex),
+//!   pushes its SQE and submits it with `io_uring_enter` right there, then returns a future
+//!   that only awaits a oneshot receiver. Nothing the kernel uses lives in that future, so
+//!   dropping it (a cancelled command, a closed connection) frees nothing the kernel still
+//!   writes to: the op stays in the table until its completion is reaped, and its buffer is
+//!   released then.
+//! - Why a ring per thread, used on that thread: with one ring on a dedicated thread every I/O
+//!   cost two cross-thread wake-ups more (the caller woke the ring thread; the ring thread,
+//!   through which the kernel completes direct I/O, woke the caller's thread back). On a block
+//!   device (a loop device, a zvol) that was most of an I/O's latency at queue depth 32. Now a
+//!   connection thread (a runtime of its own, see `server::threads`) submits, the kernel runs
+//!   the completion work on it (IORING_SETUP_COOP_TASKRUN: when it next enters or leaves the
+//!   kernel, or wakes it from its sleep in epoll), posts the completion and signals the
+//!   ring's eventfd (IORING_REGISTER_EVENTFD), which the same thread's reactor sees; the
+//!   reaper task reaps and wakes the command, on the same thread. A thread's ring is made on
+//!   its first submission; a thread with no runtime uses the ring made with the engine.
+//! - Short reads and writes are completed by resubmitting the rest; EINTR/EAGAIN (and
+//!   ECANCELED, which the engine never asks for: the kernel cancels a thread's requests when
+//!   it exits) are retried. Reads and writes larger than Linux's per-call cap (MAX_RW_COUNT)
+//!   are split the same way.
 //! - Direct I/O (a descriptor opened with O_DIRECT, see `storage::file`): the caller gives the
 //!   alignment the device demands; reads then land in a buffer that starts at such an
 //!   address, and split transfers are split at multiples of it. Write data must already be
@@ -23,24 +36,30 @@
 //!   `IORING_OP_FALLOCATE` (the caller falls back to zero-filling where it is not supported);
 //!   block devices are discarded with the `BLKDISCARD` ioctl of `blkdev`, which both engines
 //!   run on the blocking pool (io_uring has no discard op on Linux 6.1).
+//! - The engine needs a tokio runtime (with I/O enabled) when it is created: the first ring's
+//!   reaper runs on it. A ring's reaper ends when the engine is dropped (or the ring's thread
+//!   exits) and nothing is in flight.
 //!
 //! This is the only module (with its `blkdev` submodule) where `unsafe` is allowed. The
 //! invariant every block here relies on: an op whose SQE was pushed stays in `Ring::slots`
 //! (heap buffers unmoved: moving a `BytesMut` or `Bytes` handle does not move its bytes) until
-//! its CQE is reaped; the thread exits only with no op in flight, and on an abnormal exit (a
-//! panic) the in-flight ops are leaked, not freed.
+//! its CQE is reaped. A ring and its table are only touched under the ring's mutex. If the ring is
+//! dropped with ops still in flight (the runtime shut down under them, or a panic), the table
+//! and the ring are leaked, never freed.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{Bytes, BytesMut};
 use io_uring::{IoUring, opcode, squeue, types};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
@@ -52,14 +71,18 @@ pub(crate) mod blkdev;
 const RING_ENTRIES: u32 = 256;
 /// Linux caps one read or write at MAX_RW_COUNT (INT_MAX rounded down to a page).
 const MAX_CHUNK: usize = 0x7fff_f000;
-/// `user_data` of the eventfd poll that wakes the thread.
-const WAKE: u64 = u64::MAX;
 
-/// One io_uring and the thread that drives it. Shared by every backend that uses it; the
-/// thread ends when the last handle is dropped and every op in flight has completed.
+/// One io_uring shared by every backend that uses it. The reaper task ends when the last
+/// handle is dropped and every op in flight has completed.
 pub struct UringEngine {
-    shared: Arc<Shared>,
+    /// Tells this engine's rings apart from other engines' in each thread's [`LOCAL_RINGS`].
+    id: u64,
+    /// The ring made with the engine, for threads that have no runtime of their own.
+    home: Arc<Shared>,
+    /// Every ring of this engine (one per thread that submitted), closed when it is dropped.
+    rings: Mutex<Vec<Arc<Shared>>>,
     fallocate: bool,
+    max_chunk: usize,
 }
 
 impl fmt::Debug for UringEngine {
@@ -70,32 +93,54 @@ impl fmt::Debug for UringEngine {
     }
 }
 
-/// State shared between the producers (tokio tasks) and the ring thread.
+/// State shared between the submitters (tokio tasks) and the reaper task.
 struct Shared {
-    queue: Mutex<Queue>,
-    /// The thread is (about to be) asleep in `io_uring_enter`: a producer must write `wake`.
-    sleeping: AtomicBool,
-    wake: OwnedFd,
-}
-
-#[derive(Default)]
-struct Queue {
-    ops: VecDeque<Op>,
-    /// Every handle is gone: finish what is in flight and stop.
-    closed: bool,
-    /// The thread has stopped; new ops are refused instead of waiting forever.
-    dead: bool,
+    ring: Mutex<Ring>,
+    /// Registered with the ring: the kernel signals it when it posts a completion. Written by
+    /// the last handle's drop too, so that the reaper notices the engine is closing.
+    events: OwnedFd,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A panic while holding this lock leaves the queue consistent (push/drain only).
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        // A panic while holding this lock leaves the table consistent: every op is either in
+        // the backlog or in a slot with its SQE pushed, and nothing is freed while in flight.
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wake(&self) {
-        // EAGAIN (counter saturated) still leaves the eventfd readable: the thread wakes.
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    /// No more ops will come: the reaper ends once those in flight have completed.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.signal();
+    }
+
+    fn signal(&self) {
+        // EAGAIN (counter saturated) still leaves the eventfd readable: the reaper wakes.
+        let _ = rustix::io::write(&self.events, &1u64.to_ne_bytes());
+    }
+
+    /// Runs what `f` does to the ring under its lock, then answers the ops that finished
+    /// meanwhile (outside the lock: answering wakes their tasks).
+    fn with_ring<T>(&self, f: impl FnOnce(&mut Ring) -> T) -> T {
+        let (value, finished) = {
+            let mut ring = self.lock();
+            let value = f(&mut ring);
+            (value, std::mem::take(&mut ring.finished))
+        };
+        for (reply, result) in finished {
+            // The receiver is gone if the caller dropped its future: nothing to tell.
+            let _ = reply.send(result);
+        }
+        value
+    }
+}
+
+/// The eventfd as tokio's reactor sees it.
+struct Events(Arc<Shared>);
+
+impl AsRawFd for Events {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.events.as_raw_fd()
     }
 }
 
@@ -136,7 +181,7 @@ struct Op {
 impl UringEngine {
     /// Creates a ring and proves it works by submitting a NOP: the call fails where the kernel
     /// lacks io_uring (ENOSYS), where seccomp or `kernel.io_uring_disabled` refuses it (EPERM),
-    /// or where an opcode the engine needs is missing.
+    /// where an opcode the engine needs is missing, or outside a tokio runtime.
     pub fn new() -> io::Result<Arc<UringEngine>> {
         Self::build(MAX_CHUNK)
     }
@@ -149,60 +194,63 @@ impl UringEngine {
     }
 
     fn build(max_chunk: usize) -> io::Result<Arc<UringEngine>> {
-        let mut ring: IoUring = IoUring::builder().build(RING_ENTRIES)?;
-        let nop = opcode::Nop::new().build().user_data(0);
-        // SAFETY: a NOP references no memory.
-        unsafe { ring.submission().push(&nop) }
-            .map_err(|_| io::Error::other("io_uring submission queue full at start"))?;
-        ring.submit_and_wait(1)?;
-        match ring.completion().next() {
-            Some(cqe) if cqe.result() >= 0 => {}
-            Some(cqe) => return Err(io::Error::from_raw_os_error(-cqe.result())),
-            None => return Err(io::Error::other("io_uring NOP did not complete")),
-        }
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        for (code, name) in [
-            (opcode::Read::CODE, "READ"),
-            (opcode::Write::CODE, "WRITE"),
-            (opcode::Fsync::CODE, "FSYNC"),
-            (opcode::PollAdd::CODE, "POLL_ADD"),
-        ] {
-            if !probe.is_supported(code) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("the kernel's io_uring lacks IORING_OP_{name}"),
-                ));
-            }
-        }
-        let fallocate = probe.is_supported(opcode::Fallocate::CODE);
-        let wake = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            sleeping: AtomicBool::new(false),
-            wake,
-        });
-        let cap = (ring.params().cq_entries() as usize)
-            .saturating_sub(1)
-            .max(1);
-        let mut thread = Ring {
-            ring,
-            shared: shared.clone(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            in_flight: 0,
-            cap: cap.min(RING_ENTRIES as usize),
-            backlog: VecDeque::new(),
-            poll_armed: false,
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            io::Error::other("the io_uring engine must be created on a tokio runtime")
+        })?;
+        let (home, fallocate) = open_ring(max_chunk, &runtime)?;
+        Ok(Arc::new(UringEngine {
+            id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+            home: home.clone(),
+            rings: Mutex::new(vec![home]),
+            fallocate,
             max_chunk,
+        }))
+    }
+
+    /// The ring of the calling thread: made on its first submission, with its reaper on the
+    /// thread's runtime, so that for a connection thread (a runtime of its own) submission,
+    /// the kernel's completion work, reaping and the command's wake-up all stay on it. A thread
+    /// with no runtime uses the ring made with the engine.
+    fn ring(&self) -> Arc<Shared> {
+        // None while the thread's locals are being destroyed: the shared ring serves then.
+        let Ok(found) = LOCAL_RINGS.try_with(|rings| {
+            let rings = rings.borrow();
+            rings
+                .0
+                .iter()
+                .find(|(id, _)| *id == self.id)
+                .and_then(|(_, ring)| ring.upgrade())
+                .filter(|ring| !ring.lock().dead)
+        }) else {
+            return self.home.clone();
         };
-        std::thread::Builder::new()
-            .name("keel-uring".into())
-            .spawn(move || thread.run())?;
-        Ok(Arc::new(UringEngine { shared, fallocate }))
+        if let Some(ring) = found {
+            return ring;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.home.clone();
+        };
+        let ring = match open_ring(self.max_chunk, &runtime) {
+            Ok((ring, _)) => ring,
+            Err(e) => {
+                warn!("io_uring engine: no ring of its own for this thread ({e}); sharing one");
+                return self.home.clone();
+            }
+        };
+        {
+            let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+            // Rings whose reaper has ended (their thread or runtime is gone) are let go.
+            rings.retain(|r| !r.lock().dead);
+            rings.push(ring.clone());
+        }
+        let _ = LOCAL_RINGS.try_with(|rings| {
+            let mut rings = rings.borrow_mut();
+            rings
+                .0
+                .retain(|(id, r)| *id != self.id && r.strong_count() > 0);
+            rings.0.push((self.id, Arc::downgrade(&ring)));
+        });
+        ring
     }
 
     /// Whether discard can go through the ring (IORING_OP_FALLOCATE, Linux ≥ 5.6).
@@ -235,20 +283,18 @@ impl UringEngine {
             kind,
             reply,
         };
-        let refused = {
-            let mut q = self.shared.lock();
-            if q.dead {
-                true
-            } else {
-                q.ops.push_back(op);
-                false
+        let accepted = self.ring().with_ring(|ring| {
+            if ring.dead {
+                return false;
             }
-        };
-        if !refused && self.shared.sleeping.swap(false, Ordering::SeqCst) {
-            self.shared.wake();
-        }
+            ring.backlog.push_back(op);
+            ring.start_backlog();
+            // What completed meanwhile (this op, if the kernel did it inline) is answered now.
+            ring.pump();
+            true
+        });
         async move {
-            if refused {
+            if !accepted {
                 return Err(io::Error::other("the io_uring engine has stopped"));
             }
             rx.await
@@ -358,109 +404,256 @@ impl UringEngine {
 
 impl Drop for UringEngine {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.wake();
+        let rings = std::mem::take(&mut *self.rings.lock().unwrap_or_else(|p| p.into_inner()));
+        for ring in rings {
+            ring.close();
+        }
     }
 }
 
-/// The ring thread's state.
+/// Engines are told apart in [`LOCAL_RINGS`] by a number of their own.
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's ring of each engine it submitted to.
+    static LOCAL_RINGS: RefCell<LocalRings> = const { RefCell::new(LocalRings(Vec::new())) };
+}
+
+/// A thread's rings; when the thread exits, they are closed (their reapers finish what is in
+/// flight and end).
+struct LocalRings(Vec<(u64, Weak<Shared>)>);
+
+impl Drop for LocalRings {
+    fn drop(&mut self) {
+        for (_, ring) in self.0.drain(..) {
+            if let Some(ring) = ring.upgrade() {
+                ring.close();
+            }
+        }
+    }
+}
+
+/// Creates a ring with its reaper task on `runtime`, and proves it works by submitting a NOP.
+/// Also answers whether the kernel's io_uring has IORING_OP_FALLOCATE.
+fn open_ring(
+    max_chunk: usize,
+    runtime: &tokio::runtime::Handle,
+) -> io::Result<(Arc<Shared>, bool)> {
+    // Cooperative task running: the kernel runs a completion's work when the submitting
+    // thread next enters or leaves the kernel (or wakes it if it sleeps) instead of
+    // interrupting it with an IPI; runtime workers make system calls all the time.
+    let mut ring: IoUring = IoUring::builder()
+        .setup_coop_taskrun()
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::builder().build(RING_ENTRIES))?;
+    let nop = opcode::Nop::new().build().user_data(0);
+    // SAFETY: a NOP references no memory.
+    unsafe { ring.submission().push(&nop) }
+        .map_err(|_| io::Error::other("io_uring submission queue full at start"))?;
+    ring.submit_and_wait(1)?;
+    match ring.completion().next() {
+        Some(cqe) if cqe.result() >= 0 => {}
+        Some(cqe) => return Err(io::Error::from_raw_os_error(-cqe.result())),
+        None => return Err(io::Error::other("io_uring NOP did not complete")),
+    }
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for (code, name) in [
+        (opcode::Read::CODE, "READ"),
+        (opcode::Write::CODE, "WRITE"),
+        (opcode::Fsync::CODE, "FSYNC"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the kernel's io_uring lacks IORING_OP_{name}"),
+            ));
+        }
+    }
+    let fallocate = probe.is_supported(opcode::Fallocate::CODE);
+    let events = rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )?;
+    ring.submitter()
+        .register_eventfd(events.as_fd().as_raw_fd())?;
+    let cap = (ring.params().cq_entries() as usize)
+        .saturating_sub(1)
+        .clamp(1, RING_ENTRIES as usize);
+    let shared = Arc::new(Shared {
+        ring: Mutex::new(Ring {
+            ring: ManuallyDrop::new(ring),
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            cap,
+            backlog: VecDeque::new(),
+            finished: Vec::new(),
+            cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            max_chunk,
+            closed: false,
+            dead: false,
+        }),
+        events,
+    });
+    let events = {
+        // Registering with the reactor needs the runtime's context.
+        let _entered = runtime.enter();
+        let interest = tokio::io::Interest::READABLE;
+        // SAFETY: `Events` answers the raw fd of `Shared::events`, an `OwnedFd` that is
+        // never replaced and stays open as long as the `Arc<Shared>` inside `Events`.
+        unsafe { AsyncFd::register_with_interest(Events(shared.clone()), interest) }?
+    };
+    runtime.spawn(reap(events, Dead(shared.clone())));
+    Ok((shared, fallocate))
+}
+
+/// Marks a ring dead when its reaper task ends, however it ends: the runtime may drop it
+/// mid-way, or before it ever ran (so this is made before the task starts). Its thread then
+/// gets a new ring; ops for it from elsewhere are refused.
+struct Dead(Arc<Shared>);
+
+impl Drop for Dead {
+    fn drop(&mut self) {
+        let backlog = {
+            let mut ring = self.0.lock();
+            ring.dead = true;
+            std::mem::take(&mut ring.backlog)
+        };
+        // Never submitted, so nothing of theirs is in the kernel: dropping their senders
+        // tells the waiting callers that the engine stopped.
+        drop(backlog);
+    }
+}
+
+/// The reaper task: reaps completions whenever the kernel signals the eventfd, until every
+/// handle is gone and nothing is in flight.
+async fn reap(events: AsyncFd<Events>, dead: Dead) {
+    let _dead = dead;
+    let shared = events.get_ref().0.clone();
+    loop {
+        let mut ready = match events.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                error!("io_uring engine: waiting for completions failed: {e}");
+                return;
+            }
+        };
+        ready.clear_ready();
+        // Resets the counter, so that the descriptor reads as ready again only when the
+        // kernel signals it anew (EAGAIN: already zero).
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(&shared.events, &mut counter);
+        let stop = shared.with_ring(|ring| {
+            // Completions reaped here may start backlog ops or the rest of short transfers.
+            ring.pump();
+            ring.closed && ring.in_flight == 0 && ring.backlog.is_empty()
+        });
+        if stop {
+            return;
+        }
+    }
+}
+
+/// The ring and its in-flight table; only touched under [`Shared::ring`]'s lock.
 struct Ring {
-    ring: IoUring,
-    shared: Arc<Shared>,
+    /// Dropped only when nothing is in flight (see `Drop for Ring`).
+    ring: ManuallyDrop<IoUring>,
     /// The in-flight table: `user_data` is the index.
     slots: Vec<Option<Op>>,
     free: Vec<usize>,
     /// Ops in `slots` (each has exactly one SQE in the kernel or about to be submitted).
     in_flight: usize,
-    /// Most ops in flight at once, so that completions never overflow the CQ.
+    /// Most ops in flight at once, so that completions never overflow the CQ and SQEs never
+    /// overflow the SQ.
     cap: usize,
-    /// Ops taken from the queue, waiting for room in the ring.
+    /// Ops waiting for room in the ring.
     backlog: VecDeque<Op>,
-    poll_armed: bool,
+    /// Ops retired under the lock, answered once it is released (see `Shared::with_ring`).
+    finished: Vec<(oneshot::Sender<Reply>, Reply)>,
+    /// Reused buffer for the completions of one reap.
+    cqes: Vec<(u64, i32)>,
     max_chunk: usize,
+    /// Every handle is gone: finish what is in flight and stop.
+    closed: bool,
+    /// The reaper has stopped; new ops are refused instead of waiting forever.
+    dead: bool,
 }
 
 impl Ring {
-    fn run(&mut self) {
-        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(RING_ENTRIES as usize * 2);
-        loop {
-            let closed = {
-                let mut q = self.shared.lock();
-                self.backlog.extend(q.ops.drain(..));
-                q.closed
-            };
-            if closed && self.backlog.is_empty() && self.in_flight == 0 {
+    /// Moves backlog ops into the table and pushes their SQEs while there is room.
+    fn start_backlog(&mut self) {
+        while self.in_flight < self.cap {
+            let Some(op) = self.backlog.pop_front() else {
                 break;
-            }
-            if !self.poll_armed && !closed {
-                let poll = opcode::PollAdd::new(
-                    types::Fd(self.shared.wake.as_fd().as_raw_fd()),
-                    libc::POLLIN as u32,
-                )
-                .build()
-                .user_data(WAKE);
-                // A poll references no memory; the eventfd lives in `shared`, which this
-                // thread keeps alive until after the ring is dropped.
-                self.push(&poll);
-                self.poll_armed = true;
-            }
-            while self.in_flight < self.cap {
-                let Some(op) = self.backlog.pop_front() else {
-                    break;
-                };
-                let idx = match self.free.pop() {
-                    Some(i) => i,
-                    None => {
-                        self.slots.push(None);
-                        self.slots.len() - 1
-                    }
-                };
-                self.slots[idx] = Some(op);
-                self.in_flight += 1;
-                self.start(idx);
-            }
-            // Sleep in io_uring_enter unless new work arrived meanwhile.
-            self.shared.sleeping.store(true, Ordering::SeqCst);
-            let want = if self.shared.lock().ops.is_empty() {
-                1
-            } else {
-                0
             };
-            match self.ring.submit_and_wait(want) {
+            let idx = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                }
+            };
+            self.slots[idx] = Some(op);
+            self.in_flight += 1;
+            self.start(idx);
+        }
+    }
+
+    /// Submits the pushed SQEs (`io_uring_enter`). A busy kernel (EBUSY, EAGAIN: completions
+    /// to reap first) leaves them queued for the next entry (see `pump`).
+    fn enter(&mut self) {
+        for _ in 0..2 {
+            if self.ring.submission().is_empty() {
+                return;
+            }
+            match self.ring.submit() {
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
-                    ) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                    return;
+                }
                 Err(e) => {
-                    error!("io_uring_enter failed: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(10));
+                    error!("io_uring_enter failed: {e}");
+                    return;
                 }
             }
-            self.shared.sleeping.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Submits what is pushed and handles every completion the kernel has posted, until
+    /// neither is left: a completion may push more (the rest of a short transfer, backlog
+    /// ops that now have room), and an op the kernel does inline completes in the entry
+    /// that submits it. Stops when a round reaps nothing; SQEs a busy kernel refused then
+    /// wait for the next round, which the completions it is busy with bring (the eventfd).
+    fn pump(&mut self) {
+        loop {
+            self.enter();
+            let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
             cqes.extend(
                 self.ring
                     .completion()
                     .map(|cqe| (cqe.user_data(), cqe.result())),
             );
+            let any = !cqes.is_empty();
             for &(user_data, result) in &cqes {
-                if user_data == WAKE {
-                    self.poll_armed = false;
-                    let mut counter = [0u8; 8];
-                    // Resets the counter; EAGAIN (already zero) is fine.
-                    let _ = rustix::io::read(&self.shared.wake, &mut counter);
-                } else {
-                    self.complete(user_data as usize, result);
-                }
+                self.complete(user_data as usize, result);
             }
+            self.cqes = cqes;
+            if !any {
+                return;
+            }
+            // Room freed in the table: ops waiting for it go now.
+            self.start_backlog();
         }
     }
 
-    /// Pushes one SQE, submitting first if the submission queue is full.
-    fn push(&mut self, sqe: &squeue::Entry) {
-        loop {
+    /// Pushes one SQE. The SQ holds at most one SQE per op in the table and the table holds at
+    /// most `cap` ≤ SQ size ops, so it has room; should it not, it is submitted first, and
+    /// the op fails if there is still none (its SQE never reached the kernel).
+    fn push(&mut self, idx: usize, sqe: &squeue::Entry) {
+        for _ in 0..3 {
             // SAFETY: every SQE built here points only into memory owned by an op in
             // `self.slots` (or into nothing), which stays there, unmoved on the heap, until the
             // SQE's completion is reaped in `complete` (see the module comment).
@@ -468,15 +661,13 @@ impl Ring {
                 return;
             }
             if let Err(e) = self.ring.submit() {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
-                ) {
-                    error!("io_uring submit failed: {e}; retrying");
-                }
-                std::thread::sleep(Duration::from_micros(100));
+                warn!("io_uring submit with a full submission queue failed: {e}");
             }
         }
+        self.finish(
+            idx,
+            Err(io::Error::other("the io_uring submission queue is full")),
+        );
     }
 
     /// Submits (or resubmits, for the rest of a short transfer) the op in slot `idx`.
@@ -517,7 +708,7 @@ impl Ring {
                 .build(),
             Kind::Nop => opcode::Nop::new().build(),
         };
-        self.push(&sqe.user_data(idx as u64));
+        self.push(idx, &sqe.user_data(idx as u64));
     }
 
     /// Handles the completion of slot `idx`'s SQE.
@@ -528,7 +719,7 @@ impl Ring {
         };
         if result < 0 {
             let errno = -result;
-            if errno == libc::EINTR || errno == libc::EAGAIN {
+            if matches!(errno, libc::EINTR | libc::EAGAIN | libc::ECANCELED) {
                 self.start(idx);
             } else {
                 self.finish(idx, Err(io::Error::from_raw_os_error(errno)));
@@ -587,8 +778,7 @@ impl Ring {
         if let Some(op) = self.slots.get_mut(idx).and_then(Option::take) {
             self.free.push(idx);
             self.in_flight -= 1;
-            // The receiver is gone if the caller dropped its future: nothing to tell.
-            let _ = op.reply.send(result);
+            self.finished.push((op.reply, result));
         }
     }
 }
@@ -596,15 +786,14 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         if self.in_flight > 0 {
-            // Only reachable by unwinding from a panic: the kernel may still write into these
-            // buffers, so they must never be freed. Leak them.
+            // The runtime stopped (or a panic unwound) with ops in flight: the kernel may
+            // still write into their buffers, so neither they nor the ring may be freed.
             std::mem::forget(std::mem::take(&mut self.slots));
+        } else {
+            // SAFETY: the ring is dropped once, here, and never used after; nothing is in
+            // flight, so no memory of ours is still referenced by the kernel.
+            unsafe { ManuallyDrop::drop(&mut self.ring) };
         }
-        let mut q = self.shared.lock();
-        q.dead = true;
-        // Dropping their senders tells the waiting callers that the engine stopped.
-        q.ops.clear();
-        self.backlog.clear();
     }
 }
 
@@ -612,14 +801,15 @@ impl Drop for Ring {
 mod tests {
     use super::*;
     use crate::storage::{IoEngine, select_engine};
+    use std::time::Duration;
 
     fn refused() -> io::Result<Arc<UringEngine>> {
         // What io_uring_setup answers under Docker's seccomp or kernel.io_uring_disabled = 2.
         Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 
-    #[test]
-    fn auto_uses_io_uring_when_the_kernel_allows_it() {
+    #[tokio::test]
+    async fn auto_uses_io_uring_when_the_kernel_allows_it() {
         let engine = select_engine(IoEngine::Auto, UringEngine::new).unwrap();
         assert!(engine.is_some());
     }
@@ -631,8 +821,8 @@ mod tests {
         assert!(select_engine(IoEngine::Auto, enosys).unwrap().is_none());
     }
 
-    #[test]
-    fn forced_io_uring_that_is_refused_is_a_clear_error() {
+    #[tokio::test]
+    async fn forced_io_uring_that_is_refused_is_a_clear_error() {
         let err = select_engine(IoEngine::IoUring, refused).unwrap_err();
         let shown = err.to_string();
         assert!(shown.contains("io_uring is unavailable"), "{shown}");
@@ -652,29 +842,111 @@ mod tests {
         assert!(engine.unwrap().is_none());
     }
 
+    #[test]
+    fn outside_a_runtime_the_engine_is_a_clear_error() {
+        let err = UringEngine::new().unwrap_err();
+        assert!(err.to_string().contains("tokio runtime"), "{err}");
+    }
+
     #[tokio::test]
-    async fn nops_round_trip_and_the_thread_stops_after_the_last_op() {
+    async fn nops_round_trip_and_the_reaper_stops_after_the_last_op() {
         let engine = UringEngine::new().unwrap();
         engine.nop().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![1u8; 8 << 20]).unwrap();
         let file = Arc::new(File::open(&path).unwrap());
-        // Leave reads in flight, drop their futures and the engine: the thread finishes
+        // Leave reads in flight, drop their futures and the engine: the reaper finishes
         // them, then exits and releases the shared state.
         let pending: Vec<_> = (0..32)
             .map(|i| engine.read(&file, i << 18, 1 << 18))
             .collect();
-        let shared = Arc::downgrade(&engine.shared);
+        let rings: Vec<_> = engine
+            .rings
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Arc::downgrade)
+            .collect();
+        assert_eq!(rings.len(), 2, "the engine's own ring and this thread's");
         drop(pending);
         drop(engine);
         for _ in 0..500 {
-            if shared.upgrade().is_none() {
+            if rings.iter().all(|ring| ring.upgrade().is_none()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("the ring thread did not stop");
+        panic!("the reaper did not stop");
+    }
+
+    /// Many tasks on two workers submit at once, each on the thread it runs on, with every
+    /// transfer split into odd pieces (the rest is resubmitted by whoever reaps): each one's
+    /// data comes back intact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submitters_on_several_threads_each_get_their_own_data() {
+        for engine in [
+            UringEngine::new().unwrap(),
+            UringEngine::with_max_chunk(1000).unwrap(),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![0u8; 64 * 4096]).unwrap();
+            let file = Arc::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap(),
+            );
+            let tasks: Vec<_> = (0..64u64)
+                .map(|i| {
+                    let (engine, file) = (engine.clone(), file.clone());
+                    tokio::spawn(async move {
+                        let data = Bytes::from(vec![i as u8 + 1; 4096]);
+                        for _ in 0..20 {
+                            engine.write(&file, i * 4096, data.clone(), false).await?;
+                            let back = engine.read(&file, i * 4096, 4096).await?;
+                            assert_eq!(back, data, "block {i}");
+                        }
+                        io::Result::Ok(())
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+        }
+    }
+
+    /// A runtime that shuts down under ops in flight leaves their memory to the kernel (it is
+    /// leaked, not freed); the engine, still held elsewhere, then refuses work with an error
+    /// instead of hanging.
+    #[test]
+    fn an_engine_whose_runtime_stopped_refuses_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 8 << 20]).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let engine = runtime.block_on(async {
+            let engine = UringEngine::new().unwrap();
+            let pending: Vec<_> = (0..32)
+                .map(|i| engine.read(&file, i << 18, 1 << 18))
+                .collect();
+            drop(pending);
+            engine
+        });
+        drop(runtime);
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = other.block_on(engine.nop()).unwrap_err();
+        assert!(err.to_string().contains("stopped"), "{err}");
     }
 
     #[tokio::test]
