@@ -23,9 +23,14 @@ impl Drop for Running {
 
 fn receive(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
-    let n = socket
-        .recv(&mut buf)
-        .expect("a notification within the timeout");
+    // A recv with a timeout (SO_RCVTIMEO) is never restarted after a signal (signal(7)):
+    // EINTR is not the timeout, so it is tried again. Seen once in a full test run.
+    let n = loop {
+        match socket.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.expect("a notification within the timeout"),
+        }
+    };
     String::from_utf8(buf[..n].to_vec()).unwrap()
 }
 
