@@ -189,8 +189,9 @@ async fn run(
 }
 
 /// Whether this node may serve, checked every [`FITNESS_EVERY`]: when it may not (cut off
-/// from the majority), logins are held and its sessions closed; when it may again, the reservation tables are reloaded (the others
-/// may have changed them meanwhile) before logins are taken.
+/// from the majority), logins are held and its sessions closed; when it may again, the
+/// reservation tables are reloaded (the others may have changed them meanwhile) before
+/// logins are taken.
 async fn check_fitness(client: &CtdbClient, service: &Service) {
     let verdict = match client.view().await {
         Ok(view) => view.may_serve(),
@@ -283,8 +284,7 @@ async fn serve(
                     info!(%ip, "ctdb took the address over; reloading reservation tables");
                     // Served here now: a redirection left from moving it away is over.
                     service.redirects.clear(ip);
-                    let targets = service.targets.list();
-                    tokio::spawn(async move { reload_tables(targets, Tables::All).await });
+                    tokio::spawn(reload_tables(service.targets.list(), Tables::All));
                 }
                 Some(ClusterEvent::Message { srvid: RESERVATIONS_CHANGED, data }) => {
                     match change_message(&data) {
