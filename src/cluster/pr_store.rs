@@ -9,13 +9,14 @@
 //! version. An empty record means "no registrations".
 
 use std::io;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::scsi::{PrNotice, PrState, ReservationStore};
 use crate::storage::IoFuture;
 
-use super::ctdb::SharedClient;
+use super::ctdb::{RecoveryMode, SharedClient};
 use super::ctdb_tool::{ClusterView, CtdbTool};
 use super::settings::ClusterSettings;
 
@@ -30,6 +31,11 @@ struct Record {
 }
 
 const FORMAT_VERSION: u32 = 1;
+
+/// How long a read waits for the cluster to leave recovery before it gives up.
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(30);
+/// How often the recovery mode is asked meanwhile (one control, well under a millisecond).
+const RECOVERY_POLL: Duration = Duration::from_millis(100);
 
 /// A [`ReservationStore`] in a CTDB persistent database, through the `ctdb` tool.
 #[derive(Debug)]
@@ -116,6 +122,47 @@ impl CtdbReservationStore {
     }
 }
 
+impl CtdbReservationStore {
+    /// Waits, for up to [`RECOVERY_PATIENCE`], until ctdbd is out of recovery. `ctdb pfetch`
+    /// is a read-only persistent transaction: the tool locks the database's record in
+    /// g_lock.tdb and asks ctdbd about its holder while holding that lock (samba
+    /// ctdb/client/client_db.c), and a recovery must freeze g_lock.tdb. Read during a
+    /// recovery, it ran into the tool's runtime limit every time in the failover rig (a
+    /// failed reload: the node would serve a stale table) and kept the recovery waiting.
+    /// Without a connection to ctdbd there is nothing to ask: the tool's own limit bounds
+    /// the read.
+    async fn out_of_recovery(&self, patience: Duration) -> io::Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let client = self
+                .client
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let Some(client) = client else {
+                return Ok(());
+            };
+            match client.recovery_mode().await {
+                Ok(RecoveryMode::Normal) => return Ok(()),
+                Ok(RecoveryMode::Active) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ResourceBusy,
+                        format!("cluster state unknown: {e}"),
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!("the cluster stayed in recovery for {patience:?}"),
+                ));
+            }
+            tokio::time::sleep(RECOVERY_POLL).await;
+        }
+    }
+}
+
 /// The state in a `ctdb pfetch` answer (the record and a newline; nothing for no record),
 /// with the unit attentions its change owes.
 pub fn decode_record(fetched: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {
@@ -188,6 +235,10 @@ impl ReservationStore for CtdbReservationStore {
         })
     }
 
+    fn until_readable(&self) -> IoFuture<'_, ()> {
+        Box::pin(self.out_of_recovery(RECOVERY_PATIENCE))
+    }
+
     fn load_change(&self, unit: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {
         let fetched = self
             .tool
@@ -200,6 +251,7 @@ impl ReservationStore for CtdbReservationStore {
 mod tests {
     use super::*;
     use crate::scsi::{NexusId, PrType, Registration, Reservation};
+    use std::sync::Arc;
 
     fn sample() -> PrState {
         PrState {
@@ -263,6 +315,84 @@ mod tests {
             .unwrap()
             .replace("\"version\":1", "\"version\":9");
         assert!(decode_record(&newer).is_err());
+    }
+
+    /// A store whose client talks to a scripted ctdbd that answers GET_RECMODE with
+    /// `modes` in turn (the last one from then on); returns the store and how many times
+    /// the mode was asked.
+    async fn store_over(
+        modes: Vec<i32>,
+    ) -> (
+        CtdbReservationStore,
+        Arc<std::sync::atomic::AtomicUsize>,
+        tempfile::TempDir,
+    ) {
+        use crate::cluster::ctdb::fake::{read_request, reply};
+        use crate::cluster::ctdb::protocol::opcode;
+        use crate::cluster::ctdb::{ClientConfig, CtdbClient};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctdbd.socket");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            while let Some((h, op, _)) = read_request(&mut s).await {
+                let status = match op {
+                    opcode::GET_PNN => 1,
+                    opcode::GET_RECMODE => {
+                        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        modes[n.min(modes.len() - 1)]
+                    }
+                    other => panic!("unexpected control {other}"),
+                };
+                use tokio::io::AsyncWriteExt;
+                s.write_all(&reply(h.reqid, status, &[], None))
+                    .await
+                    .unwrap();
+            }
+        });
+        let (client, _events) = CtdbClient::connect(&ClientConfig::new(&path))
+            .await
+            .unwrap();
+        let store = CtdbReservationStore {
+            tool: CtdbTool::new(&ClusterSettings::default()).unwrap(),
+            database: "keel_reservations.tdb".into(),
+            changes: None,
+            client: Arc::new(std::sync::RwLock::new(Some(client))),
+        };
+        (store, asked, dir)
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_out_a_recovery() {
+        // ACTIVE (1) twice, then NORMAL (0).
+        let (store, asked, _dir) = store_over(vec![1, 1, 0]).await;
+        store.until_readable().await.unwrap();
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_that_does_not_end_makes_the_read_busy() {
+        let (store, asked, _dir) = store_over(vec![1]).await;
+        let e = store
+            .out_of_recovery(Duration::from_millis(350))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy);
+        assert!(e.to_string().contains("stayed in recovery"), "{e}");
+        assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn without_ctdbd_a_read_goes_ahead() {
+        let store = CtdbReservationStore {
+            tool: CtdbTool::new(&ClusterSettings::default()).unwrap(),
+            database: "keel_reservations.tdb".into(),
+            changes: None,
+            client: Arc::new(std::sync::RwLock::new(None)),
+        };
+        store.until_readable().await.unwrap();
     }
 
     #[test]

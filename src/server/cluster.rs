@@ -191,16 +191,19 @@ async fn run(
 /// Whether this node may serve, checked every [`FITNESS_EVERY`]: when it may not (cut off
 /// from the majority), logins are held and its sessions closed; when it may again, the
 /// reservation tables are reloaded (the others may have changed them meanwhile) before
-/// logins are taken.
+/// logins are taken. A node that rejoins meets a recovery first: the reload waits for the
+/// first check after it (the tables cannot be read while it runs, and this loop must not
+/// wait: it also delivers RELEASE_IP).
 async fn check_fitness(client: &CtdbClient, service: &Service) {
-    let verdict = match client.view().await {
-        Ok(view) => view.may_serve(),
+    let (verdict, recovery_normal) = match client.view().await {
+        Ok(view) => (view.may_serve(), view.recovery_normal),
         Err(e) => {
             warn!("cannot read the cluster's state: {e}");
             return;
         }
     };
     match (verdict, service.admission.closed_because()) {
+        (Ok(()), Some(_)) if !recovery_normal => {}
         (Ok(()), Some(was)) => {
             reload_tables(service.targets.list(), Tables::All).await;
             service.admission.open();
@@ -386,13 +389,23 @@ mod tests {
     /// The fake ctdbd's side of the socket, to send the client messages.
     type FakeWriter = Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>;
 
+    /// What the fake ctdbd reports about the cluster.
+    #[derive(Default)]
+    struct FakeCluster {
+        /// The other two nodes are connected.
+        majority: std::sync::atomic::AtomicBool,
+        /// Recovery mode is ACTIVE.
+        recovering: std::sync::atomic::AtomicBool,
+    }
+
     /// A scripted ctdbd for one client connection: answers GET_PNN with 1, REGISTER_SRVID,
     /// TCP_CLIENT and the state controls (recovery NORMAL; a node map in which the other two
-    /// nodes are connected while `majority` is set) and reports every request but the
+    /// nodes are connected while `cluster.majority` is set; recovery ACTIVE while
+    /// `cluster.recovering` is) and reports every request but the
     /// state controls on the returned channel as (opcode, whole packet).
     fn fake_ctdbd(
         stream: UnixStream,
-        majority: Arc<std::sync::atomic::AtomicBool>,
+        cluster: Arc<FakeCluster>,
     ) -> (Requests, FakeWriter, tokio::task::JoinHandle<()>) {
         let (mut read, write) = stream.into_split();
         let write = Arc::new(tokio::sync::Mutex::new(write));
@@ -410,14 +423,19 @@ mod tests {
                 read.read_exact(&mut p[4..]).await.unwrap();
                 let h = protocol::decode_header(&p).unwrap();
                 let op = u32::from_ne_bytes(p[32..36].try_into().unwrap());
-                let others = if majority.load(std::sync::atomic::Ordering::Relaxed) {
+                let others = if cluster.majority.load(std::sync::atomic::Ordering::Relaxed) {
                     0
                 } else {
                     NodeFlags::DISCONNECTED
                 };
                 let answer = match op {
                     opcode::GET_PNN => reply(h.reqid, 1, &[], None),
-                    opcode::GET_RECMODE => reply(h.reqid, 0, &[], None),
+                    opcode::GET_RECMODE => {
+                        let active = cluster
+                            .recovering
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        reply(h.reqid, i32::from(active), &[], None)
+                    }
                     opcode::GET_NODEMAP => reply(h.reqid, 0, &nodemap(&[others, 0, others]), None),
                     _ => reply(h.reqid, 0, &[], None),
                 };
@@ -485,12 +503,15 @@ mod tests {
             "no logins before ctdbd"
         );
 
-        let majority = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cluster = Arc::new(FakeCluster::default());
+        cluster
+            .majority
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
             .await
             .expect("keel connects")
             .unwrap();
-        let (mut requests, ctdbd, fake) = fake_ctdbd(stream, majority.clone());
+        let (mut requests, ctdbd, fake) = fake_ctdbd(stream, cluster.clone());
         let srvids = subscriptions(&mut requests).await;
         assert!(srvids.contains(&protocol::srvid::RELEASE_IP));
         assert!(srvids.contains(&RESERVATIONS_CHANGED));
@@ -534,14 +555,31 @@ mod tests {
 
         // Cut off from the majority: logins held, sessions on the cluster's addresses
         // closed (not loopback's); back with the majority: logins taken again.
-        majority.store(false, std::sync::atomic::Ordering::Relaxed);
+        cluster
+            .majority
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         until("logins held without a majority", || {
             service.admission.closed_because().is_some()
         })
         .await;
         assert!(elsewhere.cancel.is_cancelled());
         assert!(!local_only.cancel.is_cancelled());
-        majority.store(true, std::sync::atomic::Ordering::Relaxed);
+        // It rejoins, which starts a recovery: the tables cannot be read during it, so
+        // logins wait for its end.
+        cluster
+            .recovering
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        cluster
+            .majority
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(FITNESS_EVERY * 5 / 2).await;
+        assert!(
+            service.admission.closed_because().is_some(),
+            "held while the cluster recovers"
+        );
+        cluster
+            .recovering
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         until("logins taken with the majority back", || {
             service.admission.closed_because().is_none()
         })
@@ -560,7 +598,7 @@ mod tests {
             service.admission.closed_because().is_some(),
             "held without ctdbd"
         );
-        let (mut requests, _ctdbd, _fake) = fake_ctdbd(stream, majority.clone());
+        let (mut requests, _ctdbd, _fake) = fake_ctdbd(stream, cluster.clone());
         subscriptions(&mut requests).await;
         assert!(registration(&mut requests).await.starts_with(&expected));
         drop(tracked);

@@ -48,6 +48,14 @@ pub trait ReservationStore: Send + Sync + std::fmt::Debug {
         self.save(unit, state)
     }
 
+    /// Resolves when the store may be read now; [`Self::load_change`] is called after it. A
+    /// cluster store waits here (bounded) while its cluster recovers: a read then would hold
+    /// record locks the recovery must take (see `cluster::CtdbReservationStore`). An error
+    /// means the read would not succeed now.
+    fn until_readable(&self) -> IoFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// [`Self::load`], with the unit attentions the last change saved with
     /// [`Self::save_change`] owes.
     fn load_change(&self, unit: &str) -> io::Result<(Option<PrState>, Vec<PrNotice>)> {

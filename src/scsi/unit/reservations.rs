@@ -74,6 +74,7 @@ impl Reservations {
         let Some((store, unit)) = self.lock().store.clone().filter(|(s, _)| s.shared()) else {
             return Ok(None);
         };
+        store.until_readable().await?;
         // The store's load may run a process or wait on a socket: off the runtime's threads.
         let (saved, notices) = tokio::task::spawn_blocking(move || store.load_change(&unit))
             .await
