@@ -18,9 +18,10 @@ use std::time::Duration;
 use super::ctdb::{NodeFlags, NodeInfo};
 use super::settings::ClusterSettings;
 
-/// One node of the node map, as `ctdb status` would list it.
+/// One node of the node map as keel judges it: its flags named the way `ctdb status` names
+/// them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeLine {
+pub struct ViewedNode {
     pub pnn: u32,
     pub address: String,
     /// Flag names (DISCONNECTED, UNHEALTHY, ...); empty when the node is OK.
@@ -28,7 +29,7 @@ pub struct NodeLine {
     pub this_node: bool,
 }
 
-impl NodeLine {
+impl ViewedNode {
     fn connected(&self) -> bool {
         !self.flags.iter().any(|f| f == "DISCONNECTED")
     }
@@ -37,7 +38,7 @@ impl NodeLine {
 /// The cluster as this node's ctdbd sees it: its node map and recovery mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterView {
-    pub nodes: Vec<NodeLine>,
+    pub nodes: Vec<ViewedNode>,
     /// Recovery mode NORMAL: databases are consistent and may change.
     pub recovery_normal: bool,
 }
@@ -49,7 +50,7 @@ impl ClusterView {
         let nodes = nodes
             .iter()
             .filter(|n| !n.flags.contains(NodeFlags::DELETED))
-            .map(|n| NodeLine {
+            .map(|n| ViewedNode {
                 pnn: n.pnn,
                 address: n.addr.ip().to_string(),
                 flags: if n.flags.is_ok() {

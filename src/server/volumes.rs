@@ -83,13 +83,18 @@ impl Volumes {
             return Ok(Volumes::none());
         }
         let mut pools = Vec::new();
+        let mut swept = false;
         for pool in &config.pools {
             let backend: Arc<dyn VolumeBackend> = match &pool.kind {
                 PoolKind::Zfs { .. } => {
                     let zfs =
                         ZfsBackend::new(pool).with_context(|| format!("pool {}", pool.name))?;
-                    // A keel killed during `zfs program` left its program file behind.
-                    zfs.sweep_stale_program_files();
+                    // A keel killed during `zfs program` left its program file behind;
+                    // every zfs pool writes to the same directory, so one sweep does.
+                    if !swept {
+                        zfs.sweep_stale_program_files();
+                        swept = true;
+                    }
                     Arc::new(zfs)
                 }
                 PoolKind::Files { .. } => Arc::new(

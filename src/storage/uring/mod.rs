@@ -54,7 +54,7 @@ use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{Bytes, BytesMut};
@@ -99,6 +99,10 @@ struct Shared {
     /// Registered with the ring: the kernel signals it when it posts a completion. Written by
     /// the last handle's drop too, so that the reaper notices the engine is closing.
     events: OwnedFd,
+    /// [`Ring::dead`], readable without the lock: finding the calling thread's ring on
+    /// every submission asks it (the lock is taken once, to submit). Set with it, under the
+    /// lock; [`Ring::dead`] stays the word that refuses an op.
+    dead: AtomicBool,
 }
 
 impl Shared {
@@ -220,7 +224,7 @@ impl UringEngine {
                 .iter()
                 .find(|(id, _)| *id == self.id)
                 .and_then(|(_, ring)| ring.upgrade())
-                .filter(|ring| !ring.lock().dead)
+                .filter(|ring| !ring.dead.load(Ordering::Acquire))
         }) else {
             return self.home.clone();
         };
@@ -240,7 +244,7 @@ impl UringEngine {
         {
             let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
             // Rings whose reaper has ended (their thread or runtime is gone) are let go.
-            rings.retain(|r| !r.lock().dead);
+            rings.retain(|r| !r.dead.load(Ordering::Acquire));
             rings.push(ring.clone());
         }
         let _ = LOCAL_RINGS.try_with(|rings| {
@@ -495,6 +499,7 @@ fn open_ring(
             dead: false,
         }),
         events,
+        dead: AtomicBool::new(false),
     });
     let events = {
         // Registering with the reactor needs the runtime's context.
@@ -518,6 +523,7 @@ impl Drop for Dead {
         let backlog = {
             let mut ring = self.0.lock();
             ring.dead = true;
+            self.0.dead.store(true, Ordering::Release);
             std::mem::take(&mut ring.backlog)
         };
         // Never submitted, so nothing of theirs is in the kernel: dropping their senders
