@@ -399,10 +399,10 @@ mod tests {
     }
 
     /// A scripted ctdbd for one client connection: answers GET_PNN with 1, REGISTER_SRVID,
-    /// TCP_CLIENT and the state controls (recovery NORMAL; a node map in which the other two
-    /// nodes are connected while `cluster.majority` is set; recovery ACTIVE while
-    /// `cluster.recovering` is) and reports every request but the
-    /// state controls on the returned channel as (opcode, whole packet).
+    /// TCP_CLIENT and the state controls (recovery ACTIVE while `cluster.recovering` is set,
+    /// else NORMAL; a node map in which the other two nodes are connected while
+    /// `cluster.majority` is set) and reports every request but the state controls on the
+    /// returned channel as (opcode, whole packet).
     fn fake_ctdbd(
         stream: UnixStream,
         cluster: Arc<FakeCluster>,
