@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::scsi::{PrNotice, PrState, ReservationStore};
 use crate::storage::IoFuture;
 
-use super::ctdb::{RecoveryMode, SharedClient};
+use super::ctdb::{CtdbClient, RecoveryMode, SharedClient};
 use super::ctdb_tool::{ClusterView, CtdbTool};
 use super::settings::ClusterSettings;
 
@@ -105,12 +105,7 @@ impl CtdbReservationStore {
     /// Whether the cluster lets the tables change now; ResourceBusy with the reason if not.
     async fn may_change(&self) -> io::Result<()> {
         let busy = |why: String| io::Error::new(io::ErrorKind::ResourceBusy, why);
-        let client = self
-            .client
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(client) = client else {
+        let Some(client) = self.connected() else {
             return Err(busy("keel is not connected to ctdbd".into()));
         };
         let view: ClusterView = client
@@ -120,9 +115,15 @@ impl CtdbReservationStore {
         view.allows_changes()
             .map_err(|why| io::Error::new(io::ErrorKind::ResourceBusy, why))
     }
-}
 
-impl CtdbReservationStore {
+    /// keel's connection to ctdbd, if it has one now.
+    fn connected(&self) -> Option<CtdbClient> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Waits, for up to [`RECOVERY_PATIENCE`], until ctdbd is out of recovery. `ctdb pfetch`
     /// is a read-only persistent transaction: the tool locks the database's record in
     /// g_lock.tdb and asks ctdbd about its holder while holding that lock (samba
@@ -134,12 +135,7 @@ impl CtdbReservationStore {
     async fn out_of_recovery(&self, patience: Duration) -> io::Result<()> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let client = self
-                .client
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let Some(client) = client else {
+            let Some(client) = self.connected() else {
                 return Ok(());
             };
             match client.recovery_mode().await {
