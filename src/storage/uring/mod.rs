@@ -99,9 +99,10 @@ struct Shared {
     /// Registered with the ring: the kernel signals it when it posts a completion. Written by
     /// the last handle's drop too, so that the reaper notices the engine is closing.
     events: OwnedFd,
-    /// [`Ring::dead`], readable without the lock: finding the calling thread's ring on
-    /// every submission asks it (the lock is taken once, to submit). Set with it, under the
-    /// lock; [`Ring::dead`] stays the word that refuses an op.
+    /// The reaper has stopped; new ops are refused instead of waiting forever. An atomic so
+    /// that finding the calling thread's ring on every submission reads it without the
+    /// lock; set under the lock (see `Drop for Dead`), so a submission that reads it under
+    /// the lock never queues an op behind the backlog the reaper's end took away.
     dead: AtomicBool,
 }
 
@@ -287,8 +288,9 @@ impl UringEngine {
             kind,
             reply,
         };
-        let accepted = self.ring().with_ring(|ring| {
-            if ring.dead {
+        let shared = self.ring();
+        let accepted = shared.with_ring(|ring| {
+            if shared.dead.load(Ordering::Acquire) {
                 return false;
             }
             ring.backlog.push_back(op);
@@ -496,7 +498,6 @@ fn open_ring(
             cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
             max_chunk,
             closed: false,
-            dead: false,
         }),
         events,
         dead: AtomicBool::new(false),
@@ -522,7 +523,6 @@ impl Drop for Dead {
     fn drop(&mut self) {
         let backlog = {
             let mut ring = self.0.lock();
-            ring.dead = true;
             self.0.dead.store(true, Ordering::Release);
             std::mem::take(&mut ring.backlog)
         };
@@ -582,8 +582,6 @@ struct Ring {
     max_chunk: usize,
     /// Every handle is gone: finish what is in flight and stop.
     closed: bool,
-    /// The reaper has stopped; new ops are refused instead of waiting forever.
-    dead: bool,
 }
 
 impl Ring {
