@@ -323,9 +323,9 @@ mod tests {
         Arc<std::sync::atomic::AtomicUsize>,
         tempfile::TempDir,
     ) {
+        use crate::cluster::ctdb::ClientConfig;
         use crate::cluster::ctdb::fake::{read_request, reply};
         use crate::cluster::ctdb::protocol::opcode;
-        use crate::cluster::ctdb::{ClientConfig, CtdbClient};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ctdbd.socket");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
@@ -351,13 +351,17 @@ mod tests {
         let (client, _events) = CtdbClient::connect(&ClientConfig::new(&path))
             .await
             .unwrap();
-        let store = CtdbReservationStore {
+        (store_with(Some(client)), asked, dir)
+    }
+
+    /// A store with the default settings and this connection to ctdbd (or none).
+    fn store_with(client: Option<CtdbClient>) -> CtdbReservationStore {
+        CtdbReservationStore {
             tool: CtdbTool::new(&ClusterSettings::default()).unwrap(),
             database: "keel_reservations.tdb".into(),
             changes: None,
-            client: Arc::new(std::sync::RwLock::new(Some(client))),
-        };
-        (store, asked, dir)
+            client: Arc::new(std::sync::RwLock::new(client)),
+        }
     }
 
     #[tokio::test]
@@ -382,13 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_ctdbd_a_read_goes_ahead() {
-        let store = CtdbReservationStore {
-            tool: CtdbTool::new(&ClusterSettings::default()).unwrap(),
-            database: "keel_reservations.tdb".into(),
-            changes: None,
-            client: Arc::new(std::sync::RwLock::new(None)),
-        };
-        store.until_readable().await.unwrap();
+        store_with(None).until_readable().await.unwrap();
     }
 
     #[test]
