@@ -30,6 +30,21 @@ async fn discovery_reports_targets_at_the_address_the_initiator_used() {
     keel.stop().await;
 }
 
+/// An initiator may send its first command right behind its last login PDU: bytes read
+/// with the login are carried into the full feature phase's own read buffer.
+#[tokio::test]
+async fn a_command_sent_in_the_same_write_as_the_last_login_pdu_is_answered() {
+    let keel = Keel::start("1MiB", "").await;
+    let mut i = Initiator::connect(keel.addr).await;
+    // TEST UNIT READY: answered with a status (here the power-on unit attention).
+    let (itt, reply) = i.login_with_command_behind(TARGET, &[0u8; 6]).await;
+    match reply {
+        Reply::ScsiResponse(r) => assert_eq!(r.itt, itt),
+        other => panic!("expected the command's response, got {other:?}"),
+    }
+    keel.stop().await;
+}
+
 #[tokio::test]
 async fn negotiation_answers_every_key() {
     let keel = Keel::start("1MiB", "").await;

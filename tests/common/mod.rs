@@ -473,6 +473,60 @@ impl Initiator {
         }
     }
 
+    /// A login whose last PDU and a SCSI command without data (`cdb`) go out in one write,
+    /// as an initiator may pipeline them: checks the login succeeded and returns what came
+    /// next, with the command's tag.
+    pub async fn login_with_command_behind(&mut self, target: &str, cdb: &[u8]) -> (u32, Reply) {
+        let name = self.name.clone();
+        let first = [
+            ("InitiatorName", name.as_str()),
+            ("AuthMethod", "None"),
+            ("TargetName", target),
+            ("SessionType", "Normal"),
+        ];
+        let r = self.login_step(0, 1, true, &first).await;
+        assert_eq!((r.status_class, r.status_detail), (0, 0), "security stage");
+        let last = self.login_request(1, 3, true, &[("HeaderDigest", "None")]);
+        let itt = self.next_itt();
+        let mut padded = BytesMut::from(cdb);
+        padded.resize(cdb.len().max(16), 0);
+        let command = Request::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: false,
+            write: false,
+            attr: 1,
+            lun: [0; 8],
+            itt,
+            expected_length: 0,
+            // The leading login's CmdSN is the session's first (RFC 7143 §11.12.7).
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb: padded.freeze(),
+            bidi_read_length: None,
+            data: Bytes::new(),
+        });
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        let mut together = Vec::new();
+        for req in [last, command] {
+            let (head, data) = req.encode();
+            let mut parts = Vec::new();
+            frame_parts(&head, &data, false, false, &mut parts);
+            together.extend(parts.iter().flat_map(|p| p.iter().copied()));
+        }
+        self.writer.write_all(&together).await.unwrap();
+        match self.recv().await {
+            Some(Reply::Login(r)) => {
+                assert_eq!((r.status_class, r.status_detail), (0, 0), "last login");
+                assert!(r.transit && r.nsg == 3);
+                self.tsih = r.tsih;
+            }
+            other => panic!("expected the login response, got {other:?}"),
+        }
+        let next = self.recv().await.expect("the target closed the connection");
+        (itt, next)
+    }
+
     /// A complete login: security stage, then operational stage with `operational` keys.
     /// Returns the operational response's keys. Panics on failure.
     pub async fn login(
