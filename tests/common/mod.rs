@@ -488,25 +488,8 @@ impl Initiator {
         assert_eq!((r.status_class, r.status_detail), (0, 0), "security stage");
         let last = self.login_request(1, 3, true, &[("HeaderDigest", "None")]);
         let itt = self.next_itt();
-        let mut padded = BytesMut::from(cdb);
-        padded.resize(cdb.len().max(16), 0);
-        let command = Request::ScsiCommand(ScsiCommand {
-            immediate: false,
-            final_bit: true,
-            read: false,
-            write: false,
-            attr: 1,
-            lun: [0; 8],
-            itt,
-            expected_length: 0,
-            // The leading login's CmdSN is the session's first (RFC 7143 §11.12.7).
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: self.exp_stat_sn,
-            cdb: padded.freeze(),
-            bidi_read_length: None,
-            data: Bytes::new(),
-        });
-        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        // The leading login's CmdSN is the session's first (RFC 7143 §11.12.7).
+        let command = self.bare_command(itt, cdb, 0, false);
         let mut together = Vec::new();
         for req in [last, command] {
             let (head, data) = req.encode();
@@ -680,6 +663,12 @@ impl Initiator {
     /// Sends a bare SCSI Command PDU (no immediate data, F bit set) with the next CmdSN and
     /// leaves the rest of the exchange to the caller.
     pub async fn send_command(&mut self, itt: u32, cdb: &[u8], expected_length: u32, write: bool) {
+        let cmd = self.bare_command(itt, cdb, expected_length, write);
+        self.send(&cmd).await;
+    }
+
+    /// A bare SCSI Command PDU (no immediate data, F bit set), taking the next CmdSN.
+    fn bare_command(&mut self, itt: u32, cdb: &[u8], expected_length: u32, write: bool) -> Request {
         let mut padded = BytesMut::from(cdb);
         padded.resize(cdb.len().max(16), 0);
         let cmd = Request::ScsiCommand(ScsiCommand {
@@ -698,7 +687,7 @@ impl Initiator {
             data: Bytes::new(),
         });
         self.cmd_sn = self.cmd_sn.wrapping_add(1);
-        self.send(&cmd).await;
+        cmd
     }
 
     /// Sends a SCSI command and runs it to its status: immediate and unsolicited data as
